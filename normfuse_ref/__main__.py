@@ -1,0 +1,5 @@
+"""`python -m normfuse_ref ...` is the `normfuse` command."""
+
+from .cli.main import main
+
+raise SystemExit(main())

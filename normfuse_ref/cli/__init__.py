@@ -1,0 +1,1 @@
+"""The `normfuse` command: one module per subcommand, one console wrapper (`console.Console`)."""

@@ -1,0 +1,315 @@
+"""Reference (textbook-order) Transformer layers, as pure functions of NumPy arrays.
+
+Conventions (DESIGN.md, "Notation"):
+- Row vectors: `y = x @ F`, x of shape (..., n), F of shape (n, m). Any leading batch dimensions.
+- Every layer takes its inputs in a storage dtype (see `normfuse_ref.precision`), computes in the accumulation
+  dtype `acc` (default: float32 for 16- and 8-bit storage, the input dtype otherwise) and rounds its result once,
+  back to the dtype of its first array argument. A composite layer (`swiglu`, `attention`) is one layer: it keeps
+  its intermediates in `acc` and rounds once at the end.
+- Bad input raises at once: ValueError naming both shapes for a shape mismatch (never a silent broadcast),
+  TypeError for integer/bool/complex arrays, ValueError for eps <= 0 or an empty last axis.
+- NaN and Inf propagate: a NaN or an infinity anywhere in a normalised row makes that whole row NaN (for softmax,
+  -inf is a mask and is not an error, +inf gives NaN). A fully masked softmax row (all -inf) is defined to be all
+  zeros, so attention over no visible keys returns zeros. The fused rules in `normfuse_ref.fusion` do the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from .precision import accumulation_dtype, as_float_array
+
+__all__ = [
+    "attention",
+    "layer_norm",
+    "linear",
+    "rms_norm",
+    "rope",
+    "silu",
+    "softmax",
+    "swiglu",
+]
+
+Array = NDArray[Any]
+RopeLayout = Literal["half", "interleaved"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation shared by the layers and the fused rules
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_rows(x: ArrayLike, name: str) -> Array:
+    """`x` as a floating array with at least one axis and a non-empty last axis."""
+    arr = as_float_array(x, name)
+    if arr.ndim == 0 or arr.shape[-1] == 0:
+        raise ValueError(f"{name} must have a non-empty last axis; got shape {arr.shape}")
+    return arr
+
+
+def check_vector(v: ArrayLike, name: str, n: int, x_name: str, x_shape: tuple[int, ...]) -> Array:
+    """`v` as a floating vector of length n, the last axis of `x_name`."""
+    arr = as_float_array(v, name)
+    if arr.shape != (n,):
+        raise ValueError(
+            f"{name} has shape {arr.shape} but {x_name} has shape {x_shape}; expected {name} of shape ({n},)"
+        )
+    return arr
+
+
+def check_matrix(F: ArrayLike, name: str, n: int, x_name: str, x_shape: tuple[int, ...]) -> Array:
+    """`F` as a floating (n, m) matrix whose n matches the last axis of `x_name`."""
+    arr = as_float_array(F, name)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise ValueError(
+            f"{name} has shape {arr.shape} but {x_name} has shape {x_shape}; expected {name} of shape ({n}, m)"
+        )
+    return arr
+
+
+def check_eps(eps: float) -> float:
+    """eps must be a finite positive number (it keeps 1/sqrt(var + eps) finite)."""
+    eps = float(eps)
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be finite and > 0; got {eps!r}")
+    return eps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Softmax
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def softmax_acc(za: Array) -> Array:
+    """Softmax over the last axis, computed and returned in za's own dtype (the accumulation dtype).
+
+    Shift by the row max m so exp never overflows; a fully masked row (m = -inf) is shifted by 0 instead, its
+    exponentials are all 0, and the row is defined to be all zeros rather than 0/0.
+    """
+    m = np.max(za, axis=-1, keepdims=True)  # (..., 1)
+    m_shift = np.where(np.isneginf(m), 0, m)  # (..., 1)
+    with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose: +inf in a row gives a NaN row
+        e = np.exp(za - m_shift)  # (..., n)
+    l = np.sum(e, axis=-1, keepdims=True)  # (..., 1)
+    return np.where(l == 0, 0, e / np.where(l == 0, 1, l)).astype(za.dtype)  # (..., n)
+
+
+def softmax(z: ArrayLike, *, acc: DTypeLike | None = None) -> Array:
+    """softmax(z) over the last axis: e^{z - m} / sum e^{z - m}, m = max z. All -inf rows give zeros."""
+    z = check_rows(z, "z")
+    a = accumulation_dtype(z.dtype, acc)
+    return softmax_acc(z.astype(a)).astype(z.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Normalisations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def layer_norm(
+    x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: float = 1e-5, *, acc: DTypeLike | None = None
+) -> Array:
+    """LayerNorm: (x - mu) / sqrt(var + eps) * gamma + beta, mu and var over the last axis (two-pass variance)."""
+    x = check_rows(x, "x")
+    n = x.shape[-1]
+    gamma = check_vector(gamma, "gamma", n, "x", x.shape)
+    beta = check_vector(beta, "beta", n, "x", x.shape)
+    eps = check_eps(eps)
+    a = accumulation_dtype(x.dtype, acc)
+    xa = x.astype(a)  # (..., n)
+    mu = np.mean(xa, axis=-1, keepdims=True)  # (..., 1)
+    d = xa - mu  # (..., n)
+    var = np.mean(d * d, axis=-1, keepdims=True)  # (..., 1)
+    s = 1 / np.sqrt(var + a.type(eps))  # (..., 1)
+    return (d * s * gamma.astype(a) + beta.astype(a)).astype(x.dtype)  # (..., n)
+
+
+def rms_norm(x: ArrayLike, g: ArrayLike, eps: float = 1e-6, *, acc: DTypeLike | None = None) -> Array:
+    """RMSNorm: x / sqrt(mean(x^2) + eps) * g over the last axis."""
+    x = check_rows(x, "x")
+    g = check_vector(g, "g", x.shape[-1], "x", x.shape)
+    eps = check_eps(eps)
+    a = accumulation_dtype(x.dtype, acc)
+    xa = x.astype(a)  # (..., n)
+    s = 1 / np.sqrt(np.mean(xa * xa, axis=-1, keepdims=True) + a.type(eps))  # (..., 1)
+    return (xa * s * g.astype(a)).astype(x.dtype)  # (..., n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Linear layers and the FFN
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def linear(x: ArrayLike, F: ArrayLike, *, acc: DTypeLike | None = None) -> Array:
+    """y = x @ F with F of shape (n, m); the result has x's dtype."""
+    x = check_rows(x, "x")
+    F = check_matrix(F, "F", x.shape[-1], "x", x.shape)
+    a = accumulation_dtype(x.dtype, acc)
+    return (x.astype(a) @ F.astype(a)).astype(x.dtype)  # (..., m)
+
+
+def silu_acc(xa: Array) -> Array:
+    """SiLU x * sigmoid(x) in xa's dtype; exp(-x) may overflow to inf for very negative x, giving -0 as it should."""
+    with np.errstate(over="ignore"):
+        return (xa / (1 + np.exp(-xa))).astype(xa.dtype)
+
+
+def silu(x: ArrayLike, *, acc: DTypeLike | None = None) -> Array:
+    """SiLU (swish): x * sigmoid(x)."""
+    x = as_float_array(x, "x")
+    a = accumulation_dtype(x.dtype, acc)
+    return silu_acc(x.astype(a)).astype(x.dtype)
+
+
+def swiglu(
+    x: ArrayLike, F_gate: ArrayLike, F_up: ArrayLike, F_down: ArrayLike, *, acc: DTypeLike | None = None
+) -> Array:
+    """The Llama FFN: (silu(x @ F_gate) * (x @ F_up)) @ F_down; F_gate, F_up (n, f), F_down (f, n_out)."""
+    x = check_rows(x, "x")
+    n = x.shape[-1]
+    F_gate = check_matrix(F_gate, "F_gate", n, "x", x.shape)
+    F_up = check_matrix(F_up, "F_up", n, "x", x.shape)
+    if F_up.shape != F_gate.shape:
+        raise ValueError(f"F_up has shape {F_up.shape} but F_gate has shape {F_gate.shape}; they must match")
+    F_down = check_matrix(F_down, "F_down", F_gate.shape[1], "x @ F_gate", (*x.shape[:-1], F_gate.shape[1]))
+    a = accumulation_dtype(x.dtype, acc)
+    xa = x.astype(a)  # (..., n)
+    h = silu_acc(xa @ F_gate.astype(a)) * (xa @ F_up.astype(a))  # (..., f)
+    return (h @ F_down.astype(a)).astype(x.dtype)  # (..., n_out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rotary position embedding
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def rope_angles(positions: ArrayLike, hd: int, base: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """cos and sin of the RoPE angles p * base^(-2i/hd), i = 0 .. hd/2 - 1, in float64; shape positions + (hd/2,)."""
+    p = np.asarray(positions)
+    if p.dtype.kind not in "iu":
+        raise TypeError(f"positions must be an integer array; got dtype {p.dtype.name}")
+    inv_freq = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (hd/2,)
+    angle = p[..., None].astype(np.float64) * inv_freq  # (..., hd/2)
+    return np.cos(angle), np.sin(angle)
+
+
+def rope(
+    x: ArrayLike,
+    positions: ArrayLike,
+    *,
+    base: float = 10000.0,
+    layout: RopeLayout = "half",
+    acc: DTypeLike | None = None,
+) -> Array:
+    """Rotate pairs of the last axis of x (head dim hd, even) by position-dependent angles.
+
+    `positions` are integers broadcastable to x.shape[:-1] (e.g. shape (T, 1) for x of shape (T, H, hd)).
+    Two layouts of the same rotation:
+    - "half" (HF checkpoints): pair i is (x[i], x[i + hd/2]);
+    - "interleaved" (GGUF / llama.cpp, the original Meta layout): pair i is (x[2i], x[2i + 1]).
+    Each pair (u, v) becomes (u cos t - v sin t, v cos t + u sin t).
+    """
+    x = check_rows(x, "x")
+    hd = x.shape[-1]
+    if hd % 2:
+        raise ValueError(f"rope needs an even last axis (head dim); x has shape {x.shape}")
+    if layout not in ("half", "interleaved"):
+        raise ValueError(f"layout must be 'half' or 'interleaved'; got {layout!r}")
+    p = np.asarray(positions)
+    try:
+        ok = np.broadcast_shapes(p.shape, x.shape[:-1]) == x.shape[:-1]
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"positions has shape {p.shape} but x has shape {x.shape}; positions must broadcast to {x.shape[:-1]}"
+        )
+    a = accumulation_dtype(x.dtype, acc)
+    cos, sin = rope_angles(p, hd, base)  # (..., hd/2)
+    cos, sin = cos.astype(a), sin.astype(a)
+    xa = x.astype(a)  # (..., hd)
+    if layout == "half":
+        u, v = xa[..., : hd // 2], xa[..., hd // 2 :]  # (..., hd/2) each
+        out = np.concatenate([u * cos - v * sin, v * cos + u * sin], axis=-1)  # (..., hd)
+    else:
+        u, v = xa[..., 0::2], xa[..., 1::2]  # (..., hd/2) each
+        out = np.stack([u * cos - v * sin, v * cos + u * sin], axis=-1).reshape(xa.shape)  # (..., hd)
+    return out.astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def attention_mask(
+    T: int, S: int, *, causal: bool, mask: ArrayLike | None, scores_shape: tuple[int, ...]
+) -> Array | None:
+    """The boolean keep-mask (True = attend) for T queries over S keys, or None if everything is visible.
+
+    Causal: the T queries are the last T of the S positions, so query t sees key j iff j <= t + (S - T).
+    """
+    keep: Array | None = None
+    if causal:
+        t = np.arange(T)[:, None]  # (T, 1)
+        j = np.arange(S)[None, :]  # (1, S)
+        keep = j <= t + (S - T)  # (T, S)
+    if mask is not None:
+        mk = np.asarray(mask)
+        if mk.dtype != np.bool_:
+            raise TypeError(f"mask must be a boolean array (True = attend); got dtype {mk.dtype.name}")
+        try:
+            ok = np.broadcast_shapes(mk.shape, scores_shape) == scores_shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"mask has shape {mk.shape} but the scores have shape {scores_shape}; mask must broadcast to it"
+            )
+        keep = mk if keep is None else keep & mk
+    return keep
+
+
+def attention(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    *,
+    causal: bool = True,
+    mask: ArrayLike | None = None,
+    acc: DTypeLike | None = None,
+) -> Array:
+    """Scaled dot-product attention with grouped-query heads.
+
+    q (..., T, Hq, hd), k (..., S, Hkv, hd), v (..., S, Hkv, hdv) with Hq a multiple of Hkv: query head h reads kv
+    head h // (Hq / Hkv). Scores are q.k / sqrt(hd). `mask` is boolean, True = attend, broadcastable to the score
+    shape (..., Hq, T, S); with `causal` the queries are the last T of the S key positions. Returns (..., T, Hq, hdv).
+    """
+    q = check_rows(q, "q")
+    k = check_rows(k, "k")
+    v = check_rows(v, "v")
+    if q.ndim < 3 or k.ndim != q.ndim or v.ndim != q.ndim:
+        raise ValueError(f"q, k, v must be (..., T, H, hd) with the same rank; got {q.shape}, {k.shape}, {v.shape}")
+    *lead, T, Hq, hd = q.shape
+    S, Hkv = k.shape[-3], k.shape[-2]
+    if tuple(k.shape[:-3]) != tuple(lead) or k.shape[-1] != hd:
+        raise ValueError(f"k has shape {k.shape} but q has shape {q.shape}; expected k of shape (..., S, Hkv, {hd})")
+    if v.shape[:-1] != k.shape:
+        raise ValueError(f"v has shape {v.shape} but k has shape {k.shape}; they must agree except in the last axis")
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"q has {Hq} heads and k has {Hkv}; the query heads must be a multiple of the kv heads")
+    G = Hq // Hkv
+    a = accumulation_dtype(q.dtype, acc)
+    qa = q.astype(a).reshape(*lead, T, Hkv, G, hd)  # (..., T, Hkv, G, hd)
+    ka, va = k.astype(a), v.astype(a)  # (..., S, Hkv, hd), (..., S, Hkv, hdv)
+    z = np.einsum("...tkgd,...skd->...kgts", qa, ka) / np.sqrt(a.type(hd))  # (..., Hkv, G, T, S)
+    z = z.reshape(*lead, Hq, T, S)  # (..., Hq, T, S); head h = kv * G + g
+    keep = attention_mask(T, S, causal=causal, mask=mask, scores_shape=z.shape)
+    if keep is not None:
+        z = np.where(keep, z, -np.inf)
+    p = softmax_acc(z).reshape(*lead, Hkv, G, T, S)  # (..., Hkv, G, T, S)
+    o = np.einsum("...kgts,...skd->...tkgd", p, va)  # (..., T, Hkv, G, hdv)
+    return o.reshape(*lead, T, Hq, v.shape[-1]).astype(q.dtype)  # (..., T, Hq, hdv)

@@ -1,0 +1,124 @@
+"""Dtypes, their rounding facts, and the storage-vs-accumulation policy.
+
+Hardware stores activations and weights narrow (16 or 8 bits) and accumulates wider. normfuse mirrors that:
+every layer and rule takes its inputs in the caller's *storage* dtype, computes in an explicit *accumulation*
+dtype, and returns the storage dtype. The default accumulation (DESIGN.md, "Numerical policy") is float32 for
+16- and 8-bit storage and the input dtype otherwise.
+
+Supported storage dtypes:
+
+| name           | unit roundoff u | max        | note                                   |
+|----------------|-----------------|------------|----------------------------------------|
+| float64        | 2^-53           | 1.8e308    | the oracle                             |
+| float32        | 2^-24           | 3.4e38     |                                        |
+| float16        | 2^-11           | 65504      | overflows easily: see the fuzz hazards |
+| bfloat16       | 2^-8            | 3.4e38     | float32 range, 8 significant bits      |
+| float8_e4m3fn  | 2^-4            | 448        | storage only (no inf)                  |
+| float8_e5m2    | 2^-3            | 57344      | storage only                           |
+
+fp8 is *storage only*: it is never a sensible accumulation dtype, and `accumulation_dtype` refuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+__all__ = [
+    "DTYPES",
+    "DtypeInfo",
+    "accumulation_dtype",
+    "as_float_array",
+    "dtype_info",
+    "resolve_dtype",
+]
+
+#: Every storage dtype the toolkit supports, by its short name.
+DTYPES: dict[str, np.dtype] = {
+    "float64": np.dtype(np.float64),
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+}
+
+_FP8 = {np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2)}
+
+
+@dataclass(frozen=True)
+class DtypeInfo:
+    """Rounding facts of one storage dtype."""
+
+    name: str
+    dtype: np.dtype
+    bits: int  # storage width, bits
+    unit_roundoff: float  # u = eps / 2: the relative error of one round-to-nearest (dimensionless)
+    max: float  # largest finite value
+    tiny: float  # smallest positive normal value
+    storage_only: bool  # True for fp8: never used to accumulate
+
+
+def resolve_dtype(dtype: DTypeLike | str) -> np.dtype:
+    """The numpy dtype for a name in DTYPES or any dtype-like; ValueError for anything unsupported."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(DTYPES)}") from exc
+    if dt not in DTYPES.values():
+        raise ValueError(f"unsupported dtype {dt.name!r}; supported: {', '.join(DTYPES)}")
+    return dt
+
+
+def dtype_info(dtype: DTypeLike | str) -> DtypeInfo:
+    """Unit roundoff, range and width of a supported dtype."""
+    dt = resolve_dtype(dtype)
+    fi = ml_dtypes.finfo(dt) if dt in _FP8 or dt == np.dtype(ml_dtypes.bfloat16) else np.finfo(dt)
+    name = next(k for k, v in DTYPES.items() if v == dt)
+    return DtypeInfo(
+        name=name,
+        dtype=dt,
+        bits=dt.itemsize * 8,
+        unit_roundoff=float(fi.eps) / 2,
+        max=float(fi.max),
+        tiny=float(fi.tiny),
+        storage_only=dt in _FP8,
+    )
+
+
+def accumulation_dtype(storage: DTypeLike | str, acc: DTypeLike | str | None = None) -> np.dtype:
+    """The dtype a computation on `storage` inputs accumulates in.
+
+    `acc=None` applies the policy: float32 for 16- and 8-bit storage, the storage dtype otherwise. An explicit
+    `acc` may be any supported non-fp8 dtype, even one narrower than the storage: the fuzz suite accumulates in
+    float16 on purpose to reproduce the hazards of a narrow accumulator.
+    """
+    st = resolve_dtype(storage)
+    if acc is None:
+        return np.dtype(np.float32) if st.itemsize <= 2 else st
+    a = resolve_dtype(acc)
+    if a in _FP8:
+        raise ValueError(f"{a.name} is a storage-only dtype and cannot be an accumulation dtype")
+    return a
+
+
+def as_float_array(x: ArrayLike, name: str) -> NDArray[Any]:
+    """`x` as an array of a supported floating dtype; TypeError for integer, bool, complex or object input.
+
+    Python floats and lists of them become float64 (numpy's default), which is supported.
+    """
+    arr = np.asarray(x)
+    if arr.dtype not in DTYPES.values():
+        kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex", "O": "object"}.get(
+            arr.dtype.kind, arr.dtype.name
+        )
+        raise TypeError(
+            f"{name} must be a floating array of one of {', '.join(DTYPES)}; got {kind} dtype {arr.dtype.name}"
+        )
+    return arr
