@@ -297,7 +297,7 @@ def attention(
     S, Hkv = k.shape[-3], k.shape[-2]
     if tuple(k.shape[:-3]) != tuple(lead) or k.shape[-1] != hd:
         raise ValueError(f"k has shape {k.shape} but q has shape {q.shape}; expected k of shape (..., S, Hkv, {hd})")
-    if v.shape[:-1] != k.shape:
+    if v.shape[:-1] != k.shape[:-1]:
         raise ValueError(f"v has shape {v.shape} but k has shape {k.shape}; they must agree except in the last axis")
     if Hkv == 0 or Hq % Hkv:
         raise ValueError(f"q has {Hq} heads and k has {Hkv}; the query heads must be a multiple of the kv heads")
