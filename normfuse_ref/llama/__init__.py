@@ -2,7 +2,7 @@
 
 from .config import PRESETS, LlamaConfig, get_preset
 from .forward import KVCache, empty_cache, forward
-from .weights import Mode, param_shapes, prepare, random_params
+from .weights import Mode, param_shapes, prepare, prepared_shapes, random_params
 
 __all__ = [
     "PRESETS",
@@ -14,5 +14,6 @@ __all__ = [
     "get_preset",
     "param_shapes",
     "prepare",
+    "prepared_shapes",
     "random_params",
 ]

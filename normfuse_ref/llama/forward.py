@@ -30,33 +30,36 @@ Array = NDArray[Any]
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer for the positions seen so far: k[i], v[i] of shape (S, Hkv, hd)."""
+    """Keys and values of every layer for the positions seen so far: k[i], v[i] of shape ([B,] S, Hkv, hd)."""
 
     k: tuple[Any, ...]
     v: tuple[Any, ...]
 
     @property
     def length(self) -> int:  # S, positions already in the cache
-        return int(self.k[0].shape[0]) if self.k else 0
+        return int(self.k[0].shape[-3]) if self.k else 0
 
 
-def empty_cache(cfg: LlamaConfig, dtype: DTypeLike = np.float32) -> KVCache:
-    """A cache holding no positions."""
-    z = np.zeros((0, cfg.n_kv_heads, cfg.head_dim), dtype=resolve_dtype(dtype))  # (0, Hkv, hd)
+def empty_cache(cfg: LlamaConfig, dtype: DTypeLike = np.float32, *, batch: int | None = None) -> KVCache:
+    """A cache holding no positions, for one sequence (batch=None) or a batch of B sequences."""
+    lead = () if batch is None else (batch,)
+    z = np.zeros((*lead, 0, cfg.n_kv_heads, cfg.head_dim), dtype=resolve_dtype(dtype))  # ([B,] 0, Hkv, hd)
     return KVCache(k=(z,) * cfg.n_layers, v=(z,) * cfg.n_layers)
 
 
 def check_ids(ids: ArrayLike, cfg: LlamaConfig, past: int) -> NDArray[np.int64]:
-    """Token ids as a non-empty 1-D integer array within the vocabulary and the context; ValueError otherwise."""
+    """Token ids, (T,) or (B, T) integers within the vocabulary and the context; ValueError otherwise."""
     a = np.asarray(ids)
-    if a.dtype.kind not in "iu" or a.ndim != 1 or a.size == 0:
-        raise ValueError(f"ids must be a non-empty 1-D array of integers; got dtype {a.dtype.name}, shape {a.shape}")
+    if a.dtype.kind not in "iu" or a.ndim not in (1, 2) or a.size == 0:
+        raise ValueError(
+            f"ids must be a non-empty (T,) or (B, T) integer array; got dtype {a.dtype.name}, shape {a.shape}"
+        )
     bad = a[(a < 0) | (a >= cfg.vocab_size)]
     if bad.size:
         raise ValueError(f"token id {int(bad[0])} is out of range for a vocabulary of {cfg.vocab_size}")
-    if past + a.size > cfg.context_length:
+    if past + a.shape[-1] > cfg.context_length:
         raise ValueError(
-            f"{past} cached + {a.size} new tokens exceed the model's context of {cfg.context_length} tokens"
+            f"{past} cached + {a.shape[-1]} new tokens exceed the model's context of {cfg.context_length} tokens"
         )
     return a.astype(np.int64)
 
@@ -104,32 +107,47 @@ def softmax_v_site(ex: Executor, z: Any, vh: Any, mode: Mode) -> Any:
 def attention_site(
     ex: Executor, qkv: Any, cache_k: Any, cache_v: Any, positions: Array, cfg: LlamaConfig, mode: Mode
 ) -> tuple[Any, Any, Any]:
-    """RoPE, KV-cache append, causal grouped-query attention. qkv (T, (Hq + 2 Hkv) hd) -> (T, Hq hd), k, v."""
-    T, S = positions.size, cache_k.shape[0] + positions.size
+    """RoPE, KV-cache append, causal grouped-query attention.
+
+    qkv ([B,] T, (Hq + 2 Hkv) hd) -> o ([B,] T, Hq hd) and the extended cache k, v ([B,] S, Hkv, hd).
+    """
+    lead = tuple(qkv.shape[:-2])  # () or (B,)
+    T, S = positions.size, cache_k.shape[-3] + positions.size
     Hq, Hkv, G, hd = cfg.n_heads, cfg.n_kv_heads, cfg.group, cfg.head_dim
-    q = ex.layout(lambda a: a[:, : Hq * hd].reshape(T, Hq, hd), qkv, op="split_q")  # (T, Hq, hd)
-    k = ex.layout(lambda a: a[:, Hq * hd : (Hq + Hkv) * hd].reshape(T, Hkv, hd), qkv, op="split_k")  # (T, Hkv, hd)
-    v = ex.layout(lambda a: a[:, (Hq + Hkv) * hd :].reshape(T, Hkv, hd), qkv, op="split_v")  # (T, Hkv, hd)
+    q = ex.layout(lambda a: a[..., : Hq * hd].reshape(*lead, T, Hq, hd), qkv, op="split_q")  # (.., T, Hq, hd)
+    k = ex.layout(lambda a: a[..., Hq * hd : (Hq + Hkv) * hd].reshape(*lead, T, Hkv, hd), qkv, op="split_k")
+    v = ex.layout(lambda a: a[..., (Hq + Hkv) * hd :].reshape(*lead, T, Hkv, hd), qkv, op="split_v")  # (.., T, Hkv, hd)
     pos = positions[:, None]  # (T, 1)
 
     def rot(a: Array) -> Array:
         return rope(a, pos, base=cfg.rope_base, layout=cfg.rope_layout)
 
-    q = ex.elementwise(rot, q, op="rope_q", flops=3)  # (T, Hq, hd)
-    k = ex.elementwise(rot, k, op="rope_k", flops=3)  # (T, Hkv, hd)
-    k_all = ex.layout(lambda c, a: np.concatenate([c, a], axis=0), cache_k, k, op="kv_append")  # (S, Hkv, hd)
-    v_all = ex.layout(lambda c, a: np.concatenate([c, a], axis=0), cache_v, v, op="kv_append")  # (S, Hkv, hd)
+    q = ex.elementwise(rot, q, op="rope_q", flops=3)  # (.., T, Hq, hd)
+    k = ex.elementwise(rot, k, op="rope_k", flops=3)  # (.., T, Hkv, hd)
 
-    qh = ex.layout(lambda a: a.reshape(T, Hkv, G, hd).transpose(1, 2, 0, 3).reshape(Hkv, G * T, hd), q, op="heads")
-    kT = ex.layout(lambda a: a.transpose(1, 2, 0), k_all, op="heads")  # (Hkv, hd, S)
-    vh = ex.layout(lambda a: a.transpose(1, 0, 2), v_all, op="heads")  # (Hkv, S, hd)
-    z = ex.matmul(qh, kT, op="attn_scores")  # (Hkv, G*T, S)
+    def append(c: Array, a: Array) -> Array:
+        return np.concatenate([c, a], axis=-3)  # (.., S, Hkv, hd)
+
+    k_all = ex.layout(append, cache_k, k, op="kv_append")  # (.., S, Hkv, hd)
+    v_all = ex.layout(append, cache_v, v, op="kv_append")  # (.., S, Hkv, hd)
+
+    def heads_q(a: Array) -> Array:  # (.., T, Hkv, G, hd) -> (.., Hkv, G, T, hd) -> (.., Hkv, G*T, hd)
+        return np.moveaxis(a.reshape(*lead, T, Hkv, G, hd), -4, -2).reshape(*lead, Hkv, G * T, hd)
+
+    qh = ex.layout(heads_q, q, op="heads")  # (.., Hkv, G*T, hd)
+    kT = ex.layout(lambda a: np.moveaxis(a, -3, -1), k_all, op="heads")  # (.., Hkv, hd, S)
+    vh = ex.layout(lambda a: np.swapaxes(a, -3, -2), v_all, op="heads")  # (.., Hkv, S, hd)
+    z = ex.matmul(qh, kT, op="attn_scores")  # (.., Hkv, G*T, S)
     t = np.arange(G * T) % T  # (G*T,)  row r of a kv group is query t = r mod T
     keep = np.arange(S)[None, :] <= (t + S - T)[:, None]  # (G*T, S)  causal: query t sees keys j <= t + S - T
     scale = 1 / np.sqrt(hd)
-    z = ex.elementwise(lambda z: np.where(keep, z * scale, -np.inf), z, op="attn_mask")  # (Hkv, G*T, S)
-    o = softmax_v_site(ex, z, vh, mode)  # (Hkv, G*T, [1,] hd)
-    o = ex.layout(lambda a: a.reshape(Hkv, G, T, hd).transpose(2, 0, 1, 3).reshape(T, Hq * hd), o, op="merge_heads")
+    z = ex.elementwise(lambda z: np.where(keep, z * scale, -np.inf), z, op="attn_mask")  # (.., Hkv, G*T, S)
+    o = softmax_v_site(ex, z, vh, mode)  # (.., Hkv, G*T, [1,] hd)
+
+    def merge_heads(a: Array) -> Array:  # (.., Hkv, G, T, hd) -> (.., T, Hkv, G, hd) -> (.., T, Hq hd)
+        return np.moveaxis(a.reshape(*lead, Hkv, G, T, hd), -2, -4).reshape(*lead, T, Hq * hd)
+
+    o = ex.layout(merge_heads, o, op="merge_heads")  # (.., T, Hq hd)
     return o, k_all, v_all
 
 
@@ -142,23 +160,29 @@ def forward(
     mode: Mode = "fused",
     ex: Executor | None = None,
 ) -> tuple[Any, KVCache]:
-    """Logits (T, V) for the T new tokens `ids` after the cached positions, and the cache extended by them.
-
-    `w` is `weights.prepare(params, cfg, mode)` for the same mode. `ex` defaults to a float32 NumpyExecutor.
+    """Logits ([B,] T, V) for the new tokens `ids` ((T,) or (B, T)) after the cached positions, and the cache
+    extended by them. `w` is `weights.prepare(params, cfg, mode)` for the same mode; `ex` defaults to a float32
+    NumpyExecutor. A batch shares one position counter: all B sequences have the same length.
     """
     if mode not in ("baseline", "fused"):
         raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
     ex = NumpyExecutor() if ex is None else ex
-    cache = empty_cache(cfg) if cache is None else cache
+    ids_arr = np.asarray(ids)
+    if cache is None:
+        cache = empty_cache(cfg, batch=ids_arr.shape[0] if ids_arr.ndim == 2 else None)
     if len(cache.k) != cfg.n_layers:
         raise ValueError(f"the cache has {len(cache.k)} layers but the model has {cfg.n_layers}")
     past = cache.length
-    ids = check_ids(ids, cfg, past)
-    positions = past + np.arange(ids.size)  # (T,)
+    ids = check_ids(ids_arr, cfg, past)
+    if tuple(cache.k[0].shape[:-3]) != ids.shape[:-1]:
+        raise ValueError(
+            f"ids have shape {ids.shape} but the cache holds shape {tuple(cache.k[0].shape)}; batch sizes differ"
+        )
+    positions = past + np.arange(ids.shape[-1])  # (T,)
     eps, f = cfg.norm_eps, cfg.ffn_dim
 
     with ex.scope(layer=None):
-        x = ex.layout(lambda E: E[ids], w["token_embd"], op="token_embd")  # (T, d)
+        x = ex.layout(lambda E: E[ids], w["token_embd"], op="token_embd")  # ([B,] T, d)
     new_k, new_v = [], []
     for i in range(cfg.n_layers):
         b = f"blk.{i}"
@@ -170,8 +194,8 @@ def forward(
             a = ex.matmul(o, w[f"{b}.attn_output"], op="attn_output")  # (T, d)
             x = ex.elementwise(lambda x, a: x + a, x, a, op="residual")  # (T, d)
             gu = rms_norm_linear_site(ex, x, w[f"{b}.ffn_norm"], w[f"{b}.ffn_gate_up"], eps, mode, "ffn_gate_up")
-            gate = ex.layout(lambda a: a[:, :f], gu, op="split_gate")  # (T, f)
-            up = ex.layout(lambda a: a[:, f:], gu, op="split_up")  # (T, f)
+            gate = ex.layout(lambda a: a[..., :f], gu, op="split_gate")  # (T, f)
+            up = ex.layout(lambda a: a[..., f:], gu, op="split_up")  # (T, f)
             h = ex.elementwise(lambda g, u: silu_acc(g) * u, gate, up, op="swiglu", flops=5)  # (T, f)
             y = ex.matmul(h, w[f"{b}.ffn_down"], op="ffn_down")  # (T, d)
             x = ex.elementwise(lambda x, y: x + y, x, y, op="residual")  # (T, d)

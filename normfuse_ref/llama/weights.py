@@ -23,7 +23,7 @@ from ..fusion import fold_rms_norm
 from ..precision import resolve_dtype
 from .config import LlamaConfig
 
-__all__ = ["Mode", "param_shapes", "prepare", "random_params"]
+__all__ = ["Mode", "param_shapes", "prepare", "prepared_shapes", "random_params"]
 
 Array = NDArray[Any]
 Mode = Literal["baseline", "fused"]
@@ -96,3 +96,20 @@ def prepare(params: Mapping[str, Array], cfg: LlamaConfig, mode: Mode) -> dict[s
     w["output_norm"] = params["output_norm.weight"]  # (d,)
     w["output"] = site(params["output_norm.weight"], out)  # (d, V)
     return w
+
+
+def prepared_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """The names and shapes `prepare` returns (the same in both modes), for cost-only emulation without weights."""
+    d, f, hd, V = cfg.dim, cfg.ffn_dim, cfg.head_dim, cfg.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"token_embd": (V, d)}
+    for i in range(cfg.n_layers):
+        b = f"blk.{i}"
+        shapes |= {
+            f"{b}.attn_norm": (d,),
+            f"{b}.attn_qkv": (d, (cfg.n_heads + 2 * cfg.n_kv_heads) * hd),
+            f"{b}.attn_output": (cfg.n_heads * hd, d),
+            f"{b}.ffn_norm": (d,),
+            f"{b}.ffn_gate_up": (d, 2 * f),
+            f"{b}.ffn_down": (f, d),
+        }
+    return shapes | {"output_norm": (d,), "output": (d, V)}
