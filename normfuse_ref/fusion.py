@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .layers import check_eps, check_matrix, check_rows, check_vector
-from .precision import accumulation_dtype, as_float_array, resolve_dtype
+from .precision import accumulation_dtype, as_float_array, matmul_acc, mean_acc, resolve_dtype
 
 __all__ = [
     "SoftmaxState",
@@ -72,8 +72,8 @@ def rms_norm_linear_folded(x: ArrayLike, F_g: ArrayLike, eps: float = 1e-6, *, a
     eps = check_eps(eps)
     a = accumulation_dtype(x.dtype, acc)
     xa = x.astype(a)  # (..., n)
-    y = xa @ F_g.astype(a)  # (..., m)   DIMC: runs while the SIMD units compute s
-    s = 1 / np.sqrt(np.mean(xa * xa, axis=-1, keepdims=True) + a.type(eps))  # (..., 1)   the collective
+    y = matmul_acc(xa, F_g, a)  # (..., m)   DIMC: runs while the SIMD units compute s
+    s = 1 / np.sqrt(mean_acc(xa * xa) + a.type(eps))  # (..., 1)   the collective
     return (s * y).astype(x.dtype)  # (..., m)
 
 
@@ -133,10 +133,10 @@ def layer_norm_linear_folded(
     eps = check_eps(eps)
     a = accumulation_dtype(x.dtype, acc)
     xa = x.astype(a)  # (..., n)
-    y = xa @ F_prime.astype(a)  # (..., m)   DIMC: runs while the SIMD units compute s
-    mu = np.mean(xa, axis=-1, keepdims=True)  # (..., 1)
+    y = matmul_acc(xa, F_prime, a)  # (..., m)   DIMC: runs while the SIMD units compute s
+    mu = mean_acc(xa)  # (..., 1)
     d = xa - mu  # (..., n)
-    s = 1 / np.sqrt(np.mean(d * d, axis=-1, keepdims=True) + a.type(eps))  # (..., 1)   the collective
+    s = 1 / np.sqrt(mean_acc(d * d) + a.type(eps))  # (..., 1)   the collective
     return (s * y + b.astype(a)).astype(x.dtype)  # (..., m)
 
 
@@ -179,7 +179,7 @@ def softmax_tile_state(z_tile: Array, V_tile: Array) -> SoftmaxState:
     m_shift = np.where(np.isneginf(m), 0, m)  # (..., 1)   an all-masked tile shifts by 0: its e^z are all 0
     with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose: +inf in a row gives a NaN row
         p = np.exp(z_tile - m_shift)  # (..., n_t)
-    return SoftmaxState(m=m, l=np.sum(p, axis=-1, keepdims=True), o=p @ V_tile)
+    return SoftmaxState(m=m, l=np.sum(p, axis=-1, keepdims=True, dtype=p.dtype), o=matmul_acc(p, V_tile, p.dtype))
 
 
 def online_softmax_merge(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:

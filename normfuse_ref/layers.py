@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .precision import accumulation_dtype, as_float_array
+from .precision import accumulation_dtype, as_float_array, matmul_acc, mean_acc
 
 __all__ = [
     "attention",
@@ -120,9 +120,9 @@ def layer_norm(
     eps = check_eps(eps)
     a = accumulation_dtype(x.dtype, acc)
     xa = x.astype(a)  # (..., n)
-    mu = np.mean(xa, axis=-1, keepdims=True)  # (..., 1)
+    mu = mean_acc(xa)  # (..., 1)
     d = xa - mu  # (..., n)
-    var = np.mean(d * d, axis=-1, keepdims=True)  # (..., 1)
+    var = mean_acc(d * d)  # (..., 1)
     s = 1 / np.sqrt(var + a.type(eps))  # (..., 1)
     return (d * s * gamma.astype(a) + beta.astype(a)).astype(x.dtype)  # (..., n)
 
@@ -134,7 +134,7 @@ def rms_norm(x: ArrayLike, g: ArrayLike, eps: float = 1e-6, *, acc: DTypeLike | 
     eps = check_eps(eps)
     a = accumulation_dtype(x.dtype, acc)
     xa = x.astype(a)  # (..., n)
-    s = 1 / np.sqrt(np.mean(xa * xa, axis=-1, keepdims=True) + a.type(eps))  # (..., 1)
+    s = 1 / np.sqrt(mean_acc(xa * xa) + a.type(eps))  # (..., 1)
     return (xa * s * g.astype(a)).astype(x.dtype)  # (..., n)
 
 
@@ -148,7 +148,7 @@ def linear(x: ArrayLike, F: ArrayLike, *, acc: DTypeLike | None = None) -> Array
     x = check_rows(x, "x")
     F = check_matrix(F, "F", x.shape[-1], "x", x.shape)
     a = accumulation_dtype(x.dtype, acc)
-    return (x.astype(a) @ F.astype(a)).astype(x.dtype)  # (..., m)
+    return matmul_acc(x, F, a).astype(x.dtype)  # (..., m)
 
 
 def silu_acc(xa: Array) -> Array:
@@ -177,8 +177,8 @@ def swiglu(
     F_down = check_matrix(F_down, "F_down", F_gate.shape[1], "x @ F_gate", (*x.shape[:-1], F_gate.shape[1]))
     a = accumulation_dtype(x.dtype, acc)
     xa = x.astype(a)  # (..., n)
-    h = silu_acc(xa @ F_gate.astype(a)) * (xa @ F_up.astype(a))  # (..., f)
-    return (h @ F_down.astype(a)).astype(x.dtype)  # (..., n_out)
+    h = silu_acc(matmul_acc(xa, F_gate, a)) * matmul_acc(xa, F_up, a)  # (..., f)
+    return matmul_acc(h, F_down, a).astype(x.dtype)  # (..., n_out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,11 +305,14 @@ def attention(
     a = accumulation_dtype(q.dtype, acc)
     qa = q.astype(a).reshape(*lead, T, Hkv, G, hd)  # (..., T, Hkv, G, hd)
     ka, va = k.astype(a), v.astype(a)  # (..., S, Hkv, hd), (..., S, Hkv, hdv)
-    z = np.einsum("...tkgd,...skd->...kgts", qa, ka) / np.sqrt(a.type(hd))  # (..., Hkv, G, T, S)
+    qh = np.moveaxis(qa, -4, -2)  # (..., Hkv, G, T, hd)
+    kT = np.moveaxis(ka, -3, -1)[..., :, None, :, :]  # (..., Hkv, 1, hd, S)
+    z = matmul_acc(qh, kT, a) / np.sqrt(a.type(hd))  # (..., Hkv, G, T, S)
     z = z.reshape(*lead, Hq, T, S)  # (..., Hq, T, S); head h = kv * G + g
     keep = attention_mask(T, S, causal=causal, mask=mask, scores_shape=z.shape)
     if keep is not None:
         z = np.where(keep, z, -np.inf)
     p = softmax_acc(z).reshape(*lead, Hkv, G, T, S)  # (..., Hkv, G, T, S)
-    o = np.einsum("...kgts,...skd->...tkgd", p, va)  # (..., T, Hkv, G, hdv)
+    vh = np.moveaxis(va, -3, -2)[..., :, None, :, :]  # (..., Hkv, 1, S, hdv)
+    o = np.moveaxis(matmul_acc(p, vh, a), -2, -4)  # (..., Hkv, G, T, hdv) -> (..., T, Hkv, G, hdv)
     return o.reshape(*lead, T, Hq, v.shape[-1]).astype(q.dtype)  # (..., T, Hq, hdv)

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
-from .precision import accumulation_dtype, resolve_dtype
+from .precision import accumulation_dtype, matmul_acc, mean_acc, resolve_dtype
 
 __all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles"]
 
@@ -107,7 +107,7 @@ class NumpyExecutor:
         return x if x.dtype == self._acc else x.astype(self._acc)
 
     def matmul(self, x: Array, F: Array, *, op: str) -> Array:
-        return np.matmul(self._a(x), self._a(F)).astype(self._st, copy=False)
+        return matmul_acc(x, F, self._acc).astype(self._st, copy=False)
 
     def elementwise(self, fn: Callable[..., Array], *xs: Array, op: str, flops: int = 1) -> Array:
         return np.asarray(fn(*(self._a(x) for x in xs))).astype(self._st, copy=False)
@@ -117,9 +117,9 @@ class NumpyExecutor:
         if kind == "max":
             return np.max(xa, axis=-1, keepdims=True)
         if kind == "sum":
-            return np.sum(xa, axis=-1, keepdims=True)
+            return np.sum(xa, axis=-1, keepdims=True, dtype=xa.dtype)
         if kind == "rms_scale":
-            ms = np.mean(xa * xa, axis=-1, keepdims=True)  # (..., 1)
+            ms = mean_acc(xa * xa)  # (..., 1)
             return (1 / np.sqrt(ms + self._acc.type(eps))).astype(self._acc)
         raise ValueError(f"unknown reduction kind {kind!r}")
 

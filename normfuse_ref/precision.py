@@ -34,6 +34,8 @@ __all__ = [
     "accumulation_dtype",
     "as_float_array",
     "dtype_info",
+    "matmul_acc",
+    "mean_acc",
     "resolve_dtype",
 ]
 
@@ -122,3 +124,28 @@ def as_float_array(x: ArrayLike, name: str) -> NDArray[Any]:
             f"{name} must be a floating array of one of {', '.join(DTYPES)}; got {kind} dtype {arr.dtype.name}"
         )
     return arr
+
+
+def mean_acc(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
+    """Mean over `axis` (keepdims) accumulated in x's own dtype.
+
+    np.mean silently accumulates float16 in float32; a float16 accumulator must overflow where float16 would.
+    """
+    n = x.shape[axis]
+    return (np.sum(x, axis=axis, keepdims=True, dtype=x.dtype) / x.dtype.type(n)).astype(x.dtype)
+
+
+def matmul_acc(x: NDArray[Any], F: NDArray[Any], acc: np.dtype) -> NDArray[Any]:
+    """x (..., n) @ F (n, m) or (..., n, m), with the products summed in `acc`.
+
+    32- and 64-bit accumulators use BLAS. numpy's float16 (and ml_dtypes' bfloat16) matmul accumulates in float32
+    internally, so a 16-bit accumulator is emulated faithfully: the products are rounded to `acc` and summed
+    pairwise in `acc` (an adder tree), which can overflow or lose bits exactly where such hardware would.
+    """
+    xa, Fa = x.astype(acc, copy=False), F.astype(acc, copy=False)
+    if acc.itemsize >= 4:
+        return np.matmul(xa, Fa)
+    vec = xa.ndim == 1
+    x2 = xa[None] if vec else xa  # (..., T, n)
+    out = np.add.reduce(x2[..., :, :, None] * Fa[..., None, :, :], axis=-2, dtype=acc)  # (..., T, m)
+    return out[0] if vec else out
