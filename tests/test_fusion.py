@@ -75,7 +75,9 @@ def test_rms_norm_linear_matches_reference(dt: np.dtype, family: str) -> None:
     x0, eps = norm_inputs(family)
     n = x0.shape[-1]
     rng = np.random.default_rng(1)
-    st, ex = stored({"x": x0, "g": 1 + 0.1 * rng.standard_normal(n), "F": rng.standard_normal((n, 24)) / np.sqrt(n)}, dt)
+    st, ex = stored(
+        {"x": x0, "g": 1 + 0.1 * rng.standard_normal(n), "F": rng.standard_normal((n, 24)) / np.sqrt(n)}, dt
+    )
     fused = rms_norm_linear(st["x"], st["g"], st["F"], eps)
     ref = linear(rms_norm(st["x"], st["g"], eps), st["F"])
     assert fused.dtype == ref.dtype == dt
@@ -278,7 +280,9 @@ def test_merge_with_fully_masked_side_is_identity() -> None:
     live = softmax_tile_state(z, V)
     dead = softmax_tile_state(np.full((2, 4), -np.inf), rng.standard_normal((4, 3)))
     for merged in (online_softmax_merge(live, dead), online_softmax_merge(dead, live)):
-        assert np.array_equal(merged.m, live.m) and np.array_equal(merged.l, live.l) and np.array_equal(merged.o, live.o)
+        assert (
+            np.array_equal(merged.m, live.m) and np.array_equal(merged.l, live.l) and np.array_equal(merged.o, live.o)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,7 +311,10 @@ def test_layer_norm_fold_is_centred_gamma_F_with_zero_column_sums(n: int) -> Non
     assert np.all(np.abs(F_prime.sum(axis=0)) <= n * 2.0**-52 * np.abs(gamma[:, None] * F).max() * n)
     x = rng.standard_normal((3, n)) + 2
     np.testing.assert_allclose(
-        layer_norm_linear_folded(x, F_prime, b, 1e-5), linear(layer_norm(x, gamma, beta, 1e-5), F), rtol=1e-10, atol=1e-10
+        layer_norm_linear_folded(x, F_prime, b, 1e-5),
+        linear(layer_norm(x, gamma, beta, 1e-5), F),
+        rtol=1e-10,
+        atol=1e-10,
     )
 
 

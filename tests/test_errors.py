@@ -1,0 +1,124 @@
+"""Bad input gets one clear error, never a silent broadcast."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from normfuse_ref import fusion, layers
+from normfuse_ref.precision import accumulation_dtype, resolve_dtype
+
+x = np.ones((3, 4))
+F = np.ones((4, 2))
+g = np.ones(4)
+
+SHAPE_MISMATCHES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
+    ("linear F rows", lambda: layers.linear(x, np.ones((5, 2))), ("(5, 2)", "(3, 4)")),
+    ("linear F not 2-D", lambda: layers.linear(x, np.ones(4)), ("(4,)", "(3, 4)")),
+    ("rms_norm g", lambda: layers.rms_norm(x, np.ones(3)), ("(3,)", "(3, 4)")),
+    ("layer_norm beta", lambda: layers.layer_norm(x, g, np.ones(5)), ("(5,)", "(3, 4)")),
+    ("rms_norm_linear F", lambda: fusion.rms_norm_linear(x, g, np.ones((3, 2))), ("(3, 2)", "(3, 4)")),
+    ("rms_norm_linear g", lambda: fusion.rms_norm_linear(x, np.ones(2), F), ("(2,)",)),
+    ("layer_norm_linear gamma", lambda: fusion.layer_norm_linear(x, np.ones(1), g, F), ("(1,)",)),
+    ("layer_norm_linear_folded b", lambda: fusion.layer_norm_linear_folded(x, F, np.ones(3)), ("(3,)", "(4, 2)")),
+    ("softmax_linear V", lambda: fusion.softmax_linear(x, np.ones((5, 2))), ("(5, 2)", "(3, 4)")),
+    (
+        "softmax_linear batched V",
+        lambda: fusion.softmax_linear(np.ones((2, 3, 4)), np.ones((3, 4, 2))),
+        ("(3, 4, 2)", "(2, 3, 4)"),
+    ),
+    ("rope positions", lambda: layers.rope(np.ones((3, 2, 4)), np.arange(5)), ("(5,)", "(3, 2, 4)")),
+    (
+        "attention heads",
+        lambda: layers.attention(np.ones((2, 3, 4)), np.ones((2, 2, 4)), np.ones((2, 2, 4))),
+        ("3 heads", "2"),
+    ),
+    (
+        "attention head dim",
+        lambda: layers.attention(np.ones((2, 2, 4)), np.ones((2, 2, 6)), np.ones((2, 2, 6))),
+        ("(2, 2, 6)", "(2, 2, 4)"),
+    ),
+    (
+        "attention mask",
+        lambda: layers.attention(
+            np.ones((2, 2, 4)), np.ones((2, 2, 4)), np.ones((2, 2, 4)), mask=np.ones((3, 3), bool)
+        ),
+        ("(3, 3)",),
+    ),
+    ("swiglu up", lambda: layers.swiglu(x, F, np.ones((4, 3)), np.ones((2, 4))), ("(4, 3)", "(4, 2)")),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "needles"), SHAPE_MISMATCHES, ids=[s[0] for s in SHAPE_MISMATCHES])
+def test_shape_mismatch_is_a_value_error_naming_the_shapes(
+    name: str, call: Callable[[], Any], needles: tuple[str, ...]
+) -> None:
+    with pytest.raises(ValueError) as info:
+        call()
+    for needle in needles:
+        assert needle in str(info.value), f"{name}: {info.value}"
+
+
+@pytest.mark.parametrize(
+    "bad", [np.ones((3, 4), dtype=np.int32), np.ones((3, 4), dtype=np.complex64), np.ones((3, 4), dtype=bool)]
+)
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a: layers.softmax(a),
+        lambda a: layers.rms_norm(a, g),
+        lambda a: layers.layer_norm(a, g, g),
+        lambda a: layers.linear(a, F),
+        lambda a: fusion.rms_norm_linear(a, g, F),
+        lambda a: fusion.layer_norm_linear(a, g, g, F),
+        lambda a: fusion.softmax_linear(a, F),
+        lambda a: fusion.rms_norm_linear(x, g, a.T[:, :2] if a.ndim == 2 else a),
+    ],
+)
+def test_integer_bool_complex_arrays_are_type_errors(bad: np.ndarray, call: Callable[[np.ndarray], Any]) -> None:
+    with pytest.raises(TypeError, match="floating array"):
+        call(bad)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf")])
+def test_eps_must_be_finite_and_positive(eps: float) -> None:
+    for call in (
+        lambda: layers.rms_norm(x, g, eps),
+        lambda: layers.layer_norm(x, g, g, eps),
+        lambda: fusion.rms_norm_linear(x, g, F, eps),
+        lambda: fusion.layer_norm_linear(x, g, g, F, eps),
+    ):
+        with pytest.raises(ValueError, match="eps must be finite and > 0"):
+            call()
+
+
+@pytest.mark.parametrize("empty", [np.ones((3, 0)), np.ones(()), np.ones(0)])
+def test_empty_last_axis_is_a_value_error(empty: np.ndarray) -> None:
+    for call in (
+        lambda: layers.softmax(empty),
+        lambda: layers.rms_norm(empty, np.ones(0)),
+        lambda: fusion.softmax_linear(empty, np.ones((0, 2))),
+        lambda: fusion.rms_norm_linear(empty, np.ones(0), np.ones((0, 2))),
+    ):
+        with pytest.raises(ValueError, match="non-empty last axis"):
+            call()
+
+
+def test_other_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="tile_size"):
+        fusion.softmax_linear(x, F, tile_size=0)
+    with pytest.raises(ValueError, match="even"):
+        layers.rope(np.ones((2, 3)), np.arange(2))
+    with pytest.raises(TypeError, match="integer"):
+        layers.rope(np.ones((2, 4)), np.array([0.0, 1.0]))
+    with pytest.raises(TypeError, match="boolean"):
+        layers.attention(np.ones((2, 2, 4)), np.ones((2, 2, 4)), np.ones((2, 2, 4)), mask=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="layout"):
+        layers.rope(np.ones((2, 4)), np.arange(2), layout="spiral")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        resolve_dtype("int8")
+    with pytest.raises(ValueError, match="storage-only"):
+        accumulation_dtype(np.float16, "float8_e4m3fn")

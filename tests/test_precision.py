@@ -1,0 +1,60 @@
+"""Dtype facts and the accumulation policy, checked against the formats' definitions (not against our code)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from normfuse_ref.precision import DTYPES, accumulation_dtype, dtype_info, matmul_acc, mean_acc
+
+# (name, significand bits p including the hidden bit, largest finite value): u = 2^-p. Sources: IEEE 754-2019
+# for binary64/32/16; bfloat16 = float32's exponent with 8 significant bits; OCP 8-bit FP spec (2023) for E4M3
+# (max 448, no infinities) and E5M2 (max 57344).
+FORMATS = [
+    ("float64", 53, 1.7976931348623157e308),
+    ("float32", 24, 3.4028234663852886e38),
+    ("float16", 11, 65504.0),
+    ("bfloat16", 8, 3.3895313892515355e38),
+    ("float8_e4m3fn", 4, 448.0),
+    ("float8_e5m2", 3, 57344.0),
+]
+
+
+@pytest.mark.parametrize(("name", "p", "vmax"), FORMATS)
+def test_unit_roundoff_and_range(name: str, p: int, vmax: float) -> None:
+    info = dtype_info(name)
+    assert info.unit_roundoff == 2.0**-p
+    assert info.max == vmax
+    assert info.storage_only == name.startswith("float8")
+    # u really is the worst relative error of rounding to nearest: 1 + u rounds to 1 (ties to even) ...
+    one = np.array(1.0, dtype=DTYPES[name])
+    assert np.array(1 + info.unit_roundoff).astype(DTYPES[name]) == one
+    # ... and 1 + 2u (the next representable number) is kept.
+    assert np.array(1 + 2 * info.unit_roundoff).astype(DTYPES[name]) != one
+
+
+def test_accumulation_policy() -> None:
+    assert accumulation_dtype(np.float64) == np.float64
+    assert accumulation_dtype(np.float32) == np.float32
+    for narrow in (np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2):
+        assert accumulation_dtype(narrow) == np.float32
+    assert accumulation_dtype(np.float32, np.float64) == np.float64
+    assert accumulation_dtype(np.float16, "float16") == np.float16
+
+
+def test_narrow_accumulators_really_accumulate_narrow() -> None:
+    """float16 sums must overflow and lose bits where float16 hardware would (numpy's defaults would not)."""
+    x = np.full((1, 4), 200.0, np.float16)
+    with np.errstate(over="ignore"):
+        assert np.isinf(mean_acc(x * x))[0, 0]  # 4 * 40000 > 65504
+        assert np.isinf(matmul_acc(x, np.full((4, 1), 200.0, np.float16), np.dtype(np.float16)))[0, 0]
+    assert np.isfinite(matmul_acc(x, np.full((4, 1), 200.0, np.float16), np.dtype(np.float32)))[0, 0]
+    # 2049 is not representable in float16, so a running float16 sum of ones stalls at 2048; the pairwise adder
+    # tree adds equal halves and counts 4096 ones exactly (that is why hardware uses trees).
+    ones = np.ones((1, 4096), np.float16)
+    assert matmul_acc(ones, ones.T, np.dtype(np.float16))[0, 0] == 4096
+    # But every product is rounded to the accumulator: 1 * (1 + 2^-10) * (1 + 2^-10) loses its 2^-20 term.
+    a = np.full((1, 2), 1 + 2**-10, np.float16)
+    assert matmul_acc(a, a.T, np.dtype(np.float16))[0, 0] == 2 * (1 + 2**-9)
+    assert matmul_acc(a, a.T, np.dtype(np.float64))[0, 0] == 2 * (1 + 2**-10) ** 2
