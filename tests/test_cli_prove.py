@@ -1,0 +1,172 @@
+"""`normfuse prove`: exit status, the rich display, --json, --latex, --n, one-line errors, and finding the proofs.
+
+Most tests call the dispatcher in-process (`main([...])`), so they share `proofs.prove`'s cache with
+tests/test_proofs.py; two run the real `python -m normfuse_ref` in a subprocess. The width is pinned (COLUMNS=100).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import sympy as sp
+
+import proofs
+from normfuse_ref.cli import prove as prove_cmd
+from normfuse_ref.cli.main import main
+from proofs import CONCRETE_N, PROOFS, Proof, Step, check_step
+
+NAMES = list(PROOFS)
+
+
+@pytest.fixture(autouse=True)
+def _width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["prove", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_all_proofs_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys)
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert lines[-1] == "✓ all 5 proofs passed"
+    for name in NAMES:
+        assert any(line.startswith(f"{name} (symbolic n): ") for line in lines), name
+    # the pass/fail table: one row per proof, a column per dimension
+    assert any("symbolic n" in line and "n=1" in line and "n=6" in line and "result" in line for line in lines)
+    assert sum("passed" in line for line in lines if line.startswith("│")) == len(NAMES)
+    assert "FAILED" not in out and err.count("error") == 0
+
+
+def test_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--json")
+    assert code == 0
+    records = json.loads(out)
+    assert [r["name"] for r in records] == NAMES
+    for r in records:
+        assert set(r) == {"name", "title", "passed", "n", "steps", "negative_controls", "dimensions"}
+        assert r["passed"] is True and r["n"] == "symbolic"
+        assert r["steps"] and all(s["symbolic"] is True and s["numeric"] is True for s in r["steps"])
+        assert all(set(s) == {"name", "symbolic", "numeric", "equation", "comment"} for s in r["steps"])
+        assert r["negative_controls"] and all(c["rejected"] is True for c in r["negative_controls"])
+        assert all({"name", "rejected"} <= set(c) for c in r["negative_controls"])
+        assert [d["n"] for d in r["dimensions"]] == ["symbolic", *CONCRETE_N]
+        assert all(d["passed"] and d["steps_held"] == d["steps"] for d in r["dimensions"])
+
+
+def test_latex(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "softmax_linear", "--n", "symbolic", "--latex")
+    assert code == 0
+    lines = out.splitlines()
+    assert "% 1. the denominator leaves the sum: symbolic ✓, numeric ✓" in lines
+    assert any(r"\frac" in line and r"\sum_{i=0}^{n - 1}" in line for line in lines)
+    assert any(r"\neq" in line for line in lines)  # the rejected controls
+    # LaTeX lines are never wrapped at the terminal width, so they can be pasted
+    assert any(len(line) > 100 and line.startswith(r"\sum") for line in lines)
+
+
+def test_latex_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "layer_norm_linear", "--n", "symbolic", "--json", "--latex")
+    assert code == 0
+    (record,) = json.loads(out)
+    assert all("latex" in s for s in record["steps"])
+    assert any(r"\frac" in s["latex"] for s in record["steps"])
+
+
+def test_one_concrete_n(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "rope_scale", "layer_norm_linear", "--n", "2", "--json")
+    assert code == 0
+    records = json.loads(out)
+    assert [r["name"] for r in records] == ["rope_scale", "layer_norm_linear"]  # the order asked for
+    assert all(r["n"] == 2 and [d["n"] for d in r["dimensions"]] == [2] for r in records)
+
+
+def test_unknown_name_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "rms_norm_linear", "no_such_proof")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"error: unknown proof 'no_such_proof'; choose from: {', '.join(NAMES)}"]
+
+
+@pytest.mark.parametrize("bad", ["0", "7", "many"])
+def test_bad_n_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str], bad: str) -> None:
+    code, out, err = run(capsys, "--n", bad)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "--n must be" in err and "Traceback" not in err
+
+
+def test_a_failing_step_gives_status_1(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = sp.symbols("a b")
+    broken = Proof("rms_norm_linear", None, (check_step(Step("wrong", (a + b) ** 2, a**2 + b**2, "")),), ())
+    monkeypatch.setattr(proofs, "prove", lambda name, n=None: broken)
+    code, out, err = run(capsys, "rms_norm_linear", "--n", "symbolic")
+    assert code == 1
+    assert "error: 1 of 1 proofs failed: rms_norm_linear" in err
+    assert "FAILED" in out
+    code, out, _ = run(capsys, "rms_norm_linear", "--n", "symbolic", "--json")
+    assert code == 1 and json.loads(out)[0]["passed"] is False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the real command, and finding the proofs from a checkout or a wheel
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "normfuse_ref", "prove", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_subprocess_from_another_directory(tmp_path: Path) -> None:
+    done = _cli("rms_norm_linear", "--n", "symbolic", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (record,) = json.loads(done.stdout)
+    assert record["name"] == "rms_norm_linear" and record["passed"] is True
+    done = _cli("nope", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+@pytest.fixture
+def _forget(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A module name for a second copy of the proofs package, removed (with its submodules) afterwards."""
+    name = "normfuse_test_copy_of_proofs"
+    yield name
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+
+
+def test_load_by_path_resolves_relative_imports(_forget: str) -> None:
+    # what an install without `proofs` on sys.path and without the wheel's _proofs does
+    copy = prove_cmd.load_package_from(prove_cmd.CHECKOUT_PROOFS, _forget)
+    assert list(copy.PROOFS) == NAMES
+    assert sys.modules[f"{_forget}.rms_norm_linear"].Proof is sys.modules[f"{_forget}._steps"].Proof
+    assert copy.prove("rms_norm_linear", 1).passed
+
+
+def test_prefers_the_installed_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    sentinel = ModuleType(prove_cmd.INSTALLED_NAME)
+    monkeypatch.setitem(sys.modules, prove_cmd.INSTALLED_NAME, sentinel)
+    assert prove_cmd.load_proofs() is sentinel
+
+
+def test_in_a_checkout_the_tests_and_the_cli_share_one_package() -> None:
+    assert prove_cmd.load_proofs() is proofs
