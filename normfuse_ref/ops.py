@@ -24,7 +24,7 @@ elementwise (their output shape is the broadcast of their inputs: the emulator r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -83,6 +83,31 @@ class Executor(Protocol):
         ...
 
 
+def _openblas_thread_setter() -> Callable[[int], int] | None:
+    """numpy's bundled OpenBLAS `openblas_set_num_threads_local(n) -> previous n`, or None if it is not there
+    (another BLAS, an older OpenBLAS): then the thread count is left to the BLAS."""
+    import ctypes
+    import glob
+    import os
+
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
+    for path in libs:
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+        return fn
+    return None
+
+
+_SET_BLAS_THREADS = _openblas_thread_setter()
+
+
+#: NumpyExecutor.scope's context: labels mean nothing to a plain executor (reusable, no per-call generator).
+_NO_SCOPE = contextlib.nullcontext()
+
+
 @dataclass
 class NumpyExecutor:
     """Computes every primitive directly with NumPy.
@@ -91,11 +116,19 @@ class NumpyExecutor:
     acc: the accumulation dtype (default: the policy in `normfuse_ref.precision`).
     tile_size: how many entries of a softmax row one slice holds in `softmax_tiles` (None: the whole row is one
         slice). The emulator uses its own slice size; any value gives the same result up to rounding.
+    small_matmul_threads: BLAS threads for products with fewer than `small_matmul_rows` rows per matrix (a decode
+        step's matrix-vector products), None = the BLAS default. Default 1, the robust choice: such products are
+        memory-bound, so on an idle 2-core machine a second thread adds only ~20% bandwidth (24 vs 20 GB/s), while
+        when another process keeps a core busy OpenBLAS's waiting threads make a 2-thread gemv 2-75x slower than a
+        1-thread one (measured on the 2-core test machine; bench/README.md). Large products (prefill) keep the
+        BLAS default. Only speed depends on this setting, never the numbers.
     """
 
     storage: DTypeLike = np.float32
     acc: DTypeLike | None = None
     tile_size: int | None = None
+    small_matmul_threads: int | None = 1
+    small_matmul_rows: int = 16
 
     def __post_init__(self) -> None:
         self._st = resolve_dtype(self.storage)
@@ -106,11 +139,24 @@ class NumpyExecutor:
     def _a(self, x: Array) -> Array:
         return x if x.dtype == self._acc else x.astype(self._acc)
 
+    def _threads(self, rows: int) -> int | None:
+        """The BLAS thread count to impose for products with `rows` rows per matrix (None: leave the default)."""
+        if _SET_BLAS_THREADS is None or rows >= self.small_matmul_rows:
+            return None
+        return self.small_matmul_threads
+
     def matmul(self, x: Array, F: Array, *, op: str) -> Array:
-        return matmul_acc(x, F, self._acc).astype(self._st, copy=False)
+        n = self._threads(x.shape[-2] if x.ndim >= 2 else 1)
+        if n is None:
+            return matmul_acc(x, F, self._acc).astype(self._st, copy=False)
+        prev = _SET_BLAS_THREADS(n)  # type: ignore[misc]
+        try:
+            return matmul_acc(x, F, self._acc).astype(self._st, copy=False)
+        finally:
+            _SET_BLAS_THREADS(prev)  # type: ignore[misc]
 
     def elementwise(self, fn: Callable[..., Array], *xs: Array, op: str, flops: int = 1) -> Array:
-        return np.asarray(fn(*(self._a(x) for x in xs))).astype(self._st, copy=False)
+        return np.asarray(fn(*[self._a(x) for x in xs])).astype(self._st, copy=False)
 
     def reduce(self, x: Array, kind: ReduceKind, *, op: str, eps: float = 0.0) -> Array:
         xa = self._a(x)
@@ -127,7 +173,21 @@ class NumpyExecutor:
         za, Va = self._a(z), self._a(V)
         n = za.shape[-1]
         t = n if self.tile_size is None else self.tile_size
-        states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]
+        threads = self._threads(za.shape[-2] if za.ndim >= 2 else 1)
+        prev = None if threads is None else _SET_BLAS_THREADS(threads)  # type: ignore[misc]
+        try:
+            if t >= n:  # one slice: fusion.softmax_tile_state's arithmetic, exp in place, no stacking copies
+                m = np.max(za, axis=-1, keepdims=True)  # (..., 1)
+                with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose, as in softmax_tile_state
+                    p = np.subtract(za, np.where(np.isneginf(m), 0, m).astype(za.dtype))  # (..., n)
+                    np.exp(p, out=p)
+                l = np.sum(p, axis=-1, keepdims=True, dtype=p.dtype)  # (..., 1)
+                o = matmul_acc(p, Va, p.dtype)  # (..., m)
+                return SoftmaxTiles(m=m[..., None, :], l=l[..., None, :], o=o[..., None, :])
+            states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]
+        finally:
+            if prev is not None:
+                _SET_BLAS_THREADS(prev)  # type: ignore[misc]
         return SoftmaxTiles(
             m=np.stack([s.m for s in states], axis=-2),  # (..., k, 1)
             l=np.stack([s.l for s in states], axis=-2),  # (..., k, 1)
@@ -143,6 +203,5 @@ class NumpyExecutor:
     def layout(self, fn: Callable[..., Array], *xs: Array, op: str) -> Array:
         return fn(*xs)
 
-    @contextlib.contextmanager
-    def scope(self, *, layer: int | None) -> Iterator[None]:
-        yield
+    def scope(self, *, layer: int | None) -> contextlib.AbstractContextManager[None]:
+        return _NO_SCOPE

@@ -8,23 +8,33 @@
                      RMSNorm -> gate/up, and the final RMSNorm -> lm_head.
 
 The KV cache is passed in and returned (no hidden state). Shape letters: see `normfuse_ref.llama.config`.
+
+Speed without changing what is computed (the emulator replays the same primitive calls):
+- the RoPE angles depend only on positions, so `forward` computes them once per call and every layer's `rope_*`
+  callables reuse them; a single new token sees every cached key, so a decode step builds no causal mask;
+- callables compute in place on the one array they allocate (no temporaries), and explicit transposes replace
+  `np.moveaxis` (whose per-call overhead shows at ~870 primitive calls per decode step);
+- `kv_append` writes the new positions into spare capacity of a preallocated buffer when the cache passed in is the
+  latest prefix view of that buffer, and copies otherwise (see `kv_append`), so decoding n tokens costs O(n) cache
+  writes instead of O(n^2) while every cache a caller holds stays valid.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from ..layers import rope, silu_acc
+from ..layers import rope_angles
 from ..ops import Executor, NumpyExecutor
 from ..precision import resolve_dtype
 from .config import LlamaConfig
 from .weights import Mode
 
-__all__ = ["KVCache", "check_ids", "empty_cache", "forward"]
+__all__ = ["KVCache", "check_ids", "empty_cache", "forward", "kv_append", "rope_tables", "rotate"]
 
 Array = NDArray[Any]
 
@@ -64,6 +74,98 @@ def check_ids(ids: ArrayLike, cfg: LlamaConfig, past: int) -> NDArray[np.int64]:
     return a.astype(np.int64)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# KV-cache append into spare capacity
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _KVBuffer(np.ndarray):
+    """Storage for a growing cache ([B,] capacity, Hkv, hd); positions [0, filled) are in use by some cache."""
+
+    filled: int
+
+
+def kv_append(c: Array, a: Array, *, limit: int | None = None) -> Array:
+    """np.concatenate([c, a], axis=-3), computed without copying `c` when possible.
+
+    c ([B,] S0, Hkv, hd) is what a caller passed in; a ([B,] T, Hkv, hd) the new positions. If `c` is a prefix view
+    of a `_KVBuffer` whose in-use length is exactly S0 (no later append claimed the slots after it) and there is
+    room, `a` is written into slots [S0, S0 + T) and a view of [0, S0 + T) is returned. Otherwise a new buffer with
+    spare capacity (at most `limit` positions, the context length) is allocated and filled. Slots before S0 are
+    never written, so every cache a caller holds keeps its values; appending twice to the same cache (branching)
+    takes the copying path the second time.
+    """
+    S0, T = c.shape[-3], a.shape[-3]
+    S = S0 + T
+    buf = c.base
+    if (
+        isinstance(buf, _KVBuffer)
+        and buf.filled == S0
+        and S <= buf.shape[-3]
+        and buf.dtype == a.dtype == c.dtype
+        and buf.shape[:-3] == a.shape[:-3]
+        and buf.shape[-2:] == a.shape[-2:]
+        and c.strides == buf.strides
+        and c.__array_interface__["data"][0] == buf.__array_interface__["data"][0]
+    ):
+        buf[..., S0:S, :, :] = a
+        buf.filled = S
+        return np.ndarray((*c.shape[:-3], S, *c.shape[-2:]), dtype=buf.dtype, buffer=buf, strides=buf.strides)
+    cap = max(S + 256, 2 * S)  # room for decoding; doubling keeps the number of copies O(log n)
+    if limit is not None:
+        cap = max(S, min(cap, limit))
+    lead = np.broadcast_shapes(c.shape[:-3], a.shape[:-3])
+    new = np.ndarray.__new__(_KVBuffer, (*lead, cap, *a.shape[-2:]), dtype=np.result_type(c, a))
+    new[..., :S0, :, :] = c
+    new[..., S0:S, :, :] = a
+    new.filled = S
+    return np.ndarray((*lead, S, *a.shape[-2:]), dtype=new.dtype, buffer=new, strides=new.strides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RoPE with the angles computed once per forward call
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def rope_tables(positions: Array, hd: int, base: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """cos and sin (T, 1, hd/2) in float64 for positions (T,): `layers.rope_angles` broadcast over heads."""
+    return rope_angles(positions[:, None], hd, base)
+
+
+# reference: layers.rope(x, positions, base=..., layout=...)  (same formulas, angles precomputed)
+def rotate(xa: Array, cos: Array, sin: Array, layout: str) -> Array:
+    """Rotate the RoPE pairs of xa (..., T, H, hd) by angles with cos, sin (T, 1, hd/2), in xa's dtype.
+
+    Each pair (u, v) becomes (u cos - v sin, v cos + u sin); "half" pairs (x[i], x[i + hd/2]), "interleaved" pairs
+    (x[2i], x[2i + 1]). Numerically identical to `layers.rope` on the same input.
+    """
+    hd = xa.shape[-1]
+    c, s = cos.astype(xa.dtype), sin.astype(xa.dtype)  # (T, 1, hd/2)
+    out = np.empty_like(xa)  # (..., T, H, hd)
+    if layout == "half":
+        u, v, ou, ov = xa[..., : hd // 2], xa[..., hd // 2 :], out[..., : hd // 2], out[..., hd // 2 :]
+    else:
+        u, v, ou, ov = xa[..., 0::2], xa[..., 1::2], out[..., 0::2], out[..., 1::2]
+    np.subtract(u * c, v * s, out=ou)  # (..., T, H, hd/2)
+    np.add(v * c, u * s, out=ov)  # (..., T, H, hd/2)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def causal_keep(T: int, S: int, G: int) -> NDArray[np.bool_] | None:
+    """(G*T, S) keep-mask of grouped query rows over keys (row r is query t = r mod T, which sees keys
+    j <= t + S - T), or None when every query sees every key (a single new token).
+
+    Cached (read-only) so that the layers of one forward call share one mask: for a long prompt it is large.
+    """
+    if T == 1:
+        return None
+    t = np.arange(G * T) % T  # (G*T,)
+    keep = np.arange(S)[None, :] <= (t + S - T)[:, None]  # (G*T, S)
+    keep.flags.writeable = False
+    return keep
+
+
 # reference: linear(rms_norm(x, g, eps), F)     fused: s * (x @ (g ⊙ F)), F folded by weights.prepare
 def rms_norm_linear_site(ex: Executor, x: Any, g: Any, F: Any, eps: float, mode: Mode, name: str) -> Any:
     """One RMSNorm -> linear site in either order; `F` is raw in baseline and g-folded in fused mode."""
@@ -76,18 +178,33 @@ def rms_norm_linear_site(ex: Executor, x: Any, g: Any, F: Any, eps: float, mode:
     return ex.elementwise(lambda y, s: y * s, y, s, op=f"{name}.scale")  # (T, m)
 
 
+# reference: layers.silu_acc(g) * u   (the same operations, in place on one new array)
+def _swiglu(g: Array, u: Array) -> Array:
+    """silu(g) * u = g / (1 + exp(-g)) * u, elementwise; exp(-g) may overflow to inf, giving -0 as it should."""
+    h = np.negative(g)  # (T, f)
+    with np.errstate(over="ignore"):
+        np.exp(h, out=h)
+    h += 1
+    np.divide(g, h, out=h)
+    h *= u
+    return h
+
+
 def _finalize(o: Array, l: Array) -> Array:
     """o / l, with l = 0 (no visible key) defined as 0, as in fusion.softmax_finalize."""
     return np.where(l == 0, 0, o / np.where(l == 0, 1, l))
 
 
 def _softmax_normalise(e: Array, l: Array) -> Array:
-    return np.where(l == 0, 0, e / np.where(l == 0, 1, l))
+    """e / l, a row with l = 0 (no visible key) being all zeros: its e are all exp(-inf) = 0, and 0 / 1 = 0."""
+    return e / np.where(l == 0, 1, l)
 
 
 def _exp_shifted(z: Array, m: Array) -> Array:
+    """exp(z - m) with a fully masked row (m = -inf) shifted by 0, so its exponentials are 0, not NaN."""
     with np.errstate(invalid="ignore"):
-        return np.exp(z - np.where(np.isneginf(m), 0, m))
+        e = np.subtract(z, np.where(np.isneginf(m), 0, m).astype(z.dtype))  # (..., S)
+        return np.exp(e, out=e)
 
 
 # reference: softmax(z) @ V      fused: (e^{z - m_slice} @ V merged across slices) / l
@@ -105,11 +222,20 @@ def softmax_v_site(ex: Executor, z: Any, vh: Any, mode: Mode) -> Any:
 
 
 def attention_site(
-    ex: Executor, qkv: Any, cache_k: Any, cache_v: Any, positions: Array, cfg: LlamaConfig, mode: Mode
+    ex: Executor,
+    qkv: Any,
+    cache_k: Any,
+    cache_v: Any,
+    positions: Array,
+    cfg: LlamaConfig,
+    mode: Mode,
+    *,
+    rope_cs: tuple[Array, Array] | None = None,
 ) -> tuple[Any, Any, Any]:
     """RoPE, KV-cache append, causal grouped-query attention.
 
     qkv ([B,] T, (Hq + 2 Hkv) hd) -> o ([B,] T, Hq hd) and the extended cache k, v ([B,] S, Hkv, hd).
+    `rope_cs` is `rope_tables(positions, ...)`, passed in so that all layers share one computation.
     """
     lead = tuple(qkv.shape[:-2])  # () or (B,)
     T, S = positions.size, cache_k.shape[-3] + positions.size
@@ -117,35 +243,45 @@ def attention_site(
     q = ex.layout(lambda a: a[..., : Hq * hd].reshape(*lead, T, Hq, hd), qkv, op="split_q")  # (.., T, Hq, hd)
     k = ex.layout(lambda a: a[..., Hq * hd : (Hq + Hkv) * hd].reshape(*lead, T, Hkv, hd), qkv, op="split_k")
     v = ex.layout(lambda a: a[..., (Hq + Hkv) * hd :].reshape(*lead, T, Hkv, hd), qkv, op="split_v")  # (.., T, Hkv, hd)
-    pos = positions[:, None]  # (T, 1)
+    cos, sin = rope_tables(positions, hd, cfg.rope_base) if rope_cs is None else rope_cs  # (T, 1, hd/2) each
 
     def rot(a: Array) -> Array:
-        return rope(a, pos, base=cfg.rope_base, layout=cfg.rope_layout)
+        return rotate(a, cos, sin, cfg.rope_layout)
 
     q = ex.elementwise(rot, q, op="rope_q", flops=3)  # (.., T, Hq, hd)
     k = ex.elementwise(rot, k, op="rope_k", flops=3)  # (.., T, Hkv, hd)
 
     def append(c: Array, a: Array) -> Array:
-        return np.concatenate([c, a], axis=-3)  # (.., S, Hkv, hd)
+        return kv_append(c, a, limit=cfg.context_length)  # (.., S, Hkv, hd)
 
     k_all = ex.layout(append, cache_k, k, op="kv_append")  # (.., S, Hkv, hd)
     v_all = ex.layout(append, cache_v, v, op="kv_append")  # (.., S, Hkv, hd)
 
+    L = tuple(range(len(lead)))  # the batch axis, if any (explicit transposes: np.moveaxis is slow per call)
+    n = len(lead)
+
     def heads_q(a: Array) -> Array:  # (.., T, Hkv, G, hd) -> (.., Hkv, G, T, hd) -> (.., Hkv, G*T, hd)
-        return np.moveaxis(a.reshape(*lead, T, Hkv, G, hd), -4, -2).reshape(*lead, Hkv, G * T, hd)
+        return a.reshape(*lead, T, Hkv, G, hd).transpose(*L, n + 1, n + 2, n, n + 3).reshape(*lead, Hkv, G * T, hd)
 
     qh = ex.layout(heads_q, q, op="heads")  # (.., Hkv, G*T, hd)
-    kT = ex.layout(lambda a: np.moveaxis(a, -3, -1), k_all, op="heads")  # (.., Hkv, hd, S)
+    kT = ex.layout(lambda a: a.transpose(*L, n + 1, n + 2, n), k_all, op="heads")  # (.., Hkv, hd, S)
     vh = ex.layout(lambda a: np.swapaxes(a, -3, -2), v_all, op="heads")  # (.., Hkv, S, hd)
     z = ex.matmul(qh, kT, op="attn_scores")  # (.., Hkv, G*T, S)
-    t = np.arange(G * T) % T  # (G*T,)  row r of a kv group is query t = r mod T
-    keep = np.arange(S)[None, :] <= (t + S - T)[:, None]  # (G*T, S)  causal: query t sees keys j <= t + S - T
-    scale = 1 / np.sqrt(hd)
-    z = ex.elementwise(lambda z: np.where(keep, z * scale, -np.inf), z, op="attn_mask")  # (.., Hkv, G*T, S)
+    keep = causal_keep(T, S, G)  # (G*T, S) or None: causal, query t sees keys j <= t + S - T
+    drop = None if keep is None else ~keep  # (G*T, S)
+    scale = 1 / float(np.sqrt(hd))  # a Python float: the product stays in z's (accumulation) dtype
+
+    def mask(z: Array) -> Array:  # where(keep, z * scale, -inf)
+        out = z * scale  # (.., Hkv, G*T, S)
+        if drop is not None:
+            np.copyto(out, -np.inf, where=drop)
+        return out
+
+    z = ex.elementwise(mask, z, op="attn_mask")  # (.., Hkv, G*T, S)
     o = softmax_v_site(ex, z, vh, mode)  # (.., Hkv, G*T, [1,] hd)
 
     def merge_heads(a: Array) -> Array:  # (.., Hkv, G, T, hd) -> (.., T, Hkv, G, hd) -> (.., T, Hq hd)
-        return np.moveaxis(a.reshape(*lead, Hkv, G, T, hd), -2, -4).reshape(*lead, T, Hq * hd)
+        return a.reshape(*lead, Hkv, G, T, hd).transpose(*L, n + 2, n, n + 1, n + 3).reshape(*lead, T, Hq * hd)
 
     o = ex.layout(merge_heads, o, op="merge_heads")  # (.., T, Hq hd)
     return o, k_all, v_all
@@ -179,6 +315,7 @@ def forward(
             f"ids have shape {ids.shape} but the cache holds shape {tuple(cache.k[0].shape)}; batch sizes differ"
         )
     positions = past + np.arange(ids.shape[-1])  # (T,)
+    rope_cs = rope_tables(positions, cfg.head_dim, cfg.rope_base)  # (T, 1, hd/2) each, shared by all layers
     eps, f = cfg.norm_eps, cfg.ffn_dim
 
     with ex.scope(layer=None):
@@ -188,7 +325,7 @@ def forward(
         b = f"blk.{i}"
         with ex.scope(layer=i):
             qkv = rms_norm_linear_site(ex, x, w[f"{b}.attn_norm"], w[f"{b}.attn_qkv"], eps, mode, "attn_qkv")
-            o, k_all, v_all = attention_site(ex, qkv, cache.k[i], cache.v[i], positions, cfg, mode)
+            o, k_all, v_all = attention_site(ex, qkv, cache.k[i], cache.v[i], positions, cfg, mode, rope_cs=rope_cs)
             new_k.append(k_all)
             new_v.append(v_all)
             a = ex.matmul(o, w[f"{b}.attn_output"], op="attn_output")  # (T, d)
@@ -196,7 +333,7 @@ def forward(
             gu = rms_norm_linear_site(ex, x, w[f"{b}.ffn_norm"], w[f"{b}.ffn_gate_up"], eps, mode, "ffn_gate_up")
             gate = ex.layout(lambda a: a[..., :f], gu, op="split_gate")  # (T, f)
             up = ex.layout(lambda a: a[..., f:], gu, op="split_up")  # (T, f)
-            h = ex.elementwise(lambda g, u: silu_acc(g) * u, gate, up, op="swiglu", flops=5)  # (T, f)
+            h = ex.elementwise(_swiglu, gate, up, op="swiglu", flops=5)  # (T, f)
             y = ex.matmul(h, w[f"{b}.ffn_down"], op="ffn_down")  # (T, d)
             x = ex.elementwise(lambda x, y: x + y, x, y, op="residual")  # (T, d)
     with ex.scope(layer=None):

@@ -1,0 +1,169 @@
+"""Read a Hugging Face Llama checkpoint directory: config.json and *.safetensors (never pickles).
+
+HF stores linear weights (out, in) under `model.layers.{i}.self_attn.q_proj.weight` and friends, and its Q and K
+rows use the "half" RoPE pairing (x[i], x[i + hd/2]); this loader renames to the GGUF names, transposes to
+normfuse's row-vector (in, out) orientation, and returns `rope_layout="half"`. PyTorch `.bin` checkpoints are
+pickles, which can run code when loaded: they are refused with a message, never opened.
+
+If the directory has a `tokenizer.json`, it is loaded with the `tokenizers` package (and `tokenizer_config.json`
+gives the chat template and the eos token); otherwise the model has no tokenizer and runs on token ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from ..precision import resolve_dtype
+from .config import LlamaConfig
+from .tokenizer import END_OF_GENERATION, GGUFTokenizer
+from .weights import pack_blocks_inplace, param_shapes
+
+__all__ = ["HFModel", "hf_name", "read_hf_dir"]
+
+Array = NDArray[Any]
+
+_BLOCK = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def hf_name(gguf_name: str) -> str:
+    """The HF tensor name of a GGUF tensor name (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`)."""
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
+    if gguf_name in top:
+        return top[gguf_name]
+    if gguf_name == "output.weight":
+        return "lm_head.weight"
+    _, i, short, _ = gguf_name.split(".")
+    hf = next(k for k, v in _BLOCK.items() if v == short)
+    return f"model.layers.{i}.{hf}.weight"
+
+
+@dataclass(frozen=True)
+class HFModel:
+    cfg: LlamaConfig
+    params: dict[str, Array]
+    tokenizer: GGUFTokenizer | None
+    path: Path
+
+
+def _config(raw: dict[str, Any], path: Path, name: str | None) -> LlamaConfig:
+    kind = raw.get("model_type")
+    if kind != "llama":
+        raise ValueError(f"{path}: model_type is {kind!r}, but normfuse runs Llama-architecture models only ('llama')")
+    if raw.get("rope_scaling"):
+        raise ValueError(f"{path}: RoPE scaling {raw['rope_scaling']!r} is not supported")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if key not in raw:
+            raise ValueError(f"{path}/config.json has no {key!r}")
+    dim, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
+    if raw.get("head_dim") not in (None, dim // heads):
+        raise ValueError(f"{path}: head_dim {raw['head_dim']} != hidden_size / num_attention_heads is not supported")
+    if raw.get("attention_bias") or raw.get("mlp_bias"):
+        raise ValueError(f"{path}: linear-layer biases are not supported")
+    return LlamaConfig(
+        name=name or path.name,
+        dim=dim,
+        n_layers=int(raw["num_hidden_layers"]),
+        n_heads=heads,
+        n_kv_heads=int(raw.get("num_key_value_heads") or heads),
+        ffn_dim=int(raw["intermediate_size"]),
+        vocab_size=int(raw["vocab_size"]),
+        context_length=int(raw.get("max_position_embeddings", 2048)),
+        rope_base=float(raw.get("rope_theta", 10000.0)),
+        norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        rope_layout="half",
+        source=f"{path.name}/config.json",
+    )
+
+
+def _token_text(tok: Any) -> str:
+    """A tokenizer_config.json token entry (a string, or {"content": ...}) as its text; "" if absent."""
+    if isinstance(tok, dict):
+        return str(tok.get("content", ""))
+    return tok if isinstance(tok, str) else ""
+
+
+def _tokenizer(path: Path) -> GGUFTokenizer | None:
+    tj = path / "tokenizer.json"
+    if not tj.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(tj))
+    tc_path = path / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text()) if tc_path.is_file() else {}
+    special = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+    eos_tok = tc.get("eos_token")
+    eos_text = _token_text(eos_tok)
+    eos = {special[s] for s in (eos_text, *END_OF_GENERATION) if s in special}
+    template = tc.get("chat_template")
+    return GGUFTokenizer(
+        backend=backend,
+        bos_id=None,
+        eos_ids=frozenset(eos),
+        template_tokens=(_token_text(tc.get("bos_token")), _token_text(eos_tok)),
+        chat_template=template if isinstance(template, str) else None,
+        special=special,
+    )
+
+
+def read_hf_dir(path: str | Path, *, dtype: DTypeLike = np.float32, name: str | None = None) -> HFModel:
+    """Config, weights (in `dtype`, GGUF names, row-vector orientation) and tokenizer of an HF checkpoint dir."""
+    from safetensors.numpy import load_file
+
+    path = Path(path).expanduser()
+    dt = resolve_dtype(dtype)
+    if not path.exists():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"{path} has no config.json (is it a Hugging Face checkpoint directory?)")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_file} is not valid JSON ({exc})") from None
+    cfg = _config(raw, path, name)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        if pickles:
+            raise ValueError(
+                f"{path} holds only PyTorch pickle checkpoints ({', '.join(pickles[:3])}); normfuse never loads "
+                "pickles (loading one can run arbitrary code): convert them to safetensors first"
+            )
+        raise ValueError(f"{path} has no *.safetensors weight files")
+    tensors: dict[str, Array] = {}
+    for f in files:
+        try:
+            tensors |= load_file(str(f))
+        except Exception as exc:  # safetensors raises its own SafetensorError on a bad header or short file
+            raise ValueError(f"{f} is a damaged or truncated safetensors file ({exc})") from None
+    shapes = param_shapes(cfg)
+    params: dict[str, Array] = {}
+    for key, want in shapes.items():
+        src = hf_name(key)
+        if src not in tensors:
+            raise ValueError(f"{path}: the checkpoint has no tensor {src!r} (needed for {key})")
+        a = tensors.pop(src)
+        if a.ndim == 2 and key != "token_embd.weight":
+            a = a.T  # (out, in) -> (in, out)
+        if a.shape != want:
+            raise ValueError(f"{path}: tensor {src!r} has shape {a.shape[::-1]}, expected {want[::-1]} (out, in)")
+        params[key] = np.asarray(a, dtype=dt)
+    return HFModel(cfg=cfg, params=pack_blocks_inplace(params, cfg), tokenizer=_tokenizer(path), path=path)
