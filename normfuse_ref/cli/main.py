@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .console import Console, UsageError
 
 #: Subcommand modules under normfuse_ref.cli, in the order `normfuse --help` lists them.
-SUBCOMMANDS = ["demo", "prove", "fetch", "generate"]
+SUBCOMMANDS = ["timeline", "demo", "prove", "fetch", "generate", "sweep"]
 
 
 class _Parser(argparse.ArgumentParser):
