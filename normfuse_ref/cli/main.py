@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .console import Console, UsageError
 
 #: Subcommand modules under normfuse_ref.cli, in the order `normfuse --help` lists them.
-SUBCOMMANDS = ["timeline", "demo", "prove", "fetch", "generate", "sweep"]
+SUBCOMMANDS = ["timeline", "demo", "prove", "fetch", "generate", "sweep", "fuzz"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,13 @@
+"""Test-suite configuration: the Hypothesis profile of the fuzz suite (NORMFUSE_FUZZ_PROFILE = ci | dev | thorough)."""
+
+from __future__ import annotations
+
+import pytest
+
+from normfuse_ref.testing.profiles import ENV_VAR, load_profile
+
+PROFILE = load_profile()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"normfuse fuzz profile: {PROFILE} (set {ENV_VAR} to ci, dev or thorough)"

@@ -1,0 +1,116 @@
+"""RMSNorm -> linear: `rms_norm(x, g) @ F == s * (x @ (g ⊙ F))` in every dtype, and the fold-underflow hazard.
+
+Criterion and allowance: normfuse_ref/testing/equivalence.py. Findings table: docs/hazards.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, find, given, settings
+from hypothesis import strategies as st
+
+from normfuse_ref import fusion
+from normfuse_ref.precision import DTYPES, dtype_info
+from normfuse_ref.testing import strategies as s
+from normfuse_ref.testing.rules import RULES, Case, assert_no_worse, evaluate
+
+RULE = RULES["rms_norm_linear"]
+# The "found by the fuzzer" tests search without shrinking (the pinned literals are the shrunk results).
+FIND = settings(
+    max_examples=2000,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@given(data=st.data())
+def test_rms_norm_linear_no_worse_than_reference(dtype: str, data: st.DataObject) -> None:
+    """Ordinary, outlier and eps-dominated rows, realistic weights: the fused order is within the allowance."""
+    assert_no_worse(RULE, data.draw(RULE.cases(dtype=dtype), label="case"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hazard: the fold re-quantises g ⊙ F, and in the subnormal range that loses relative accuracy
+# ---------------------------------------------------------------------------------------------------------------
+
+# Shrunk by Hypothesis (`find` over finite rows, gains, and weights scaled down into the subnormal range; see
+# test_fold_underflow_is_found_by_the_fuzzer), pasted as literal data.
+FOLD_UNDERFLOW_E5M2 = Case(
+    rule="rms_norm_linear",
+    dtype="float8_e5m2",
+    arrays={
+        "x": np.array([[1.0] * 11]).astype(DTYPES["float8_e5m2"]),
+        "g": np.array([0.25] * 11).astype(DTYPES["float8_e5m2"]),
+        "F": np.array([[3.0517578125e-05]] * 11).astype(DTYPES["float8_e5m2"]),
+    },
+    params={"eps": 1e-06},
+)
+FOLD_UNDERFLOW_F16 = Case(
+    rule="rms_norm_linear",
+    dtype="float16",
+    arrays={
+        "x": np.array([[1.0] * 5]).astype(DTYPES["float16"]),
+        "g": np.array([0.25] * 5).astype(DTYPES["float16"]),
+        "F": np.array([[2.7298927307128906e-05]] * 5).astype(DTYPES["float16"]),
+    },
+    params={"eps": 1e-06},
+)
+
+
+def _wide_fold(dtype: str) -> Callable[[Case], np.ndarray]:
+    """The mitigation: fold g ⊙ F into a wider dtype (the DIMC tile holds bfloat16/float32 weights)."""
+
+    def fused(c: Case) -> np.ndarray:
+        a = c.arrays
+        return fusion.rms_norm_linear_folded(a["x"], fusion.fold_rms_norm(a["g"], a["F"], dtype=dtype), c.params["eps"])
+
+    return fused
+
+
+@pytest.mark.parametrize("case", [FOLD_UNDERFLOW_E5M2, FOLD_UNDERFLOW_F16], ids=lambda c: c.dtype)
+def test_fold_underflow_hazard(case: Case) -> None:
+    """The fused order is worse when the folded weights g_i F_ij fall below the storage dtype's smallest normal.
+
+    Condition: |g_i F_ij| < tiny (fp8 e4m3fn 2^-6, e5m2 and float16 2^-14) while x_i is not small. The fold
+    rounds g ⊙ F on the subnormal grid (absolute error up to half a subnormal, i.e. relative error up to 50%),
+    whereas the reference uses F exactly as stored and rounds only the normal-range activations h = x s g. Here
+    0.25 * F lands between two subnormals in every row and the rounding errors add up coherently.
+    Mitigation: fold into a wider dtype (bfloat16 or float32) - or keep fp8 weights scaled into the normal range.
+    """
+    gF = np.abs(case.arrays["g"].astype(np.float64)[:, None] * case.arrays["F"].astype(np.float64))
+    assert np.all(gF < dtype_info(case.dtype).tiny)  # the condition holds
+    v = evaluate(RULE, case)
+    assert not v.ok, "the pinned counterexample no longer fails: re-check the fold (docs/hazards.md)"
+    assert v.hazard.max() >= v.err_fused.max() - v.atol.max()  # the fused-only term accounts for the excess
+    for wider in ("bfloat16", "float32"):
+        assert evaluate(RULE, case, fused=_wide_fold(wider)).ok
+
+
+@st.composite
+def _subnormal_weight_cases(draw: st.DrawFn, *, dtype: str) -> Case:
+    n = st.shared(s.row_lengths(max_n=64), key="fold.n")
+    m = st.shared(st.integers(1, 4), key="fold.m")
+    x = draw(s.finite_rows(n=n, dtype=dtype))
+    g = draw(s.gains(n=n, dtype=dtype))
+    F = draw(s.weights(n=n, m=m, dtype=dtype, min_gain=2.0**-12, max_gain=2.0**-6))
+    return Case("rms_norm_linear", dtype, {"x": x, "g": g, "F": F}, {"eps": 1e-6})
+
+
+def test_fold_underflow_is_found_by_the_fuzzer() -> None:
+    """Hypothesis finds the hazard on its own once weights reach the subnormal range (fp8 e5m2 here)."""
+    case = find(_subnormal_weight_cases(dtype="float8_e5m2"), lambda c: not evaluate(RULE, c).ok, settings=FIND)
+    assert evaluate(RULE, case, fused=_wide_fold("bfloat16")).ok
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "float16"])
+@given(data=st.data())
+def test_wide_fold_is_no_worse_even_for_subnormal_weights(dtype: str, data: st.DataObject) -> None:
+    """The mitigation as a property: folding into float32 is within the allowance on the hazard's own inputs."""
+    assert_no_worse(RULE, data.draw(_subnormal_weight_cases(dtype=dtype), label="case"), fused=_wide_fold("float32"))
