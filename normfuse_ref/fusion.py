@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .layers import check_eps, check_matrix, check_rows, check_vector
-from .precision import accumulation_dtype, as_float_array, matmul_acc, mean_acc, resolve_dtype
+from .precision import accumulation_dtype, as_float_array, matmul_acc, mean_acc, resolve_dtype, sum_acc
 
 __all__ = [
     "SoftmaxState",
@@ -179,7 +179,7 @@ def softmax_tile_state(z_tile: Array, V_tile: Array) -> SoftmaxState:
     m_shift = np.where(np.isneginf(m), 0, m)  # (..., 1)   an all-masked tile shifts by 0: its e^z are all 0
     with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose: +inf in a row gives a NaN row
         p = np.exp(z_tile - m_shift)  # (..., n_t)
-    return SoftmaxState(m=m, l=np.sum(p, axis=-1, keepdims=True, dtype=p.dtype), o=matmul_acc(p, V_tile, p.dtype))
+    return SoftmaxState(m=m, l=sum_acc(p), o=matmul_acc(p, V_tile, p.dtype))
 
 
 def online_softmax_merge(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:

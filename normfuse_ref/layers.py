@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .precision import accumulation_dtype, as_float_array, matmul_acc, mean_acc
+from .precision import accumulation_dtype, as_float_array, matmul_acc, mean_acc, sum_acc
 
 __all__ = [
     "attention",
@@ -93,7 +93,7 @@ def softmax_acc(za: Array) -> Array:
     m_shift = np.where(np.isneginf(m), 0, m)  # (..., 1)
     with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose: +inf in a row gives a NaN row
         e = np.exp(za - m_shift)  # (..., n)
-    l = np.sum(e, axis=-1, keepdims=True)  # (..., 1)
+    l = sum_acc(e)  # (..., 1)
     return np.where(l == 0, 0, e / np.where(l == 0, 1, l)).astype(za.dtype)  # (..., n)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
-from .precision import accumulation_dtype, matmul_acc, mean_acc, resolve_dtype
+from .precision import accumulation_dtype, matmul_acc, mean_acc, resolve_dtype, sum_acc
 
 __all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles"]
 
@@ -163,7 +163,7 @@ class NumpyExecutor:
         if kind == "max":
             return np.max(xa, axis=-1, keepdims=True)
         if kind == "sum":
-            return np.sum(xa, axis=-1, keepdims=True, dtype=xa.dtype)
+            return sum_acc(xa)
         if kind == "rms_scale":
             ms = mean_acc(xa * xa)  # (..., 1)
             return (1 / np.sqrt(ms + self._acc.type(eps))).astype(self._acc)
@@ -181,7 +181,7 @@ class NumpyExecutor:
                 with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose, as in softmax_tile_state
                     p = np.subtract(za, np.where(np.isneginf(m), 0, m).astype(za.dtype))  # (..., n)
                     np.exp(p, out=p)
-                l = np.sum(p, axis=-1, keepdims=True, dtype=p.dtype)  # (..., 1)
+                l = sum_acc(p)  # (..., 1)
                 o = matmul_acc(p, Va, p.dtype)  # (..., m)
                 return SoftmaxTiles(m=m[..., None, :], l=l[..., None, :], o=o[..., None, :])
             states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]

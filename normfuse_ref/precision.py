@@ -37,6 +37,8 @@ __all__ = [
     "matmul_acc",
     "mean_acc",
     "resolve_dtype",
+    "sum_acc",
+    "tree_sum",
 ]
 
 #: Every storage dtype the toolkit supports, by its short name.
@@ -126,26 +128,51 @@ def as_float_array(x: ArrayLike, name: str) -> NDArray[Any]:
     return arr
 
 
+def tree_sum(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
+    """Sum over `axis` (keepdims) as a balanced adder tree, every partial sum rounded to x's dtype.
+
+    Used for 16-bit accumulators: numpy's own float16 reductions keep float32 partial sums along contiguous axes
+    and run sequentially in float16 otherwise, so their result depends on memory layout. Here each level adds
+    neighbouring pairs elementwise (one correctly rounded addition each) and stores the result in x's dtype, so a
+    partial sum overflows or loses bits exactly where such an adder tree would, whatever the layout.
+    """
+    p = np.moveaxis(x, axis, -1)  # (..., n)
+    dt = x.dtype
+    while p.shape[-1] > 1:
+        if p.shape[-1] % 2:  # pad an odd level with an exact zero
+            p = np.concatenate([p, np.zeros((*p.shape[:-1], 1), dtype=dt)], axis=-1)
+        p = (p[..., 0::2] + p[..., 1::2]).astype(dt)  # (..., n/2)
+    return np.moveaxis(p, -1, axis)  # keepdims
+
+
+def sum_acc(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
+    """Sum over `axis` (keepdims) accumulated in x's own dtype: `tree_sum` for 16-bit dtypes, numpy otherwise."""
+    return tree_sum(x, axis) if x.dtype.itemsize <= 2 else np.sum(x, axis=axis, keepdims=True, dtype=x.dtype)
+
+
 def mean_acc(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
     """Mean over `axis` (keepdims) accumulated in x's own dtype.
 
-    np.mean silently accumulates float16 in float32; a float16 accumulator must overflow where float16 would.
+    np.mean silently accumulates float16 in float32; a 16-bit accumulator must overflow where float16 would, so
+    16-bit dtypes sum through `tree_sum`.
     """
     n = x.shape[axis]
-    return (np.sum(x, axis=axis, keepdims=True, dtype=x.dtype) / x.dtype.type(n)).astype(x.dtype)
+    return (sum_acc(x, axis) / x.dtype.type(n)).astype(x.dtype)
 
 
 def matmul_acc(x: NDArray[Any], F: NDArray[Any], acc: np.dtype) -> NDArray[Any]:
     """x (..., n) @ F (n, m) or (..., n, m), with the products summed in `acc`.
 
     32- and 64-bit accumulators use BLAS. numpy's float16 (and ml_dtypes' bfloat16) matmul accumulates in float32
-    internally, so a 16-bit accumulator is emulated faithfully: the products are rounded to `acc` and summed
-    pairwise in `acc` (an adder tree), which can overflow or lose bits exactly where such hardware would.
+    internally, so a 16-bit accumulator is emulated: every product is rounded to `acc` and the n products are
+    summed by `tree_sum` (an adder tree rounding each partial sum to `acc`). This builds a (..., T, n, m)
+    intermediate: meant for the fuzz suite's hazard studies, not for model-sized matmuls.
     """
     xa, Fa = x.astype(acc, copy=False), F.astype(acc, copy=False)
     if acc.itemsize >= 4:
         return np.matmul(xa, Fa)
     vec = xa.ndim == 1
     x2 = xa[None] if vec else xa  # (..., T, n)
-    out = np.add.reduce(x2[..., :, :, None] * Fa[..., None, :, :], axis=-2, dtype=acc)  # (..., T, m)
+    products = (x2[..., :, :, None] * Fa[..., None, :, :]).astype(acc)  # (..., T, n, m)
+    out = tree_sum(products, axis=-2)[..., 0, :]  # (..., T, m)
     return out[0] if vec else out

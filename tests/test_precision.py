@@ -58,3 +58,20 @@ def test_narrow_accumulators_really_accumulate_narrow() -> None:
     a = np.full((1, 2), 1 + 2**-10, np.float16)
     assert matmul_acc(a, a.T, np.dtype(np.float16))[0, 0] == 2 * (1 + 2**-9)
     assert matmul_acc(a, a.T, np.dtype(np.float64))[0, 0] == 2 * (1 + 2**-10) ** 2
+
+
+def test_narrow_accumulation_does_not_depend_on_layout() -> None:
+    """Reproduction from the fuzz suite: numpy's float16 reductions use float32 partial sums along contiguous axes
+    and sequential float16 otherwise, so the answer depended on how many columns F had. An adder tree that rounds
+    every partial sum to float16 overflows at the first level here (60000 + 60000), for any number of columns."""
+    f16 = np.dtype(np.float16)
+    x = np.array([[60000, 60000, -60000, -60000]], np.float16)
+    with np.errstate(over="ignore", invalid="ignore"):
+        one = matmul_acc(x, np.ones((4, 1), np.float16), f16)
+        two = matmul_acc(x, np.ones((4, 2), np.float16), f16)
+        assert not np.isfinite(one).any() and not np.isfinite(two).any()
+        assert not np.isfinite(mean_acc(x)).any()
+    # The same column gives the same sum whatever F's width: [2048, 1 x 100] in float16.
+    a = np.array([[2048.0] + [1.0] * 100], np.float16)
+    col = np.ones((101, 1), np.float16)
+    assert matmul_acc(a, col, f16)[0, 0] == matmul_acc(a, np.ones((101, 2), np.float16), f16)[0, 0]
