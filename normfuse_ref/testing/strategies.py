@@ -428,17 +428,19 @@ class MergeStep:
     swap: bool
 
 
-@st.composite
-def merge_orders(draw: st.DrawFn, *, tiles: IntOrStrategy) -> list[MergeStep]:
+def merge_orders(*, tiles: IntOrStrategy) -> st.SearchStrategy[list[MergeStep]]:
     """A random binary merge tree over `tiles` states, as tiles - 1 MergeSteps (any pairs, any argument order)."""
-    k = _int(draw, tiles)
-    steps = []
-    for left in range(k, 1, -1):
-        i = draw(st.integers(0, left - 1))
-        j = draw(st.integers(0, left - 2))
-        j = j + 1 if j >= i else j
-        steps.append(MergeStep(i=i, j=j, swap=draw(st.booleans())))
-    return steps
+
+    def tree(k: int) -> st.SearchStrategy[list[MergeStep]]:
+        def step(left: int) -> st.SearchStrategy[MergeStep]:
+            # i, then j among the other left - 1 states
+            return st.tuples(st.integers(0, left - 1), st.integers(0, left - 2), st.booleans()).map(
+                lambda t: MergeStep(i=t[0], j=t[1] + 1 if t[1] >= t[0] else t[1], swap=t[2])
+            )
+
+        return st.tuples(*(step(left) for left in range(k, 1, -1))).map(list)
+
+    return tree(tiles) if isinstance(tiles, int) else tiles.flatmap(tree)
 
 
 # ---------------------------------------------------------------------------------------------------------------
