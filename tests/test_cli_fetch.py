@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from normfuse_ref.cli.main import main
 from normfuse_ref.llama.fetch import SOURCES, cache_dir, sha256_file
 
+from .cli_support import pinned_width, run  # noqa: F401  (pinned_width is an autouse fixture)
+
 SRC = SOURCES["smollm2-135m"]
-
-
-@pytest.fixture(autouse=True)
-def _width(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "100")
-    monkeypatch.setenv("NO_COLOR", "1")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_fetch_is_idempotent_in_the_user_cache(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,20 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from normfuse_ref.cli.main import main
 from normfuse_ref.llama.fetch import fetch
 
-
-@pytest.fixture(autouse=True)
-def _width(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "100")
-    monkeypatch.setenv("NO_COLOR", "1")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from .cli_support import pinned_width, run  # noqa: F401  (pinned_width is an autouse fixture)
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
