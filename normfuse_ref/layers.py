@@ -1,6 +1,6 @@
 """Reference (textbook-order) Transformer layers, as pure functions of NumPy arrays.
 
-Conventions (DESIGN.md, "Notation"):
+Conventions (docs/notation.md, "Notation"):
 - Row vectors: `y = x @ F`, x of shape (..., n), F of shape (n, m). Any leading batch dimensions.
 - Every layer takes its inputs in a storage dtype (see `normfuse_ref.precision`), computes in the accumulation
   dtype `acc` (default: float32 for 16- and 8-bit storage, the input dtype otherwise) and rounds its result once,

@@ -38,9 +38,10 @@ __all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles"]
 
 Array = NDArray[Any]
 
-#: What `reduce` computes over the last axis (keepdims): the row max, the row sum, or the RMSNorm scale
-#: s = 1/sqrt(mean(x^2) + eps) (a sum of squares collective finished by an rsqrt on the SIMD unit).
-ReduceKind = Literal["max", "sum", "rms_scale"]
+#: What `reduce` computes over the last axis (keepdims): the row max, the row sum, the row mean, or the RMSNorm
+#: scale s = 1/sqrt(mean(x^2) + eps) (a sum of squares collective finished by an rsqrt on the SIMD unit). LayerNorm's
+#: 1/sigma is `mean` followed by `rms_scale` of the centred row (two-pass, as the reference layer computes it).
+ReduceKind = Literal["max", "sum", "mean", "rms_scale"]
 
 
 class SoftmaxTiles(NamedTuple):
@@ -58,8 +59,8 @@ class Executor(Protocol):
         """x (..., n) @ F (n, m) or batched F (..., n, m) -> (..., m)."""
         ...
 
-    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, flops: int = 1) -> Any:
-        """fn(*xs) broadcast elementwise; `flops` is the SIMD work per output element (for costing)."""
+    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str) -> Any:
+        """fn(*xs) broadcast elementwise. A costing executor finds the SIMD program by `op` (its name)."""
         ...
 
     def reduce(self, x: Any, kind: ReduceKind, *, op: str, eps: float = 0.0) -> Any:
@@ -155,7 +156,7 @@ class NumpyExecutor:
         finally:
             _SET_BLAS_THREADS(prev)  # type: ignore[misc]
 
-    def elementwise(self, fn: Callable[..., Array], *xs: Array, op: str, flops: int = 1) -> Array:
+    def elementwise(self, fn: Callable[..., Array], *xs: Array, op: str) -> Array:
         return np.asarray(fn(*[self._a(x) for x in xs])).astype(self._st, copy=False)
 
     def reduce(self, x: Array, kind: ReduceKind, *, op: str, eps: float = 0.0) -> Array:
@@ -164,6 +165,8 @@ class NumpyExecutor:
             return np.max(xa, axis=-1, keepdims=True)
         if kind == "sum":
             return sum_acc(xa)
+        if kind == "mean":
+            return mean_acc(xa)
         if kind == "rms_scale":
             ms = mean_acc(xa * xa)  # (..., 1)
             return (1 / np.sqrt(ms + self._acc.type(eps))).astype(self._acc)

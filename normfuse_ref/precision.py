@@ -2,7 +2,7 @@
 
 Hardware stores activations and weights narrow (16 or 8 bits) and accumulates wider. normfuse mirrors that:
 every layer and rule takes its inputs in the caller's *storage* dtype, computes in an explicit *accumulation*
-dtype, and returns the storage dtype. The default accumulation (DESIGN.md, "Numerical policy") is float32 for
+dtype, and returns the storage dtype. The default accumulation (docs/numerics.md) is float32 for
 16- and 8-bit storage and the input dtype otherwise.
 
 Supported storage dtypes:

@@ -51,7 +51,7 @@ class ProofModule(Protocol):
     def prove(self, size: int | None = None) -> Proof: ...
 
 
-#: name -> proof module, in DESIGN.md's order: the three rules, then the online merge and RoPE they rely on
+#: name -> proof module, in the order of docs/notation.md: the three rules, then the online merge and RoPE they rely on
 PROOFS: dict[str, ProofModule] = {
     module.NAME: module
     for module in (rms_norm_linear, layer_norm_linear, softmax_linear, online_softmax_merge, rope_scale)

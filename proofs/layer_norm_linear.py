@@ -1,6 +1,6 @@
 """LayerNorm -> linear: centring and gain fold into F' = (I - E/n) Gamma F; only 1/sigma remains, after the matmul.
 
-Identity (DESIGN.md "The three rules", row-vector convention y = x F, x of length n, F of shape (n, m)):
+Identity (docs/notation.md "The three rules", row-vector convention y = x F, x of length n, F of shape (n, m)):
 
     layer_norm(x, gamma, beta) F  ==  s * (x F') + beta F,     F' = (I - E/n) Gamma F,    s = 1 / sqrt(var + eps)
 
@@ -61,7 +61,7 @@ from ._steps import Definitions, Proof, Step, run_proof
 NAME = "layer_norm_linear"
 TITLE = "LayerNorm -> linear: layer_norm(x, gamma, beta) F == s (x F') + beta F, F' = (I - E/n) Gamma F"
 SYMBOLIC_N = True
-SECTION = 'DESIGN.md "The three rules", LayerNorm -> linear'
+SECTION = 'docs/notation.md "The three rules", LayerNorm -> linear'
 
 #: width of F in the concrete-n proofs
 M = 2

@@ -7,7 +7,7 @@ o_t = Sum_{i in t} e^{z_i - m_t} V_i (code names m, l, o; O~ in the paper's nota
     merge((m_a, l_a, o_a), (m_b, l_b, o_b)) = (m, l_a e^{m_a - m} + l_b e^{m_b - m}, o_a e^{m_a - m} + o_b e^{m_b - m}),
     m = max(m_a, m_b)
 
-(DESIGN.md "The three rules", Softmax -> linear; normfuse_ref.fusion.online_softmax_merge). Claims:
+(docs/notation.md "The three rules", Softmax -> linear; normfuse_ref.fusion.online_softmax_merge). Claims:
 
 - exactness: merging the states of two adjacent tiles gives the state of the concatenated tile, so o / l is
   softmax(z) V over the concatenation. This holds for *every* choice of the new shift m, not only the max:
@@ -66,7 +66,7 @@ from ._steps import Definitions, Proof, Step, run_proof
 NAME = "online_softmax_merge"
 TITLE = "Online softmax: merge((m_a, l_a, o_a), (m_b, l_b, o_b)) is exact, commutative and associative"
 SYMBOLIC_N = True
-SECTION = 'DESIGN.md "The three rules", Softmax -> linear (online merge)'
+SECTION = 'docs/notation.md "The three rules", Softmax -> linear (online merge)'
 
 #: width of V in the concrete-n proofs
 M = 2

@@ -1,6 +1,6 @@
 """RMSNorm -> linear: the 1/rms scale commutes with the matmul, and the gain g folds into F.
 
-Identity (DESIGN.md "The three rules", row-vector convention y = x F, x of length n, F of shape (n, m)):
+Identity (docs/notation.md "The three rules", row-vector convention y = x F, x of length n, F of shape (n, m)):
 
     rms_norm(x, g) F  ==  s * (x (g ⊙ F)),    s = 1 / sqrt(mean(x^2) + eps),    (g ⊙ F)_ik = g_i F_ik
 
@@ -46,7 +46,7 @@ from ._steps import Definitions, Proof, Step, run_proof
 NAME = "rms_norm_linear"
 TITLE = "RMSNorm -> linear: rms_norm(x, g) F == s (x (g ⊙ F)), s = 1/sqrt(mean(x^2) + eps)"
 SYMBOLIC_N = True
-SECTION = 'DESIGN.md "The three rules", RMSNorm -> linear'
+SECTION = 'docs/notation.md "The three rules", RMSNorm -> linear'
 
 #: width of F in the concrete-n proofs: two columns show that each column is handled alike, and stay fast.
 M = 2

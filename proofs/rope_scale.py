@@ -60,7 +60,7 @@ from ._steps import Proof, Step, run_proof
 NAME = "rope_scale"
 TITLE = "RoPE and the deferred scale: (s_q q R_p) . (s_k k R_t) == s_q s_k (q R_{p-t}) . k"
 SYMBOLIC_N = True
-SECTION = 'DESIGN.md "The three rules", RMSNorm -> linear, carried through RoPE into q k^T'
+SECTION = 'docs/notation.md "The three rules", RMSNorm -> linear, carried through RoPE into q k^T'
 
 s, s_q, s_k = sp.symbols("s s_q s_k", positive=True)  # per-row deferred scales
 p, t = sp.symbols("p t", real=True)  # positions of the query and the key row

@@ -1,6 +1,6 @@
 """Softmax -> linear (attention P V): the softmax denominator commutes with the matmul, and any shift m cancels.
 
-Identity (DESIGN.md "The three rules", row-vector convention: z a row of n scores, V of shape (n, m)):
+Identity (docs/notation.md "The three rules", row-vector convention: z a row of n scores, V of shape (n, m)):
 
     softmax(z) V  ==  (e^{z - m} V) / Sum_j e^{z_j - m}        for every real m (in practice m = max z)
 
@@ -48,7 +48,7 @@ from ._steps import Definitions, Proof, Step, run_proof
 NAME = "softmax_linear"
 TITLE = "Softmax -> linear: softmax(z) V == (e^{z - m} V) / Sum_j e^{z_j - m} for any shift m"
 SYMBOLIC_N = True
-SECTION = 'DESIGN.md "The three rules", Softmax -> linear'
+SECTION = 'docs/notation.md "The three rules", Softmax -> linear'
 
 #: width of V in the concrete-n proofs
 M = 2

@@ -5,7 +5,7 @@ size of the online softmax, and whether the prompt is decoded in one call or as 
 The oracle is the baseline forward in float64 on the *same stored weights* (the textbook order, exact to
 ~1e-15 relative).
 
-Criterion (DESIGN.md, "Numerical policy"), max norm over all logits:
+Criterion (docs/numerics.md), max norm over all logits:
 
     |fused - exact| <= c |baseline - exact| + atol,   c = 2,   atol = 2 u_s max|exact|
 

@@ -124,7 +124,7 @@ def test_both_rope_layouts_give_the_same_logits() -> None:
 
 @pytest.mark.parametrize("storage", ["float32", "float16"])
 def test_fused_is_as_accurate_as_baseline(storage: str) -> None:
-    """DESIGN.md's equivalence: |fused - exact| <= c |baseline - exact| + atol, exact = float64 on the stored
+    """The equivalence of docs/numerics.md: |fused - exact| <= c |baseline - exact| + atol, exact = float64 on the stored
     weights. Both orders round at the same number of places (fused rounds g ⊙ F once where baseline rounds x s g
     once, and s (x F) once where baseline rounds x s g F once), so to first order their error bounds are equal;
     c = 2 leaves room for the maxima of two different rounding patterns, and atol = 2 u_s max|logit| is the final

@@ -91,10 +91,10 @@ class Recorder(NumpyExecutor):
         self.log.append(f"reduce   {op}  (collective)")
         return super().reduce(x, kind, op=op, eps=eps)
 
-    def elementwise(self, fn, *xs, op, flops=1):  # type: ignore[no-untyped-def]
+    def elementwise(self, fn, *xs, op):  # type: ignore[no-untyped-def]
         if op.endswith((".norm", ".scale")):
             self.log.append(f"scale    {op}")
-        return super().elementwise(fn, *xs, op=op, flops=flops)
+        return super().elementwise(fn, *xs, op=op)
 
 
 cfg = get_preset("tiny")

@@ -14,7 +14,7 @@
 # orders round in different places. The paper says the fused order "preserves numerical accuracy". Where is
 # that true, where is it not, and what fixes it?
 #
-# The criterion (DESIGN.md, "Numerical policy"): against the float64 value `exact` of the same *stored* inputs,
+# The criterion (docs/numerics.md): against the float64 value `exact` of the same *stored* inputs,
 # the fused order must not be worse than the reference order, `|fused - exact| <= c |reference - exact| + atol`.
 # The Hypothesis fuzz suite searches for inputs that break it; each case below is a counterexample it found and
 # shrank (see `docs/hazards.md` for the full table, the conditions, and the tests that pin them).

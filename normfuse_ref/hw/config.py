@@ -12,8 +12,9 @@ Sources (public, none of them a confirmed specification; docs/hardware.md has th
            2.4 PFLOPS MXINT8 (9.6 PFLOPS MXINT4) per card; the card's SRAM delivers ~150 TB/s.
   [DMPAGE] d-Matrix product page (2023), as quoted by vengineer.hatenablog.com: 256 DIMC cores per chiplet,
            2048 per card.
-  [BRIEF]  normfuse DESIGN.md ("public facts": a slice's DIMC unit does 512 MACs per clock; a SIMD unit
-           post-processes DIMC output and computes softmax; slices talk over a multicast network-on-chip).
+  [PRESS]  d-Matrix press material and patent descriptions (not confirmed specifications): a slice's DIMC unit
+           does 512 MACs per clock; a SIMD unit post-processes DIMC output and computes softmax; slices talk
+           over a multicast network-on-chip.
 Everything else is *assumed* (said so at the field). One parameter, `network.hop_latency_cycles` of the
 corsair-like preset, is *calibrated* on one published point (see `CALIBRATION` and `normfuse_ref.hw.study`).
 
@@ -83,7 +84,7 @@ def _check(obj: Any, section: str, *, zero_ok: tuple[str, ...] = ()) -> None:
 class ClockConfig:
     """One clock for the whole machine."""
 
-    # GHz. Derived from [SC24] + [DMPAGE] + [BRIEF]: 2.4e15 FLOP/s / (2 FLOP/MAC x 2048 slices x 512 MAC/cycle)
+    # GHz. Derived from [SC24] + [DMPAGE] + [PRESS]: 2.4e15 FLOP/s / (2 FLOP/MAC x 2048 slices x 512 MAC/cycle)
     # = 1.144 GHz, assuming one DIMC core = one slice and the MXINT8 peak counts 2 FLOP per MAC.
     ghz: float = 1.144
 
@@ -116,7 +117,7 @@ class DIMCConfig:
 
     tile_rows: int = 64  # K rows of one weight tile (the input chunk one tile consumes); assumed
     tile_cols: int = 64  # N columns of one weight tile (outputs one tile produces); assumed
-    macs_per_cycle: int = 512  # multiply-accumulates per cycle per slice; [BRIEF] (patents/press)
+    macs_per_cycle: int = 512  # multiply-accumulates per cycle per slice; [PRESS] (patents/press)
     # cycles from the first input element to the first output, incl. delivering the input row to the tiles
     # over the multicast network; assumed
     pipeline_latency_cycles: int = 16

