@@ -111,8 +111,10 @@ def _list(args: argparse.Namespace, console: Console) -> int:
         )
         return 0
     console.table(
-        f"Fetchable models (cache: {cache}; files are SHA-256 checked when fetched and when used)",
-        ["model", Col("family", "left"), "MB", Col("licence", "left"), Col("PyPI wheel", "left"), Col("state", "left")],
-        [(n, fam, f"{size / 1e6:.1f}", lic, req, st) for n, fam, size, lic, req, st in rows],
+        "Fetchable models (every file is SHA-256 checked when fetched and when used)",
+        ["model", Col("family", "left"), "MB", Col("licence", "left"), Col("state", "left")],
+        [(n, fam, f"{size / 1e6:.1f}", lic, st) for n, fam, size, lic, _req, st in rows],
+        caption="Where each comes from (the PyPI wheel, pinned) and what is in it: docs/models.md, or --list --json.",
     )
+    console.fields([("cache", str(cache))], indent=0)
     return 0
