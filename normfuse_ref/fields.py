@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["FieldError", "boolean", "construct", "integer", "json_object", "mapping", "number", "string"]
+__all__ = ["FieldError", "boolean", "construct", "integer", "json_object", "mapping", "number", "string", "text_file"]
 
 T = TypeVar("T")
 
@@ -42,15 +42,21 @@ def mapping(obj: Any, source: str) -> Mapping[str, Any]:
     return obj
 
 
+def text_file(path: Path, kind: str) -> str:
+    """The UTF-8 text of the file at `path`; one FieldError naming the file if it cannot be read or is not UTF-8
+    text (a binary file given where `kind`, e.g. "JSON" or "a TOML hardware description", was expected)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise FieldError(f"{path} is not a UTF-8 text file, so not {kind}") from None
+    except OSError as exc:
+        raise FieldError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def json_object(path: Path) -> Mapping[str, Any]:
     """The JSON object in the file at `path`; one FieldError naming the file if it cannot be read, is not UTF-8,
     is not JSON, or holds something other than an object (a list, a string, ...)."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise FieldError(f"{path} is not a UTF-8 text file (so not JSON)") from None
-    except OSError as exc:
-        raise FieldError(f"cannot read {path}: {exc.strerror or exc}") from None
+    text = text_file(path, "JSON")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:

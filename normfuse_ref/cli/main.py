@@ -75,10 +75,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         try:
             module = _import(name)
-        except UsageError:
+        except UsageError as exc:
             if only is not None:
                 raise
-            sub.add_parser(name, help="(not installed: see `normfuse " + name + "`)", add_help=False)
+            sub.add_parser(name, help=str(exc).removeprefix(f"normfuse {name} "), add_help=False)
             continue
         module.add_parser(sub)
     return parser
