@@ -22,7 +22,7 @@ Attention scores are sums over the head dimension, so permuting Q and K alike ch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -141,19 +141,30 @@ def _concat_columns(parts: list[Array]) -> Array:
 _FOLD_COLUMNS = 4096
 
 
-def _fold(g: Array, F: Array) -> Array:
-    """fold_rms_norm(g, F) (g ⊙ F, rounded once to F's dtype), computed in column blocks to bound peak memory."""
+#: How a gain is folded into the weight that follows it: fold(g, F) -> g ⊙ F, stored in the dtype it chooses.
+Fold = Callable[[Array, Array], Array]
+
+
+def _fold(g: Array, F: Array, fold: Fold) -> Array:
+    """fold(g, F), computed in column blocks to bound peak memory (`fold` must act on columns independently)."""
     if F.shape[1] <= _FOLD_COLUMNS:
-        return fold_rms_norm(g, F)
-    out = np.empty(F.shape, dtype=F.dtype)  # (n, m)
-    for j in range(0, F.shape[1], _FOLD_COLUMNS):
-        out[:, j : j + _FOLD_COLUMNS] = fold_rms_norm(g, F[:, j : j + _FOLD_COLUMNS])
+        return fold(g, F)
+    first = fold(g, F[:, :_FOLD_COLUMNS])  # (n, C)   its dtype is the fold's choice
+    out = np.empty(F.shape, dtype=first.dtype)  # (n, m)
+    out[:, :_FOLD_COLUMNS] = first
+    for j in range(_FOLD_COLUMNS, F.shape[1], _FOLD_COLUMNS):
+        out[:, j : j + _FOLD_COLUMNS] = fold(g, F[:, j : j + _FOLD_COLUMNS])
     return out
 
 
-def prepare(params: Mapping[str, Array], cfg: LlamaConfig, mode: Mode) -> dict[str, Array]:
+def prepare(
+    params: Mapping[str, Array], cfg: LlamaConfig, mode: Mode, *, fold: Fold = fold_rms_norm
+) -> dict[str, Array]:
     """The weights `forward` reads in `mode` (see the module docstring). `params` is not modified; the result may
-    share memory with it (see "Memory" above), so treat both as read-only."""
+    share memory with it (see "Memory" above), so treat both as read-only.
+
+    `fold` folds each gain in fused mode: by default `fusion.fold_rms_norm`, stored in the weight's own dtype; the
+    accuracy study passes e.g. `functools.partial(fold_rms_norm, dtype="float32")` to fold into a wider dtype."""
     if mode not in ("baseline", "fused"):
         raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
     missing = [k for k in param_shapes(cfg) if k not in params]
@@ -161,7 +172,7 @@ def prepare(params: Mapping[str, Array], cfg: LlamaConfig, mode: Mode) -> dict[s
         raise ValueError(f"weights are missing {len(missing)} tensors, e.g. {missing[0]!r}")
 
     def site(g: Array, F: Array) -> Array:
-        return _fold(g, F) if mode == "fused" else F
+        return _fold(g, F, fold) if mode == "fused" else F
 
     w: dict[str, Array] = {"token_embd": params["token_embd.weight"]}  # (V, d)
     for i in range(cfg.n_layers):

@@ -1,0 +1,19 @@
+"""One entry point for the study of each real model: load it (checked, from the cache) and run its study."""
+
+from __future__ import annotations
+
+from .corpus import Corpus
+from .study import MODELS, ModelStudy, Progress, StudyConfig
+
+__all__ = ["study_model"]
+
+
+def study_model(name: str, corpus: Corpus, config: StudyConfig, *, progress: Progress | None = None) -> ModelStudy:
+    """The study of registry model `name` (one of MODELS). FileNotFoundError when it is not fetched (the message
+    names the `normfuse fetch` command), ValueError for a damaged file or a corpus too short for `config`."""
+    if name == "smollm2-135m":
+        from ..llama.model import load_model
+        from .smollm2 import study_llama
+
+        return study_llama(load_model(name, "float32"), corpus, config, name=name, progress=progress)
+    raise ValueError(f"unknown model {name!r}; the study covers {', '.join(MODELS)}")

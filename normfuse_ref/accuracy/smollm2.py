@@ -1,0 +1,233 @@
+"""The study's Llama side: SmolLM2-135M (or any Llama `Model`) in every storage dtype, both orders, against float64.
+
+How a `RunSpec` becomes weights and an executor:
+
+| spec | weights | executor |
+|---|---|---|
+| float64 oracle | the file's values in float64, baseline order | float64 storage and accumulation |
+| float32 / bfloat16 / float16 | the file's values rounded to the dtype; fused folds g ⊙ F into the dtype | storage = the dtype, float32 accumulation |
+| float8_e4m3fn | `fp8.quantise_weights`; fused re-quantises g ⊙ F per column | `fp8.Fp8Executor` (e4m3fn matmul operands, bfloat16 storage) |
+| mitigation "wide-fold" | fused folds g ⊙ F into `WIDE_FOLD[dtype]` (float32, or bfloat16 for fp8) | as for the dtype |
+| summation "permuted" | the same, built from `orders.permute_llama` weights | as for the dtype |
+
+Teacher forcing: the first `tokens` tokens of the corpus in windows of `window` tokens, each a fresh context;
+position t of a window is scored on token t + 1, so a window of T tokens scores T - 1 positions. Greedy: the first
+`prompt_tokens` tokens of `prompts` corpus documents spread evenly through it, continued for `new_tokens` tokens
+as one batch (an end-of-text token does not stop a continuation, so every run is compared over the same length).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..fusion import fold_rms_norm
+from ..llama.config import LlamaConfig
+from ..llama.forward import forward
+from ..llama.model import Model
+from ..llama.tokenizer import TextTokenizer
+from ..llama.weights import Fold, Mode, pack_blocks_inplace, prepare
+from ..ops import Executor, NumpyExecutor
+from ..precision import resolve_dtype
+from .corpus import Corpus
+from .fp8 import BF16, E4M3, Fp8Executor, quantise, quantise_weights
+from .metrics import Reference, ScoreAccumulator, agreement_length
+from .orders import permute_llama
+from .study import ORACLE, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, judge
+
+__all__ = ["LLAMA_MITIGATIONS", "WIDE_FOLD", "LlamaRuns", "corpus_prompts", "corpus_windows", "study_llama"]
+
+Array = NDArray[Any]
+
+#: Mitigations of the fused RMSNorm -> linear rule run in each dtype. "wide-fold": g ⊙ F stored in the next wider
+#: format (WIDE_FOLD) instead of the weights' own, so the fold adds no rounding of its own beyond what the wider
+#: format has (docs/hazards.md, hazard 2). float32 needs none: its fold's rounding is at the level of its activations'.
+LLAMA_MITIGATIONS: dict[str, tuple[str, ...]] = {
+    "float32": (),
+    "bfloat16": ("wide-fold",),
+    "float16": ("wide-fold",),
+    "float8_e4m3fn": ("wide-fold",),
+}
+
+#: The format a "wide-fold" mitigation stores g ⊙ F in, per storage dtype: float32 for 16-bit weights, bfloat16
+#: for fp8 weights (what the issue asks: "fold fp8 weights in at least bfloat16").
+WIDE_FOLD = {"bfloat16": "float32", "float16": "float32", "float8_e4m3fn": "bfloat16"}
+
+
+def _fp8_fold(g: Array, F: Array) -> Array:
+    """The fp8 rule's default: g ⊙ F (float64) re-quantised to e4m3fn with per-column scales, held in bfloat16."""
+    return quantise(fold_rms_norm(g, F, dtype=np.float32), axis=0).astype(BF16)
+
+
+def _fold(spec: RunSpec) -> Fold:
+    """How the fused order of `spec` folds a gain into its weight."""
+    if spec.mitigation is not None:
+        if spec.mitigation != "wide-fold" or spec.dtype not in WIDE_FOLD:
+            raise ValueError(f"no Llama mitigation {spec.mitigation!r} in {spec.dtype}")
+        return functools.partial(fold_rms_norm, dtype=resolve_dtype(WIDE_FOLD[spec.dtype]))
+    return _fp8_fold if resolve_dtype(spec.dtype) == E4M3 else fold_rms_norm
+
+
+class LlamaRuns:
+    """Weights and executors of every `RunSpec` for one Llama model, built on demand from its float32 weights."""
+
+    def __init__(self, params: Mapping[str, Array], cfg: LlamaConfig) -> None:
+        self.cfg = cfg
+        self._params: dict[str, Mapping[str, Array]] = {"plain": params}
+
+    def params(self, summation: str) -> Mapping[str, Array]:
+        if summation not in self._params:
+            self._params[summation] = permute_llama(self._params["plain"], self.cfg)
+        return self._params[summation]
+
+    def weights(self, spec: RunSpec) -> dict[str, Array]:
+        p = self.params(spec.summation)
+        mode: Mode = "baseline" if spec.order == "float64" else spec.order
+        dt = resolve_dtype(spec.dtype)
+        stored = quantise_weights(p, row_scaled=frozenset({"token_embd.weight"})) if dt == E4M3 else _cast(p, dt)
+        w = prepare(pack_blocks_inplace(stored, self.cfg), self.cfg, mode, fold=_fold(spec))
+        # Every weight but the embedding table (a lookup: its rows enter the residual stream in storage) is held as
+        # its exact value in the accumulation dtype, which is what every primitive casts it to before computing:
+        # the same numbers, without converting ~135M weights on every call (a decode step makes ~180 calls).
+        acc = np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
+        return {k: v if k == "token_embd" else v.astype(acc, copy=False) for k, v in w.items()}
+
+    @staticmethod
+    def executor(spec: RunSpec) -> Executor:
+        dt = resolve_dtype(spec.dtype)
+        return Fp8Executor() if dt == E4M3 else NumpyExecutor(storage=dt)
+
+
+def _cast(params: Mapping[str, Array], dt: np.dtype) -> dict[str, Array]:
+    return {k: np.asarray(v).astype(dt) for k, v in params.items()}
+
+
+class _Runner:
+    """One run's forward passes: whole windows (teacher forcing) and a batch of greedy continuations."""
+
+    def __init__(self, runs: LlamaRuns, spec: RunSpec) -> None:
+        self.cfg, self.spec = runs.cfg, spec
+        self.w = runs.weights(spec)
+        self.ex = runs.executor(spec)
+        self.mode: Mode = "baseline" if spec.order == "float64" else spec.order
+
+    def logits(self, ids: NDArray[np.int64]) -> Array:
+        out, _ = forward(self.w, self.cfg, ids, None, mode=self.mode, ex=self.ex)  # (T, V)
+        return np.asarray(out)
+
+    def greedy(self, prompts: NDArray[np.int64], n: int) -> NDArray[np.int64]:
+        """(P, n) tokens: each row of prompts (P, T0) continued greedily (argmax, ties to the lowest id)."""
+        logits, cache = forward(self.w, self.cfg, prompts, None, mode=self.mode, ex=self.ex)  # (P, T0, V)
+        steps = [np.argmax(np.asarray(logits[:, -1], dtype=np.float32), axis=-1)]  # (P,)
+        for _ in range(n - 1):
+            logits, cache = forward(self.w, self.cfg, steps[-1][:, None], cache, mode=self.mode, ex=self.ex)
+            steps.append(np.argmax(np.asarray(logits[:, -1], dtype=np.float32), axis=-1))  # (P,)
+        return np.stack(steps, axis=1).astype(np.int64)  # (P, n)
+
+
+def corpus_windows(ids: Sequence[int], config: StudyConfig) -> list[NDArray[np.int64]]:
+    """The first `config.tokens` ids in windows of `config.window` (a last window shorter than 2 is dropped)."""
+    if len(ids) < config.tokens:
+        raise ValueError(f"the corpus holds {len(ids)} tokens; the study asks for {config.tokens}")
+    a = np.asarray(ids[: config.tokens], dtype=np.int64)
+    return [a[i : i + config.window] for i in range(0, a.size, config.window) if a[i : i + config.window].size >= 2]
+
+
+def corpus_prompts(corpus: Corpus, tok: TextTokenizer, config: StudyConfig) -> NDArray[np.int64]:
+    """(prompts, prompt_tokens): the first tokens of documents spread evenly through the corpus (documents too
+    short are skipped in favour of the next one)."""
+    docs = corpus.documents
+    out: list[list[int]] = []
+    for k in range(config.prompts):
+        for d in docs[k * len(docs) // config.prompts :]:
+            ids = tok.encode(d.text)
+            if len(ids) >= config.prompt_tokens:
+                out.append(ids[: config.prompt_tokens])
+                break
+    if len(out) < config.prompts:
+        raise ValueError(f"the corpus has fewer than {config.prompts} documents of {config.prompt_tokens} tokens")
+    return np.asarray(out, dtype=np.int64)  # (P, T0)
+
+
+def _specs(dtype: str, mitigations: Sequence[str]) -> list[RunSpec]:
+    """Every run a dtype needs for its verdicts: each order and mitigation in both summation orders."""
+    specs = []
+    for order, mit in [("baseline", None), ("fused", None), *(("fused", m) for m in mitigations)]:
+        for summation in ("plain", "permuted"):
+            specs.append(RunSpec(dtype, order, summation, mit))  # type: ignore[arg-type]
+    return specs
+
+
+def study_llama(
+    model: Model,
+    corpus: Corpus,
+    config: StudyConfig | None = None,
+    *,
+    name: str = "smollm2-135m",
+    mitigations: Mapping[str, Sequence[str]] = LLAMA_MITIGATIONS,
+    progress: Progress | None = None,
+) -> ModelStudy:
+    """The study of one Llama model (module docstring). `model` holds float32 weights and a tokenizer."""
+    config = StudyConfig() if config is None else config
+    if model.tokenizer is None:
+        raise ValueError(f"model {model.cfg.name} has no tokenizer: the study reads text")
+    t0 = time.perf_counter()
+    tok = model.tokenizer
+    windows = corpus_windows(tok.encode(corpus.text), config)
+    prompts = corpus_prompts(corpus, tok, config)
+    runs = LlamaRuns(model.params, model.cfg)
+    plan = [ORACLE] + [s for d in config.dtypes for s in _specs(d, mitigations.get(d, ()))]
+    steps = len(windows) + 1  # windows, then the greedy batch
+    report = progress or (lambda _what, _done, _total: None)
+
+    refs: list[Reference] = []
+    greedy64: NDArray[np.int64] | None = None
+    records: list[RunRecord] = []
+    for i, spec in enumerate(plan):
+        what = f"{name} {spec.label} ({i + 1}/{len(plan)})"
+        report(what, 0, steps)
+        t_run = time.perf_counter()
+        runner = _Runner(runs, spec)
+        acc = ScoreAccumulator()
+        for j, w in enumerate(windows):
+            z = runner.logits(w)[:-1]  # (T-1, V)   position t predicts token t + 1
+            if spec == ORACLE:
+                refs.append(Reference.of(z))
+            acc.add(z, refs[j], w[1:])
+            report(what, j + 1, steps)
+        tokens = runner.greedy(prompts, config.new_tokens)  # (P, n)
+        report(what, steps, steps)
+        if greedy64 is None:
+            greedy64 = tokens
+        agree = [agreement_length(a.tolist(), b.tolist()) for a, b in zip(tokens, greedy64, strict=True)]
+        s = acc.result()
+        records.append(
+            RunRecord(
+                spec,
+                {
+                    "perplexity": s.perplexity,
+                    "top1_agreement": s.top1_agreement,
+                    "kl_mean": s.kl_mean,
+                    "kl_p99": s.kl_p99,
+                    "greedy_agreement_tokens": float(np.mean(agree)),
+                },
+                {"greedy_agreement_per_prompt": agree, "seconds": time.perf_counter() - t_run},
+            )
+        )
+        del runner
+    verdicts = tuple(judge("llama", records, d, m) for d in config.dtypes for m in (None, *mitigations.get(d, ())))
+    scored = sum(w.size - 1 for w in windows)
+    return ModelStudy(
+        model=name,
+        family="llama",
+        config=config,
+        corpus=CorpusInfo.of(corpus, scored),
+        runs=tuple(records),
+        verdicts=verdicts,
+        seconds=time.perf_counter() - t0,
+    )

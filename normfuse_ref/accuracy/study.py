@@ -1,0 +1,246 @@
+"""The accuracy claim on real models: both orders, every storage dtype, each against a float64 run.
+
+The paper says the fused order "maintains model accuracy". This module measures it on real models, in the formats
+accelerators store activations in, with float32 accumulation (docs/numerics.md):
+
+- **SmolLM2-135M** (Llama, RMSNorm): teacher-forced next-token scores over the corpus (`corpus.py`) in windows of
+  `StudyConfig.window` tokens - perplexity, top-1 agreement with the float64 run, KL(p_64 || p_run) mean and 99th
+  percentile - and greedy continuations of `new_tokens` tokens from `prompts` prompts: how many leading tokens
+  agree with the float64 run's continuation (`metrics.py`).
+- **all-MiniLM-L6-v2** (BERT, post-LayerNorm): sentence embeddings of corpus sentences - cosine to the float64
+  embedding (mean, worst) and agreement of each sentence's nearest neighbour with the float64 run's.
+
+Every run is a `RunSpec`: a storage dtype, an order ("baseline" = textbook, "fused" = the paper's, "float64" = the
+oracle), a summation order ("plain", or "permuted": the same model with its channels in another order,
+`orders.py`), and optionally a mitigation. The float64 run uses the same weights (the file's values, exactly) in
+float64 storage and accumulation; a dtype's runs store the weights in that dtype too, so their distance from float64
+includes weight rounding - which both orders share.
+
+**The verdict, per dtype.** A figure is "worse" in the fused order only if it is worse than baseline by more than
+the spread of that figure between two equivalent summation orders, in *both* summation orders:
+
+    spread = max(|F(baseline) - F(baseline, permuted)|, |F(fused) - F(fused, permuted)|)
+    worse  = bad(fused) - bad(baseline) > spread   and   bad(fused, permuted) - bad(baseline, permuted) > spread
+
+where bad(.) is the figure oriented so that larger is worse (perplexity: its distance from the float64 run's,
+since rounding may move it either way). A single pair of runs differs by chance as much as the spread about one
+time in four; asking for the difference in both equivalent models keeps chance verdicts rare while a systematic
+loss (a second rounding the baseline does not have) shows in both. The fused order is "no worse" in a dtype when
+no figure is worse. A mitigation (`RunSpec.mitigation`) is judged the same way against baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .corpus import Corpus
+
+__all__ = [
+    "DTYPES",
+    "FIGURES",
+    "MODELS",
+    "ORACLE",
+    "CorpusInfo",
+    "DtypeVerdict",
+    "Figure",
+    "FigureVerdict",
+    "ModelStudy",
+    "Progress",
+    "RunRecord",
+    "RunSpec",
+    "StudyConfig",
+    "judge",
+]
+
+Array = NDArray[Any]
+Order = Literal["baseline", "fused", "float64"]
+Summation = Literal["plain", "permuted"]
+
+#: The models of the study (registry names, `normfuse_ref.llama.fetch.SOURCES`).
+MODELS = ("smollm2-135m", "all-minilm-l6-v2")
+#: Storage dtypes studied, widest first; float32 accumulation in each (the policy for 16/8-bit storage).
+DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")
+
+#: Reports progress: (what is running, steps done, steps in this stage).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What one study measures. Defaults are the issue's full study."""
+
+    tokens: int = 4096  # corpus tokens SmolLM2 is scored on: at least 4,000 (the issue), 8 windows of 512
+    window: int = 512  # tokens per teacher-forced window, each a fresh context: long enough for real context,
+    #                    short enough that attention (quadratic in it) stays a small part of the cost
+    prompts: int = 8  # greedy continuations: prompts, each the first `prompt_tokens` tokens of a corpus document
+    prompt_tokens: int = 32  # long enough to set a topic, short enough that the 8 prompts are distinct documents
+    new_tokens: int = 64  # tokens generated greedily from each prompt, compared with the float64 run's
+    sentences: int = 256  # MiniLM: corpus sentences embedded (nearest neighbours among 255 others)
+    dtypes: tuple[str, ...] = DTYPES
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "window", "prompts", "prompt_tokens", "new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.tokens < 2 or self.window < 2:
+            raise ValueError("tokens and window must be >= 2 (a position is scored on the token after it)")
+        if self.sentences < 2:
+            raise ValueError(f"sentences must be >= 2 (each needs a nearest neighbour); got {self.sentences}")
+        for d in self.dtypes:
+            if d not in DTYPES:
+                raise ValueError(f"dtype {d!r} is not studied; choose from {', '.join(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a model: storage dtype, order, summation order, mitigation (None: the rule as the paper has it)."""
+
+    dtype: str
+    order: Order
+    summation: Summation = "plain"
+    mitigation: str | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [self.dtype, self.order if self.mitigation is None else f"{self.order}+{self.mitigation}"]
+        if self.summation != "plain":
+            parts.append(self.summation)
+        return " ".join(parts)
+
+
+ORACLE = RunSpec("float64", "float64")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of merit: its key (also the JSON key), and whether larger values are better ("higher"), worse
+    ("lower"), or whether the distance from the float64 run's value is what counts ("closer")."""
+
+    key: str
+    better: Literal["higher", "lower", "closer"]
+    label: str
+
+    def bad(self, value: float, oracle: float) -> float:
+        """The figure oriented so that larger is worse."""
+        if self.better == "higher":
+            return -value
+        if self.better == "lower":
+            return value
+        return abs(value - oracle)
+
+
+#: The figures of each model family: "llama" (a language model), "bert" (a sentence encoder).
+FIGURES: dict[str, tuple[Figure, ...]] = {
+    "llama": (
+        Figure("perplexity", "closer", "perplexity"),
+        Figure("top1_agreement", "higher", "top-1 agreement"),
+        Figure("kl_mean", "lower", "KL mean"),
+        Figure("kl_p99", "lower", "KL p99"),
+        Figure("greedy_agreement_tokens", "higher", "greedy agreement"),
+    ),
+    "bert": (
+        Figure("cosine_mean", "higher", "cosine mean"),
+        Figure("cosine_min", "higher", "cosine min"),
+        Figure("neighbour_agreement", "higher", "neighbour agreement"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The figures one run scored (keys of FIGURES), and details (per-prompt agreements, seconds)."""
+
+    spec: RunSpec
+    figures: Mapping[str, float]
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FigureVerdict:
+    figure: Figure
+    baseline: float
+    fused: float
+    spread: float  # max |F(order) - F(order, permuted)| over both orders
+    worse_by: float  # bad(fused) - bad(baseline), plain summation order
+    worse_by_permuted: float  # the same in the permuted model
+    worse: bool
+
+
+@dataclass(frozen=True)
+class DtypeVerdict:
+    """Fused (or a mitigation of it) against baseline in one dtype."""
+
+    dtype: str
+    mitigation: str | None
+    figures: tuple[FigureVerdict, ...]
+
+    @property
+    def no_worse(self) -> bool:
+        return not any(f.worse for f in self.figures)
+
+    @property
+    def worse_figures(self) -> list[str]:
+        return [f.figure.key for f in self.figures if f.worse]
+
+
+def _run(runs: Sequence[RunRecord], spec: RunSpec) -> RunRecord:
+    for r in runs:
+        if r.spec == spec:
+            return r
+    raise KeyError(spec.label)
+
+
+def judge(family: str, runs: Sequence[RunRecord], dtype: str, mitigation: str | None = None) -> DtypeVerdict:
+    """The verdict of the fused order (or `mitigation` of it) against baseline in `dtype` (module docstring)."""
+    oracle = _run(runs, ORACLE).figures
+    b = _run(runs, RunSpec(dtype, "baseline"))
+    bp = _run(runs, RunSpec(dtype, "baseline", "permuted"))
+    f = _run(runs, RunSpec(dtype, "fused", mitigation=mitigation))
+    fp = _run(runs, RunSpec(dtype, "fused", "permuted", mitigation))
+    out = []
+    for fig in FIGURES[family]:
+        k, o = fig.key, oracle[fig.key]
+        spread = max(abs(b.figures[k] - bp.figures[k]), abs(f.figures[k] - fp.figures[k]))
+        d = fig.bad(f.figures[k], o) - fig.bad(b.figures[k], o)
+        dp = fig.bad(fp.figures[k], o) - fig.bad(bp.figures[k], o)
+        worse = bool(d > spread and dp > spread) or (not np.isfinite(f.figures[k]) and np.isfinite(b.figures[k]))
+        out.append(FigureVerdict(fig, b.figures[k], f.figures[k], spread, d, dp, worse))
+    return DtypeVerdict(dtype, mitigation, tuple(out))
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """Which text was read: enough to tell whether two studies read the same one."""
+
+    chars: int
+    sha256: str
+    python: str
+    documents: int
+    tokens: int  # tokens the model read from it (SmolLM2: scored positions + 1 per window; MiniLM: sentences)
+
+    @classmethod
+    def of(cls, corpus: Corpus, tokens: int) -> CorpusInfo:
+        return cls(corpus.chars, corpus.sha256, corpus.python, len(corpus.documents), tokens)
+
+
+@dataclass(frozen=True)
+class ModelStudy:
+    """Everything one model's study measured."""
+
+    model: str
+    family: str  # "llama" or "bert": which FIGURES it has
+    config: StudyConfig
+    corpus: CorpusInfo
+    runs: tuple[RunRecord, ...]
+    verdicts: tuple[DtypeVerdict, ...]
+    seconds: float
+    notes: tuple[str, ...] = ()
+    hazard: Any = None  # MiniLM: the LayerNorm hazard measured on real activations (`hazard.HazardReport`)
+
+    def run(self, spec: RunSpec) -> RunRecord:
+        return _run(self.runs, spec)

@@ -1,0 +1,104 @@
+"""`normfuse accuracy`: the paper's accuracy claim on real models, both orders, every storage dtype, against float64.
+
+A long run (the full SmolLM2 study is ~20 forward passes over 4,096 tokens plus greedy continuations), so it shows
+a progress bar per run on stderr. The table, per model and dtype, gives each figure for the float64 run, baseline,
+fused, the spread of the figure between two equivalent summation orders, and each mitigation; a "*" marks an order
+worse than baseline by more than that spread in both summation orders. The verdicts follow in words.
+
+`--markdown FILE` also writes the page docs/accuracy.md is (generated, with the data it was made from);
+`--json` prints one record per model x dtype x order (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..accuracy.corpus import EmptyCorpus, load_corpus
+from ..accuracy.report import UNITS, dtype_table, markdown, study_document, verdict_sentence
+from ..accuracy.study import DTYPES, MODELS, ModelStudy, StudyConfig
+from ..extras import MissingExtra
+from ..llama.fetch import CorruptModel
+from .args import integer
+from .console import Console, UsageError, json_record
+from .outputs import OutputFiles
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "accuracy",
+        help="the accuracy claim on real models: both orders, every storage dtype, against float64 (long)",
+        description="Both orders of SmolLM2-135M and all-MiniLM-L6-v2 in float32, bfloat16, float16 and fp8 "
+        "storage (float32 accumulation), each against a float64 run of the same weights.",
+    )
+    p.add_argument("--model", choices=MODELS, action="append", help="study this model (repeatable); default both")
+    p.add_argument("--dtype", choices=DTYPES, action="append", help="storage dtype (repeatable); default all four")
+    p.add_argument(
+        "--tokens",
+        type=integer(minimum=2),
+        default=StudyConfig.tokens,
+        metavar="N",
+        help=f"corpus tokens SmolLM2 is scored on (default {StudyConfig.tokens}; 512 is a quick profile)",
+    )
+    p.add_argument("--markdown", metavar="FILE", help="also write the results as a Markdown page (docs/accuracy.md)")
+    p.add_argument("--force", action="store_true", help="overwrite the --markdown file if it exists")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (docs/cli.md)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    models = list(dict.fromkeys(args.model or MODELS))
+    dtypes = tuple(d for d in DTYPES if d in (args.dtype or DTYPES))  # widest first, whatever the order given
+    config = StudyConfig(tokens=args.tokens, window=min(StudyConfig.window, args.tokens), dtypes=dtypes)
+    with OutputFiles(force=args.force) as outputs:
+        md = outputs.add("--markdown", args.markdown, suffixes=(".md",))
+        try:
+            corpus = load_corpus()
+        except EmptyCorpus as exc:
+            raise UsageError(str(exc)) from None
+        studies = [_study(name, corpus, config, console) for name in models]
+        doc = study_document(studies)
+        if md is not None:
+            outputs.write_text(md, markdown(studies, doc))
+            outputs.commit()
+    if args.json:
+        console.json(json_record("accuracy", UNITS, **doc))
+        return 0
+    for s in studies:
+        _print(console, s)
+    if md is not None:
+        console.success(f"wrote {md}")
+    return 0
+
+
+def _study(name: str, corpus: Any, config: StudyConfig, console: Console) -> ModelStudy:
+    from ..accuracy.real_models import study_model
+
+    with console.progress() as bar:
+        task = bar.add_task(f"{name}: loading", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        try:
+            return study_model(name, corpus, config, progress=progress)
+        except (FileNotFoundError, CorruptModel, ValueError, MissingExtra) as exc:
+            raise UsageError(str(exc)) from None
+
+
+def _print(console: Console, s: ModelStudy) -> None:
+    c = s.corpus
+    console.heading(f"normfuse accuracy: {s.model}")
+    console.note(
+        f"corpus: {c.chars} characters of standard-library docstrings (Python {c.python}), "
+        f"{c.tokens} {'positions scored' if s.family == 'llama' else 'sentences'}, {s.seconds:.0f} s"
+    )
+    console.fields([("sha256", c.sha256)])
+    for d in s.config.dtypes:
+        cols, rows = dtype_table(s, d)
+        console.table(f"{s.model}, {d} storage, float32 accumulation", cols, rows)
+        console.text(verdict_sentence(s, d))
+    console.note(
+        "spread: the largest change of the figure between two equivalent summation orders (the model with its "
+        "channels permuted); * = worse than baseline by more than the spread in both summation orders."
+    )

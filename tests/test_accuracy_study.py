@@ -1,0 +1,135 @@
+"""The study's machinery on a tiny random Llama: the second summation order, fp8 operands, the verdict rule, the
+whole pipeline, and its JSON and Markdown (regenerated from the data the page carries)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from normfuse_ref.accuracy.corpus import load_corpus
+from normfuse_ref.accuracy.fp8 import E4M3_MAX, Fp8Executor, quantise
+from normfuse_ref.accuracy.orders import permute_llama
+from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
+from normfuse_ref.accuracy.smollm2 import LlamaRuns, study_llama
+from normfuse_ref.accuracy.study import FIGURES, ORACLE, ModelStudy, RunRecord, RunSpec, StudyConfig, judge
+from normfuse_ref.llama.forward import forward
+from normfuse_ref.llama.model import load_model
+from normfuse_ref.llama.weights import prepare
+from normfuse_ref.ops import NumpyExecutor
+
+TINY = load_model("tiny", "float32", seed=5)
+IDS = np.random.default_rng(0).integers(0, TINY.cfg.vocab_size, 48)
+
+
+def _logits(params: dict[str, np.ndarray], dtype: str, mode: str = "baseline") -> np.ndarray:
+    p = {k: v.astype(dtype) for k, v in params.items()}
+    z, _ = forward(prepare(p, TINY.cfg, mode), TINY.cfg, IDS, None, mode=mode, ex=NumpyExecutor(storage=dtype))  # type: ignore[arg-type]
+    return np.asarray(z)
+
+
+def test_the_permuted_model_is_the_same_model_summed_in_another_order() -> None:
+    perm = permute_llama(TINY.params, TINY.cfg)
+    assert all(not np.array_equal(perm[k], TINY.params[k]) for k in perm if perm[k].size > 1)
+    z, zp = _logits(dict(TINY.params), "float64"), _logits(perm, "float64")
+    # The same logits in exact arithmetic: float64 rounding through 2 blocks of width 64 is ~1e-15 of the scale.
+    assert np.max(np.abs(z - zp)) <= 1e-12 * np.max(np.abs(z))
+    z32, zp32 = _logits(dict(TINY.params), "float32"), _logits(perm, "float32")
+    assert not np.array_equal(z32, zp32)  # ... but another rounding: the spread it measures is not 0 by design
+
+
+def test_quantise_is_e4m3fn_with_power_of_two_scales() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((5, 16)) * np.array([[1e-3], [1], [30], [2e4], [0]])  # rows of very different scale
+    q = quantise(a, axis=-1)
+    for row, qrow in zip(a, q, strict=True):
+        amax = np.abs(row).max()
+        if amax == 0:
+            assert not qrow.any()
+            continue
+        scale = 2.0 ** np.floor(np.log2(E4M3_MAX / amax))
+        assert E4M3_MAX / 2 < amax * scale <= E4M3_MAX  # the largest entry lands in (224, 448]
+        on_grid = (qrow * scale).astype(ml_dtypes.float8_e4m3fn).astype(np.float64) / scale
+        assert np.array_equal(on_grid, qrow)  # every entry is an e4m3fn number times the scale
+        assert np.max(np.abs(qrow - row)) <= 2.0**-4 * amax  # half an ulp of e4m3fn at the top binade, at most
+    assert np.array_equal(quantise(a.T, axis=-2), q.T)  # columns the same way
+
+
+def test_fp8_executor_quantises_operands() -> None:
+    ex = Fp8Executor()
+    rng = np.random.default_rng(3)
+    x, F = rng.standard_normal((3, 8)), rng.standard_normal((8, 4)).astype(np.float32)
+    y = ex.matmul(x, F, op="ffn_down")
+    assert np.array_equal(y, (quantise(x, -1) @ F).astype(ml_dtypes.bfloat16))  # weights as given: quantised offline
+    Fa = rng.standard_normal((8, 4))
+    ya = ex.matmul(x, Fa, op="attn_pv")
+    assert np.array_equal(ya, (quantise(x, -1) @ quantise(Fa, -2)).astype(ml_dtypes.bfloat16))
+
+
+def _record(spec: RunSpec, **figures: float) -> RunRecord:
+    return RunRecord(spec, {f.key: figures.get(f.key, 0.5) for f in FIGURES["bert"]})
+
+
+def test_the_verdict_needs_a_loss_beyond_the_spread_in_both_summation_orders() -> None:
+    def runs(b: float, bp: float, f: float, fp: float) -> list[RunRecord]:
+        return [
+            _record(ORACLE, cosine_mean=1.0),
+            _record(RunSpec("bfloat16", "baseline"), cosine_mean=b),
+            _record(RunSpec("bfloat16", "baseline", "permuted"), cosine_mean=bp),
+            _record(RunSpec("bfloat16", "fused"), cosine_mean=f),
+            _record(RunSpec("bfloat16", "fused", "permuted"), cosine_mean=fp),
+        ]
+
+    def worse(*cos: float) -> bool:
+        return judge("bert", runs(*cos), "bfloat16").figures[0].worse
+
+    assert worse(0.99, 0.989, 0.95, 0.951)  # spread 0.001, fused lower by ~0.04 in both
+    assert not worse(0.99, 0.989, 0.95, 0.995)  # lower in one summation order only: chance
+    assert not worse(0.99, 0.95, 0.96, 0.955)  # within the spread (0.04)
+    assert not worse(0.99, 0.989, 0.995, 0.996)  # better
+    assert worse(0.99, 0.989, float("nan"), float("nan"))  # NaN where baseline is finite
+    v = judge("bert", runs(0.99, 0.989, 0.95, 0.951), "bfloat16")
+    assert v.worse_figures == ["cosine_mean"] and not v.no_worse
+
+
+@pytest.fixture(scope="module")
+def tiny_study() -> ModelStudy:
+    config = StudyConfig(tokens=64, window=32, prompts=2, prompt_tokens=4, new_tokens=4, dtypes=("float32", "bfloat16"))
+    return study_llama(TINY, load_corpus(), config, name="tiny")
+
+
+def test_the_tiny_study(tiny_study: ModelStudy) -> None:
+    s = tiny_study
+    assert s.corpus.tokens == 62  # two windows of 32 tokens, each scoring 31 positions
+    oracle = s.run(ORACLE).figures
+    assert oracle["top1_agreement"] == 1.0 and oracle["kl_mean"] <= 1e-14 and oracle["greedy_agreement_tokens"] == 4
+    labels = [r.spec.label for r in s.runs]
+    assert "bfloat16 fused+wide-fold permuted" in labels and len(labels) == len(set(labels)) == 1 + 4 + 6
+    f32 = s.run(RunSpec("float32", "fused")).figures
+    b16 = s.run(RunSpec("bfloat16", "fused")).figures
+    assert f32["kl_mean"] < 1e-8 < b16["kl_mean"]  # float32 rounding is invisible next to bfloat16's
+    assert f32["perplexity"] == pytest.approx(oracle["perplexity"], rel=1e-5)
+    assert [v.dtype for v in s.verdicts] == ["float32", "bfloat16", "bfloat16"]
+
+
+def test_wide_fold_and_fp8_weights() -> None:
+    runs = LlamaRuns(TINY.params, TINY.cfg)
+    w = runs.weights(RunSpec("bfloat16", "fused"))
+    ww = runs.weights(RunSpec("bfloat16", "fused", mitigation="wide-fold"))
+    g, F = TINY.params["blk.0.attn_norm.weight"], TINY.params["blk.0.attn_q.weight"]
+    fold16 = (g.astype(ml_dtypes.bfloat16).astype(np.float64)[:, None] * F.astype(ml_dtypes.bfloat16)).astype(
+        np.float64
+    )
+    q = F.shape[1]
+    assert np.array_equal(w["blk.0.attn_qkv"][:, :q], fold16.astype(ml_dtypes.bfloat16).astype(np.float32))
+    assert np.array_equal(ww["blk.0.attn_qkv"][:, :q], fold16.astype(np.float32))  # exact: 8 x 8 bits fit
+    w8 = runs.weights(RunSpec("float8_e4m3fn", "baseline"))
+    assert np.array_equal(w8["blk.0.attn_qkv"][:, :q], quantise(F, axis=0))
+
+
+def test_the_page_is_regenerated_from_its_own_data(tiny_study: ModelStudy) -> None:
+    doc = study_document([tiny_study])
+    page = markdown([tiny_study], doc)
+    again = studies_from_document(document_of_page(page))
+    assert markdown(again, study_document(again)) == page
+    assert "### tiny, bfloat16" in page and tiny_study.corpus.sha256 in page
