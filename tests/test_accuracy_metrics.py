@@ -106,7 +106,11 @@ def test_cosine_and_nearest_neighbours_against_loops() -> None:
 
     rows = [r.tolist() for r in e]
     assert cosine_rows(e, f).tolist() == pytest.approx([cos(a, b.tolist()) for a, b in zip(rows, f, strict=True)])
-    nn = [max((j for j in range(12) if j != i), key=lambda j, i=i: cos(rows[i], rows[j])) for i in range(12)]
+    nn = []
+    for i in range(12):
+        others = [j for j in range(12) if j != i]
+        sims = [cos(rows[i], rows[j]) for j in others]
+        nn.append(others[sims.index(max(sims))])
     assert nearest_neighbours(e).tolist() == nn
     with pytest.raises(ValueError, match="at least 2"):
         nearest_neighbours(e[:1])
