@@ -155,6 +155,19 @@ MISTAKES: list[Mistake] = [
             files={"cache": None, SMOL_CACHE: b"not the model"}),
     Mistake("fetch-dir-in-the-way", ("fetch", "smollm2-135m", "--force"), "is a directory, not the model file; move it away",
             files={"cache": None, SMOL_CACHE: None}),
+    # -- accuracy --------------------------------------------------------------------------------------------------
+    Mistake("acc-tokens-one", ("accuracy", "--tokens", "1"), "argument --tokens: must be an integer >= 2; got '1'"),
+    Mistake("acc-tokens-word", ("accuracy", "--tokens", "many"), "argument --tokens: must be an integer >= 2"),
+    Mistake("acc-dtype", ("accuracy", "--dtype", "float64"), "argument --dtype: invalid choice: 'float64'"),
+    Mistake("acc-dtype-e5m2", ("accuracy", "--dtype", "float8_e5m2"), "argument --dtype: invalid choice: 'float8_e5m2'"),
+    Mistake("acc-model", ("accuracy", "--model", "tiny"), "argument --model: invalid choice: 'tiny'"),
+    Mistake("acc-model-markup", ("accuracy", "--model", "[red]x"), "invalid choice: '[red]x'"),
+    Mistake("acc-not-fetched", ("accuracy", "--model", "smollm2-135m"), "run: normfuse fetch smollm2-135m"),
+    Mistake("acc-markdown-suffix", ("accuracy", "--markdown", "out.txt"), "--markdown out.txt: the file name must end in .md"),
+    Mistake("acc-markdown-exists", ("accuracy", "--markdown", "page.md"), "--markdown page.md exists; pass --force to overwrite it",
+            files={"page.md": b"mine"}),
+    Mistake("acc-markdown-dir", ("accuracy", "--markdown", "d.md"), "--markdown d.md is a directory", files={"d.md": None}),
+    Mistake("acc-markdown-no-parent", ("accuracy", "--markdown", "nowhere/page.md"), "directory nowhere does not exist"),
 ]  # fmt: skip
 
 

@@ -1,0 +1,92 @@
+"""`normfuse accuracy` as a user runs it. The study itself is the tiny one (tests/test_accuracy_study.py) put in the
+place of the real models' study, so that the output, the JSON and the page are checked in seconds; the real models
+run in tests/test_accuracy_smollm2.py and the benchmark. Mistakes are in the battery (tests/test_cli_battery.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
+from normfuse_ref.accuracy.study import ModelStudy, StudyConfig
+
+from .cli_support import pinned_width, run  # noqa: F401
+from .test_accuracy_study import tiny_study  # noqa: F401
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tiny_study: ModelStudy) -> list[tuple[str, StudyConfig]]:  # noqa: F811
+    """Replace the real models' study by the tiny one; record what was asked for."""
+    asked: list[tuple[str, StudyConfig]] = []
+
+    def study_model(name: str, corpus: Any, config: StudyConfig, *, progress: Any = None) -> ModelStudy:
+        asked.append((name, config))
+        if progress is not None:
+            progress(f"{name} float64", 1, 2)
+        return tiny_study
+
+    monkeypatch.setattr("normfuse_ref.accuracy.real_models.study_model", study_model)
+    return asked
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_tables_and_verdicts(
+    fake: list[tuple[str, StudyConfig]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, out, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--dtype", "bfloat16", "--dtype", "float32")
+    assert code == 0, err
+    assert [(n, c.dtypes, c.tokens) for n, c in fake] == [("smollm2-135m", ("float32", "bfloat16"), 4096)]
+    assert "sha256" in out and "…" not in out
+    assert all(len(line) <= columns for line in out.splitlines())
+    for label in ("perplexity", "top-1 agreement", "KL mean", "KL p99", "greedy agreement", "wide-fold"):
+        assert label in out
+    assert "float32: the fused order is" in out and "bfloat16: the fused order is" in out
+
+
+def test_quick_profile_and_both_models(fake: list[tuple[str, StudyConfig]], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "accuracy", "--tokens", "300")
+    assert code == 0, err
+    assert [n for n, _ in fake] == ["smollm2-135m", "all-minilm-l6-v2"]
+    assert fake[0][1].tokens == 300 and fake[0][1].window == 300  # one window when fewer tokens than a window
+
+
+def test_json_records(
+    fake: list[tuple[str, StudyConfig]], capsys: pytest.CaptureFixture[str], tiny_study: ModelStudy
+) -> None:  # noqa: F811
+    code, out, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["schema_version"] == 1 and doc["command"] == "accuracy"
+    assert len(doc["records"]) == len(tiny_study.runs)
+    for r in doc["records"]:
+        assert r["order"] in ("baseline", "fused", "float64")
+        for key in ("model", "dtype", "perplexity", "top1_agreement", "kl_mean", "kl_p99", "greedy_agreement_tokens"):
+            assert key in r
+        assert r["corpus_sha256"] == tiny_study.corpus.sha256 and r["corpus_chars"] == tiny_study.corpus.chars
+    numeric = {
+        k for r in doc["records"] for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    assert numeric - {"corpus_chars"} <= set(doc["units"])
+    assert [v["dtype"] for v in doc["verdicts"]] == [v.dtype for v in tiny_study.verdicts]
+
+
+def test_markdown_page(fake: list[tuple[str, StudyConfig]], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    page = tmp_path / "accuracy.md"
+    code, out, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--markdown", str(page))
+    assert code == 0, err
+    text = page.read_text()
+    assert f"wrote {page}" in out.replace("\n", "")
+    studies = studies_from_document(document_of_page(text))
+    assert markdown(studies, study_document(studies)) == text
+    code, _, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--markdown", str(page))
+    assert code == 2 and "exists; pass --force" in err
+    assert page.read_text() == text
+    code, _, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--markdown", str(page), "--force")
+    assert code == 0, err
