@@ -58,8 +58,10 @@ def test_quick_profile_and_both_models(fake: list[tuple[str, StudyConfig]], caps
 
 
 def test_json_records(
-    fake: list[tuple[str, StudyConfig]], capsys: pytest.CaptureFixture[str], tiny_study: ModelStudy
-) -> None:  # noqa: F811
+    fake: list[tuple[str, StudyConfig]],
+    capsys: pytest.CaptureFixture[str],
+    tiny_study: ModelStudy,  # noqa: F811
+) -> None:
     code, out, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--json")
     assert code == 0, err
     doc = json.loads(out)
