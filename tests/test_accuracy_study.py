@@ -12,7 +12,7 @@ from normfuse_ref.accuracy.fp8 import E4M3_MAX, Fp8Executor, quantise
 from normfuse_ref.accuracy.orders import permute_llama
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
 from normfuse_ref.accuracy.smollm2 import LlamaRuns, study_llama
-from normfuse_ref.accuracy.study import FIGURES, ORACLE, ModelStudy, RunRecord, RunSpec, StudyConfig, judge
+from normfuse_ref.accuracy.study import FIGURES, ORACLE, ModelStudy, RunRecord, RunSpec, StudyConfig, judge, run_plan
 from normfuse_ref.llama.forward import forward
 from normfuse_ref.llama.model import load_model
 from normfuse_ref.llama.weights import prepare
@@ -92,9 +92,38 @@ def test_the_verdict_needs_a_loss_beyond_the_spread_in_both_summation_orders() -
     assert v.worse_figures == ["cosine_mean"] and not v.no_worse
 
 
+def test_mitigations_run_where_the_fused_order_is_worse() -> None:
+    """With mitigate="when-worse" a dtype's mitigations run only after its fused order was judged worse."""
+    fused_cos = {"float32": 1.0, "bfloat16": 0.90}  # only bfloat16's fused order is worse than its baseline (1.0)
+    asked: list[str] = []
+
+    def run(spec: RunSpec, label: str) -> RunRecord:
+        asked.append(label)
+        cos = 1.0 if spec.order != "fused" or spec.mitigation else fused_cos.get(spec.dtype, 1.0)
+        return _record(spec, cosine_mean=cos if spec != ORACLE else 1.0)
+
+    config = StudyConfig(dtypes=("float32", "bfloat16"))
+    records, verdicts = run_plan("bert", "m", config, {"float32": ("compensate",), "bfloat16": ("compensate",)}, run)
+    assert [r.spec.label for r in records] == [s.removeprefix("m ") for s in asked]
+    assert [(v.dtype, v.mitigation, v.no_worse) for v in verdicts] == [
+        ("float32", None, True),
+        ("bfloat16", None, False),
+        ("bfloat16", "compensate", True),
+    ]
+    assert "float32 fused+compensate" not in asked and "m bfloat16 fused+compensate permuted" in asked
+
+
 @pytest.fixture(scope="module")
 def tiny_study() -> ModelStudy:
-    config = StudyConfig(tokens=64, window=32, prompts=2, prompt_tokens=4, new_tokens=4, dtypes=("float32", "bfloat16"))
+    config = StudyConfig(
+        tokens=64,
+        window=32,
+        prompts=2,
+        prompt_tokens=4,
+        new_tokens=4,
+        dtypes=("float32", "bfloat16"),
+        mitigate="always",
+    )
     return study_llama(TINY, load_corpus(), config, name="tiny")
 
 

@@ -38,7 +38,7 @@ from .corpus import Corpus
 from .fp8 import BF16, E4M3, Fp8Executor, quantise, quantise_weights
 from .metrics import Reference, ScoreAccumulator, agreement_length
 from .orders import permute_llama
-from .study import ORACLE, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, judge
+from .study import ORACLE, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
 
 __all__ = ["LLAMA_MITIGATIONS", "WIDE_FOLD", "LlamaRuns", "corpus_prompts", "corpus_windows", "study_llama"]
 
@@ -154,15 +154,6 @@ def corpus_prompts(corpus: Corpus, tok: TextTokenizer, config: StudyConfig) -> N
     return np.asarray(out, dtype=np.int64)  # (P, T0)
 
 
-def _specs(dtype: str, mitigations: Sequence[str]) -> list[RunSpec]:
-    """Every run a dtype needs for its verdicts: each order and mitigation in both summation orders."""
-    specs = []
-    for order, mit in [("baseline", None), ("fused", None), *(("fused", m) for m in mitigations)]:
-        for summation in ("plain", "permuted"):
-            specs.append(RunSpec(dtype, order, summation, mit))  # type: ignore[arg-type]
-    return specs
-
-
 def study_llama(
     model: Model,
     corpus: Corpus,
@@ -181,15 +172,12 @@ def study_llama(
     windows = corpus_windows(tok.encode(corpus.text), config)
     prompts = corpus_prompts(corpus, tok, config)
     runs = LlamaRuns(model.params, model.cfg)
-    plan = [ORACLE] + [s for d in config.dtypes for s in _specs(d, mitigations.get(d, ()))]
     steps = len(windows) + 1  # windows, then the greedy batch
     report = progress or (lambda _what, _done, _total: None)
-
     refs: list[Reference] = []
-    greedy64: NDArray[np.int64] | None = None
-    records: list[RunRecord] = []
-    for i, spec in enumerate(plan):
-        what = f"{name} {spec.label} ({i + 1}/{len(plan)})"
+    greedy64: list[NDArray[np.int64]] = []
+
+    def run(spec: RunSpec, what: str) -> RunRecord:
         report(what, 0, steps)
         t_run = time.perf_counter()
         runner = _Runner(runs, spec)
@@ -202,32 +190,27 @@ def study_llama(
             report(what, j + 1, steps)
         tokens = runner.greedy(prompts, config.new_tokens)  # (P, n)
         report(what, steps, steps)
-        if greedy64 is None:
-            greedy64 = tokens
-        agree = [agreement_length(a.tolist(), b.tolist()) for a, b in zip(tokens, greedy64, strict=True)]
+        if spec == ORACLE:
+            greedy64.append(tokens)
+        agree = [agreement_length(a.tolist(), b.tolist()) for a, b in zip(tokens, greedy64[0], strict=True)]
         s = acc.result()
-        records.append(
-            RunRecord(
-                spec,
-                {
-                    "perplexity": s.perplexity,
-                    "top1_agreement": s.top1_agreement,
-                    "kl_mean": s.kl_mean,
-                    "kl_p99": s.kl_p99,
-                    "greedy_agreement_tokens": float(np.mean(agree)),
-                },
-                {"greedy_agreement_per_prompt": agree, "seconds": time.perf_counter() - t_run},
-            )
-        )
-        del runner
-    verdicts = tuple(judge("llama", records, d, m) for d in config.dtypes for m in (None, *mitigations.get(d, ())))
+        figures = {
+            "perplexity": s.perplexity,
+            "top1_agreement": s.top1_agreement,
+            "kl_mean": s.kl_mean,
+            "kl_p99": s.kl_p99,
+            "greedy_agreement_tokens": float(np.mean(agree)),
+        }
+        return RunRecord(spec, figures, {"greedy_agreement_per_prompt": agree, "seconds": time.perf_counter() - t_run})
+
+    records, verdicts = run_plan("llama", name, config, mitigations, run)
     scored = sum(w.size - 1 for w in windows)
     return ModelStudy(
         model=name,
         family="llama",
         config=config,
         corpus=CorpusInfo.of(corpus, scored),
-        runs=tuple(records),
+        runs=records,
         verdicts=verdicts,
         seconds=time.perf_counter() - t0,
     )

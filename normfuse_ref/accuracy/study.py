@@ -82,6 +82,8 @@ class StudyConfig:
     new_tokens: int = 64  # tokens generated greedily from each prompt, compared with the float64 run's
     sentences: int = 256  # MiniLM: corpus sentences embedded (nearest neighbours among 255 others)
     dtypes: tuple[str, ...] = DTYPES
+    mitigate: Literal["when-worse", "always"] = "when-worse"  # run a dtype's mitigations only where the fused
+    #                    order is worse (they exist to find the cause and the fix; each costs two full runs)
 
     def __post_init__(self) -> None:
         for name in ("tokens", "window", "prompts", "prompt_tokens", "new_tokens"):
@@ -91,6 +93,8 @@ class StudyConfig:
             raise ValueError("tokens and window must be >= 2 (a position is scored on the token after it)")
         if self.sentences < 2:
             raise ValueError(f"sentences must be >= 2 (each needs a nearest neighbour); got {self.sentences}")
+        if self.mitigate not in ("when-worse", "always"):
+            raise ValueError(f"mitigate must be 'when-worse' or 'always'; got {self.mitigate!r}")
         for d in self.dtypes:
             if d not in DTYPES:
                 raise ValueError(f"dtype {d!r} is not studied; choose from {', '.join(DTYPES)}")
@@ -211,6 +215,36 @@ def judge(family: str, runs: Sequence[RunRecord], dtype: str, mitigation: str | 
         worse = bool(d > spread and dp > spread) or (not np.isfinite(f.figures[k]) and np.isfinite(b.figures[k]))
         out.append(FigureVerdict(fig, b.figures[k], f.figures[k], spread, d, dp, worse))
     return DtypeVerdict(dtype, mitigation, tuple(out))
+
+
+def run_plan(
+    family: str,
+    name: str,
+    config: StudyConfig,
+    mitigations: Mapping[str, Sequence[str]],
+    run: Callable[[RunSpec, str], RunRecord],
+) -> tuple[tuple[RunRecord, ...], tuple[DtypeVerdict, ...]]:
+    """Every run a study needs, in order, and the verdicts: the float64 oracle first; then per dtype baseline and
+    fused, each in both summation orders; then, if the fused order is worse there (or `config.mitigate` is
+    "always"), each of the dtype's `mitigations` in both summation orders. `run(spec, label)` runs one."""
+    records = [run(ORACLE, f"{name} {ORACLE.label}")]
+    verdicts: list[DtypeVerdict] = []
+    for d in config.dtypes:
+        orders: tuple[Order, ...] = ("baseline", "fused")
+        sums: tuple[Summation, ...] = ("plain", "permuted")
+        for order in orders:
+            for summation in sums:
+                spec = RunSpec(d, order, summation)
+                records.append(run(spec, f"{name} {spec.label}"))
+        verdicts.append(judge(family, records, d))
+        if verdicts[-1].no_worse and config.mitigate == "when-worse":
+            continue
+        for m in mitigations.get(d, ()):
+            for summation in sums:
+                spec = RunSpec(d, "fused", summation, m)
+                records.append(run(spec, f"{name} {spec.label}"))
+            verdicts.append(judge(family, records, d, m))
+    return tuple(records), tuple(verdicts)
 
 
 @dataclass(frozen=True)
