@@ -30,7 +30,7 @@ import random
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import sympy as sp
@@ -138,7 +138,7 @@ class Tie:
     code: str  # what the proof is compared with, for display: "fusion.rms_norm_linear"
     inputs: Inputs
     expr: Expression
-    call: Callable[[dict[str, object]], object]
+    call: Callable[[dict[str, Any]], object]
     fixed: Mapping[sp.Basic, float] = field(default_factory=dict)
 
 
@@ -166,7 +166,7 @@ def check_tie(tie: Tie, *, seed: int = SEED) -> TieResult:
         return value if symbol.is_positive or rng.random() < 0.5 else -value
 
     values: dict[sp.Basic, float] = {}
-    arrays: dict[str, object] = {}
+    arrays: dict[str, Any] = {}
     for name, symbols in tie.inputs.items():
         if isinstance(symbols, MatrixBase):
             arrays[name] = np.array([[values.setdefault(e, draw(e)) for e in row] for row in symbols.tolist()])

@@ -313,7 +313,7 @@ def tie(size: int) -> Tie:
     end = next(step for step in _concrete_steps(size) if step.name == "end to end")
     _, rhs = end.expanded()
     inputs = {"x": m["x"], "gamma": list(m["gamma"]), "beta": list(m["beta"]), "F": m["F"], "eps": eps}
-    return Tie("fusion.layer_norm_linear", inputs, rhs, lambda a: fusion.layer_norm_linear(**a))  # type: ignore[arg-type]
+    return Tie("fusion.layer_norm_linear", inputs, rhs, lambda a: fusion.layer_norm_linear(**a))
 
 
 def prove(size: int | None = None) -> Proof:

@@ -52,6 +52,7 @@ checked derivation.
 from __future__ import annotations
 
 from functools import reduce
+from typing import Any
 
 import numpy as np
 import sympy as sp
@@ -323,7 +324,7 @@ def tie(size: int) -> Tie:
     half = (size + 1) // 2
     merged = merge(tile_state(zs, Vs, 0, half), tile_state(zs, Vs, half, size))  # (2 + M, 1): m, l, o
 
-    def call(a: dict[str, object]) -> object:
+    def call(a: dict[str, Any]) -> object:
         z, V = np.asarray(a["z"]), np.asarray(a["V"])
         st = fusion.online_softmax_merge(
             fusion.softmax_tile_state(z[:, :half], V[:half]), fusion.softmax_tile_state(z[:, half:], V[half:])

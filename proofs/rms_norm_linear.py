@@ -203,7 +203,7 @@ def tie(size: int) -> Tie:
     xs, gs, Fs, _ = _concrete(size)
     _, rhs = _concrete_steps(size)[-1].expanded()  # "end to end", s written out
     inputs = {"x": xs, "g": list(gs), "F": Fs, "eps": eps}
-    return Tie("fusion.rms_norm_linear", inputs, rhs, lambda a: fusion.rms_norm_linear(**a))  # type: ignore[arg-type]
+    return Tie("fusion.rms_norm_linear", inputs, rhs, lambda a: fusion.rms_norm_linear(**a))
 
 
 def prove(size: int | None = None) -> Proof:

@@ -45,7 +45,7 @@ checked derivation.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import sympy as sp
@@ -261,7 +261,7 @@ def tie(pairs: int) -> Tie:
     rhs = s * (qs * rotation(p, thetas))  # (1, 2 pairs)
     fixed = {th: TIE_BASE ** (-2 * j_ / (2 * pairs)) for j_, th in enumerate(thetas)} | {p: float(TIE_POSITION)}
 
-    def call(a: dict[str, object]) -> object:
+    def call(a: dict[str, Any]) -> object:
         sq = np.asarray(a["s"]) * np.asarray(a["q"])  # (1, 2 pairs)
         return layers.rope(sq, np.array([TIE_POSITION]), base=TIE_BASE, layout="interleaved")
 

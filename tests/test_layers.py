@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from normfuse_ref.accuracy import bounds as bd
 from normfuse_ref.accuracy import oracle
 from normfuse_ref.fuzz import strategies as fz
-from normfuse_ref.layers import attention, layer_norm, linear, rms_norm, rope, silu, softmax, swiglu
+from normfuse_ref.layers import RopeLayout, attention, layer_norm, linear, rms_norm, rope, silu, softmax, swiglu
 from normfuse_ref.precision import DTYPES, Array
 from tests.tolerances import assert_within
 
@@ -78,11 +78,11 @@ def naive_rope_pair(u: float, v: float, p: int, i: int, hd: int, base: float) ->
 
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
-def test_rope_matches_pairwise_rotation(layout: str) -> None:
+def test_rope_matches_pairwise_rotation(layout: RopeLayout) -> None:
     rng = np.random.default_rng(3)
     T, hd, base = 5, 8, 500.0
     x = rng.standard_normal((T, hd))
-    got = rope(x, np.arange(T), base=base, layout=layout)  # type: ignore[arg-type]
+    got = rope(x, np.arange(T), base=base, layout=layout)
     for p in range(T):
         for i in range(hd // 2):
             a, b = (i, i + hd // 2) if layout == "half" else (2 * i, 2 * i + 1)

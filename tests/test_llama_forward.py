@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normfuse_ref.layers import rope, rotate_pairs
+from normfuse_ref.layers import RopeLayout, rope, rotate_pairs
 from normfuse_ref.llama import KVCache, Mode, empty_cache, forward, get_preset, prepare, prepared_shapes, random_params
 from normfuse_ref.llama.forward import rope_tables
 from normfuse_ref.llama.weights import convert_rope_layout, pack_blocks
@@ -85,12 +85,12 @@ def test_the_cache_is_written_in_place_and_grows_by_copying() -> None:
 
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
-def test_rope_tables_give_the_reference_rope(layout: str) -> None:
+def test_rope_tables_give_the_reference_rope(layout: RopeLayout) -> None:
     """The forward pass's angles, computed once per call and broadcast over heads, rotate as `layers.rope` does."""
     x = np.random.default_rng(1).standard_normal((2, 7, 3, 16)).astype(np.float32)  # (B, T, H, hd)
     positions = 5 + np.arange(7)
     cos, sin = rope_tables(positions, 16, 10000.0)
-    want = rope(x, positions[:, None], base=10000.0, layout=layout)  # type: ignore[arg-type]
+    want = rope(x, positions[:, None], base=10000.0, layout=layout)
     np.testing.assert_array_equal(rotate_pairs(x, cos, sin, layout), want)
 
 

@@ -17,7 +17,7 @@ import pytest
 from normfuse_ref.llama.fetch import fetch, find_model
 from normfuse_ref.llama.gguf_loader import read_gguf_file
 from normfuse_ref.llama.model import Model, compare_modes, generate, load_model, prompt_ids
-from normfuse_ref.llama.weights import convert_rope_layout
+from normfuse_ref.llama.weights import Mode, convert_rope_layout
 from tests.tolerances import smollm2_tol
 
 PROMPTS = [
@@ -69,14 +69,14 @@ def test_container_parser_matches_gguf_reader(model: Model) -> None:
 
 
 @pytest.mark.parametrize("mode", ["fused", "baseline"])
-def test_incremental_decode_equals_full_recompute(model: Model, mode: str) -> None:
+def test_incremental_decode_equals_full_recompute(model: Model, mode: Mode) -> None:
     ids = prompt_ids(model, "Count: one, two, three, four, five, six, seven", chat=False)
-    full, _ = model.forward(ids, None, mode)  # type: ignore[arg-type]
+    full, _ = model.forward(ids, None, mode)
     for split in (len(ids) - 4, 3):
-        logits, cache = model.forward(ids[:split], None, mode)  # type: ignore[arg-type]
+        logits, cache = model.forward(ids[:split], None, mode)
         rows = [logits]
         for t in range(split, len(ids)):
-            step, cache = model.forward([ids[t]], cache, mode)  # type: ignore[arg-type]
+            step, cache = model.forward([ids[t]], cache, mode)
             rows.append(step)
         np.testing.assert_allclose(np.concatenate(rows), full, rtol=0, atol=smollm2_tol(model.cfg, full))
 

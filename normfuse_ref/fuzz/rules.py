@@ -175,6 +175,9 @@ def run(rule: Rule, case: Case, *, fused: Callable[..., Array] | None = None) ->
         ref = np.asarray(rule.reference(**a, **p, acc=case.acc))
         out = np.asarray((fused or rule.fused)(**a, **p, **o, acc=case.acc))
         ex = np.asarray(rule.exact(**case.f64(), **p))
+        for order, result in (("fused", out), ("reference", ref)):
+            if result.shape != ex.shape:
+                raise AssertionError(f"the {order} order returned shape {result.shape}, not {ex.shape}")
         bounds = rule.bounds(**a, **p, **o, acc=case.acc)
         return Outcome(out, ref, ex, eq.compare(out, ref, ex, bounds, storage=case.dtype))
 
