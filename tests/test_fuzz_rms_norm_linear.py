@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from normfuse_ref import fusion
 from normfuse_ref.fuzz import strategies as s
 from normfuse_ref.fuzz.campaign import check_cell
-from normfuse_ref.fuzz.rules import RULES, Case, assert_no_worse, evaluate
+from normfuse_ref.fuzz.rules import RULES, Case, assert_no_worse, evaluate, run
 from normfuse_ref.precision import DTYPES, Array, dtype_info
 
 RULE = RULES["rms_norm_linear"]
@@ -131,3 +131,34 @@ def test_wide_fold_is_no_worse_even_for_subnormal_weights(dtype: str, data: st.D
     """The mitigation as a property: folding into float32 is within the allowance on the hazard's own inputs."""
     case = data.draw(_subnormal_weight_cases(dtype=dtype), label="case")
     assert_no_worse(RULE, case, fused=_wide_fold("float32"), strict=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hazard: the unnormalised x @ (g ⊙ F) overflows a float16 accumulator
+# ---------------------------------------------------------------------------------------------------------------
+
+# Written by hand from the condition (the cells meet it with float16 accumulators and outlier rows).
+F16_ACC_OVERFLOW = Case(
+    rule="rms_norm_linear",
+    dtype="float16",
+    arrays={
+        "x": np.array([[100.0] * 4]).astype(DTYPES["float16"]),
+        "g": np.array([1.0] * 4).astype(DTYPES["float16"]),
+        "F": np.array([[200.0]] * 4).astype(DTYPES["float16"]),
+    },
+    params={"eps": 1e-06},
+    acc="float16",
+)
+
+
+def test_float16_accumulator_overflow_hazard() -> None:
+    """The fused order's matmul runs on raw x, so its partial sums are as large as |x| @ |g ⊙ F|; the reference's run
+    on the normalised h = x s g (|h| <= sqrt(n) |g|). Condition: a float16 accumulator and (|x| @ |g ⊙ F|)_j > 65504
+    for some output j (here 4 * 100 * 200 = 80000, while h = 1 and h @ F = 800): the fused output is inf. The
+    property states it (`RuleBounds.overflow`, from `bounds.matmul_may_overflow`). Mitigation: accumulate in float32,
+    the policy for 16- and 8-bit storage."""
+    out = run(RULE, F16_ACC_OVERFLOW)
+    assert np.isfinite(out.reference.astype(np.float64)).all() and np.isinf(out.fused.astype(np.float64)).all()
+    assert not out.verdict.ok and out.verdict.ok_given_hazards and out.verdict.overflow.all()
+    policy = Case(F16_ACC_OVERFLOW.rule, "float16", F16_ACC_OVERFLOW.arrays, F16_ACC_OVERFLOW.params, acc=None)
+    assert evaluate(RULE, policy).ok

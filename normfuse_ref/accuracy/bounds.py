@@ -246,9 +246,13 @@ def mul(X: Bounded, Y: Bounded, P: Precision) -> Bounded:
 
 
 def matmul_may_overflow(X: Bounded, W: Bounded, P: Precision) -> NDArray[np.bool_]:
-    """Whether a partial sum of X @ W in acc may exceed max_a: each is at most (|x| + b_x) @ (|w| + b_w)."""
+    """The stated condition of the overflow hazard: a partial sum of X @ W in acc, at most (|x| + b_x) @ (|w| + b_w),
+    may exceed max_a, by magnitudes that are known (finite). An operand with no finite bound says nothing: `matmul`
+    then gives no bound either, but this condition does not hold."""
+    X, W = load(X, P), load(W, P)
     with np.errstate(over="ignore", invalid="ignore"):
-        return ~(X.mag @ W.mag <= P.max_a)
+        mag = X.mag @ W.mag
+    return np.isfinite(mag) & (mag > P.max_a)
 
 
 def matmul(X: Bounded, W: Bounded, P: Precision) -> Bounded:
@@ -264,8 +268,10 @@ def matmul(X: Bounded, W: Bounded, P: Precision) -> Bounded:
     aW = np.abs(W.v)
     aX = np.abs(X.v)
     g = P.gamma_dot(n)
-    b = X.b @ aW + aX @ W.b + X.b @ W.b + g * (X.mag @ W.mag) + n * P.eta_a * (1 + g)
-    return Bounded(v, np.where(matmul_may_overflow(X, W, P), np.inf, b))
+    with np.errstate(over="ignore", invalid="ignore"):
+        mag = X.mag @ W.mag  # bounds every partial sum
+    b = X.b @ aW + aX @ W.b + X.b @ W.b + g * mag + n * P.eta_a * (1 + g)
+    return Bounded(v, _unless_over(b, mag, P.max_a))
 
 
 def scale_rows(Y: Bounded, s: F64, L: F64, P: Precision) -> Bounded:
@@ -472,7 +478,9 @@ def softmax_online_matmul(Z: Bounded, V: Bounded, P: Precision, *, tile_len: int
     vsum = np.sum(V.mag, axis=-2)[..., None, :]  # (..., 1, m)
     b = b + (8 * P.eta_a * vsum + 2 * depth * P.eta_a) * _exp(Lam + P.l_a) + P.eta_a  # (..., rows, m)
     full = np.all(ex.masked, axis=-1, keepdims=True)  # a fully masked row is exactly zero in every order
-    b = np.where(unnormalised_may_overflow(Z, V, P), np.inf, b)
+    visible = (~ex.masked).astype(np.float64)  # (..., rows, n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        b = _unless_over(b, visible @ V.mag, P.max_a)  # the unnormalised o
     return Bounded(y, np.where(full, 0.0, b))
 
 
@@ -483,7 +491,8 @@ def unnormalised_may_overflow(Z: Bounded, V: Bounded, P: Precision) -> NDArray[n
     condition of the float16-accumulator hazard (docs/hazards.md), conservatively."""
     visible = (~np.isneginf(Z.v)).astype(np.float64)  # (..., rows, n)
     with np.errstate(over="ignore", invalid="ignore"):
-        return ~(visible @ V.mag <= P.max_a)
+        mag = visible @ load(V, P).mag
+    return np.isfinite(mag) & (mag > P.max_a)
 
 
 # ---------------------------------------------------------------------------------------------------------------
