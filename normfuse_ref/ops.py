@@ -47,7 +47,6 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import DTypeLike
-from threadpoolctl import ThreadpoolController
 
 from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
 from .precision import Array, accumulation_dtype, matmul_acc, mean_acc, resolve_dtype, sum_acc
@@ -107,8 +106,11 @@ class Executor(Protocol):
 
 
 @functools.cache
-def _blas() -> ThreadpoolController:
-    """The BLAS libraries loaded in this process (inspected once: a controller's `limit` then costs ~10 us)."""
+def _blas() -> Any:
+    """The BLAS libraries loaded in this process, as a threadpoolctl controller (inspected once: its `limit` then
+    costs ~10 us). Imported when first needed: only a model's decode steps limit threads."""
+    from threadpoolctl import ThreadpoolController
+
     return ThreadpoolController()
 
 
