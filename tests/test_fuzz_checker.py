@@ -198,3 +198,6 @@ def test_a_stated_hazard_excuses_at_most_its_own_term() -> None:
     v = _verdict([1.5], [1.0], [1.0], 0.1, hazard=0.5)
     assert not v.ok and v.ok_given_hazards and v.needs_hazard.all()
     assert not _verdict([1.7], [1.0], [1.0], 0.1, hazard=0.5).ok_given_hazards
+    # a hazard term that reaches past the storage dtype's max explains an overflow to inf; a small one does not
+    assert _verdict([np.inf], [1.0], [1.0], 0.1, hazard=4e38).ok_given_hazards
+    assert not _verdict([np.inf], [1.0], [1.0], 0.1, hazard=0.5).ok_given_hazards

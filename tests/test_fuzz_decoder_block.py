@@ -15,17 +15,14 @@ fails it (tests/test_mutants.py).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from normfuse_ref.fuzz.campaign import check_cell, run_cell
-from normfuse_ref.fuzz.rules import RULES, fused_decoder_block, run
-from normfuse_ref.llama.config import LlamaConfig
-from normfuse_ref.precision import DTYPES, Array
+from normfuse_ref.fuzz.campaign import check_cell
+from normfuse_ref.fuzz.rules import RULES, run
+from normfuse_ref.precision import DTYPES
 
 BLOCK = RULES["decoder_block"]
 
@@ -47,22 +44,3 @@ def test_reference_block_matches_the_independent_oracle(data: st.DataObject) -> 
     out = run(BLOCK, case)
     bounds = BLOCK.bounds(**case.arrays, **case.params, **case.order, acc=None)
     np.testing.assert_array_less(np.abs(out.reference - out.exact), bounds.allowance + 1e-300)
-
-
-def _wide_fold_block(x: Array, positions: Array, cfg: LlamaConfig, **kw: Any) -> Array:
-    """The model's block with its weights handed over in float32 (the same values), so that the folded g ⊙ F is
-    rounded to float32 instead of the storage dtype: hazard 2's mitigation."""
-    weights = {k: v.astype(np.float32) for k, v in kw.items() if k not in ("tile_size", "acc")}
-    return fused_decoder_block(x, positions, cfg, tile_size=kw["tile_size"], acc=kw["acc"], **weights)
-
-
-def test_the_fp8_fold_shrinks_the_block_update() -> None:
-    """Hazard 6 (docs/hazards.md), a statistical finding: in float8_e5m2 storage the fused block's update (output
-    minus the residual input) is systematically smaller than the reference's, by about 0.8 unit roundoff (~10%):
-    the median scale bias's confidence interval lies below zero, and below the interval of the same block with its
-    gains folded into float32. Every row stays within its allowance; the model's baseline block has no such bias."""
-    narrow = run_cell(BLOCK, "float8_e5m2", examples=200, seed_value=0, shrink=False)
-    wide = run_cell(BLOCK, "float8_e5m2", examples=200, seed_value=0, shrink=False, fused=_wide_fold_block)
-    assert not narrow.found and not wide.found
-    assert narrow.stats.bias[2] < 0, narrow.stats.bias  # the whole interval below zero
-    assert narrow.stats.bias[2] < wide.stats.bias[1], (narrow.stats.bias, wide.stats.bias)  # and below the wide fold's

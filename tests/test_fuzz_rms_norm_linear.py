@@ -115,7 +115,7 @@ def _subnormal_weight_cases(draw: st.DrawFn, *, dtype: str) -> Case:
     m = st.shared(st.integers(1, 4), key="fold.m")
     x = draw(s.finite_rows(n=n, dtype=dtype))
     g = draw(s.gains(n=n, dtype=dtype))
-    F = draw(s.weights(n=n, m=m, dtype=dtype, min_gain=2.0**-12, max_gain=2.0**-6))
+    F = draw(s.weights(n=n, m=m, dtype=dtype, min_gain=2.0**-16, max_gain=2.0**-8))
     return Case("rms_norm_linear", dtype, {"x": x, "g": g, "F": F}, {"eps": 1e-6})
 
 

@@ -104,16 +104,25 @@ def test_the_models_softmax_site_is_the_rule(dtype: str, mode: Mode) -> None:
     np.testing.assert_array_equal(o, want)
 
 
+def _inputs(dtype: str, seed: int, n: int, m: int, offset: float = 0.0) -> dict[str, Array]:
+    """Rows x (3, n) and scores z (3, n), a gain and a bias (n,), a weight F (n, m), stored in `dtype`."""
+    rng = np.random.default_rng(seed)
+    dt = DTYPES[dtype]
+    return {
+        "x": (rng.standard_normal((3, n)) + offset).astype(dt),
+        "z": (3 * rng.standard_normal((3, n))).astype(dt),
+        "g": (1 + 0.1 * rng.standard_normal(n)).astype(dt),
+        "beta": (0.1 * rng.standard_normal(n)).astype(dt),
+        "F": (rng.standard_normal((n, m)) / np.sqrt(n)).astype(dt),
+    }
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_the_reference_order_is_the_reference_layers(dtype: str) -> None:
     """The reference twins, issued as primitives, are the layer compositions bit for bit in every dtype (so the
     model's baseline mode is the textbook order, rounded where the layers round)."""
-    rng = np.random.default_rng(3)
-    dt = DTYPES[dtype]
-    x = rng.standard_normal((3, 40)).astype(dt)
-    g, beta = (1 + 0.1 * rng.standard_normal(40)).astype(dt), (0.1 * rng.standard_normal(40)).astype(dt)
-    F = (rng.standard_normal((40, 7)) / 6).astype(dt)
-    z = (3 * rng.standard_normal((3, 40))).astype(dt)
+    a = _inputs(dtype, 3, 40, 7)
+    x, z, g, beta, F = a["x"], a["z"], a["g"], a["beta"], a["F"]
     np.testing.assert_array_equal(
         fusion.rms_norm_linear_reference(x, g, F, 1e-5), layers.linear(layers.rms_norm(x, g, 1e-5), F)
     )
@@ -127,11 +136,8 @@ def test_the_reference_order_is_the_reference_layers(dtype: str) -> None:
 def test_layer_norm_returns_its_normalised_row_from_the_same_statistics(dtype: str) -> None:
     """Post-LN blocks need LN(x) beside LN(x) @ F: the fused rule returns it from the same mu and s, and it is the
     reference layer's LN(x) bit for bit (same statistics, same rounding); the projection is unchanged."""
-    rng = np.random.default_rng(4)
-    dt = DTYPES[dtype]
-    x = (rng.standard_normal((2, 24)) + 0.5).astype(dt)
-    gamma, beta = (1 + 0.1 * rng.standard_normal(24)).astype(dt), (0.1 * rng.standard_normal(24)).astype(dt)
-    F = (rng.standard_normal((24, 5)) / 5).astype(dt)
+    a = _inputs(dtype, 4, 24, 5, offset=0.5)
+    x, gamma, beta, F = a["x"], a["g"], a["beta"], a["F"]
     y, h = fusion.layer_norm_linear(x, gamma, beta, F, 1e-5, return_norm=True)
     np.testing.assert_array_equal(y, fusion.layer_norm_linear(x, gamma, beta, F, 1e-5))
     np.testing.assert_array_equal(h, layers.layer_norm(x, gamma, beta, 1e-5))
@@ -142,12 +148,9 @@ def test_the_emulator_runs_the_same_rule(dtype: str) -> None:
     """On the corsair-like machine, rows of <= 64 entries fit one slice and one DIMC tile: the emulator's
     primitives then sum in the plain executor's order, and each rule on the emulator is its array call bit for
     bit (policy accumulation; its tiling of longer rows is checked to rounding in test_emulator_numeric.py)."""
-    rng = np.random.default_rng(5)
+    a = _inputs(dtype, 5, 48, 16)
+    x, z, g, beta, F = a["x"], a["z"], a["g"], a["beta"], a["F"]
     dt = DTYPES[dtype]
-    x = rng.standard_normal((3, 48)).astype(dt)
-    g, beta = (1 + 0.1 * rng.standard_normal(48)).astype(dt), (0.1 * rng.standard_normal(48)).astype(dt)
-    F = (rng.standard_normal((48, 16)) / 7).astype(dt)
-    z = (3 * rng.standard_normal((3, 48))).astype(dt)
     hw = get_hardware("corsair-like")
 
     def emulated(rule: Callable[..., Any], *args: Any, **kw: Any) -> Array:

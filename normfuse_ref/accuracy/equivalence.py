@@ -468,6 +468,7 @@ class Verdict:
     ref_finite: NDArray[np.bool_]  # (rows,)  every reference output of the row is finite
     overflow: NDArray[np.bool_]  # (rows,)  the fused order alone may overflow its accumulator in this row
     tiny: float  # the storage dtype's smallest normal value
+    top: float  # the storage dtype's largest finite value
     c: float = C
 
     @property
@@ -504,10 +505,12 @@ class Verdict:
 
     @property
     def needs_hazard(self) -> NDArray[np.bool_]:
-        """Failing rows that the stated hazards explain: the excess is within the hazard term, or the fused order
-        overflowed where its accumulator alone may."""
+        """Failing rows that the stated hazards explain: the excess is within the hazard term; or the fused result
+        is not finite where its accumulator alone may overflow, or where the hazard term carries the allowed result
+        past the storage dtype's largest value (the centring hazard can, in fp8)."""
         within = self.err_fused <= self.limit + self.hazard
-        overflowed = ~self.fused_finite & self.overflow
+        beyond = (self.hazard > 0) & (self.size + self.limit + self.hazard > self.top)
+        overflowed = ~self.fused_finite & (self.overflow | beyond)
         return self.failing & ((within & ~self.nonfinite) | overflowed)
 
     @property
@@ -580,6 +583,7 @@ def compare(
         ref_finite=_row_all(np.isfinite(np.asarray(ref).astype(np.float64)), m),
         overflow=np.any(np.asarray(bounds.overflow).reshape(-1, m), axis=-1),
         tiny=info.tiny,
+        top=info.max,
     )
 
 
