@@ -115,7 +115,9 @@ def _subnormal_weight_cases(draw: st.DrawFn, *, dtype: str) -> Case:
     m = st.shared(st.integers(1, 4), key="fold.m")
     x = draw(s.finite_rows(n=n, dtype=dtype))
     g = draw(s.gains(n=n, dtype=dtype))
-    F = draw(s.weights(n=n, m=m, dtype=dtype, min_gain=2.0**-16, max_gain=2.0**-8))
+    F = draw(s.weights(n=n, m=m, dtype=np.float64))  # (n, m), then scaled into the subnormal range of `dtype`:
+    top = draw(st.floats(0.125, 1.0), label="largest weight / tiny") * dtype_info(dtype).tiny  # survives the cast
+    F = (F / np.max(np.abs(F)) * top).astype(DTYPES[dtype])
     return Case("rms_norm_linear", dtype, {"x": x, "g": g, "F": F}, {"eps": 1e-6})
 
 
