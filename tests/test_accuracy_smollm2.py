@@ -1,7 +1,7 @@
 """The study on the real SmolLM2 in float32 storage: both orders within a justified tolerance of each other and of
 the float64 run, and the figures consistent with the logit differences that produce them.
 
-Tolerance: `smollm2_tol` (tests/test_model_smollm2.py, the probabilistic float32 bound of a 30-block forward pass,
+Tolerance: `smollm2_tol` (tests/tolerances.py, the probabilistic float32 bound of a 30-block forward pass,
 ~7e-3 logits for SmolLM2). The figures then follow from the logit differences delta = z_run - z_64 of each position,
 exactly, with no further tolerance:
 - KL(p_64 || p_run) = log E_64[e^{delta - E_64 delta}] <= range(delta)^2 / 8 (Hoeffding's lemma);
@@ -19,8 +19,9 @@ from normfuse_ref.accuracy.metrics import Reference, ScoreAccumulator, log_softm
 from normfuse_ref.accuracy.smollm2 import LlamaRuns, _Runner, corpus_windows
 from normfuse_ref.accuracy.study import ORACLE, RunSpec, StudyConfig
 from normfuse_ref.llama.model import Model
+from tests.tolerances import smollm2_tol
 
-from .test_model_smollm2 import model, smollm2_tol  # noqa: F401  (the fixture fetches the model once)
+from .test_model_smollm2 import model  # noqa: F401  (the fixture fetches the model once)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_float32_orders_agree_with_each_other_and_with_float64(model: Model, win
     nll64 = -lp64[np.arange(targets.size), targets]
     margin = np.sort(z64, axis=-1)[:, -1] - np.sort(z64, axis=-1)[:, -2]  # (T-1,) float64 top-2 gap
     z = {o: _Runner(runs, RunSpec("float32", o)).logits(window)[:-1].astype(np.float64) for o in ("baseline", "fused")}
-    tol = smollm2_tol(model, z64)
+    tol = smollm2_tol(model.cfg, z64)
     assert np.max(np.abs(z["fused"] - z["baseline"])) <= tol
     for order, zo in z.items():
         delta = zo - z64  # (T-1, V)

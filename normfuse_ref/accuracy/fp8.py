@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from ..layers import shifted_exp
 from ..ops import NumpyExecutor, SoftmaxTiles
 from ..precision import matmul_acc, resolve_dtype, sum_acc
 
@@ -91,11 +92,10 @@ class Fp8Executor(NumpyExecutor):
         return super().matmul(quantise(x, axis=-1), Fq, op=op, **kw)
 
     def softmax_tiles(self, z: Array, V: Array, *, op: str) -> SoftmaxTiles:
-        """One slice per row (the whole row): m, l from the exponentials in float32, o from their e4m3fn copy."""
-        za = z.astype(np.float32)  # (..., n)
+        """One slice per row (the whole row): m, l from the exponentials in float32 (the SIMD unit's own), o from
+        their e4m3fn copy times V's, as the DIMC receives them (`fusion.softmax_tile_state` with quantised operands)."""
+        za = self._a(z)  # (..., n)
         m = np.max(za, axis=-1, keepdims=True)  # (..., 1)
-        with np.errstate(invalid="ignore"):
-            p = np.exp(za - np.where(np.isneginf(m), 0, m))  # (..., n)
-        l = sum_acc(p)  # (..., 1)
-        o = matmul_acc(quantise(p, axis=-1), quantise(V, axis=-2), np.dtype(np.float32))  # (..., hd)
-        return SoftmaxTiles(m=m[..., None, :], l=l[..., None, :], o=o[..., None, :])
+        p = shifted_exp(za, m)  # (..., n)
+        o = matmul_acc(quantise(p, axis=-1), quantise(V, axis=-2), self._acc)  # (..., hd)
+        return SoftmaxTiles(m=m[..., None, :], l=sum_acc(p)[..., None, :], o=o[..., None, :])

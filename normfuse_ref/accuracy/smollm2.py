@@ -28,11 +28,11 @@ from numpy.typing import NDArray
 
 from ..fusion import fold_rms_norm
 from ..llama.config import LlamaConfig
-from ..llama.forward import forward
+from ..llama.forward import empty_cache, forward
 from ..llama.model import Model
 from ..llama.tokenizer import TextTokenizer
 from ..llama.weights import Fold, Mode, pack_blocks_inplace, prepare
-from ..ops import Executor, NumpyExecutor
+from ..ops import Executor, NumpyExecutor, step_blas_threads
 from ..precision import resolve_dtype
 from .corpus import Corpus
 from .fp8 import BF16, E4M3, Fp8Executor, quantise, quantise_weights
@@ -121,12 +121,17 @@ class _Runner:
         return np.asarray(out)
 
     def greedy(self, prompts: NDArray[np.int64], n: int) -> NDArray[np.int64]:
-        """(P, n) tokens: each row of prompts (P, T0) continued greedily (argmax, ties to the lowest id)."""
-        logits, cache = forward(self.w, self.cfg, prompts, None, mode=self.mode, ex=self.ex)  # (P, T0, V)
-        steps = [np.argmax(np.asarray(logits[:, -1], dtype=np.float32), axis=-1)]  # (P,)
-        for _ in range(n - 1):
-            logits, cache = forward(self.w, self.cfg, steps[-1][:, None], cache, mode=self.mode, ex=self.ex)
+        """(P, n) tokens: each row of prompts (P, T0) continued greedily (argmax, ties to the lowest id), one
+        forward step per token as `Model.forward` takes them (decode steps on one BLAS thread)."""
+        P, T0 = prompts.shape
+        cache = empty_cache(self.cfg, self.w["token_embd"].dtype, batch=P, capacity=T0 + n)
+        ids = prompts
+        steps: list[NDArray[np.int64]] = []
+        for _ in range(n):
+            with step_blas_threads(ids.shape[-1]):
+                logits, cache = forward(self.w, self.cfg, ids, cache, mode=self.mode, ex=self.ex)  # (P, T, V)
             steps.append(np.argmax(np.asarray(logits[:, -1], dtype=np.float32), axis=-1))  # (P,)
+            ids = steps[-1][:, None]  # (P, 1)
         return np.stack(steps, axis=1).astype(np.int64)  # (P, n)
 
 
