@@ -1,0 +1,195 @@
+"""Load a BERT-family encoder and embed sentences with it, in textbook (baseline) or fused order.
+
+    from normfuse_ref import load_model
+    model = load_model("all-minilm-l6-v2")          # after: normfuse fetch all-minilm-l6-v2
+    e = model.embed(["A cat sits on the mat.", "A dog lies on the rug."])   # (2, 384) unit vectors
+    h = model.forward(batch.ids, batch.attention_mask, mode="baseline")     # (B, T, 384) hidden states
+
+`load_model` here accepts
+- "all-minilm-l6-v2": the fetched sentence-transformers model (a BERT directory in the user cache);
+- "tiny-bert": the `tiny-bert` preset with seeded random weights and a character-level WordPiece tokenizer, for
+  tests and demos without a download (its embeddings mean nothing, deterministically);
+- a path to an HF BERT directory (config.json + *.safetensors [+ tokenizer.json]; `hf_loader`).
+
+Sentence embedding (sentence-transformers' all-MiniLM-L6-v2 pipeline: Transformer -> mean Pooling -> Normalize):
+the mean of the last hidden states over the text's real tokens ([CLS] and [SEP] included, padding excluded), then
+divided by its Euclidean norm. Pooling is not a fusion site; it runs in float64 on the hidden states and the
+result is rounded once to the model's dtype.
+
+Texts are embedded `batch_size` at a time, each group padded to its own longest text; a text's embedding does not
+depend on the group it is in, up to rounding (tests/test_bert_model.py checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from ...ops import NumpyExecutor
+from ...precision import resolve_dtype
+from .config import PRESETS, BertConfig, get_preset
+from .forward import forward
+from .tokenizer import Batch, WordPieceTokenizer, tiny_wordpiece
+from .weights import Mode, prepare, random_params
+
+__all__ = [
+    "FETCHED",
+    "MODEL_DTYPES",
+    "RANDOM_PRESETS",
+    "BertModel",
+    "ModeComparison",
+    "compare_modes",
+    "find_fetched",
+    "load_model",
+    "mean_pool",
+]
+
+Array = NDArray[Any]
+
+#: Storage dtypes a model can be loaded in (activations and weights; accumulation per `precision`).
+MODEL_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+#: Models `normfuse fetch` installs, by the name users type.
+FETCHED = ("all-minilm-l6-v2",)
+
+#: Presets that `load_model` fills with seeded random weights.
+RANDOM_PRESETS = ("tiny-bert",)
+
+
+def find_fetched(name: str) -> Path:
+    """The directory of a fetched BERT model in the user cache; FileNotFoundError saying how to fetch it."""
+    # INTERIM until the model registry lands: the layout that registry writes (cache/<name>/), files unchecked.
+    from ...llama.fetch import cache_dir
+
+    path = cache_dir() / name
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"model not found: {name} is not in {path.parent}; run: normfuse fetch {name}")
+    return path
+
+
+def mean_pool(hidden: ArrayLike, attention_mask: ArrayLike) -> NDArray[np.float64]:
+    """Masked mean of hidden states (B, T, d) over real tokens (mask (B, T) of 0/1), L2-normalised: (B, d) float64."""
+    h = np.asarray(hidden, dtype=np.float64)  # (B, T, d)
+    m = np.asarray(attention_mask, dtype=np.float64)[..., None]  # (B, T, 1)
+    count = m.sum(axis=-2)  # (B, 1)
+    if (count == 0).any():
+        raise ValueError("a sequence has no real tokens (its attention mask is all zeros); it has no embedding")
+    mean = (h * m).sum(axis=-2) / count  # (B, d)
+    return mean / np.linalg.norm(mean, axis=-1, keepdims=True)  # (B, d)
+
+
+@dataclass(frozen=True)
+class BertModel:
+    """An encoder ready to run: config, weights (source names, row-vector orientation), tokenizer, storage dtype."""
+
+    cfg: BertConfig
+    params: Mapping[str, Array]
+    tokenizer: WordPieceTokenizer | None
+    dtype: np.dtype
+    source: str  # where the weights came from, for display
+    _prepared: dict[str, Mapping[str, Array]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def weights(self, mode: Mode) -> Mapping[str, Array]:
+        """`prepare(params, cfg, mode)`, computed on first use and kept."""
+        if mode not in self._prepared:
+            self._prepared[mode] = prepare(self.params, self.cfg, mode)
+        return self._prepared[mode]
+
+    def executor(self) -> NumpyExecutor:
+        return NumpyExecutor(storage=self.dtype)
+
+    def forward(
+        self,
+        ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        mode: Mode = "fused",
+        *,
+        token_type_ids: ArrayLike | None = None,
+    ) -> Array:
+        """Last hidden states ([B,] T, d) of token ids ([B,] T); see `forward.forward`."""
+        return forward(self.weights(mode), self.cfg, ids, attention_mask, token_type_ids, mode=mode, ex=self.executor())
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool = False) -> Batch:
+        """Ids and attention mask of `texts`, padded to the longest; a text longer than the model's positions is a
+        `TextTooLong` error unless `truncate` (then `Batch.truncated` says which texts were cut)."""
+        if self.tokenizer is None:
+            raise ValueError(f"model {self.cfg.name} has no tokenizer (no tokenizer.json); pass token ids to forward")
+        return self.tokenizer.encode_batch(texts, self.cfg.max_positions, truncate=truncate)
+
+    def embed_batch(self, batch: Batch, mode: Mode = "fused", *, batch_size: int = 32) -> Array:
+        """Unit-norm sentence embeddings (B, d) of a tokenised batch, in the model's dtype."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.weights(mode)
+        out = []
+        for j in range(0, len(batch.lengths), batch_size):
+            T = max(batch.lengths[j : j + batch_size])  # this group's longest text
+            ids = batch.ids[j : j + batch_size, :T]  # (b, T)
+            mask = batch.attention_mask[j : j + batch_size, :T]  # (b, T)
+            out.append(mean_pool(self.forward(ids, mask, mode), mask))  # (b, d)
+        return np.concatenate(out).astype(self.dtype)  # (B, d)
+
+    def embed(
+        self, texts: Sequence[str], mode: Mode = "fused", *, truncate: bool = False, batch_size: int = 32
+    ) -> Array:
+        """Unit-norm sentence embeddings (B, d) of `texts` (masked mean pooling, L2 normalisation)."""
+        return self.embed_batch(self.tokenize(texts, truncate=truncate), mode, batch_size=batch_size)
+
+
+def load_model(name_or_path: str | Path, dtype: DTypeLike = "float32", *, seed: int = 0) -> BertModel:
+    """A BERT model by name ("all-minilm-l6-v2", "tiny-bert") or HF directory path; see the module docstring."""
+    from .hf_loader import read_bert_dir
+
+    dt = resolve_dtype(dtype)
+    if dt.name not in MODEL_DTYPES:
+        raise ValueError(f"dtype {dt.name!r} is not a model dtype; choose one of {', '.join(MODEL_DTYPES)}")
+    name = str(name_or_path)
+    if name in RANDOM_PRESETS:
+        cfg = get_preset(name)
+        tok = tiny_wordpiece()
+        return BertModel(cfg, random_params(cfg, seed=seed, dtype=dt), tok, dt, f"random weights, seed {seed}")
+    if name in FETCHED:
+        ck = read_bert_dir(find_fetched(name), dtype=dt, name=name)
+    elif name in PRESETS:
+        raise ValueError(
+            f"preset {name!r} is shape-only (no weights); models: {', '.join((*FETCHED, *RANDOM_PRESETS))}"
+        )
+    else:
+        ck = read_bert_dir(name, dtype=dt)
+    if ck.tokenizer is not None and ck.tokenizer.vocab_size > ck.cfg.vocab_size:
+        raise ValueError(
+            f"{ck.path}: tokenizer.json has {ck.tokenizer.vocab_size} tokens but the model's vocabulary is "
+            f"{ck.cfg.vocab_size}; they do not belong together"
+        )
+    return BertModel(ck.cfg, ck.params, ck.tokenizer, dt, str(ck.path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Both orders on the same texts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModeComparison:
+    """The same texts embedded in both orders."""
+
+    batch: Batch
+    embeddings: dict[str, Array]  # mode -> (B, d) unit vectors
+    max_abs_diff: float  # max over texts and components of |fused - baseline|
+    min_cosine: float  # min over texts of cos(fused_i, baseline_i), computed in float64
+
+
+def compare_modes(
+    model: BertModel, texts: Sequence[str], *, truncate: bool = False, batch_size: int = 32
+) -> ModeComparison:
+    """Embed `texts` in fused and in baseline order (same tokens, same batches) and measure how far apart they are."""
+    batch = model.tokenize(texts, truncate=truncate)
+    e = {m: model.embed_batch(batch, m, batch_size=batch_size) for m in ("fused", "baseline")}
+    f, b = e["fused"].astype(np.float64), e["baseline"].astype(np.float64)  # (B, d)
+    cos = np.sum(f * b, axis=-1) / (np.linalg.norm(f, axis=-1) * np.linalg.norm(b, axis=-1))  # (B,)
+    return ModeComparison(batch, e, float(np.max(np.abs(f - b))), float(np.min(cos)))
