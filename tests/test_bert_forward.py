@@ -25,13 +25,13 @@ from normfuse_ref import layers
 from normfuse_ref.models.bert import forward, get_preset, prepare, prepared_shapes, random_params
 from normfuse_ref.models.bert.forward import gelu
 from normfuse_ref.models.bert.model import mean_pool
+from normfuse_ref.models.bert.weights import Mode
 from normfuse_ref.ops import NumpyExecutor, SoftmaxTiles
 from normfuse_ref.precision import dtype_info
-from tests.bert_support import hidden_tol
+from tests.bert_support import MODES, hidden_tol
 
 Array = NDArray[Any]
 CFG = get_preset("tiny-bert")
-MODES = ("baseline", "fused")
 
 
 def textbook(params: dict[str, Array], ids: Array, mask: Array) -> Array:
@@ -72,8 +72,8 @@ def padded_batch(lengths: list[int], seed: int) -> tuple[Array, Array]:
     return ids, mask
 
 
-def run(params: dict[str, Array], ids: Array, mask: Array, mode: str, ex: NumpyExecutor) -> Array:
-    return np.asarray(forward(prepare(params, CFG, mode), CFG, ids, mask, mode=mode, ex=ex))  # type: ignore[arg-type]
+def run(params: dict[str, Array], ids: Array, mask: Array, mode: Mode, ex: NumpyExecutor) -> Array:
+    return np.asarray(forward(prepare(params, CFG, mode), CFG, ids, mask, mode=mode, ex=ex))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def run(params: dict[str, Array], ids: Array, mask: Array, mode: str, ex: NumpyE
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_both_orders_equal_the_textbook_composition(mode: str) -> None:
+def test_both_orders_equal_the_textbook_composition(mode: Mode) -> None:
     params = random_params(CFG, seed=3, dtype="float64")
     ids, mask = padded_batch([7, 3, 12, 1], seed=0)
     want = textbook(params, ids, mask)  # (B, T, d)
@@ -110,7 +110,7 @@ def test_gelu_is_the_exact_erf_form() -> None:
     # the tanh approximation (GELU "gelu_new") differs by up to ~5e-4: not what BERT's "gelu" means
     tanh = 0.5 * t * (1 + np.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t**3)))
     assert np.abs(gelu(t) - tanh).max() > 1e-4
-    assert gelu(np.float32([1.0])).dtype == np.float32
+    assert gelu(np.array([1.0], dtype=np.float32)).dtype == np.float32
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def test_gelu_is_the_exact_erf_form() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_padded_batch_equals_each_text_alone(mode: str, dtype: str) -> None:
+def test_padded_batch_equals_each_text_alone(mode: Mode, dtype: str) -> None:
     params = random_params(CFG, seed=5, dtype=dtype)
     lengths = [5, 11, 2, 11]
     ids, mask = padded_batch(lengths, seed=2)
@@ -247,8 +247,12 @@ def test_fused_order_starts_the_matmul_on_the_raw_sum(site: str) -> None:
     ids, mask = padded_batch([6, 4], seed=4)
     for mode in MODES:
         ex = Recorder()
-        forward(prepare(params, CFG, mode), CFG, ids, mask, mode=mode, ex=ex)  # type: ignore[arg-type]
-        mms, means, lns = ex.find("matmul", site), ex.find("reduce", f"{site}.mean"), ex.find("elementwise", f"{site}.ln")
+        forward(prepare(params, CFG, mode), CFG, ids, mask, mode=mode, ex=ex)
+        mms, means, lns = (
+            ex.find("matmul", site),
+            ex.find("reduce", f"{site}.mean"),
+            ex.find("elementwise", f"{site}.ln"),
+        )
         residuals = ex.find("elementwise", "residual")
         assert len(mms) == len(means) == len(lns) == CFG.n_layers
         for mm, mean, ln in zip(mms, means, lns, strict=True):
@@ -270,35 +274,37 @@ class ShapeOnly(NumpyExecutor):
         return np.empty(shape, dtype=np.dtype((np.void, 0)))
 
     def matmul(self, x: Array, F: Array, *, op: str) -> Array:
-        return self._dummy(np.broadcast_shapes(x.shape[:-1], F.shape[:-2] + (1,)) + (F.shape[-1],))
+        return self._dummy((*np.broadcast_shapes(x.shape[:-1], (*F.shape[:-2], 1)), F.shape[-1]))
 
     def elementwise(self, fn: Any, *xs: Array, op: str) -> Array:
         return self._dummy(np.broadcast_shapes(*(np.shape(x) for x in xs)))
 
     def reduce(self, x: Array, kind: Any, *, op: str, eps: float = 0.0) -> Array:
-        return self._dummy(x.shape[:-1] + (1,))
+        return self._dummy((*x.shape[:-1], 1))
 
     def softmax_tiles(self, z: Array, V: Array, *, op: str) -> SoftmaxTiles:
         lead = z.shape[:-1]
-        return SoftmaxTiles(self._dummy((*lead, 1, 1)), self._dummy((*lead, 1, 1)), self._dummy((*lead, 1, V.shape[-1])))
+        return SoftmaxTiles(
+            self._dummy((*lead, 1, 1)), self._dummy((*lead, 1, 1)), self._dummy((*lead, 1, V.shape[-1]))
+        )
 
     def softmax_merge(self, t: SoftmaxTiles, *, op: str) -> SoftmaxTiles:
         return t
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_forward_runs_shape_only_on_prepared_shapes(mode: str) -> None:
+def test_forward_runs_shape_only_on_prepared_shapes(mode: Mode) -> None:
     cfg = get_preset("all-minilm-l6-v2")
     w = {k: ShapeOnly._dummy(s) for k, s in prepared_shapes(cfg).items()}
     ids, mask = np.zeros((3, 20), dtype=np.int64), np.ones((3, 20), dtype=np.int64)
     mask[1, 12:] = 0
-    out = forward(w, cfg, ids, mask, mode=mode, ex=ShapeOnly())  # type: ignore[arg-type]
+    out = forward(w, cfg, ids, mask, mode=mode, ex=ShapeOnly())
     assert out.shape == (3, 20, cfg.dim)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_prepared_shapes_match_prepare(mode: str) -> None:
-    w = prepare(random_params(CFG, seed=0), CFG, mode)  # type: ignore[arg-type]
+def test_prepared_shapes_match_prepare(mode: Mode) -> None:
+    w = prepare(random_params(CFG, seed=0), CFG, mode)
     assert {k: v.shape for k, v in w.items()} == prepared_shapes(CFG)
 
 

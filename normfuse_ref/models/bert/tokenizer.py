@@ -91,7 +91,7 @@ class WordPieceTokenizer:
             raise ValueError("no texts to encode")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise TypeError(f"text {i} is a {type(t).__name__}, not a string")
+                raise TypeError(f"text {i + 1} is a {type(t).__name__}, not a string")
         rows = [e.ids for e in self.backend.encode_batch(list(texts))]
         long = {i: len(r) for i, r in enumerate(rows) if len(r) > max_tokens}
         if long and not truncate:
