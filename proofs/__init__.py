@@ -17,7 +17,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Protocol
 
-from . import layer_norm_linear, online_softmax_merge, rms_norm_linear, rope_scale, softmax_linear
+from . import (
+    layer_norm_linear,
+    online_softmax_merge,
+    post_layer_norm_block,
+    rms_norm_linear,
+    rope_scale,
+    softmax_linear,
+)
 from ._display import equation_latex, equation_text
 from ._steps import CONCRETE_N, CONTROLS_UP_TO_N, Proof, Step, StepResult, check_step
 
@@ -51,10 +58,18 @@ class ProofModule(Protocol):
     def prove(self, size: int | None = None) -> Proof: ...
 
 
-#: name -> proof module, in the order of docs/notation.md: the three rules, then the online merge and RoPE they rely on
+#: name -> proof module, in the order of docs/notation.md: the three rules, then the online merge and RoPE they rely
+#: on, then the post-LN block of BERT (docs/models.md) built on the LayerNorm rule
 PROOFS: dict[str, ProofModule] = {
     module.NAME: module
-    for module in (rms_norm_linear, layer_norm_linear, softmax_linear, online_softmax_merge, rope_scale)
+    for module in (
+        rms_norm_linear,
+        layer_norm_linear,
+        softmax_linear,
+        online_softmax_merge,
+        rope_scale,
+        post_layer_norm_block,
+    )
 }
 
 

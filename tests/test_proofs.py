@@ -41,7 +41,14 @@ def _assert_steps_hold(proof: Proof) -> None:
 def test_the_registry_lists_one_file_per_identity() -> None:
     files = {p.stem for p in (ROOT / "proofs").glob("*.py") if not p.stem.startswith("_")}
     assert set(NAMES) == files
-    assert NAMES == ["rms_norm_linear", "layer_norm_linear", "softmax_linear", "online_softmax_merge", "rope_scale"]
+    assert NAMES == [
+        "rms_norm_linear",
+        "layer_norm_linear",
+        "softmax_linear",
+        "online_softmax_merge",
+        "rope_scale",
+        "post_layer_norm_block",
+    ]
     for name, module in PROOFS.items():
         assert module.NAME == name
         doc = sys.modules[f"proofs.{name}"].__doc__ or ""
