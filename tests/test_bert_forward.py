@@ -6,7 +6,7 @@ The textbook composition (`textbook`) is BERT written with the reference layers 
 (layer_norm, linear, attention with a boolean mask) in float64, with GELU from the standard library's math.erf: it
 shares no code with the executor forward (which computes LayerNorm from executor reductions, attention from
 executor matmuls and the softmax sites, GELU with scipy). Both orders must agree with it to float64 rounding:
-`hidden_tol(..., "float64")` (tests/bert_support.py), ~1e-13 here, while any slip (a bias in the wrong place, a
+`bounds.hidden_bound(..., "float64")`, ~1e-13 here, while any slip (a bias in the wrong place, a
 missing centring, a leaked padding key) is of order 1.
 """
 
@@ -23,12 +23,13 @@ from numpy.typing import NDArray
 
 from normfuse_ref import layers
 from normfuse_ref.models.bert import forward, get_preset, prepare, prepared_shapes, random_params
+from normfuse_ref.models.bert.bounds import hidden_bound
 from normfuse_ref.models.bert.forward import gelu
 from normfuse_ref.models.bert.model import mean_pool
 from normfuse_ref.models.bert.weights import Mode
 from normfuse_ref.ops import NumpyExecutor, SoftmaxTiles
 from normfuse_ref.precision import dtype_info
-from tests.bert_support import MODES, hidden_tol
+from tests.bert_support import MODES
 
 Array = NDArray[Any]
 CFG = get_preset("tiny-bert")
@@ -89,7 +90,7 @@ def test_both_orders_equal_the_textbook_composition(mode: Mode) -> None:
     got = run(params, ids, mask, mode, NumpyExecutor(np.float64))
     keep = mask.astype(bool)
     diff = float(np.abs(got - want)[keep].max())
-    assert diff <= hidden_tol(CFG, want, "float64"), (mode, diff)
+    assert diff <= hidden_bound(CFG, want, "float64"), (mode, diff)
 
 
 def test_single_text_without_a_batch_axis() -> None:
@@ -97,7 +98,7 @@ def test_single_text_without_a_batch_axis() -> None:
     ids, mask = padded_batch([9], seed=1)
     got = run(params, ids[0], mask[0], "fused", NumpyExecutor(np.float64))  # (T, d)
     assert got.shape == (9, CFG.dim)
-    np.testing.assert_allclose(got, textbook(params, ids, mask)[0], rtol=0, atol=hidden_tol(CFG, got, "float64"))
+    np.testing.assert_allclose(got, textbook(params, ids, mask)[0], rtol=0, atol=hidden_bound(CFG, got, "float64"))
 
 
 def test_gelu_is_the_exact_erf_form() -> None:
@@ -129,7 +130,7 @@ def test_padded_batch_equals_each_text_alone(mode: Mode, dtype: str) -> None:
     pooled = mean_pool(batch, mask)  # (B, d)
     for b, n in enumerate(lengths):
         alone = run(params, ids[b : b + 1, :n], mask[b : b + 1, :n], mode, ex)  # (1, n, d)
-        tol = hidden_tol(CFG, alone, dtype)
+        tol = hidden_bound(CFG, alone, dtype)
         np.testing.assert_allclose(batch[b, :n], alone[0], rtol=0, atol=tol, err_msg=f"text {b}")
         np.testing.assert_allclose(pooled[b], mean_pool(alone, mask[b : b + 1, :n])[0], rtol=0, atol=10 * tol)
 

@@ -7,8 +7,9 @@ kernels; its tokenizer (`BertTokenizerFast` from the same tokenizer.json, paddin
 embedding on the HF side is written here with torch (masked mean, then `F.normalize`), as sentence-transformers'
 Pooling and Normalize modules compute it.
 
-Tolerances: `hidden_tol` and `embedding_tol` (tests/bert_support.py) in float32; in float64 the same bounds with
-u = 2^-53, so a float64 disagreement above ~1e-13 is a real difference of computation, not rounding.
+Tolerances: `hidden_bound` and `embedding_bound` (normfuse_ref.models.bert.bounds, derived there) in float32;
+in float64 the same bounds with u = 2^-53, so a float64 disagreement above ~1e-13 is a real difference of
+computation, not rounding.
 
 The tiny-BERT check needs no download; the real-model checks skip when all-MiniLM-L6-v2 is not fetched.
 """
@@ -24,7 +25,8 @@ from numpy.typing import NDArray
 
 from normfuse_ref.models import load_model
 from normfuse_ref.models.bert import BertModel, get_preset, random_params
-from tests.bert_support import MODES, embedding_tol, hidden_tol, minilm, write_hf_dir  # noqa: F401  (fixture)
+from normfuse_ref.models.bert.bounds import embedding_bound, hidden_bound
+from tests.bert_support import MODES, minilm, write_hf_dir  # noqa: F401  (fixture)
 from tests.hf_support import require
 
 torch = require("torch")
@@ -77,10 +79,10 @@ def _check(ours: BertModel, hf: Any, ids: Array, mask: Array, dtype: str) -> Non
     for mode in MODES:
         h = ours.forward(ids, mask, mode)
         diff = float(np.abs(h - want_h)[keep].max())
-        assert diff <= hidden_tol(ours.cfg, want_h[keep], dtype), (mode, diff)
+        assert diff <= hidden_bound(ours.cfg, want_h[keep], dtype), (mode, diff)
         e = ours.embed_batch(_batch(ids, mask), mode)
         ediff = float(np.abs(e - want_e).max())
-        assert ediff <= embedding_tol(ours.cfg, want_h, mask, dtype), (mode, ediff)
+        assert ediff <= embedding_bound(ours.cfg, want_h, mask, dtype), (mode, ediff)
 
 
 def _batch(ids: Array, mask: Array) -> Any:

@@ -1,7 +1,8 @@
 """BertModel end to end: tokenising, embedding, both orders, padding and length limits, on the random `tiny-bert`
 (no download) and on the real all-MiniLM-L6-v2 (skipped when it is not fetched).
 
-Tolerances are `hidden_tol` / `embedding_tol` (tests/bert_support.py, derived there); each assert says which.
+Tolerances are `hidden_bound` / `embedding_bound` (normfuse_ref.models.bert.bounds, derived there); each assert
+says which.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from normfuse_ref.models.bert import BertModel, TextTooLong, compare_modes, load_model
-from tests.bert_support import MINILM, MODES, embedding_tol, hidden_tol, minilm  # noqa: F401  (fixture)
+from normfuse_ref.models.bert.bounds import embedding_bound, hidden_bound
+from tests.bert_support import MINILM, MODES, minilm  # noqa: F401  (fixture)
 
 TEXTS = ["A cat sits on the mat.", "A dog lies on the rug.", "hi", "The stock market fell sharply today."]
 
@@ -38,7 +40,7 @@ def test_embedding_does_not_depend_on_the_batch(tiny: BertModel) -> None:
     alone = tiny.embed(TEXTS, batch_size=1)
     batch = tiny.tokenize(TEXTS)
     h = tiny.forward(batch.ids, batch.attention_mask)
-    assert np.abs(together - alone).max() <= embedding_tol(tiny.cfg, h, batch.attention_mask)
+    assert np.abs(together - alone).max() <= embedding_bound(tiny.cfg, h, batch.attention_mask)
 
 
 def test_tokenize_pads_on_the_right(tiny: BertModel) -> None:
@@ -98,17 +100,17 @@ def test_config_comes_from_the_file(minilm: BertModel) -> None:  # noqa: F811
 
 
 def test_fused_and_baseline_embeddings_agree(minilm: BertModel) -> None:  # noqa: F811
-    """max |fused - baseline| <= embedding_tol, hence 1 - cos <= d tol^2 / 2; and the two orders really differ."""
+    """max |fused - baseline| <= embedding_bound, hence 1 - cos <= d tol^2 / 2; and the two orders really differ."""
     cmp = compare_modes(minilm, TEXTS)
     b = cmp.batch
     h = minilm.forward(b.ids, b.attention_mask, "baseline")
-    tol = embedding_tol(minilm.cfg, h, b.attention_mask)
+    tol = embedding_bound(minilm.cfg, h, b.attention_mask)
     assert cmp.max_abs_diff <= tol, cmp.max_abs_diff
     assert 1 - cmp.min_cosine <= minilm.cfg.dim * tol**2 / 2, cmp.min_cosine
     assert cmp.max_abs_diff > 0
     hf = minilm.forward(b.ids, b.attention_mask, "fused")
     keep = b.attention_mask.astype(bool)
-    assert np.abs(hf - h)[keep].max() <= hidden_tol(minilm.cfg, h[keep])
+    assert np.abs(hf - h)[keep].max() <= hidden_bound(minilm.cfg, h[keep])
 
 
 def test_padded_batch_equals_each_text_alone(minilm: BertModel) -> None:  # noqa: F811
@@ -117,7 +119,7 @@ def test_padded_batch_equals_each_text_alone(minilm: BertModel) -> None:  # noqa
         h = minilm.forward(b.ids, b.attention_mask, mode)
         together = minilm.embed(TEXTS, mode, batch_size=len(TEXTS))
         alone = minilm.embed(TEXTS, mode, batch_size=1)
-        assert np.abs(together - alone).max() <= embedding_tol(minilm.cfg, h, b.attention_mask), mode
+        assert np.abs(together - alone).max() <= embedding_bound(minilm.cfg, h, b.attention_mask), mode
 
 
 def test_similar_sentences_are_closer(minilm: BertModel) -> None:  # noqa: F811

@@ -15,6 +15,7 @@ family's loader:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,11 +39,12 @@ def model_names() -> dict[str, str]:
     """Every model name `load_model` accepts (fetched models and random-weight presets) -> its family."""
     from ..llama.fetch import SOURCES
     from ..llama.model import RANDOM_PRESETS as LLAMA_RANDOM
-    from .bert.model import FETCHED, RANDOM_PRESETS
+    from .bert.model import RANDOM_PRESETS as BERT_RANDOM
 
     return {
-        **{n: "llama" for n in (*SOURCES, *LLAMA_RANDOM)},
-        **{n: "bert" for n in (*FETCHED, *RANDOM_PRESETS)},
+        **{name: src.family for name, src in SOURCES.items()},
+        **{name: "llama" for name in LLAMA_RANDOM},
+        **{name: "bert" for name in BERT_RANDOM},
     }
 
 
@@ -50,7 +52,7 @@ def family_of(name_or_path: str | Path) -> str:
     """ "llama" or "bert": the family a model name or path belongs to (see the module docstring)."""
     from ..llama.config import PRESETS as LLAMA_PRESETS
     from .bert.config import PRESETS as BERT_PRESETS
-    from .bert.hf_loader import read_config_json
+    from .checkpoint import read_config
 
     name = str(name_or_path)
     known = model_names()
@@ -62,7 +64,7 @@ def family_of(name_or_path: str | Path) -> str:
         return "bert"
     path = Path(name).expanduser()
     if path.is_dir():
-        kind = read_config_json(path).get("model_type")
+        kind = read_config(path).get("model_type")
         if kind not in MODEL_TYPES:
             raise UnsupportedArchitecture(
                 f"{path}: model_type {kind!r} is not supported; supported: {', '.join(MODEL_TYPES)}"
@@ -76,12 +78,19 @@ def family_of(name_or_path: str | Path) -> str:
     )
 
 
-def load_model(name_or_path: str | Path, dtype: DTypeLike = "float32", *, seed: int = 0) -> LlamaModel | BertModel:
-    """A model of either family by name or path (see the module docstring); `seed` fills random-weight presets."""
+def load_model(
+    name_or_path: str | Path,
+    dtype: DTypeLike = "float32",
+    *,
+    seed: int = 0,
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> LlamaModel | BertModel:
+    """A model of either family by name or path (see the module docstring); `seed` fills random-weight presets,
+    `on_tensor(done, total)` reports the weights read so far. Errors as each family's `load_model` says."""
     if family_of(name_or_path) == "bert":
         from .bert.model import load_model as load_bert
 
-        return load_bert(name_or_path, dtype, seed=seed)
+        return load_bert(name_or_path, dtype, seed=seed, on_tensor=on_tensor)
     from ..llama.model import load_model as load_llama
 
-    return load_llama(name_or_path, dtype, seed=seed)
+    return load_llama(name_or_path, dtype, seed=seed, on_tensor=on_tensor)

@@ -12,10 +12,12 @@ BERT attends bidirectionally (every token sees every non-padding token), so ther
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ... import fields
 from .. import UnsupportedArchitecture
 
 __all__ = ["PRESETS", "BertConfig", "UnsupportedArchitecture", "config_from_hf", "get_preset"]
@@ -103,37 +105,35 @@ def get_preset(name: str) -> BertConfig:
 MODEL_TYPES = ("bert",)
 
 
-def config_from_hf(raw: dict[str, Any], path: Path, name: str | None = None) -> BertConfig:
-    """A BertConfig from the dict of an HF config.json; UnsupportedArchitecture for what normfuse does not run.
+def config_from_hf(raw: Mapping[str, Any], path: Path, name: str | None = None) -> BertConfig:
+    """A BertConfig from the dict of an HF config.json in directory `path`; UnsupportedArchitecture for what
+    normfuse does not run, `fields.FieldError` (naming the file and the field) for a missing or malformed value.
 
     Refused, each with a one-line reason: another model_type; relative position embeddings (BERT variants with
     `position_embedding_type` other than "absolute"); an activation other than exact GELU ("gelu", erf-based);
     decoder configurations (causal masks, cross-attention).
     """
+    src = str(path / "config.json")
     kind = raw.get("model_type")
     if kind not in MODEL_TYPES:
-        raise UnsupportedArchitecture(f"{path}: model_type is {kind!r}, but the BERT family reads only 'bert'")
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
-        if key not in raw:
-            raise ValueError(f"{path} has no {key!r}")
-    pos = raw.get("position_embedding_type", "absolute")
+        raise UnsupportedArchitecture(f"{src}: model_type is {kind!r}, but the BERT family reads only 'bert'")
+    pos = fields.string(raw, "position_embedding_type", src, default="absolute")
     if pos != "absolute":
-        raise UnsupportedArchitecture(f"{path}: position_embedding_type {pos!r} is not supported (only 'absolute')")
-    act = raw.get("hidden_act", "gelu")
+        raise UnsupportedArchitecture(f"{src}: position_embedding_type {pos!r} is not supported (only 'absolute')")
+    act = fields.string(raw, "hidden_act", src, default="gelu")
     if act != "gelu":
-        raise UnsupportedArchitecture(f"{path}: hidden_act {act!r} is not supported (only 'gelu', the exact erf form)")
+        raise UnsupportedArchitecture(f"{src}: hidden_act {act!r} is not supported (only 'gelu', the exact erf form)")
     if raw.get("is_decoder") or raw.get("add_cross_attention"):
-        raise UnsupportedArchitecture(f"{path}: BERT as a decoder (causal or cross-attention) is not supported")
-    return BertConfig(
-        name=name or path.name,
-        dim=int(raw["hidden_size"]),
-        n_layers=int(raw["num_hidden_layers"]),
-        n_heads=int(raw["num_attention_heads"]),
-        ffn_dim=int(raw["intermediate_size"]),
-        vocab_size=int(raw["vocab_size"]),
-        max_positions=int(raw.get("max_position_embeddings", 512)),
-        type_vocab_size=int(raw.get("type_vocab_size", 2)),
-        norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-        pad_id=int(raw.get("pad_token_id") or 0),
-        source=f"{path.name}/config.json",
-    )
+        raise UnsupportedArchitecture(f"{src}: BERT as a decoder (causal or cross-attention) is not supported")
+    values = {
+        "dim": fields.integer(raw, "hidden_size", src, minimum=1),
+        "n_layers": fields.integer(raw, "num_hidden_layers", src, minimum=1),
+        "n_heads": fields.integer(raw, "num_attention_heads", src, minimum=1),
+        "ffn_dim": fields.integer(raw, "intermediate_size", src, minimum=1),
+        "vocab_size": fields.integer(raw, "vocab_size", src, minimum=1),
+        "max_positions": fields.integer(raw, "max_position_embeddings", src, minimum=1, default=512),
+        "type_vocab_size": fields.integer(raw, "type_vocab_size", src, minimum=1, default=2),
+        "norm_eps": fields.number(raw, "layer_norm_eps", src, positive=True, default=1e-12),
+        "pad_id": fields.integer(raw, "pad_token_id", src, minimum=0, default=0),
+    }
+    return fields.construct(BertConfig, src, name=name or path.name, source=f"{path.name}/config.json", **values)
