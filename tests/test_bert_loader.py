@@ -81,17 +81,18 @@ def test_broken_config_json(ckpt: Path) -> None:
     with pytest.raises(ValueError, match=re.escape("has no config.json")):
         read_bert_dir(ckpt)
     (ckpt / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
-    with pytest.raises(ValueError, match="config.json: field 'num_hidden_layers' is missing"):
+    with pytest.raises(ValueError, match=re.escape("config.json: field 'num_hidden_layers' is missing")):
         load_model(ckpt)
     good = write_hf_dir(ckpt.parent / "good", CFG, random_params(CFG, seed=1))
     raw = json.loads((good / "config.json").read_text())
-    for change, message in [
+    bad: list[tuple[dict[str, object], str]] = [
         ({"hidden_size": "big"}, "field 'hidden_size' must be an integer >= 1; got 'big'"),
         ({"num_attention_heads": 0}, "field 'num_attention_heads' must be an integer >= 1; got 0"),
         ({"num_attention_heads": 5}, "dim 32 is not a multiple of n_heads 5"),
         ({"layer_norm_eps": -1}, "field 'layer_norm_eps' must be a finite number > 0"),
         ({"hidden_act": ["gelu"]}, "field 'hidden_act' must be a string"),
-    ]:
+    ]
+    for change, message in bad:
         (good / "config.json").write_text(json.dumps({**raw, **change}))
         with pytest.raises(ValueError, match=re.escape(f"{good / 'config.json'}: ") + ".*" + re.escape(message)):
             load_model(good)
