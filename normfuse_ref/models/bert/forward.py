@@ -170,16 +170,64 @@ def linear_site(ex: Executor, x: Any, F: Any, b: Any, name: str) -> Any:
 
 _SQRT1_2 = 1 / math.sqrt(2)
 
+#: erfc(z) ~ t exp(-z^2 + c0 + t (c1 + t (c2 + ... + t c9))), t = 1 / (1 + z/2), z >= 0: W. H. Press et al.,
+#: Numerical Recipes in C, 2nd ed. (1992), section 6.2 (erfcc), relative error < 1.2e-7 for every z >= 0.
+_ERFC_FIT = (
+    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+)  # fmt: skip
+#: Elements per step of the float32 GELU: a block's temporaries stay in the CPU cache across its ~30 passes.
+_GELU_BLOCK = 8192
+
 
 # reference: torch.nn.functional.gelu(t) (approximate="none"), HF BERT's "gelu"
 def gelu(t: Array) -> Array:
-    """Exact GELU t Phi(t) = t/2 (1 + erf(t / sqrt 2)), in t's dtype (scipy's erf is within an ulp or two)."""
-    h = t * t.dtype.type(_SQRT1_2)  # (.., f)
-    erf(h, out=h)
-    h += 1
-    h *= t
-    h *= 0.5
-    return h
+    """Exact GELU t Phi(t) = t/2 (1 + erf(t / sqrt 2)), computed in t's (accumulation) dtype.
+
+    float64: with scipy's erf (within an ulp or two). float32 (the accumulation of float32, float16 and bfloat16
+    storage): GELU(t) = max(t, 0) - |t| erfc(|t| / sqrt 2) / 2, with erfc from `_ERFC_FIT` evaluated in float32
+    block by block, 2.5x faster than scipy's erf (which computes each element in float64). Its error is at most
+    7 u |t| (u = 2^-24): the fit's 2 u relative error and ~10 u of float32 evaluation in the exponent, on a term at
+    most |t|/2, plus the final rounding (tests/test_bert_forward.py checks the bound on a dense grid; measured 3.1 u
+    |t|, while torch's float32 GELU is within 5.9 u |t|). It is not the tanh approximation ("gelu_new"), which
+    differs by up to 5e-4.
+    """
+    if t.dtype.itemsize >= 8:
+        h = t * _SQRT1_2  # (.., f)
+        erf(h, out=h)
+        h += 1
+        h *= t
+        h *= 0.5
+        return h
+    dt = t.dtype.type
+    c = [dt(v) for v in _ERFC_FIT]
+    out = np.empty_like(t)  # (.., f)
+    flat_t, flat_out = t.reshape(-1), out.reshape(-1)
+    a, s, p = (np.empty(min(_GELU_BLOCK, t.size), dtype=t.dtype) for _ in range(3))  # (block,) each
+    for i in range(0, t.size, _GELU_BLOCK):
+        x, o = flat_t[i : i + _GELU_BLOCK], flat_out[i : i + _GELU_BLOCK]
+        a_, s_, p_ = a[: x.size], s[: x.size], p[: x.size]
+        np.abs(x, out=a_)  # |t|
+        np.multiply(a_, dt(0.5 * _SQRT1_2), out=s_)  # z / 2, z = |t| / sqrt 2
+        s_ += 1
+        np.divide(1, s_, out=s_)  # s = 1 / (1 + z/2)
+        p_.fill(c[-1])
+        for ck in reversed(c[1:-1]):
+            p_ *= s_
+            p_ += ck
+        p_ *= s_
+        p_ += c[0]
+        np.multiply(x, x, out=a_)
+        a_ *= dt(0.5)  # z^2 = t^2 / 2
+        p_ -= a_
+        np.exp(p_, out=p_)
+        p_ *= s_  # erfc(z)
+        np.abs(x, out=a_)
+        p_ *= a_
+        p_ *= dt(0.5)  # |t| erfc(z) / 2
+        np.maximum(x, 0, out=o)
+        o -= p_
+    return out
 
 
 def attention_site(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertConfig, mode: Mode) -> Any:
