@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -197,6 +196,8 @@ def main() -> int:
     if args.worker:
         return serve(args.worker, args.threads)
 
+    from bench_model import machine_info  # this script's directory is on sys.path
+
     from normfuse_ref.llama.fetch import find_model
 
     try:
@@ -215,13 +216,7 @@ def main() -> int:
         r["sentences_per_s"] = SENTENCES / r["best_s"]
         r["vs_hf"] = hf["best_s"] / r["best_s"] if hf else None
         r["vs_hf_median"] = hf["median_s"] / r["median_s"] if hf else None
-    machine = {
-        "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in load_after],
-    }
+    machine = machine_info(load_before, load_after)
     if args.json:
         record = {"machine": machine, "sentences": SENTENCES, "repeats": args.repeats, "threads": args.threads}
         print(json.dumps({**record, "results": rows}, indent=2))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ..extras import require
-from ..ops import NumpyExecutor
+from ..models.loaded import LoadedModel
 from ..precision import resolve_dtype
 from .config import PRESETS, LlamaConfig, get_preset
 from .fetch import SOURCES, find_model
@@ -56,24 +56,11 @@ RANDOM_PRESETS = ("tiny",)
 
 
 @dataclass(frozen=True)
-class Model:
-    """A model ready to run: config, weights (GGUF names, row-vector orientation), tokenizer, storage dtype."""
+class Model(LoadedModel[LlamaConfig, TextTokenizer]):
+    """A Llama model ready to run (`LoadedModel`: config, weights under their GGUF names, tokenizer, dtype)."""
 
-    cfg: LlamaConfig
-    params: Mapping[str, Array]
-    tokenizer: TextTokenizer | None
-    dtype: np.dtype
-    source: str  # where the weights came from, for display
-    _prepared: dict[str, Mapping[str, Array]] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def weights(self, mode: Mode) -> Mapping[str, Array]:
-        """`prepare(params, cfg, mode)`, computed on first use and kept."""
-        if mode not in self._prepared:
-            self._prepared[mode] = prepare(self.params, self.cfg, mode)
-        return self._prepared[mode]
-
-    def executor(self) -> NumpyExecutor:
-        return NumpyExecutor(storage=self.dtype)
+    def prepare_weights(self, mode: Mode) -> Mapping[str, Array]:
+        return prepare(self.params, self.cfg, mode)
 
     def forward(self, ids: ArrayLike, cache: KVCache | None = None, mode: Mode = "fused") -> tuple[Array, KVCache]:
         """Logits ([B,] T, V) of the new tokens `ids` after `cache`, and the extended cache (see `forward`)."""

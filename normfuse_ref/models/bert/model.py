@@ -24,7 +24,7 @@ depend on the group it is in, up to rounding (tests/test_bert_model.py checks it
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ...extras import require
-from ...ops import NumpyExecutor
 from ...precision import resolve_dtype
+from ..loaded import LoadedModel
 from .bounds import embedding_bound
 from .config import PRESETS, BertConfig, get_preset
 from .forward import forward
@@ -79,24 +79,11 @@ def mean_pool(hidden: ArrayLike, attention_mask: ArrayLike) -> NDArray[np.float6
 
 
 @dataclass(frozen=True)
-class BertModel:
-    """An encoder ready to run: config, weights (source names, row-vector orientation), tokenizer, storage dtype."""
+class BertModel(LoadedModel[BertConfig, WordPieceTokenizer]):
+    """A BERT encoder ready to run (`LoadedModel`: config, weights under their safetensors names, tokenizer, dtype)."""
 
-    cfg: BertConfig
-    params: Mapping[str, Array]
-    tokenizer: WordPieceTokenizer | None
-    dtype: np.dtype
-    source: str  # where the weights came from, for display
-    _prepared: dict[str, Mapping[str, Array]] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def weights(self, mode: Mode) -> Mapping[str, Array]:
-        """`prepare(params, cfg, mode)`, computed on first use and kept."""
-        if mode not in self._prepared:
-            self._prepared[mode] = prepare(self.params, self.cfg, mode)
-        return self._prepared[mode]
-
-    def executor(self) -> NumpyExecutor:
-        return NumpyExecutor(storage=self.dtype)
+    def prepare_weights(self, mode: Mode) -> Mapping[str, Array]:
+        return prepare(self.params, self.cfg, mode)
 
     def forward(
         self,
