@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from normfuse_ref.cli.embed import UNITS
+from normfuse_ref.cli.embed import DTYPES, UNITS
 from normfuse_ref.models.bert import load_model
 from normfuse_ref.models.bert.bounds import embedding_bound
+from normfuse_ref.models.bert.model import MODEL_DTYPES
 from tests.bert_support import require_minilm
 from tests.cli_support import pinned_width, run  # noqa: F401  (autouse fixture)
 
@@ -51,6 +52,7 @@ def test_json_record(capsys: pytest.CaptureFixture[str]) -> None:
         np.testing.assert_allclose(c, c.T, rtol=0, atol=1e-15)
     diff = np.abs(np.array(runs["fused"]["embeddings"]) - np.array(runs["baseline"]["embeddings"])).max()
     assert rec["max_abs_diff"] == diff and 0 < diff <= rec["bound"] and rec["within_bound"] is True
+    assert rec["checked"] is True
     assert 0 < 1 - rec["min_cosine"] < 1e-9 and rec["max_hidden_diff"] > 0
     numeric = {k for k, v in rec.items() if isinstance(v, float | int) and not isinstance(v, bool)}
     assert numeric - {"schema_version"} <= set(UNITS)
@@ -92,3 +94,18 @@ def test_the_real_model_closing_command(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0, err
     assert out.splitlines()[0].startswith("all-minilm-l6-v2 · both orders · float32 · 2 texts")
     assert "✓ the embeddings match across orders" in out
+
+
+def test_the_dtype_choices_are_the_models() -> None:
+    assert DTYPES == MODEL_DTYPES  # embed.py keeps its own copy so that `--help` imports no model code
+
+
+def test_a_vacuous_bound_is_said_to_be_unchecked(capsys: pytest.CaptureFixture[str]) -> None:
+    """In float16 the rounding bound exceeds every embedding component: no verdict, a note saying why."""
+    code, out, _ = run(capsys, "embed", "--model", "tiny-bert", "--mode", "both", "--dtype", "float16", *TEXTS)
+    assert code == 0
+    assert "unchecked: in float16 the rounding bound" in " ".join(out.split()) and "✓" not in out
+    code, out, _ = run(
+        capsys, "embed", "--model", "tiny-bert", "--mode", "both", "--dtype", "float16", "--json", *TEXTS
+    )
+    assert json.loads(out)["checked"] is False

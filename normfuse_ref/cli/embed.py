@@ -175,6 +175,7 @@ def _record(
         min_cosine=None if cmp is None else cmp.min_cosine,
         max_hidden_diff=None if cmp is None else cmp.max_hidden_diff,
         bound=None if cmp is None else cmp.bound,
+        checked=None if cmp is None else cmp.checked,
         within_bound=None if cmp is None else cmp.within_bound,
     )
 
@@ -223,7 +224,12 @@ def _report(
         ],
         indent=0,
     )
-    if cmp.within_bound:
+    if not cmp.checked:
+        console.note(
+            f"unchecked: in {model.dtype.name} the rounding bound ({cmp.bound:.3g}) is no smaller than the "
+            "embeddings' components, so it cannot tell the orders apart; the differences above are as measured"
+        )
+    elif cmp.within_bound:
         console.success("the embeddings match across orders (within the rounding bound)")
     else:
         console.text(

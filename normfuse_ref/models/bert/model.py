@@ -181,6 +181,13 @@ class ModeComparison:
     bound: float  # `bounds.embedding_bound` of the baseline hidden states: what rounding alone can explain
 
     @property
+    def checked(self) -> bool:
+        """The bound says something: it is smaller than the embeddings' largest component (docs/numerics.md,
+        "Equivalent": a bound as large as the result itself leaves the comparison unchecked; in float16 and
+        bfloat16 the probabilistic bound exceeds 1 for all-MiniLM-L6-v2)."""
+        return self.bound < float(np.abs(self.embeddings["baseline"]).max())
+
+    @property
     def within_bound(self) -> bool:
         """The embeddings differ by no more than two roundings of the same computation can (`bounds`)."""
         return self.max_abs_diff <= self.bound
