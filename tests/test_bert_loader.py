@@ -44,6 +44,12 @@ def test_load_model_dispatches_by_name_and_path(ckpt: Path) -> None:
     assert family_of("llama2-7b") == "llama"  # a shape-only preset: that family's loader refuses it
     with pytest.raises(ValueError, match="shape-only"):
         load_model("llama2-7b")
+    from normfuse_ref.llama import random_params as llama_params
+    from tests.test_llama_loaders import CFG as LLAMA_CFG
+    from tests.test_llama_loaders import write_gguf
+
+    gguf = write_gguf(ckpt.parent / "m.gguf", llama_params(LLAMA_CFG, seed=3), LLAMA_CFG)
+    assert isinstance(load_model(gguf), LlamaModel)  # any other file: GGUF, the Llama family
     llama_dir = ckpt.parent / "llama"
     llama_dir.mkdir()
     (llama_dir / "config.json").write_text(json.dumps({"model_type": "llama"}))
