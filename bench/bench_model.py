@@ -145,6 +145,17 @@ def worker_hf(repeats: int, threads: int | None) -> dict[str, Any]:
     }
 
 
+def machine_info(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> dict[str, Any]:
+    """The machine a benchmark ran on, and how busy it was (1-minute, 5-minute, 15-minute load averages)."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+    }
+
+
 def run_worker(args: list[str]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", *args],
@@ -197,13 +208,7 @@ def main() -> int:
     for r in rows:
         r["decode_vs_hf"] = r["decode_tok_s"] / hf["decode_tok_s"] if hf else None
         r["prefill_vs_hf"] = hf["prefill_s"]["best"] / r["prefill_s"]["best"] if hf else None
-    machine: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in load_after],
-    }
+    machine = machine_info(load_before, load_after)
     if args.json:
         print(json.dumps({"machine": machine, "prompt": PROMPT, "new_tokens": NEW_TOKENS, "prefill_tokens": PREFILL,
                           "repeats": args.repeats, "results": rows}, indent=2))  # fmt: skip

@@ -5,7 +5,7 @@ demo. The rest:
 
 | extra | packages (import names) | what needs them |
 |---|---|---|
-| `model` | gguf, tokenizers, safetensors, jinja2 | reading real models: `generate`, `load_model`, the BERT loader |
+| `model` | gguf, tokenizers, safetensors, jinja2, scipy | reading real models: `generate`, `embed`, `load_model` |
 | `fuzz` | hypothesis | `normfuse fuzz` and `normfuse_ref.fuzz` |
 | `plot` | matplotlib | figures (`--figure`) |
 
@@ -22,7 +22,7 @@ __all__ = ["EXTRAS", "MissingExtra", "extra_of", "missing", "require"]
 
 #: extra -> the import names of the packages it adds (pyproject: [project.optional-dependencies]).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "model": ("gguf", "tokenizers", "safetensors", "jinja2"),
+    "model": ("gguf", "tokenizers", "safetensors", "jinja2", "scipy"),
     "fuzz": ("hypothesis",),
     "plot": ("matplotlib",),
 }

@@ -33,13 +33,25 @@ and commutative in real arithmetic (proofs/online_softmax_merge.py), so any tili
 result up to rounding. A fully masked softmax row gives zeros and NaN/Inf propagate, as in the reference layers
 (`layers.shifted_exp`, `layers.normalise_rows`).
 
+Mitigations (docs/accuracy.md, "Mitigations"; proofs/layer_norm_fold_error.py, proofs/rms_norm_fold_error.py).
+A stored fold is rounded, W = F' + Delta, and the fused order's error is then s x Delta: for LayerNorm that is
+s (x - mu) Delta + mu s r with r = 1 W the stored fold's column sums, a term that grows with |mu|/sigma
+(docs/hazards.md, hazard 1). Options of the rules remove it:
+- `fold_dtype=` (both rules' array calls, and `fold_rms_norm` / `fold_layer_norm(dtype=...)` offline): store the
+  fold in a wider format than the weights; the term shrinks by the ratio of unit roundoffs;
+- `centring="compensate"` (LayerNorm): s (x W - mu r) + b with r = `fold_column_sums(W)` stored offline beside the
+  bias; mu is computed for the variance anyway, so no collective enters the matmul's path;
+- `centring="subtract"` (LayerNorm): s ((x - mu) W) + b, the mean subtracted on the SIMD units first: exact, but the
+  matmul now waits for the mean collective.
+"fold" (the default) is the paper's rule.
+
 Validation (shapes, dtypes, eps) happens in the array calls (`ex=None`); a caller passing an executor has
 validated its inputs (a forward pass), and its values may be emulator handles rather than arrays.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -51,9 +63,13 @@ if TYPE_CHECKING:
     from .ops import Executor
 
 __all__ = [
+    "CENTRINGS",
+    "Centring",
     "SoftmaxState",
+    "fold_column_sums",
     "fold_layer_norm",
     "fold_rms_norm",
+    "layer_norm_alone",
     "layer_norm_linear",
     "layer_norm_linear_folded",
     "layer_norm_linear_reference",
@@ -152,14 +168,16 @@ def rms_norm_linear(
     acc: DTypeLike | None = None,
     ex: Executor | None = None,
     op: str = "rms_norm_linear",
+    fold_dtype: DTypeLike | None = None,
 ) -> Any:
     """RMSNorm followed by a linear layer, with g folded into F (here, on every call) and 1/rms after the matmul.
 
-    A model folds once, offline (`fold_rms_norm`), and calls `rms_norm_linear_folded`."""
+    `fold_dtype` stores g ⊙ F in that format (default F's; a wider one is the "wide fold" mitigation). A model folds
+    once, offline (`fold_rms_norm`), and calls `rms_norm_linear_folded`."""
     x = check_rows(x, "x")
     F = check_matrix(F, "F", x.shape[-1], "x", x.shape)
     eps = check_eps(eps)
-    return rms_norm_linear_folded(x, fold_rms_norm(g, F), eps, ex=_executor(ex, acc, x), op=op)
+    return rms_norm_linear_folded(x, fold_rms_norm(g, F, dtype=fold_dtype), eps, ex=_executor(ex, acc, x), op=op)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,17 +207,61 @@ def fold_layer_norm(
     return F_prime.astype(out), b.astype(out)
 
 
-def _layer_norm_stats(ex: Executor, x: Any, eps: float, op: str) -> tuple[Any, Any]:
-    """The collective of both orders: d = x - mu (kept in acc) and s = 1/sqrt(mean(d^2) + eps) (two-pass)."""
+#: How the fused LayerNorm -> linear rule removes the row mean (module docstring, "Mitigations").
+Centring = Literal["fold", "compensate", "subtract"]
+CENTRINGS: tuple[Centring, ...] = ("fold", "compensate", "subtract")
+
+
+def fold_column_sums(F_prime: ArrayLike) -> Array:
+    """r = 1 F~': the column sums of a *stored* fold, in float64 (exact to float64's rounding), for
+    `centring="compensate"`. Zero for the exact fold; for a rounded one, the sums of its rounding errors."""
+    F_prime = as_float_array(F_prime, "F_prime")
+    if F_prime.ndim != 2:
+        raise ValueError(f"F_prime must be a matrix (n, m); got shape {F_prime.shape}")
+    return np.sum(F_prime.astype(np.float64), axis=0)  # (m,)
+
+
+def _layer_norm_stats(ex: Executor, x: Any, eps: float, op: str) -> tuple[Any, Any, Any]:
+    """The collective of both orders: mu, d = x - mu (kept in acc) and s = 1/sqrt(mean(d^2) + eps) (two-pass)."""
     mu = ex.reduce(x, "mean", op=f"{op}.mean")  # (..., 1)
     d = ex.elementwise(lambda x, mu: x - mu, x, mu, op=f"{op}.centre", keep_acc=True)  # (..., n)   in registers
     s = ex.reduce(d, "rms_scale", op=f"{op}.rms", eps=eps)  # (..., 1)
-    return d, s
+    return mu, d, s
 
 
 def _layer_norm_out(ex: Executor, d: Any, s: Any, gamma: Any, beta: Any, op: str) -> Any:
     """LN(x) = d * s * gamma + beta, stored."""
     return ex.elementwise(lambda d, s, gamma, beta: d * s * gamma + beta, d, s, gamma, beta, op=f"{op}.norm_shift")
+
+
+# reference: layer_norm(x, gamma, beta, eps)
+def layer_norm_alone(
+    x: Any, gamma: Any, beta: Any, eps: float = 1e-5, *, ex: Executor | None = None, op: str = "layer_norm"
+) -> Any:
+    """A LayerNorm that feeds no linear layer (a post-LN encoder's last), with the primitives of both orders."""
+    if ex is None:
+        x = check_rows(x, "x")
+        gamma = check_vector(gamma, "gamma", x.shape[-1], "x", x.shape)
+        beta = check_vector(beta, "beta", x.shape[-1], "x", x.shape)
+        eps = check_eps(eps)
+    ex = _executor(ex, None, x)
+    _, d, s = _layer_norm_stats(ex, x, eps, op)  # (..., n), (..., 1)
+    return _layer_norm_out(ex, d, s, gamma, beta, op)  # (..., n)
+
+
+def _check_centring(centring: str, r: Any, ex: Executor | None, F_prime: Any) -> Any:
+    """r for `centring` (computed from F' for an array call that gives none); ValueError for a bad combination."""
+    if centring not in CENTRINGS:
+        raise ValueError(f"centring must be one of {', '.join(CENTRINGS)}; got {centring!r}")
+    if centring != "compensate":
+        if r is not None:
+            raise ValueError(f"r (the fold's column sums) is only used by centring='compensate', not {centring!r}")
+        return None
+    if r is None:
+        if ex is not None:
+            raise ValueError("centring='compensate' needs r = fold_column_sums(F_prime), computed offline")
+        return fold_column_sums(F_prime)
+    return r
 
 
 # reference: linear(layer_norm(x, gamma, beta, eps), F)
@@ -213,6 +275,8 @@ def layer_norm_linear_folded(
     ex: Executor | None = None,
     op: str = "layer_norm_linear",
     norm: tuple[Any, Any] | None = None,
+    centring: Centring = "fold",
+    r: Any = None,
 ) -> Any:
     """The fused order: s * (x @ F') + b, (F', b) = fold_layer_norm(gamma, beta, F), s = 1/sqrt(var + eps) after.
 
@@ -220,7 +284,12 @@ def layer_norm_linear_folded(
     computed beside it on the SIMD side; two-pass, as in the reference). With `norm=(gamma, beta)` the result is
     the pair (y, LN(x)), LN(x) = (x - mu) s gamma + beta computed from the same mu and s (a post-LN block feeds it
     into the residual stream).
+
+    `centring` (module docstring, "Mitigations"): "fold" as above; "compensate" returns s * (x @ F' - mu r) + b
+    with r = `fold_column_sums(F')` (pass it when giving `ex`; the array call computes it); "subtract" returns
+    s * ((x - mu) @ F') + b, the centred row stored as the DIMC operand, the matmul after the mean collective.
     """
+    r = _check_centring(centring, r, ex, F_prime)
     if ex is None:
         x = check_rows(x, "x")
         F_prime = check_matrix(F_prime, "F_prime", x.shape[-1], "x", x.shape)
@@ -229,6 +298,8 @@ def layer_norm_linear_folded(
             raise ValueError(
                 f"b has shape {b.shape} but F_prime has shape {F_prime.shape}; expected b of shape ({F_prime.shape[1]},)"
             )
+        if r is not None and np.shape(r) != (F_prime.shape[1],):
+            raise ValueError(f"r has shape {np.shape(r)} but F_prime has shape {F_prime.shape}")
         eps = check_eps(eps)
         if norm is not None:
             gamma, beta = norm
@@ -237,9 +308,20 @@ def layer_norm_linear_folded(
                 check_vector(beta, "beta", x.shape[-1], "x", x.shape),
             )
     ex = _executor(ex, acc, x)
-    y = ex.matmul(x, F_prime, op=op, keep_acc=True)  # (..., m)   DIMC: runs while the SIMD units compute s
-    d, s = _layer_norm_stats(ex, x, eps, op)  # (..., n), (..., 1)   the collective
-    out = ex.elementwise(lambda y, s, b: y * s + b, y, s, b, op=f"{op}.scale_shift")  # (..., m)
+    if centring == "subtract":
+        mu, d, s = _layer_norm_stats(ex, x, eps, op)  # (..., 1), (..., n), (..., 1)   the mean first
+        xc = ex.elementwise(lambda x, mu: x - mu, x, mu, op=f"{op}.subtract_mean")  # (..., n)   stored: DIMC operand
+        y = ex.matmul(xc, F_prime, op=op, keep_acc=True)  # (..., m)   waits for mu; s is computed beside it
+        out = ex.elementwise(lambda y, s, b: y * s + b, y, s, b, op=f"{op}.scale_shift")  # (..., m)
+    else:
+        y = ex.matmul(x, F_prime, op=op, keep_acc=True)  # (..., m)   DIMC: runs while the SIMD units compute s
+        mu, d, s = _layer_norm_stats(ex, x, eps, op)  # (..., 1), (..., n), (..., 1)   the collective
+        if centring == "compensate":  # s (x F' - mu r) + b: mu from the statistics, r a stored constant
+            out = ex.elementwise(
+                lambda y, mu, r, s, b: (y - mu * r) * s + b, y, mu, r, s, b, op=f"{op}.compensate_scale_shift"
+            )  # (..., m)
+        else:
+            out = ex.elementwise(lambda y, s, b: y * s + b, y, s, b, op=f"{op}.scale_shift")  # (..., m)
     if norm is None:
         return out
     return out, _layer_norm_out(ex, d, s, norm[0], norm[1], op)  # (..., m), (..., n)
@@ -256,8 +338,10 @@ def layer_norm_linear_reference(
     ex: Executor | None = None,
     op: str = "layer_norm_linear",
     return_norm: bool = False,
+    b: Any = None,
 ) -> Any:
-    """The reference order: linear(layer_norm(x, gamma, beta, eps), F); with `return_norm` the pair (y, LN(x))."""
+    """The reference order: linear(layer_norm(x, gamma, beta, eps), F) (+ b, the linear layer's own bias, added to
+    the product in acc and rounded once with it); with `return_norm` the pair (y, LN(x))."""
     if ex is None:
         x = check_rows(x, "x")
         n = x.shape[-1]
@@ -265,10 +349,14 @@ def layer_norm_linear_reference(
         beta = check_vector(beta, "beta", n, "x", x.shape)
         F = check_matrix(F, "F", n, "x", x.shape)
         eps = check_eps(eps)
+        if b is not None:
+            b = check_vector(b, "b", F.shape[1], "F", F.shape)
     ex = _executor(ex, acc, x)
-    d, s = _layer_norm_stats(ex, x, eps, op)  # (..., n), (..., 1)   the collective, then the matmul waits
+    _, d, s = _layer_norm_stats(ex, x, eps, op)  # (..., n), (..., 1)   the collective, then the matmul waits
     h = _layer_norm_out(ex, d, s, gamma, beta, op)  # (..., n)   stored: the DIMC operand
-    y = ex.matmul(h, F, op=op)  # (..., m)
+    y = ex.matmul(h, F, op=op, keep_acc=b is not None)  # (..., m)
+    if b is not None:
+        y = ex.elementwise(lambda y, b: y + b, y, b, op=f"{op}.bias")  # (..., m)
     return (y, h) if return_norm else y
 
 
@@ -284,16 +372,22 @@ def layer_norm_linear(
     ex: Executor | None = None,
     op: str = "layer_norm_linear",
     return_norm: bool = False,
+    centring: Centring = "fold",
+    fold_dtype: DTypeLike | None = None,
 ) -> Any:
     """LayerNorm followed by a linear layer, with centring and gain folded into F' (here, on every call) and
-    1/sigma after the matmul; with `return_norm` the pair (y, LN(x)). A model folds once, offline
-    (`fold_layer_norm`), and calls `layer_norm_linear_folded`."""
+    1/sigma after the matmul; with `return_norm` the pair (y, LN(x)). `centring` and `fold_dtype` are the
+    mitigations of the module docstring (F' stored in `fold_dtype`, default F's; r computed from the stored F').
+    A model folds once, offline (`fold_layer_norm`, `fold_column_sums`), and calls `layer_norm_linear_folded`."""
     x = check_rows(x, "x")
     F = check_matrix(F, "F", x.shape[-1], "x", x.shape)
     eps = check_eps(eps)
-    F_prime, b = fold_layer_norm(gamma, beta, F)  # checks gamma and beta against F, hence against x
+    F_prime, b = fold_layer_norm(gamma, beta, F, dtype=fold_dtype)  # checks gamma and beta against F, hence x
+    r = fold_column_sums(F_prime) if centring == "compensate" else None
     norm = (np.asarray(gamma), np.asarray(beta)) if return_norm else None
-    return layer_norm_linear_folded(x, F_prime, b, eps, ex=_executor(ex, acc, x), op=op, norm=norm)
+    return layer_norm_linear_folded(
+        x, F_prime, b, eps, ex=_executor(ex, acc, x), op=op, norm=norm, centring=centring, r=r
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from . import (
     layer_norm_fold_error,
     layer_norm_linear,
     online_softmax_merge,
+    post_layer_norm_block,
     rms_norm_fold_error,
     rms_norm_linear,
     rope_scale,
@@ -66,8 +67,9 @@ class ProofModule(Protocol):
     def prove(self, size: int | None = None) -> Proof: ...
 
 
-#: name -> proof module, in the order of docs/notation.md: the three rules, then the online merge and RoPE they rely on,
-#: then what a rounded fold does to the fused order and how the mitigations remove it (docs/accuracy.md)
+#: name -> proof module, in the order of docs/notation.md: the three rules, then the online merge and RoPE they rely
+#: on, then the post-LN block of BERT (docs/models.md) built on the LayerNorm rule, then what a rounded fold does to
+#: the fused order and how the mitigations remove it (docs/accuracy.md)
 PROOFS: dict[str, ProofModule] = {
     module.NAME: module
     for module in (
@@ -76,6 +78,7 @@ PROOFS: dict[str, ProofModule] = {
         softmax_linear,
         online_softmax_merge,
         rope_scale,
+        post_layer_norm_block,
         rms_norm_fold_error,
         layer_norm_fold_error,
     )

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import sympy as sp
 
@@ -54,7 +55,8 @@ if not __package__:  # run as `python proofs/layer_norm_fold_error.py` (PEP 366,
     __package__ = "proofs"
 
 from ._display import run_as_script
-from ._steps import Definitions, Proof, Step, run_proof
+from ._steps import Definitions, Proof, Step, Tie, run_proof
+from .layer_norm_linear import _stats
 
 NAME = "layer_norm_fold_error"
 TITLE = (
@@ -265,9 +267,33 @@ def negative_controls(size: int | None) -> list[Step]:
     return _symbolic_controls() if size is None else _concrete_controls(size)
 
 
+def tie(size: int) -> Tie:
+    """The compensated result ref + s (x - mu) Delta at n = size (s = 1/sqrt(var + eps) written out), against the
+    library's rule with centring="compensate" and centring="subtract" on the stored fold W = F' + Delta."""
+    from normfuse_ref import fusion
+
+    m = _concrete(size)
+    xs, Ds, ones = m["x"], m["Delta"], m["ones"]
+    eps = sp.Symbol("epsilon", positive=True)
+    expr = m["ref"] + s * (xs - mu * ones) * Ds  # (1, M)
+    for symbol, definition in reversed(_stats(xs)):  # mu, var, s = 1/sqrt(var + eps), last first
+        expr = expr.xreplace({symbol: definition})
+    gammas = [sp.Symbol(f"gamma{q}") for q in range(size)]
+    betas = [sp.Symbol(f"beta{q}") for q in range(size)]
+    Fs = sp.Matrix(size, M, lambda p, q: sp.Symbol(f"F{p}_{q}"))
+    inputs = {"x": xs, "gamma": gammas, "beta": betas, "F": Fs, "Delta": Ds, "eps": eps}
+
+    def call(a: dict[str, Any]) -> object:
+        F_prime, b = fusion.fold_layer_norm(a["gamma"], a["beta"], a["F"], dtype="float64")
+        W = F_prime + a["Delta"]
+        return [fusion.layer_norm_linear_folded(a["x"], W, b, a["eps"], centring=c) for c in ("compensate", "subtract")]
+
+    return Tie("fusion.layer_norm_linear_folded(centring=...)", inputs, expr, call)
+
+
 def prove(size: int | None = None) -> Proof:
-    """Check every step and negative control at symbolic n (None) or one concrete n."""
-    return run_proof(NAME, size, steps(size), negative_controls(size))
+    """Check every step and negative control at symbolic n (None) or one concrete n, and the tie to the code."""
+    return run_proof(NAME, size, steps(size), negative_controls(size), tie=tie)
 
 
 if __name__ == "__main__":

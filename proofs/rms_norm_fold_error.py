@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import sympy as sp
 
@@ -44,7 +45,7 @@ if not __package__:  # run as `python proofs/rms_norm_fold_error.py` (PEP 366, a
     __package__ = "proofs"
 
 from ._display import run_as_script
-from ._steps import Definitions, Proof, Step, run_proof
+from ._steps import Definitions, Proof, Step, Tie, run_proof
 
 NAME = "rms_norm_fold_error"
 TITLE = "RMSNorm -> linear with a rounded fold W = g ⊙ F + Delta: error s x Delta, linear in the fold's unit roundoff"
@@ -163,9 +164,29 @@ def negative_controls(size: int | None) -> list[Step]:
     return _symbolic_controls() if size is None else _concrete_controls(size)
 
 
+def tie(size: int) -> Tie:
+    """exact + s x Delta at n = size (s = 1/sqrt(mean x^2 + eps) written out), against the library's fused rule on
+    the stored fold W = g ⊙ F + Delta."""
+    from normfuse_ref import fusion
+
+    m = _concrete(size)
+    xs, gF, Ds = m["x"], m["gF"], m["Delta"]
+    eps = sp.Symbol("epsilon", positive=True)
+    rms = 1 / sp.sqrt(sum(v * v for v in xs) / size + eps)
+    expr = (s * xs * gF + s * xs * Ds).xreplace({s: rms})  # (1, M)
+    inputs = {"x": xs, "g": [m["G"][q, q] for q in range(size)], "F": m["F"], "theta": m["theta"], "u": u, "eps": eps}
+
+    def call(a: dict[str, Any]) -> object:
+        W = fusion.fold_rms_norm(a["g"], a["F"], dtype="float64")
+        W = W + a["u"] * a["theta"] * W  # Delta = u theta ⊙ (g ⊙ F)
+        return fusion.rms_norm_linear_folded(a["x"], W, a["eps"])
+
+    return Tie("fusion.rms_norm_linear_folded", inputs, expr, call)
+
+
 def prove(size: int | None = None) -> Proof:
-    """Check every step and negative control at symbolic n (None) or one concrete n."""
-    return run_proof(NAME, size, steps(size), negative_controls(size))
+    """Check every step and negative control at symbolic n (None) or one concrete n, and the tie to the code."""
+    return run_proof(NAME, size, steps(size), negative_controls(size), tie=tie)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,13 @@ import pytest
 from normfuse_ref.cli.main import main
 from normfuse_ref.llama import random_params
 from normfuse_ref.llama.fetch import SOURCES
+from normfuse_ref.models.bert import get_preset
+from tests.bert_support import hf_config as bert_hf_config
 
 from .test_llama_loaders import CFG, hf_config, write_gguf
 
 SMOL = SOURCES["smollm2-135m"].files[0]
+BERT_CFG = get_preset("tiny-bert")
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,27 @@ MISTAKES: list[Mistake] = [
             files={"page.md": b"mine"}),
     Mistake("acc-markdown-dir", ("accuracy", "--markdown", "d.md"), "--markdown d.md is a directory", files={"d.md": None}),
     Mistake("acc-markdown-no-parent", ("accuracy", "--markdown", "nowhere/page.md"), "directory nowhere does not exist"),
+    # -- embed -----------------------------------------------------------------------------------------------------
+    Mistake("embed-no-text", ("embed",), "the following arguments are required: TEXT"),
+    Mistake("embed-batch-zero", ("embed", "hi", "--batch-size", "0"), "argument --batch-size: must be an integer >= 1; got '0'"),
+    Mistake("embed-mode", ("embed", "hi", "--mode", "sideways"), "argument --mode: invalid choice: 'sideways'"),
+    Mistake("embed-not-fetched", ("embed", "hi"), "run: normfuse fetch all-minilm-l6-v2"),
+    Mistake("embed-llama", ("embed", "--model", "tiny", "hi"), "tiny is a Llama decoder model; normfuse embed needs a BERT-family encoder"),
+    Mistake("embed-llama-dir", ("embed", "--model", "hf", "hi"), "hf is a Llama decoder model", files=hf_dir(hf_config())),
+    Mistake("embed-shape-only", ("embed", "--model", "llama2-7b", "hi"), "llama2-7b is a Llama decoder model"),
+    Mistake("embed-model-markup", ("embed", "--model", "a[/]b", "hi"), "model not found: 'a[/]b' is neither"),
+    Mistake("embed-too-long", ("embed", "--model", "tiny-bert", "ok", "x" * 100),
+            "text 2 has 102 tokens but the model takes at most 64 ([CLS] and [SEP] included); shorten it, or truncate (--truncate)"),
+    Mistake("embed-unsupported", ("embed", "--model", "hf", "hi"), "model_type 'gpt2' is not supported; supported: llama, bert",
+            files=hf_dir({"model_type": "gpt2"})),
+    Mistake("embed-relative-positions", ("embed", "--model", "hf", "hi"), "position_embedding_type 'relative_key' is not supported",
+            files=hf_dir(bert_hf_config(BERT_CFG, position_embedding_type="relative_key"))),
+    Mistake("embed-heads-markup", ("embed", "--model", "hf", "hi"), "hf/config.json: field 'num_attention_heads' must be an integer >= 1; got '[red]x'",
+            files=hf_dir(bert_hf_config(BERT_CFG, num_attention_heads="[red]x"))),
+    Mistake("embed-bad-safetensors", ("embed", "--model", "hf", "hi"), "model.safetensors is a damaged or truncated safetensors file",
+            files={**hf_dir(bert_hf_config(BERT_CFG)), "hf/model.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{}"}),
+    Mistake("embed-readers-missing", ("embed", "hi"), "needs scipy (not installed): pip install 'normfuse[model]'",
+            patch=missing_module("scipy")),
 ]  # fmt: skip
 
 

@@ -149,7 +149,7 @@ def test_checker_says_no_to_a_wrong_rewrite(
 def test_block_checker_says_no_to_an_unfolded_gain(monkeypatch: pytest.MonkeyPatch) -> None:
     """The block's allowance has teeth too: with the gain left out of the fold the model's weights get (a loader
     bug), float32 cases fail (searched without shrinking: a block case shrinks slowly)."""
-    monkeypatch.setattr(weights, "_fold", lambda g, F: F)
+    monkeypatch.setattr(weights, "_fold", lambda g, F, fold: F)
     block = RULES["decoder_block"]
     find(block.cases(dtype="float32"), lambda c: not evaluate(block, c).ok, settings=NO_SHRINK)
 

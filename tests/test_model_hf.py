@@ -17,9 +17,6 @@ variable CI is set: CI installs the `hf` extra and must run this check.
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,23 +25,12 @@ from numpy.typing import NDArray
 
 from normfuse_ref.llama.fetch import fetch
 from normfuse_ref.llama.model import Model, generate, load_model, prompt_ids
+from tests.hf_support import require
 from tests.tolerances import U32, smollm2_tol
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for the hub
-
-
-def _require(name: str) -> ModuleType:
-    if os.environ.get("CI"):
-        try:
-            return importlib.import_module(name)
-        except ImportError as exc:
-            pytest.fail(f"CI is set but {name} is not installed ({exc}); install the `hf` extra", pytrace=False)
-    return pytest.importorskip(name)
-
-
-torch = _require("torch")
-transformers = _require("transformers")
-_require("accelerate")  # transformers needs it to load a GGUF file
+torch = require("torch")
+transformers = require("transformers")
+require("accelerate")  # transformers needs it to load a GGUF file
 
 Array = NDArray[Any]
 

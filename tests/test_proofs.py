@@ -53,6 +53,7 @@ def test_the_registry_lists_one_file_per_identity() -> None:
         "softmax_linear",
         "online_softmax_merge",
         "rope_scale",
+        "post_layer_norm_block",
         "rms_norm_fold_error",
         "layer_norm_fold_error",
     ]
@@ -185,6 +186,9 @@ TIED = {
     "softmax_linear": "fusion.softmax_linear",
     "online_softmax_merge": "fusion.online_softmax_merge",
     "rope_scale": "layers.rope",
+    "post_layer_norm_block": "fusion.layer_norm_linear_folded(norm=...)",
+    "rms_norm_fold_error": "fusion.rms_norm_linear_folded",
+    "layer_norm_fold_error": "fusion.layer_norm_linear_folded(centring=...)",
 }
 
 

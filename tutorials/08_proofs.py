@@ -47,7 +47,7 @@ for number, result in enumerate(proof.steps, start=1):
 console.print(f"passed: {proof.passed}")
 
 # %% [markdown]
-# ## All five identities, symbolic n and n = 1 .. 6
+# ## Every identity, symbolic n and n = 1 .. 6
 #
 # Each concrete n re-checks the same facts with explicit matrices: for example (I - E/n)^2 = I - E/n and zero
 # column sums of F' for LayerNorm, merges left-to-right, right-to-left and as a tree for the online softmax.

@@ -1,20 +1,25 @@
 """The text corpus of the accuracy study: standard-library docstrings, read at run time, never copied into the repo.
 
-Every Python install carries the documentation of its standard library as docstrings. The corpus is the docstrings
-of a fixed list of pure-Python modules (`CORPUS_MODULES`), in a fixed order, cleaned the same way every time:
+Every Python install carries the documentation of its standard library as docstrings in the modules' source files.
+The corpus is the docstrings of a fixed list of pure-Python modules (`CORPUS_MODULES`), in a fixed order, cleaned
+the same way every time:
 
-1. per module: the module's docstring, then the docstring of every public function and class defined in that
-   module (names not starting with "_", `obj.__module__` equal to the module's name), in sorted name order; an
-   object reachable under two names counts once;
+1. per module: its source file is parsed (`ast`; nothing is imported or executed), and the module's docstring is
+   taken, then the docstring of every public top-level function and class (names not starting with "_"), in
+   sorted name order (a name defined twice, e.g. per platform, counts once: its first definition);
 2. each docstring through `inspect.cleandoc` (the indentation Python's own `help` removes), Unicode NFC, tabs
    expanded, trailing spaces removed, runs of blank lines collapsed to one; empty docstrings dropped;
 3. documents joined by one blank line.
 
+Reading the source rather than the live objects makes the text independent of the process: importing torch, for
+one, replaces `inspect.getfile` with its own function, and `python -OO` strips docstrings from loaded modules;
+neither changes a source file.
+
 Nobody here wrote this text, and the model was not tuned on it in any way normfuse controls. It changes between
 Python versions (docstrings are edited), so a study prints the corpus size and the SHA-256 of its UTF-8 bytes next
-to the Python version: two runs with the same hash read the same text. `python -OO` strips docstrings; the corpus
-would leave only the docstrings of C functions, another and much smaller text, so `load_corpus` refuses to run
-under it (`EmptyCorpus`), as it refuses a module list without any documentation.
+to the Python version: two runs with the same hash read the same text. A module list without any documentation
+gives an empty corpus, which `load_corpus` refuses (`EmptyCorpus`); a Python without its standard library's
+sources (some embedded or stripped builds ship only bytecode) is refused with a message that says so.
 
 SmolLM2 reads the corpus as one token stream (`Corpus.text`); MiniLM embeds sentences taken from it
 (`Corpus.sentences`: the first sentence of each docstring's summary paragraph).
@@ -22,16 +27,17 @@ SmolLM2 reads the corpus as one token stream (`Corpus.text`); MiniLM embeds sent
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import importlib
 import inspect
 import re
 import sys
+import sysconfig
 import unicodedata
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 __all__ = ["CORPUS_MODULES", "Corpus", "Document", "EmptyCorpus", "clean", "load_corpus"]
 
@@ -120,22 +126,27 @@ def clean(doc: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+def _source(module_name: str) -> str:
+    """The source text of a standard-library module, from the standard library's directory (`sysconfig`), without
+    importing it (some, such as abc and codecs, are frozen into the interpreter: their source is still there)."""
+    root = Path(sysconfig.get_paths()["stdlib"]).joinpath(*module_name.split("."))
+    for path in (root.with_suffix(".py"), root / "__init__.py"):
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    raise EmptyCorpus(f"the corpus needs the source of the standard-library module {module_name}; this Python has none")
+
+
 def _documents(module_name: str) -> list[Document]:
-    """The module's docstring, then its public functions' and classes' docstrings in sorted name order."""
-    with warnings.catch_warnings():  # a deprecated module or alias warns on import: not the reader's concern
-        warnings.simplefilter("ignore")
-        mod = importlib.import_module(module_name)
-    docs = [Document(module_name, clean(mod.__doc__ or ""))]
-    seen: set[int] = set()
-    for name in sorted(vars(mod)):
-        obj = vars(mod)[name]
-        if name.startswith("_") or id(obj) in seen:
-            continue
-        if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != mod.__name__:
-            continue
-        seen.add(id(obj))
-        own = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__  # a class's own, not inherited
-        docs.append(Document(f"{module_name}.{name}", clean(own or "")))
+    """The module's docstring, then its public top-level functions' and classes' docstrings in sorted name order."""
+    tree = ast.parse(_source(module_name))
+    docs = [Document(module_name, clean(ast.get_docstring(tree, clean=False) or ""))]
+    defs: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+            defs.setdefault(node.name, node)
+    for name in sorted(defs):
+        doc = ast.get_docstring(defs[name], clean=False)  # type: ignore[arg-type]
+        docs.append(Document(f"{module_name}.{name}", clean(doc or "")))
     return [d for d in docs if d.text]
 
 
@@ -190,8 +201,6 @@ class Corpus:
 
 def load_corpus(modules: Sequence[str] = CORPUS_MODULES) -> Corpus:
     """Read and clean the docstrings of `modules` (default CORPUS_MODULES); EmptyCorpus if there is no text."""
-    if sys.flags.optimize >= 2:  # what is left (docstrings of C functions) would be another, much smaller text
-        raise EmptyCorpus("the corpus is empty: this Python runs with -OO, which strips the docstrings it is made of")
     docs = tuple(d for name in modules for d in _documents(name))
     if not docs:
         raise EmptyCorpus(f"the corpus is empty: no docstrings in {', '.join(modules) or 'no modules'}")

@@ -27,7 +27,7 @@ from ..extras import MissingExtra, extra_of
 from .console import Console, UsageError
 
 #: Subcommand modules under normfuse_ref.cli, in the order `normfuse --help` lists them.
-SUBCOMMANDS = ["timeline", "demo", "prove", "fetch", "generate", "sweep", "fuzz", "accuracy"]
+SUBCOMMANDS = ["timeline", "demo", "prove", "fetch", "generate", "embed", "sweep", "fuzz", "accuracy"]
 #: Commands that run Hypothesis: its working files go to a temporary directory, not a `.hypothesis/` folder in
 #: the user's current directory.
 HYPOTHESIS_COMMANDS = {"fuzz"}

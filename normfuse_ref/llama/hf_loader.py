@@ -136,31 +136,12 @@ def read_hf_dir(
 ) -> HFModel:
     """Config, weights (in `dtype`, GGUF names, row-vector orientation) and tokenizer of an HF checkpoint dir.
     `on_tensor(done, total)` is called after each tensor is converted (for a progress display)."""
-    from safetensors.numpy import load_file
+    from ..models.checkpoint import read_config, read_safetensors
 
     path = Path(path).expanduser()
     dt = resolve_dtype(dtype)
-    if not path.exists():
-        raise FileNotFoundError(f"model directory not found: {path}")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ValueError(f"{path} has no config.json (is it a Hugging Face checkpoint directory?)")
-    cfg = _config(fields.json_object(cfg_file), path, name)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
-        if pickles:
-            raise ValueError(
-                f"{path} holds only PyTorch pickle checkpoints ({', '.join(pickles[:3])}); normfuse never loads "
-                "pickles (loading one can run arbitrary code): convert them to safetensors first"
-            )
-        raise ValueError(f"{path} has no *.safetensors weight files")
-    tensors: dict[str, Array] = {}
-    for f in files:
-        try:
-            tensors |= load_file(str(f))
-        except Exception as exc:  # safetensors raises its own SafetensorError on a bad header or short file
-            raise ValueError(f"{f} is a damaged or truncated safetensors file ({exc})") from None
+    cfg = _config(read_config(path), path, name)
+    tensors = read_safetensors(path)
     shapes = param_shapes(cfg)
     params: dict[str, Array] = {}
     for key, want in shapes.items():

@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ..extras import require
-from ..ops import NumpyExecutor, step_blas_threads
+from ..models.loaded import LoadedModel
+from ..ops import step_blas_threads
 from ..precision import Array, resolve_dtype
 from .config import PRESETS, LlamaConfig, get_preset
 from .fetch import SOURCES, find_model
@@ -54,26 +55,12 @@ MODEL_DTYPES = ("float32", "float64", "float16", "bfloat16")
 RANDOM_PRESETS = ("tiny",)
 
 
-@dataclass(eq=False)
-class Model:
-    """A model ready to run: config, weights (GGUF names, row-vector orientation), tokenizer, storage dtype, and
-    the prepared weights of each mode used so far (see the module docstring)."""
+@dataclass(frozen=True)
+class Model(LoadedModel[LlamaConfig, TextTokenizer]):
+    """A Llama model ready to run (`LoadedModel`: config, weights under their GGUF names, tokenizer, dtype)."""
 
-    cfg: LlamaConfig
-    params: Mapping[str, Array]
-    tokenizer: TextTokenizer | None
-    dtype: np.dtype
-    source: str  # where the weights came from, for display
-    _prepared: dict[str, Mapping[str, Array]] = field(default_factory=dict, init=False, repr=False)
-
-    def weights(self, mode: Mode) -> Mapping[str, Array]:
-        """`prepare(params, cfg, mode)`, computed on first use and kept."""
-        if mode not in self._prepared:
-            self._prepared[mode] = prepare(self.params, self.cfg, mode)
-        return self._prepared[mode]
-
-    def executor(self) -> NumpyExecutor:
-        return NumpyExecutor(storage=self.dtype)
+    def prepare_weights(self, mode: Mode) -> Mapping[str, Array]:
+        return prepare(self.params, self.cfg, mode)
 
     def cache(self, capacity: int) -> KVCache:
         """An empty KV cache in the model's dtype with room for `capacity` positions (at most the context)."""

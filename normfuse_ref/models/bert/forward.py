@@ -1,0 +1,302 @@
+"""The BERT encoder forward pass, written once, issued through an Executor, in textbook or fused order.
+
+BERT (Devlin et al. 2019) is post-LayerNorm: every block ends with a LayerNorm of a residual sum, and that
+normalised value is both the input of the next linear layer and the residual carried past the next sublayer:
+
+    x0 = LN_emb(E_word[ids] + E_type[types] + E_pos[0..T-1])
+    block i:  a  = Attention(x Wqkv + bqkv) Wo + bo         bidirectional, padded keys masked out
+              x' = LN_attn(x + a)
+              y  = GELU(x' Wup + bup) Wdown + bdown          exact GELU: t/2 (1 + erf(t / sqrt 2))
+              x  = LN_out(x' + y)
+    hidden states = x after the last block: ([B,] T, d)
+
+Every LayerNorm except the last is followed by a linear layer: a LayerNorm -> linear site, three per block
+(LN_emb or the previous block's LN_out -> Q|K|V, LN_attn -> FFN up). The schedule of one site, z the residual sum:
+
+    mode="baseline"  mu = mean(z)             collective 1
+                     d = z - mu
+                     s = 1/sqrt(mean(d^2) + eps)   collective 2, the matmul waits for it
+                     x = d s gamma + beta          LN(z): the residual branch AND the matmul's input
+                     y = x F + b
+    mode="fused"     y~ = z F'                     DIMC starts at once on raw z, F' = (I - E/n) Gamma F (folded)
+                     mu, d, s as above             beside the matmul, on the SIMD units
+                     y = s y~ + b'                 b' = beta F + b (folded)
+                     x = d s gamma + beta          LN(z) for the residual branch, from the same mu and s
+
+so the matmul no longer waits for either collective; the residual branch needs LN(z) only at the residual add
+after the sublayer, long after the statistics are done. Softmax -> V is deferred exactly as in the Llama forward
+(`normfuse_ref.llama.forward.softmax_v_site`: local maxima per slice, merged by the online-softmax collective,
+divided after P V). The block-level identity (both orders give the same next residual sum, for any n) is
+`proofs/post_layer_norm_block.py`; docs/models.md, "BERT", has the schedule with the paper's notation.
+
+Cost-only emulation: activations are touched only through the executor, and everything computed outside it
+(positions, the padding mask) depends on the token ids and the mask alone, so `prepared_shapes` weights can stand
+in for real ones, as for Llama. Shape letters: see `normfuse_ref.models.bert.config`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import erf
+
+from ... import fusion
+from ...ops import Executor, NumpyExecutor
+from .config import BertConfig
+from .weights import Mode
+
+__all__ = ["check_inputs", "forward", "gelu", "layer_norm_linear_site", "layer_norm_site"]
+
+Array = NDArray[Any]
+
+
+def check_inputs(
+    ids: ArrayLike, attention_mask: ArrayLike | None, token_type_ids: ArrayLike | None, cfg: BertConfig
+) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]:
+    """Token ids ([B,] T), the keep-mask (True = a real token) and the segment ids, checked; ValueError otherwise.
+
+    attention_mask: 1/True for a real token, 0/False for padding (HF's convention); default all ones.
+    token_type_ids: segment of each token (0 for a single text); default all zeros.
+    """
+    a = np.asarray(ids)
+    if a.dtype.kind not in "iu" or a.ndim not in (1, 2) or a.size == 0:
+        raise ValueError(
+            f"ids must be a non-empty (T,) or (B, T) integer array; got dtype {a.dtype.name}, shape {a.shape}"
+        )
+    bad = a[(a < 0) | (a >= cfg.vocab_size)]
+    if bad.size:
+        raise ValueError(f"token id {int(bad[0])} is out of range for a vocabulary of {cfg.vocab_size}")
+    if a.shape[-1] > cfg.max_positions:
+        raise ValueError(f"{a.shape[-1]} tokens exceed the model's {cfg.max_positions} positions")
+    if attention_mask is None:
+        keep = np.ones(a.shape, dtype=bool)  # ([B,] T)
+    else:
+        m = np.asarray(attention_mask)
+        if m.shape != a.shape or m.dtype.kind not in "biu" or not np.isin(m, (0, 1)).all():
+            raise ValueError(
+                f"attention_mask must be 0/1 of the ids' shape {a.shape}; got dtype {m.dtype.name}, shape {m.shape}"
+            )
+        keep = m.astype(bool)  # ([B,] T)
+    if token_type_ids is None:
+        types = np.zeros(a.shape, dtype=np.int64)  # ([B,] T)
+    else:
+        t = np.asarray(token_type_ids)
+        if t.shape != a.shape or t.dtype.kind not in "iu" or ((t < 0) | (t >= cfg.type_vocab_size)).any():
+            raise ValueError(
+                f"token_type_ids must be integers in [0, {cfg.type_vocab_size}) of the ids' shape {a.shape}; "
+                f"got dtype {t.dtype.name}, shape {t.shape}"
+            )
+        types = t.astype(np.int64)
+    return a.astype(np.int64), keep, types
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LayerNorm and the LayerNorm -> linear site: the rules of `normfuse_ref.fusion`, wired for a post-LN block
+# ---------------------------------------------------------------------------------------------------------------
+
+
+# reference: layer_norm(z, gamma, beta, eps)
+def layer_norm_site(ex: Executor, z: Any, gamma: Any, beta: Any, eps: float, name: str) -> Any:
+    """A LayerNorm that feeds no linear layer (the encoder's output): the same in both orders."""
+    return fusion.layer_norm_alone(z, gamma, beta, eps, ex=ex, op=name)  # (.., n)
+
+
+# reference: y = linear(layer_norm(z, gamma, beta, eps), F) + b    and LN(z) for the residual branch
+# fused:     y = s * (z @ F') + b',  F' = (I - E/n) Gamma F, b' = beta F + b (folded by weights.prepare)
+def layer_norm_linear_site(
+    ex: Executor,
+    z: Any,
+    gamma: Any,
+    beta: Any,
+    F: Any,
+    b: Any,
+    eps: float,
+    mode: Mode,
+    name: str,
+    *,
+    centring: fusion.Centring = "fold",
+    r: Any = None,
+) -> tuple[Any, Any]:
+    """One post-LN LayerNorm -> linear site in either order: (y, LN(z)). `F`, `b` are raw in baseline mode and
+    folded (F', b') in fused mode (`fusion.layer_norm_linear_folded`, with LN(z) from the same statistics;
+    `centring` and `r` its mitigation options)."""
+    if mode == "baseline":
+        return fusion.layer_norm_linear_reference(z, gamma, beta, F, eps, ex=ex, op=name, return_norm=True, b=b)
+    return fusion.layer_norm_linear_folded(z, F, b, eps, ex=ex, op=name, norm=(gamma, beta), centring=centring, r=r)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Linear layers without a LayerNorm in front, GELU, attention
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _add(a: Array, b: Array) -> Array:
+    return a + b
+
+
+def linear_site(ex: Executor, x: Any, F: Any, b: Any, name: str) -> Any:
+    """x F + b (the same in both orders): the product waits in acc for its bias, rounded once with it."""
+    y = ex.matmul(x, F, op=name, keep_acc=True)  # (.., m)
+    return ex.elementwise(_add, y, b, op=f"{name}.bias")  # (.., m)
+
+
+_SQRT1_2 = 1 / math.sqrt(2)
+
+#: erfc(z) ~ t exp(-z^2 + c0 + t (c1 + t (c2 + ... + t c9))), t = 1 / (1 + z/2), z >= 0: W. H. Press et al.,
+#: Numerical Recipes in C, 2nd ed. (1992), section 6.2 (erfcc), relative error < 1.2e-7 for every z >= 0.
+_ERFC_FIT = (
+    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+)  # fmt: skip
+#: Elements per step of the float32 GELU: a block's temporaries stay in the CPU cache across its ~30 passes.
+_GELU_BLOCK = 8192
+
+
+# reference: torch.nn.functional.gelu(t) (approximate="none"), HF BERT's "gelu"
+def gelu(t: Array) -> Array:
+    """Exact GELU t Phi(t) = t/2 (1 + erf(t / sqrt 2)), computed in t's (accumulation) dtype.
+
+    float64: with scipy's erf (within an ulp or two). float32 (the accumulation of float32, float16 and bfloat16
+    storage): GELU(t) = max(t, 0) - |t| erfc(|t| / sqrt 2) / 2, with erfc from `_ERFC_FIT` evaluated in float32
+    block by block, 2.5x faster than scipy's erf (which computes each element in float64). Its error is at most
+    7 u |t| (u = 2^-24): the fit's 2 u relative error and ~10 u of float32 evaluation in the exponent, on a term at
+    most |t|/2, plus the final rounding (tests/test_bert_forward.py checks the bound on a dense grid; measured 3.1 u
+    |t|, while torch's float32 GELU is within 5.9 u |t|). It is not the tanh approximation ("gelu_new"), which
+    differs by up to 5e-4.
+    """
+    if t.dtype.itemsize >= 8:
+        h = t * _SQRT1_2  # (.., f)
+        erf(h, out=h)
+        h += 1
+        h *= t
+        h *= 0.5
+        return h
+    dt = t.dtype.type
+    c = [dt(v) for v in _ERFC_FIT]
+    out = np.empty_like(t)  # (.., f)
+    flat_t, flat_out = t.reshape(-1), out.reshape(-1)
+    a, s, p = (np.empty(min(_GELU_BLOCK, t.size), dtype=t.dtype) for _ in range(3))  # (block,) each
+    for i in range(0, t.size, _GELU_BLOCK):
+        x, o = flat_t[i : i + _GELU_BLOCK], flat_out[i : i + _GELU_BLOCK]
+        a_, s_, p_ = a[: x.size], s[: x.size], p[: x.size]
+        np.abs(x, out=a_)  # |t|
+        np.multiply(a_, dt(0.5 * _SQRT1_2), out=s_)  # z / 2, z = |t| / sqrt 2
+        s_ += 1
+        np.divide(1, s_, out=s_)  # s = 1 / (1 + z/2)
+        p_.fill(c[-1])
+        for ck in reversed(c[1:-1]):
+            p_ *= s_
+            p_ += ck
+        p_ *= s_
+        p_ += c[0]
+        np.multiply(x, x, out=a_)
+        a_ *= dt(0.5)  # z^2 = t^2 / 2
+        p_ -= a_
+        np.exp(p_, out=p_)
+        p_ *= s_  # erfc(z)
+        np.abs(x, out=a_)
+        p_ *= a_
+        p_ *= dt(0.5)  # |t| erfc(z) / 2
+        np.maximum(x, 0, out=o)
+        o -= p_
+    return out
+
+
+def attention_site(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertConfig, mode: Mode) -> Any:
+    """Bidirectional multi-head attention over one batch: qkv ([B,] T, 3d) -> ([B,] T, d).
+
+    Every query sees every key whose keep-mask entry is True (padding keys get a score of -inf), in both orders;
+    padded query rows are computed too (and ignored by pooling), since they see the same real keys.
+    """
+    lead = tuple(qkv.shape[:-2])  # () or (B,)
+    T, H, hd, d = qkv.shape[-2], cfg.n_heads, cfg.head_dim, cfg.dim
+
+    def heads(c: int) -> Any:  # columns [c d, (c + 1) d) of qkv: (.., T, H, hd) -> (.., H, T, hd)
+        return lambda a: np.swapaxes(a[..., c * d : (c + 1) * d].reshape(*lead, T, H, hd), -3, -2)
+
+    q = ex.layout(heads(0), qkv, op="split_q")  # (.., H, T, hd)
+    kT = ex.layout(lambda a: np.swapaxes(heads(1)(a), -2, -1), qkv, op="split_k")  # (.., H, hd, T)
+    v = ex.layout(heads(2), qkv, op="split_v")  # (.., H, T, hd)
+    z = ex.matmul(q, kT, op="attn_scores", keep_acc=True)  # (.., H, T, T)   scores stay in acc for the softmax
+    drop = None if keep.all() else ~keep[..., None, None, :]  # ([B,] 1, 1, T): padded keys
+    scale = 1 / math.sqrt(hd)  # a Python float: the product stays in z's (accumulation) dtype
+
+    def mask(z: Array) -> Array:  # where(keep, z * scale, -inf)
+        out = z * scale  # (.., H, T, T)
+        if drop is not None:
+            np.copyto(out, -np.inf, where=drop)
+        return out
+
+    z = ex.elementwise(mask, z, op="attn_mask", keep_acc=True)  # (.., H, T, T)
+    if mode == "fused":  # (e^{z - m_slice} @ V merged across slices) / l
+        o = fusion.softmax_linear(z, v, ex=ex, op="attn_pv")  # (.., H, T, hd)
+    else:  # softmax(z) @ V
+        o = fusion.softmax_linear_reference(z, v, ex=ex, op="attn_pv")  # (.., H, T, hd)
+
+    def merge_heads(a: Array) -> Array:  # (.., H, T, hd) -> (.., T, H, hd) -> (.., T, d)
+        return np.swapaxes(a.reshape(*lead, H, T, hd), -3, -2).reshape(*lead, T, d)
+
+    return ex.layout(merge_heads, o, op="merge_heads")  # (.., T, d)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The encoder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def forward(
+    w: Mapping[str, Any],
+    cfg: BertConfig,
+    ids: ArrayLike,
+    attention_mask: ArrayLike | None = None,
+    token_type_ids: ArrayLike | None = None,
+    *,
+    mode: Mode = "fused",
+    ex: Executor | None = None,
+    centring: fusion.Centring = "fold",
+) -> Any:
+    """Last hidden states ([B,] T, d) of token ids ([B,] T). `w` is `weights.prepare(params, cfg, mode)` for the
+    same mode (with `centring="compensate"`, prepared with it too); `ex` defaults to a float32 NumpyExecutor.
+    `centring` picks a mitigation of the fused LayerNorm -> linear rule (`normfuse_ref.fusion`, "Mitigations").
+    Padding (attention_mask 0) is right padding: positions count from 0 at the first token, as in HF BERT, and
+    padded keys are invisible to every query.
+
+    Block i starts with the LayerNorm that ends block i - 1 (the embeddings' LayerNorm for block 0), because that
+    is the site where it meets its linear layer; the last LayerNorm is issued after the blocks (layer None).
+    """
+    if mode not in ("baseline", "fused"):
+        raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
+    ex = NumpyExecutor() if ex is None else ex
+    ids_, keep, types = check_inputs(ids, attention_mask, token_type_ids, cfg)
+    T, eps = ids_.shape[-1], cfg.norm_eps
+
+    with ex.scope(layer=None):
+        e_word = ex.layout(lambda E: E[ids_], w["word_embeddings"], op="word_embd")  # ([B,] T, d)
+        e_type = ex.layout(lambda E: E[types], w["token_type_embeddings"], op="token_type_embd")  # ([B,] T, d)
+        e_pos = ex.layout(lambda E: E[:T], w["position_embeddings"], op="position_embd")  # (T, d)
+        z = ex.elementwise(lambda a, b, c: a + b + c, e_word, e_type, e_pos, op="embed_sum")  # ([B,] T, d)
+    ln = "embeddings.ln"
+    for i in range(cfg.n_layers):
+        L = f"layer.{i}"
+        with ex.scope(layer=i):
+            qkv, x = layer_norm_linear_site(
+                ex, z, w[f"{ln}.gamma"], w[f"{ln}.beta"], w[f"{L}.qkv"], w[f"{L}.qkv_bias"], eps, mode, "attn_qkv",
+                centring=centring, r=w.get(f"{L}.qkv_colsum"),
+            )  # fmt: skip  # ([B,] T, 3d), ([B,] T, d)
+            o = attention_site(ex, qkv, keep, cfg, mode)  # ([B,] T, d)
+            a = linear_site(ex, o, w[f"{L}.attn_output"], w[f"{L}.attn_output_bias"], "attn_output")  # ([B,] T, d)
+            z = ex.elementwise(_add, x, a, op="residual")  # ([B,] T, d)
+            h, x = layer_norm_linear_site(
+                ex, z, w[f"{L}.attn_ln.gamma"], w[f"{L}.attn_ln.beta"], w[f"{L}.ffn_up"], w[f"{L}.ffn_up_bias"],
+                eps, mode, "ffn_up", centring=centring, r=w.get(f"{L}.ffn_up_colsum"),
+            )  # fmt: skip  # ([B,] T, f), ([B,] T, d)
+            g = ex.elementwise(gelu, h, op="gelu")  # ([B,] T, f)
+            y = linear_site(ex, g, w[f"{L}.ffn_down"], w[f"{L}.ffn_down_bias"], "ffn_down")  # ([B,] T, d)
+            z = ex.elementwise(_add, x, y, op="residual")  # ([B,] T, d)
+        ln = f"{L}.ffn_ln"
+    with ex.scope(layer=None):
+        return layer_norm_site(ex, z, w[f"{ln}.gamma"], w[f"{ln}.beta"], eps, "output_ln")  # ([B,] T, d)
