@@ -20,6 +20,9 @@ first catching test; the `dev` and `thorough` profiles run every listed catcher.
 | a 1% scale bias                       | ops.NumpyExecutor.reduce           | rms cell float32; block cell bfloat16       |
 | RoPE off by one in decode             | llama.forward.rope_tables          | decode vs recompute (plain and HF-free)     |
 | a site copy rounding y to storage     | llama.forward._norm_linear         | site == rule, float16                       |
+| compensating with zero column sums    | fusion.fold_column_sums            | compensate property bf16; fold-error tie    |
+| a LayerNorm fold ignoring its dtype   | fusion.fold_layer_norm             | wide-fold property bf16                     |
+| an RMSNorm fold ignoring its dtype    | fusion.fold_rms_norm               | wide-fold property e4m3fn                   |
 """
 
 from __future__ import annotations
@@ -157,6 +160,21 @@ def _site_rounding_y(ex: Any, x: Any, g: Any, F: Any, eps: float, mode: Any, op:
     y = ex.matmul(x, F, op=op)  # the old site: y rounded to storage before the scale
     s = ex.reduce(x, "rms_scale", op=f"{op}.rms", eps=eps)
     return ex.elementwise(lambda y, s: y * s, y, s, op=f"{op}.scale")
+
+
+def _column_sums_of_the_exact_fold(F_prime: Any) -> Array:
+    return np.zeros(np.shape(F_prime)[1])  # 1 F' = 0 in exact arithmetic: compensates nothing
+
+
+def _fold_ln_in_weight_dtype(gamma: Any, beta: Any, F: Any, *, dtype: Any = None) -> tuple[Array, Array]:
+    return _FOLD_LN(gamma, beta, F)  # the wider dtype asked for is ignored
+
+
+_FOLD_RMS = fusion.fold_rms_norm
+
+
+def _fold_rms_in_weight_dtype(g: Any, F: Any, *, dtype: Any = None) -> Array:
+    return _FOLD_RMS(g, F)  # the wider dtype asked for is ignored
 
 
 # --- the table -----------------------------------------------------------------------------------------------
@@ -318,6 +336,43 @@ MUTANTS = [
             (
                 "site == rule float16",
                 lambda: site_tests.test_the_models_rms_norm_site_is_the_rule("float16", "attn_qkv"),
+            ),
+        ),
+    ),
+    Mutant(
+        "compensating with zero column sums",
+        fusion,
+        "fold_column_sums",
+        _column_sums_of_the_exact_fold,
+        (
+            (
+                "compensate property bfloat16",
+                lambda: ln_tests.test_mitigation_is_no_worse_than_reference("bfloat16", "compensated"),
+            ),
+            ("fold-error proof tie", lambda: _uncached_proof("layer_norm_fold_error")),
+        ),
+    ),
+    Mutant(
+        "a LayerNorm fold ignoring its dtype",
+        fusion,
+        "fold_layer_norm",
+        _fold_ln_in_weight_dtype,
+        (
+            (
+                "wide-fold property bfloat16",
+                lambda: ln_tests.test_mitigation_is_no_worse_than_reference("bfloat16", "wide_fold"),
+            ),
+        ),
+    ),
+    Mutant(
+        "an RMSNorm fold ignoring its dtype",
+        fusion,
+        "fold_rms_norm",
+        _fold_rms_in_weight_dtype,
+        (
+            (
+                "wide-fold property e4m3fn",
+                lambda: rms_tests.test_wide_fold_is_no_worse_even_for_subnormal_weights("float8_e4m3fn"),
             ),
         ),
     ),
