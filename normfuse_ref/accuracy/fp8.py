@@ -62,13 +62,16 @@ def quantise(a: ArrayLike, axis: int) -> NDArray[np.float32]:
         return (a32 * scale).astype(E4M3).astype(np.float32) / scale  # exact apart from the e4m3fn rounding
 
 
-def quantise_weights(params: Mapping[str, Array], *, row_scaled: frozenset[str] = frozenset()) -> dict[str, Array]:
+def quantise_weights(
+    params: Mapping[str, Array], *, row_scaled: frozenset[str] = frozenset(), lookups: frozenset[str] = frozenset()
+) -> dict[str, Array]:
     """fp8 weights as the study stores them: every matrix quantised per output column (`quantise(F, axis=0)` for
     (n_in, n_out) weights; per row for the names in `row_scaled`, e.g. a (V, d) embedding table whose transpose
-    is the output head), held in bfloat16 (exact); vectors (gains, biases) rounded to bfloat16."""
+    is the output head), held in bfloat16 (exact); vectors (gains, biases) and `lookups` (tables that are only
+    ever indexed, never a matmul operand) rounded to bfloat16."""
     out: dict[str, Array] = {}
     for k, a in params.items():
-        if a.ndim == 2:
+        if a.ndim == 2 and k not in lookups:
             out[k] = quantise(a, axis=1 if k in row_scaled else 0).astype(BF16)
         else:
             out[k] = np.asarray(a).astype(BF16)

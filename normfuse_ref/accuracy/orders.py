@@ -18,6 +18,12 @@ Llama (GGUF names, row-vector orientation (n_in, n_out), `normfuse_ref.llama.wei
 
 The head dimension is left alone (RoPE pairs channels within a head), and the vocabulary too, so logits come out
 in the original order.
+
+BERT (safetensors names, row-vector orientation, `normfuse_ref.models.bert.weights.param_shapes`): the d channels of
+the residual stream by pi (the embedding tables' columns, every LayerNorm's gamma and beta, the rows of Q, K, V and
+of the FFN's up projection, the columns and bias of the attention output and of the FFN's down projection) and the
+f FFN channels by sigma (up's columns and bias, down's rows). The heads' channels are left alone. The hidden states
+then come out with their channels permuted by pi: `unpermute_hidden` puts them back, an exact move.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..llama.config import LlamaConfig
+from ..models.bert.config import BertConfig
 
-__all__ = ["PERMUTATION_SEED", "channel_permutations", "permute_llama"]
+__all__ = ["PERMUTATION_SEED", "channel_permutations", "permute_bert", "permute_llama", "unpermute_hidden"]
 
 Array = NDArray[Any]
 
@@ -78,4 +85,50 @@ def permute_llama(params: Mapping[str, Array], cfg: LlamaConfig, seed: int = PER
         if name not in _LLAMA_AXES:
             raise ValueError(f"no channel permutation is known for the Llama weight {key!r}")
         out[key] = np.ascontiguousarray(_permute(a, _LLAMA_AXES[name], perms))
+    return out
+
+
+#: BERT parameter name (without "encoder.layer.{i}.") -> the permutation of each axis.
+_BERT_AXES: dict[str, tuple[str | None, ...]] = {
+    "embeddings.word_embeddings.weight": (None, "d"),
+    "embeddings.position_embeddings.weight": (None, "d"),
+    "embeddings.token_type_embeddings.weight": (None, "d"),
+    "embeddings.LayerNorm.weight": ("d",),
+    "embeddings.LayerNorm.bias": ("d",),
+    "attention.self.query.weight": ("d", None),
+    "attention.self.key.weight": ("d", None),
+    "attention.self.value.weight": ("d", None),
+    "attention.self.query.bias": (None,),
+    "attention.self.key.bias": (None,),
+    "attention.self.value.bias": (None,),
+    "attention.output.dense.weight": (None, "d"),
+    "attention.output.dense.bias": ("d",),
+    "attention.output.LayerNorm.weight": ("d",),
+    "attention.output.LayerNorm.bias": ("d",),
+    "intermediate.dense.weight": ("d", "f"),
+    "intermediate.dense.bias": ("f",),
+    "output.dense.weight": ("f", "d"),
+    "output.dense.bias": ("d",),
+    "output.LayerNorm.weight": ("d",),
+    "output.LayerNorm.bias": ("d",),
+}
+
+
+def permute_bert(params: Mapping[str, Array], cfg: BertConfig, seed: int = PERMUTATION_SEED) -> dict[str, Array]:
+    """The BERT weights with the d residual channels and the f FFN channels permuted (module docstring)."""
+    perms = channel_permutations({"d": cfg.dim, "f": cfg.ffn_dim}, seed)
+    out: dict[str, Array] = {}
+    for key, a in params.items():
+        name = re.sub(r"^encoder\.layer\.\d+\.", "", key)
+        if name not in _BERT_AXES:
+            raise ValueError(f"no channel permutation is known for the BERT weight {key!r}")
+        out[key] = np.ascontiguousarray(_permute(a, _BERT_AXES[name], perms))
+    return out
+
+
+def unpermute_hidden(hidden: Array, d: int, seed: int = PERMUTATION_SEED, *, f: int) -> Array:
+    """Hidden states (..., d) of a `permute_bert` model, with their channels put back in the original order."""
+    pi = channel_permutations({"d": d, "f": f}, seed)["d"]
+    out = np.empty_like(hidden)
+    out[..., pi] = hidden  # channel pi[j] of the original is channel j of the permuted model
     return out

@@ -16,4 +16,9 @@ def study_model(name: str, corpus: Corpus, config: StudyConfig, *, progress: Pro
         from .smollm2 import study_llama
 
         return study_llama(load_model(name, "float32"), corpus, config, name=name, progress=progress)
+    if name == "all-minilm-l6-v2":
+        from ..models.bert.model import load_model as load_bert
+        from .minilm import study_bert
+
+        return study_bert(load_bert(name, "float32"), corpus, config, name=name, progress=progress)
     raise ValueError(f"unknown model {name!r}; the study covers {', '.join(MODELS)}")

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from .smollm2 import WIDE_FOLD
 from .study import (
     FIGURES,
     ORACLE,
@@ -38,10 +39,11 @@ __all__ = [
     "verdict_sentence",
 ]
 
-#: What each mitigation does, and the cause it removes when it makes the fused order no worse.
+#: What each mitigation does, and the cause it removes when it makes the fused order no worse ("{wide}": the
+#: wide fold's format for the dtype at hand).
 MITIGATIONS: dict[str, tuple[str, str]] = {
     "wide-fold": (
-        "the folded weights stored one format wider (float32 for 16-bit weights, bfloat16 for fp8)",
+        "the folded weights stored in {wide} instead of the weights' format",
         "rounding the folded weights to the weights' own format, a rounding the baseline order does not have",
     ),
     "compensate": (
@@ -114,10 +116,11 @@ def dtype_table(study: ModelStudy, dtype: str) -> tuple[list[str], list[list[str
     rows = []
     for i, fig in enumerate(FIGURES[study.family]):
         fv = verdicts[0].figures[i]
-        cells = [fig.label, fmt(oracle[fig.key]), fmt(fv.baseline), fmt(fv.fused) + ("*" if fv.worse else "")]
+        show = fig.show
+        cells = [fig.label, show(oracle[fig.key]), show(fv.baseline), show(fv.fused) + ("*" if fv.worse else "")]
         cells.append(fmt(fv.spread))
         for v in verdicts[1:]:
-            cells.append(fmt(v.figures[i].fused) + ("*" if v.figures[i].worse else ""))
+            cells.append(show(v.figures[i].fused) + ("*" if v.figures[i].worse else ""))
         rows.append(cells)
     return columns, rows
 
@@ -128,7 +131,8 @@ def verdict_sentence(study: ModelStudy, dtype: str) -> str:
     if v.no_worse:
         return f"{dtype}: the fused order is no worse than baseline on any figure."
     worse = "; ".join(
-        f"{f.figure.label} {fmt(f.fused)} against {fmt(f.baseline)} (spread {fmt(f.spread)})"
+        f"{f.figure.label} {f.figure.show(f.fused)} against {f.figure.show(f.baseline)} (worse by {fmt(f.worse_by)}, "
+        f"spread {fmt(f.spread)})"
         for f in v.figures
         if f.worse
     )
@@ -136,7 +140,8 @@ def verdict_sentence(study: ModelStudy, dtype: str) -> str:
     fixes = [m for m in _mitigations(study, dtype) if _verdict(study, dtype, m).no_worse]
     if fixes:
         m = fixes[0]
-        text += f" Cause: {MITIGATIONS[m][1]}. With {MITIGATIONS[m][0]} ({m}) it is no worse than baseline."
+        does = MITIGATIONS[m][0].format(wide=WIDE_FOLD.get(dtype, "a wider format"))
+        text += f" Cause: {MITIGATIONS[m][1]}. With {does} ({m}) it is no worse than baseline."
     elif _mitigations(study, dtype):
         text += f" None of the mitigations run ({', '.join(_mitigations(study, dtype))}) makes it no worse."
     return text
@@ -197,6 +202,7 @@ def study_document(studies: Sequence[ModelStudy]) -> dict[str, Any]:
                 "corpus": asdict(s.corpus),
                 "notes": list(s.notes),
                 "hazard": s.hazard.as_dict() if s.hazard is not None else None,
+                "costs": dict(s.costs),
             }
             for s in studies
         ],
@@ -234,6 +240,7 @@ def studies_from_document(doc: Mapping[str, Any]) -> list[ModelStudy]:
                 seconds=float(m["seconds"]),
                 notes=tuple(m["notes"]),
                 hazard=_hazard(m["hazard"]),
+                costs=m.get("costs", {}),
             )
         )
     return out
@@ -297,6 +304,61 @@ in a table marks a worse figure. Mitigations of the fused rule are judged the sa
 """
 
 
+def _mitigations_section(studies: Sequence[ModelStudy]) -> str:
+    """What each mitigation is, where it made the fused order no worse, and what it costs."""
+    lines = [
+        "## Mitigations, and what they cost",
+        "",
+        "Each is an option of the rule in normfuse_ref/fusion.py, proven in proofs/ (`rms_norm_fold_error`, "
+        "`layer_norm_fold_error`) and fuzzed in 16/8-bit on offset rows (tests/test_fuzz_*_norm_linear.py, where the "
+        "rule without it fails the same property). A study runs a dtype's mitigations where its fused order is worse.",
+        "",
+        "| mitigation | what the fused order does instead | cause it removes |",
+        "|---|---|---|",
+    ]
+    for m, (does, cause) in MITIGATIONS.items():
+        lines.append(f"| {m} | {does.format(wide='a wider format')} | {cause} |")
+    lines += ["", "Where a mitigation was run, its verdict against baseline:", ""]
+    for s in studies:
+        for v in s.verdicts:
+            if v.mitigation is not None:
+                state = (
+                    "no worse" if v.no_worse else f"worse on {', '.join(f.figure.label for f in v.figures if f.worse)}"
+                )
+                lines.append(f"- {s.model}, {v.dtype}, {v.mitigation}: {state}")
+    for s in studies:
+        lat = s.costs.get("latency")
+        if lat:
+            hw = s.costs.get("hardware", "")
+            lines += [
+                "",
+                f"{s.model} on the emulated {hw} machine (normfuse_ref/hw, cost-only, one sequence):",
+                "",
+                "| tokens | variant | latency us | vs fused | exposed collectives us |",
+                "|---|---|---|---|---|",
+            ]
+            fused = {r["tokens"]: r["latency_us"] for r in lat if r["variant"] == "fused"}
+            for r in lat:
+                rel = r["latency_us"] / fused[r["tokens"]] - 1
+                lines.append(
+                    f"| {r['tokens']} | {r['variant']} | {r['latency_us']:.2f} | {100 * rel:+.2f}% | "
+                    f"{r['collective_exposed_us']:.2f} |"
+                )
+        wide = s.costs.get("wide_fold")
+        if wide:
+            parts = [
+                f"{d} weights: +{w['extra_bytes'] / 2**20:.1f} MiB ({w['format']}; the folded matrices are "
+                f"{w['weights_bytes'] / 2**20:.1f} MiB)"
+                for d, w in wide.items()
+            ]
+            lines += [
+                "",
+                f"{s.model}, the wide fold's weight memory: " + "; ".join(parts) + ". The emulator does not "
+                "model the weight format (it prices multiply-accumulates), so this cost is memory, not latency.",
+            ]
+    return "\n".join(lines)
+
+
 def _claim(studies: Sequence[ModelStudy]) -> str:
     """The verdict on the paper's claim, per model and dtype, in plain words."""
     lines = []
@@ -324,6 +386,7 @@ def markdown(studies: Sequence[ModelStudy], doc: Mapping[str, Any]) -> str:
             parts.append(f"### {s.model}, {d}\n\n" + _md_table(cols, rows) + "\n\n" + verdict_sentence(s, d))
         if s.hazard is not None:
             parts.append(s.hazard.markdown())
+    parts.append(_mitigations_section(studies))
     parts.append("## The verdict on the claim\n\n" + _claim(studies))
     data = json.dumps(doc, sort_keys=True, allow_nan=True, separators=(",", ":"))
     parts.append(f"<!-- {DATA_MARK}\n{data}\n-->")

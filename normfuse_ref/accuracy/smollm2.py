@@ -31,10 +31,11 @@ from ..llama.config import LlamaConfig
 from ..llama.forward import empty_cache, forward
 from ..llama.model import Model
 from ..llama.tokenizer import TextTokenizer
-from ..llama.weights import Fold, Mode, pack_blocks_inplace, prepare
+from ..llama.weights import Fold, Mode, pack_blocks_inplace, prepare, prepared_shapes
 from ..ops import Executor, NumpyExecutor, step_blas_threads
 from ..precision import resolve_dtype
 from .corpus import Corpus
+from .costs import study_costs
 from .fp8 import BF16, E4M3, Fp8Executor, quantise, quantise_weights
 from .metrics import Reference, ScoreAccumulator, agreement_length
 from .orders import permute_llama
@@ -210,12 +211,17 @@ def study_llama(
 
     records, verdicts = run_plan("llama", name, config, mitigations, run)
     scored = sum(w.size - 1 for w in windows)
+    folded = {
+        k: v for k, v in prepared_shapes(model.cfg).items() if k.endswith(("attn_qkv", "ffn_gate_up")) or k == "output"
+    }
+    costs = study_costs(folded, {d: WIDE_FOLD[d] for d in config.dtypes if d in WIDE_FOLD}, None)
     return ModelStudy(
         model=name,
         family="llama",
         config=config,
         corpus=CorpusInfo.of(corpus, scored),
         runs=records,
+        costs=costs,
         verdicts=verdicts,
         seconds=time.perf_counter() - t0,
     )

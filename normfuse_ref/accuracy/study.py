@@ -128,6 +128,13 @@ class Figure:
     key: str
     better: Literal["higher", "lower", "closer"]
     label: str
+    near_one: bool = False  # shown as 1 - (1 - value): a cosine of 1 - 3e-7 reads as "1-3e-07", not "1"
+
+    def show(self, value: float) -> str:
+        """The value for a table: 4 significant digits, or its distance from 1 for figures near 1."""
+        if self.near_one and np.isfinite(value) and 0.9 < value <= 1:
+            return "1" if value == 1 else f"1-{1 - value:.3g}"
+        return f"{value:.4g}" if np.isfinite(value) and value != 0 else str(value if value else 0)
 
     def bad(self, value: float, oracle: float) -> float:
         """The figure oriented so that larger is worse."""
@@ -148,8 +155,8 @@ FIGURES: dict[str, tuple[Figure, ...]] = {
         Figure("greedy_agreement_tokens", "higher", "greedy agreement"),
     ),
     "bert": (
-        Figure("cosine_mean", "higher", "cosine mean"),
-        Figure("cosine_min", "higher", "cosine min"),
+        Figure("cosine_mean", "higher", "cosine mean", near_one=True),
+        Figure("cosine_min", "higher", "cosine min", near_one=True),
         Figure("neighbour_agreement", "higher", "neighbour agreement"),
     ),
 }
@@ -275,6 +282,7 @@ class ModelStudy:
     seconds: float
     notes: tuple[str, ...] = ()
     hazard: Any = None  # MiniLM: the LayerNorm hazard measured on real activations (`hazard.HazardReport`)
+    costs: Mapping[str, Any] = field(default_factory=dict)  # what the mitigations cost (`costs.py`): plain data
 
     def run(self, spec: RunSpec) -> RunRecord:
         return _run(self.runs, spec)

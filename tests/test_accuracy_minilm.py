@@ -1,0 +1,106 @@
+"""The study's BERT side on the tiny random BERT (seconds), and on the real all-MiniLM-L6-v2 where it is fetched:
+the permuted model, the float32 orders against float64, the hazard measurement and the mitigations' costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normfuse_ref.accuracy.corpus import load_corpus
+from normfuse_ref.accuracy.costs import bert_latencies
+from normfuse_ref.accuracy.hazard import HazardReport
+from normfuse_ref.accuracy.minilm import BertRuns, embed, sentence_groups, study_bert
+from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
+from normfuse_ref.accuracy.study import ORACLE, ModelStudy, RunSpec, StudyConfig
+from normfuse_ref.models.bert.config import get_preset
+from normfuse_ref.models.bert.model import BertModel, load_model
+
+from .bert_support import minilm  # noqa: F401  (skips with one line when all-MiniLM-L6-v2 is not fetched)
+
+TINY = load_model("tiny-bert", "float32", seed=7)
+SENTENCES = load_corpus().sentences(24)
+
+
+def test_the_permuted_bert_is_the_same_model() -> None:
+    runs = BertRuns(TINY.params, TINY.cfg)
+    groups = sentence_groups(TINY, SENTENCES)
+    e = embed(runs, ORACLE, groups, len(SENTENCES))  # (N, d)
+    ep = embed(runs, RunSpec("float64", "float64", "permuted"), groups, len(SENTENCES))
+    assert np.max(np.abs(e - ep)) <= 1e-13  # unit vectors through 2 float64 blocks: ~1e-16 per operation
+    e32 = embed(runs, RunSpec("float32", "baseline"), groups, len(SENTENCES))
+    ep32 = embed(runs, RunSpec("float32", "baseline", "permuted"), groups, len(SENTENCES))
+    assert not np.array_equal(e32, ep32)  # another rounding
+
+
+@pytest.mark.parametrize("mitigation", ["compensate", "subtract", "wide-fold"])
+def test_mitigations_run_end_to_end(mitigation: str) -> None:
+    """Each mitigation changes the fused order's numbers (it is really applied) and stays as close to float64."""
+    runs = BertRuns(TINY.params, TINY.cfg)
+    groups = sentence_groups(TINY, SENTENCES)
+    e64 = embed(runs, ORACLE, groups, len(SENTENCES))
+    f = embed(runs, RunSpec("bfloat16", "fused"), groups, len(SENTENCES))
+    m = embed(runs, RunSpec("bfloat16", "fused", mitigation=mitigation), groups, len(SENTENCES))
+    assert not np.array_equal(f, m)
+    # bfloat16 through 2 blocks: embeddings within a few 2^-8 of float64's (unit vectors, cosine error ~ u^2 n)
+    assert np.min(np.sum(m * e64, axis=-1)) > 1 - 1e-3
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_study() -> ModelStudy:
+    config = StudyConfig(sentences=24, dtypes=("float32", "bfloat16"), mitigate="always")
+    return study_bert(TINY, load_corpus(), config, name="tiny-bert")
+
+
+def test_the_tiny_bert_study(tiny_bert_study: ModelStudy) -> None:
+    s = tiny_bert_study
+    oracle = s.run(ORACLE).figures
+    assert oracle == {"cosine_mean": 1.0, "cosine_min": 1.0, "neighbour_agreement": 1.0}
+    f32 = s.run(RunSpec("float32", "fused")).figures
+    assert 1 - f32["cosine_min"] < 1e-10 and f32["neighbour_agreement"] == 1.0
+    labels = {r.spec.label for r in s.runs}
+    assert {"bfloat16 fused+compensate", "bfloat16 fused+subtract permuted", "bfloat16 fused+wide-fold"} <= labels
+    assert isinstance(s.hazard, HazardReport) and s.hazard.sites and s.hazard.cells
+    assert {c.dtype for c in s.hazard.cells} == {"bfloat16"}  # float32 storage has no centring hazard to measure
+    assert [r["variant"] for r in s.costs["latency"]][:4] == ["baseline", "fused", "compensate", "subtract"]
+
+
+def test_the_hazard_prediction_holds_where_it_says_the_fold_breaks(tiny_bert_study: ModelStudy) -> None:
+    """At 4x the predicted threshold of |mu|/sigma the fused order's error must exceed the reference's, at 1/4 of it
+    the fold must not matter: the prediction is checked by measurement, in every cell."""
+    h = tiny_bert_study.hazard
+    assert h is not None
+    for c in h.cells:
+        sweep = dict(c.sweep)
+        lo, hi = sweep[min(sweep)], sweep[max(sweep)]
+        assert hi.ratio > 1.5 and hi.ratio > 2 * lo.ratio, c
+        assert c.mitigations["compensate"].failing == 0 and c.mitigations["subtract"].failing == 0, c
+
+
+def test_the_page_carries_the_hazard_and_costs(tiny_bert_study: ModelStudy) -> None:
+    doc = study_document([tiny_bert_study])
+    page = markdown([tiny_bert_study], doc)
+    again = studies_from_document(document_of_page(page))
+    assert markdown(again, study_document(again)) == page
+    assert "The LayerNorm centring hazard on real activations" in page and "exposed collectives us" in page
+
+
+def test_what_the_mitigations_cost_on_the_machine() -> None:
+    """Compensation adds SIMD work after the matmul and no collective on its path; subtracting the mean first puts
+    one back: its exposed collective time is above the fused order's."""
+    lat = {r.variant: r for r in bert_latencies(get_preset("all-minilm-l6-v2"), 1)}
+    assert lat["fused"].latency_us < lat["baseline"].latency_us
+    assert lat["compensate"].collective_exposed_us == lat["fused"].collective_exposed_us
+    assert lat["fused"].latency_us <= lat["compensate"].latency_us < lat["subtract"].latency_us
+    assert lat["subtract"].collective_exposed_us > lat["fused"].collective_exposed_us
+
+
+def test_minilm_float32_orders_agree_with_float64(minilm: BertModel) -> None:  # noqa: F811
+    """The real model: float32 embeddings in both orders within a cosine of 1 - 1e-10 of float64's (a few float32
+    roundings through 6 blocks of width 384 and 1536: errors ~1e-6 relative, cosine deficit ~ their square)."""
+    model = minilm
+    sentences = load_corpus().sentences(48)
+    runs, groups = BertRuns(model.params, model.cfg), sentence_groups(model, sentences)
+    e64 = embed(runs, ORACLE, groups, len(sentences))
+    for order in ("baseline", "fused"):
+        e = embed(runs, RunSpec("float32", order), groups, len(sentences))
+        assert np.min(np.sum(e * e64, axis=-1)) > 1 - 1e-10, order
