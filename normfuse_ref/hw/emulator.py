@@ -71,7 +71,20 @@ def dummy(shape: tuple[int, ...]) -> Array:
 class Value:
     """An activation on the emulated machine: its array (or a `dummy`), when it is ready, and where it lives."""
 
-    __slots__ = ("copies", "data", "epoch", "fresh", "norm", "on_kv", "owner", "pair", "place", "ready", "src")
+    __slots__ = (
+        "copies",
+        "data",
+        "epoch",
+        "fresh",
+        "norm",
+        "on_kv",
+        "owner",
+        "pair",
+        "place",
+        "ready",
+        "replicated",
+        "src",
+    )
 
     def __init__(
         self,
@@ -86,6 +99,7 @@ class Value:
         norm: bool = False,
         on_kv: bool = False,
         pair: int = 0,
+        replicated: bool = False,
     ) -> None:
         self.data = data
         self.ready = ready  # cycle at which the value exists
@@ -97,6 +111,7 @@ class Value:
         self.norm = norm  # a normalisation statistic (moving it is a normalisation step)
         self.on_kv = on_kv  # spread over a KV layout's key axis
         self.pair = pair  # one-pass softmax: the (m, l) collective this value derives from (0: none)
+        self.replicated = replicated  # every slice of its place holds all of it (an all-reduce's result)
         self.copies: dict[int, Value] = {}  # copies sent to other stages
 
     @property
@@ -184,8 +199,8 @@ class EmulatingExecutor:
     # -- placing steps -------------------------------------------------------------------------------------------
 
     def _resources(self, st: Step, stage: int) -> tuple[str, ...]:
-        if st.engine == "NET":
-            return tuple(f"NET.{lv}@{stage}" for lv in st.levels)
+        if st.engine == "NET":  # the highest level it crosses: its scarcest links (see schedule.py)
+            return (f"NET.{st.levels[-1]}@{stage}",)
         return (f"{st.engine}@{stage}",)
 
     def _plan(self, steps: tuple[Step, ...], stage: int) -> Plan:
@@ -293,6 +308,7 @@ class EmulatingExecutor:
             norm=x.norm,
             on_kv=x.on_kv,
             pair=x.pair,
+            replicated=x.replicated,
         )
         x.copies[stage] = copy
         return copy
@@ -459,7 +475,11 @@ class EmulatingExecutor:
             if plan is None:
                 width = self.hw.memory.word_bytes if x.norm else self._act_bytes()
                 per_dest = cdiv(math.prod(x.shape), place.slices) * width
-                span = network.union(x.place.footprint(self.hw), place.footprint(self.hw))
+                src_span, dst_span = x.place.footprint(self.hw), place.footprint(self.hw)
+                if x.replicated:  # every slice of its place holds all of it: no need to cross what it covers
+                    span = network.replicated_move(src_span, dst_span)
+                else:
+                    span = network.union(src_span, dst_span)
                 mv = costs.move_step(self.hw, span, per_dest, norm=x.norm)
                 plan = self._plans[mv_key] = self._plan((mv,) if mv else (), stage)
             branches.append((plan, x.ready, x.src))
@@ -530,6 +550,7 @@ class EmulatingExecutor:
             norm=True,
             on_kv=self._mine(x) and x.on_kv,
             pair=pair or (x.pair if self._mine(x) else 0),
+            replicated=True,
         )
 
     def softmax_tiles(self, z: Any, V: Any, *, op: str) -> SoftmaxTiles:
@@ -578,7 +599,13 @@ class EmulatingExecutor:
                 self._plan((dimc,), stage),
             )
         deliver, local_plan, dimc_plan = plans
-        ready, src = self._join(op, [(deliver, *self._ready((V,))), (local_plan, *self._ready((z,)))], stage)
+        # the local max, then the exponentials; e @ V needs only those, so the local sum runs beside it
+        (max_st, exp_st, sum_st) = local_plan
+        z_ready, z_src = self._ready((z,))
+        m_end, m_idx = self._run(op, (max_st,), z_ready, z_src, stage)
+        e_end, e_idx = self._run(op, (exp_st,), m_end, m_idx, stage)
+        l_end, l_idx = self._run(op, (sum_st,), e_end, e_idx, stage)
+        ready, src = self._join(op, [(deliver, *self._ready((V,))), ((), e_end, e_idx)], stage)
         end, idx = self._run(op, dimc_plan, ready, src, stage)
         lead = zd.shape[:-1]  # (..., GT)
         if self.numeric:
@@ -586,8 +613,8 @@ class EmulatingExecutor:
         else:
             m, l, o = dummy((*lead, used, 1)), dummy((*lead, used, 1)), dummy((*lead, used, hd))
         return SoftmaxTiles(
-            self._value(m, end, idx, kv_place, norm=True, on_kv=True),
-            self._value(l, end, idx, kv_place, norm=True, on_kv=True),
+            self._value(m, m_end, m_idx, kv_place, norm=True, on_kv=True),
+            self._value(l, l_end, l_idx, kv_place, norm=True, on_kv=True),
             self._value(o, end, idx, kv_place, on_kv=True),
         )
 

@@ -107,6 +107,8 @@ class Mapping:
     estimate_cycles: int = 0  # the mapper's estimate of this mapping's latency
     candidates: int = 0  # how many mappings the search compared
     workload: Workload | None = field(default=None, compare=False)
+    # grids fixed by `on` (matrix shape -> grid); None: chosen for this machine on first use
+    fixed_grids: tuple[tuple[tuple[int, int], Grid], ...] | None = None
 
     @property
     def slices_per_stage(self) -> int:
@@ -127,7 +129,24 @@ class Mapping:
         return next((st.index for st in self.stages if st.head), self.stages[-1].index)
 
     def grid(self, n: int, m: int) -> Grid:
+        if self.fixed_grids is not None:
+            for shape, g in self.fixed_grids:
+                if shape == (n, m):
+                    return g
         return choose_grid(self.hw, self.slices_per_stage, n, m, self.rows, self.kind)
+
+    def on(self, hw: HardwareConfig) -> Mapping:
+        """The same mapping (stages, grids, KV placement) on another machine of the same shape: for asking how a
+        change of timing alone moves the latency, with no new choice by the mapper."""
+        if (hw.slices_per_card, hw.max_cards, hw.tile_bytes) != (
+            self.hw.slices_per_card,
+            self.hw.max_cards,
+            self.hw.tile_bytes,
+        ):
+            raise ValueError("a mapping moves only to a machine with the same slices, cards and tiles")
+        shapes = {(m.n, m.m) for m in (*self.workload.block, *self.workload.head)} if self.workload else set()
+        grids = tuple(sorted((sh, self.grid(*sh)) for sh in shapes))
+        return replace(self, hw=hw, fixed_grids=grids)
 
     def kv(self, stage: int, groups: int, positions: int, rows: int) -> KVLayout:
         """The KV layout of a layer on `stage` for `groups` groups and `rows` query rows a group."""

@@ -200,7 +200,7 @@ def _tree_times(
         stack += [(e.child, False) for e in children.get(p, ())]
     down_edges = [e for p in reversed(order) for e in children.get(p, ())]  # every parent before its children
     ready = dict.fromkeys(order, 0.0)  # when a node finished its previous packet
-    link_free: dict[tuple[int, int], float] = {}
+    link_free: dict[tuple[int, int], float] = {}  # (child, parent), or (parent, -1 - level) for a switch's link
     down_free: dict[tuple[int, int], float] = {}
     done_up = 0.0
     done_all = 0.0
@@ -210,8 +210,8 @@ def _tree_times(
             arrivals = []
             for e in children.get(p, ()):
                 sigma = pkt_bytes / e.level.link_gbps
-                if e.shared:  # the parent's one link from the switch, in child order
-                    key = (p, -1)
+                if e.shared:  # the parent's one link from this level's switch, in child order
+                    key = (p, -1 - id(e.level))
                     start = max(finish[e.child] + e.level.hop_ns, link_free.get(key, 0.0))
                     link_free[key] = start + sigma
                     arrivals.append(start + sigma)

@@ -59,6 +59,7 @@ __all__ = [
     "mesh_dims",
     "ns_to_cycles",
     "reduce_ns",
+    "replicated_move",
     "ring_ns",
     "span_of",
     "tree_reduce_ns",
@@ -183,6 +184,20 @@ def union(s: Span, t: Span) -> Span:
                 ls.level, max(ls.p, o.p), max(ls.a, o.a), max(ls.b, o.b), min(ls.sx, o.sx), min(ls.sy, o.sy)
             )
     return Span(tuple(by_level[n] for n in LEVELS if n in by_level))
+
+
+def replicated_move(src: Span, dst: Span) -> Span:
+    """Where moving a *replicated* value (every slice of `src` holds all of it: the result of an all-reduce) to
+    `dst` must travel: within the units of the highest level at which `dst` reaches more units than `src` (and
+    within chiplets always). Levels above it carry nothing: every unit there already has a copy."""
+    p_src = {ls.level: ls.p for ls in src.levels}
+    both = union(src, dst)
+    top = 0
+    for i, name in enumerate(LEVELS):
+        d = next((ls.p for ls in dst.levels if ls.level == name), 1)
+        if d > p_src.get(name, 1):
+            top = i
+    return Span(tuple(ls for ls in both.levels if LEVELS.index(ls.level) <= top))
 
 
 def _level(hw: HardwareConfig, name: str) -> LevelConfig:

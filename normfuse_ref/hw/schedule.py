@@ -3,7 +3,10 @@
 Resources are names: one per engine and stage ("DIMC@0", "SIMD@0") and one per network level and stage
 ("NET.noc@0", "NET.d2d@0"), plus the links between stages ("NET.pcie@1>2"). A step occupies every resource it
 names for its whole duration; steps on disjoint resources run side by side (two stages, or the DIMC and the SIMD
-units of one stage), steps sharing a resource never overlap.
+units of one stage), steps sharing a resource never overlap. The executor gives a network step the highest level
+it crosses, whose links are the scarcest: two steps crossing the bridge take turns, while partial sums inside
+the chiplets run beside an all-reduce that crosses the bridge. (Contention below that top level is not
+modelled.)
 
 ORDERING RULE (list scheduling in issue order):
   1. Steps are placed one at a time, in the order they are issued, and never moved afterwards.

@@ -564,8 +564,9 @@ def _measure(hw: HardwareConfig, point: dict[str, Any], policy: MappingPolicy) -
 def calibrate(
     hw: HardwareConfig, parameter: str, point: str = "paper-share", *, policy: MappingPolicy | None = None
 ) -> HardwareConfig:
-    """The machine with one numeric `parameter` (a dotted field) fitted so that the named published point is met,
-    by bisection between 0 and 2^20 times its value; recorded in `fitted`. ValueError if no value reaches it."""
+    """The machine with one numeric `parameter` (a dotted field) fitted so that the named published point is met:
+    from its current value, steps of x4 (or /4) until the measure crosses the target, then bisection to 0.1% of
+    the value; recorded in `fitted`. ValueError if no value within 4^12 of it reaches the target."""
     if point not in CALIBRATION_POINTS:
         raise ValueError(f"unknown calibration point {point!r}; known: {', '.join(CALIBRATION_POINTS)}")
     spec = CALIBRATION_POINTS[point]
@@ -579,20 +580,30 @@ def calibrate(
         h = with_overrides(hw, nested(parameter, round(v) if is_int else v))
         return h, _measure(h, spec, pol)
 
-    lo, hi = (1.0 if is_int else 0.0), max(1.0, float(value)) * 2.0**20
-    _, m_lo = at(lo)
-    _, m_hi = at(hi)
     target = spec["target"]
-    if not min(m_lo, m_hi) <= target <= max(m_lo, m_hi):
-        raise ValueError(
-            f"no value of {parameter} between {lo:g} and {hi:g} reaches {spec['measure']} = {target:g} "
-            f"(it ranges {min(m_lo, m_hi):.4g} to {max(m_lo, m_hi):.4g})"
-        )
-    rising = m_hi > m_lo
-    for _ in range(60):
-        mid = (lo + hi) / 2 if not is_int else float((int(lo) + int(hi)) // 2)
-        if (is_int and hi - lo <= 1) or (not is_int and hi - lo <= 1e-6 * hi):
+    # bracket the target by stepping from the current value by factors of 4 (the measure need not be monotone
+    # over the whole range: a huge hop makes activation moves dominate), then bisect inside the bracket
+    v0 = max(float(value), 1.0 if is_int else 1e-3)
+    _, m0 = at(v0)
+    step = 4.0 if m0 < target else 0.25
+    lo, m_lo = v0, m0
+    for _ in range(12):
+        hi = lo * step
+        _, m_hi = at(hi)
+        if (m_hi >= target) == (m0 < target):
             break
+        lo, m_lo = hi, m_hi
+    else:
+        raise ValueError(
+            f"no value of {parameter} within 4^12 of {value:g} reaches {spec['measure']} = {target:g} "
+            f"(it reached {m_lo:.4g})"
+        )
+    lo, hi = min(lo, hi), max(lo, hi)
+    rising = at(hi)[1] > at(lo)[1]
+    for _ in range(40):
+        if (is_int and hi - lo <= 1) or (not is_int and hi - lo <= 1e-3 * hi):
+            break
+        mid = float((int(lo) + int(hi)) // 2) if is_int else (lo + hi) / 2
         _, m = at(mid)
         if (m < target) == rising:
             lo = mid
