@@ -283,9 +283,9 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
     sc, hw = c.scenario, c.hw
     b, o, f = c.baseline, c.one_pass, c.fused
     head = Text("normfuse timeline", style="bold")
-    head.append(f": {sc.describe()} on {hw.name} ({hw.clock.ghz:g} GHz, {hw.network.algorithm} collectives)")
+    head.append(f": {sc.describe()} on {hw.name}")
     console.print(head)
-    console.print(Text(_mapping_line(c)), style="dim")
+    console.print(Text(f"{hw.clock.ghz:g} GHz, {hw.network.algorithm} collectives; {_mapping_line(c)}"), style="dim")
     width = console.out.width
     console.print(block_gantt({"baseline": b, "fused": f}, layer, width))
     console.print(LEGEND, style="dim")
