@@ -30,7 +30,7 @@ def table_after(text: str, marker: str) -> list[list[str]]:
     """The markdown table following an HTML comment containing `marker`, as rows of cells (header dropped)."""
     start = text.index(marker)
     lines = text[start:].splitlines()[1:]
-    body = []
+    body: list[list[str]] = []
     for line in lines:
         if not line.startswith("|"):
             if body:

@@ -1,7 +1,9 @@
 """Pure cost plans: from shapes, where things live (`layout`) and the machine, the steps a primitive takes.
 
 Nothing here schedules or computes numbers. Each function returns plain `Step` records (engine, sub-step, kind,
-cycles, work); the executor places them in time (`schedule`) on the resources of the stage that runs them.
+cycles, work); the executor places them in time (`schedule`) on the resources of the stage that runs them. The
+plans are pure functions of hashable arguments, so the most used are memoised (the mapper asks for the same spans
+hundreds of times).
 
 Notation (lengths in elements, times in cycles unless a name ends in _ns):
     L    simd.lanes          tk, tn  dimc.tile_rows, dimc.tile_cols        w  memory.word_bytes
@@ -20,6 +22,7 @@ A combine on a receiving SIMD unit costs ceil(words / L) instructions (words: th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -248,6 +251,7 @@ def lpddr_cycles(hw: HardwareConfig, *, nbytes: float, cards: int) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def move_step(
     hw: HardwareConfig, span: Span, bytes_per_dest: float, *, step: str = "deliver", norm: bool = False
 ) -> Step | None:
@@ -268,6 +272,7 @@ def move_step(
     )
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def stage_transfer_step(hw: HardwareConfig, level: str, total_bytes: float, *, norm: bool = False) -> Step:
     """Moving an activation from one stage's cards to the next stage's: one hop of the level that joins them plus
     the whole activation at that level's link rate (the destination's own broadcast is a separate move)."""
@@ -289,6 +294,7 @@ def _net_step(hw: HardwareConfig, step: str, kind: str, ns: float, span: Span, n
     return Step("NET", step, kind, network.ns_to_cycles(hw, ns), 0, nbytes, span.names, norm, span.participants)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def reduce_steps(
     hw: HardwareConfig,
     *,
@@ -354,6 +360,7 @@ def _pair_combine(hw: HardwareConfig) -> Callable[[int], float]:
     return lambda words: pair_combine_cycles(hw, rows=max(1, words // 2)) * per_ns
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def psum_steps(
     hw: HardwareConfig, *, span: Span, words: int, step: str = "psum", norm: bool = False
 ) -> tuple[Step, ...]:
@@ -376,6 +383,7 @@ def psum_steps(
     return tuple(st for st in steps if st.cycles > 0)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def merge_steps(hw: HardwareConfig, *, span: Span, rows: int, width: int) -> tuple[Step, ...]:
     """The online-softmax merge of the slice states (m, l and `width` outputs a row) over `span`, split in two:
     its partial-sum part (the same reduction of the outputs alone, with adds: what the two-pass order pays for
@@ -423,6 +431,7 @@ def merge_steps(hw: HardwareConfig, *, span: Span, rows: int, width: int) -> tup
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def elementwise_step(
     hw: HardwareConfig, *, op: str, load: int, rows: int, size: int, slices: int, rescale: bool = False
 ) -> Step:
@@ -471,6 +480,7 @@ def matmul_steps(
     return tuple(steps)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def grid_cycles(hw: HardwareConfig, grid: Grid, *, rows: int) -> int:
     """The whole matmul on its own (delivery from its own roots, tiles, partial sums): what the mapper minimises."""
     return sum(st.cycles for st in matmul_steps(hw, grid, rows=rows, src=None))

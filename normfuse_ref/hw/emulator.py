@@ -107,7 +107,7 @@ class Value:
         self.place = place  # where it lives
         self.owner = owner  # the executor whose timeline `ready` and `src` refer to
         self.epoch = epoch  # the forward call (of a chunked prefill) that made it
-        self.fresh = int(np.prod(data.shape)) if fresh is None else fresh  # elements made in that call
+        self.fresh = math.prod(data.shape) if fresh is None else fresh  # elements made in that call
         self.norm = norm  # a normalisation statistic (moving it is a normalisation step)
         self.on_kv = on_kv  # spread over a KV layout's key axis
         self.pair = pair  # one-pass softmax: the (m, l) collective this value derives from (0: none)
@@ -136,8 +136,8 @@ class Value:
         return f"Value(shape={self.shape}, dtype={self.dtype}, ready={self.ready}, stage={self.place.stage})"
 
 
-#: Plans by (mapping, flags), then by signature: every block repeats the same shapes and places.
-_PLANS: dict[tuple[Any, ...], dict[tuple[Any, ...], Any]] = {}
+#: Plans by mapping, then by signature: every block repeats the same shapes and places.
+_PLANS: dict[Mapping, dict[tuple[Any, ...], Any]] = {}
 
 Plan = tuple[tuple[Step, tuple[str, ...]], ...]
 
@@ -181,10 +181,11 @@ class EmulatingExecutor:
         self._seen_block = False
         self._epoch = 0
         self._pairs = 0
-        key = (self.mapping, self.free, self.one_pass)
-        if key not in _PLANS and len(_PLANS) > 256:
+        # plans do not depend on the flags (a free step is skipped when run; the one-pass choices are in the keys),
+        # so every pass on one mapping shares them
+        if self.mapping not in _PLANS and len(_PLANS) > 256:
             _PLANS.clear()
-        self._plans = _PLANS.setdefault(key, {})
+        self._plans = _PLANS.setdefault(self.mapping, {})
         self._kernels = TiledKernels(self._acc, hw.dimc.tile_rows)
 
     def new_pass(self) -> None:

@@ -17,9 +17,10 @@ describes: a matrix is spread over the slices of a card or a chosen group). With
             matmul, and of a head's attention scores) + the KV cache's SRAM share <= SRAM. Weights must fit in
             SRAM: a model that does not fit on the machine is an error naming what failed.
 
-The mapper (`search`) tries every tensor-parallel width (powers of two up to the system) and, for each, the fewest
+The mapper (`search`) tries the tensor-parallel widths (powers of two up to the system) and, for each, the fewest
 stages that hold the weights and a few more (more stages keep more of the KV cache on chip), and keeps the
-candidate whose estimated latency (`estimate`, a timed pass of one block: `study.estimate_mapping`) is lowest.
+candidate whose estimated latency (`estimate`, a timed pass of one block: `study.estimate_mapping`) is lowest. It
+stops widening once two wider widths in a row estimate slower than the best so far.
 `kind="dense"` is normfuse 0.1's packing instead: each matrix on the fewest slices that hold it at 75% of SRAM,
 stages of one card filled in order. The idea of searching a mapping per operator under a hardware description is
 LLMCompass's (Zhang et al., ISCA 2024); no code is taken from it.
@@ -242,12 +243,14 @@ def choose_grid(hw: HardwareConfig, slices: int, n: int, m: int, rows: int, kind
         gk = cdiv(kt, C)
         return Grid(n, m, gk, nt, cdiv(kt, gk), 1)
     best: tuple[tuple[int, int, int], Grid] | None = None
-    # column groups: powers of two, and the counts that leave no padding (nt / t for t tile columns a slice)
-    widths = sorted({1 << i for i in range(slices.bit_length())} | {cdiv(nt, t) for t in range(1, 33)})
+    # column groups: for each number t of tile columns a slice (1..16, and powers of two beyond), the fewest groups
+    # that give it, ceil(nt / t): with the same tiles a slice, more groups only widen the delivery of x
+    ts = sorted({*range(1, 17), *(1 << i for i in range(5, nt.bit_length() + 1))})
+    widths = sorted({cdiv(nt, t) for t in ts if t <= nt})
     gk = 1
     while gk <= slices and gk < 4 * kt:
         for gn in widths:
-            if gk * gn > slices or gn >= 2 * nt:
+            if gk * gn > slices:
                 continue
             g = Grid(n, m, gk, gn, cdiv(kt, gk), cdiv(nt, gn))
             if g.k_tiles * g.n_tiles * hw.tile_bytes <= hw.memory.sram_bytes_per_slice:
@@ -427,6 +430,20 @@ def search(
             f"{wl.name} does not fit on {hw.name} within {max_cards} cards: its weights alone need {need:.1f} cards "
             f"of SRAM ({last})"
         )
-    scored = [(estimate(m), m.cards, i, m) for i, m in enumerate(tried)]
+    # widths in increasing order; stop once two wider widths in a row estimate slower than the best so far (the
+    # wider a stage, the more of every collective crosses slow levels: the estimate turns up and stays up)
+    scored: list[tuple[int, int, int, Mapping]] = []
+    worse = 0
+    for tp in sorted({m.tp_cards for m in tried}):
+        best_before = min((s[0] for s in scored), default=None)
+        here = [(estimate(m), m.cards, i, m) for i, m in enumerate(tried) if m.tp_cards == tp]
+        scored += here
+        if best_before is not None and min(h[0] for h in here) > best_before:
+            worse += 1
+            if worse == 2:
+                break
+        else:
+            worse = 0
     best_est, _, _, best = min(scored, key=lambda t: t[:3])
+    tried = [s[3] for s in scored]
     return replace(best, estimate_cycles=best_est, candidates=len(tried))
