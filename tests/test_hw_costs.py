@@ -93,17 +93,17 @@ def test_the_merge_splits_into_its_partial_sums_and_its_normalisation_overhead()
 def test_reduce_steps_by_algorithm() -> None:
     span = network.span_of(CORSAIR, 64, 1)
     kw = {"kind": "rms_scale", "span": span, "n": 4096, "chunk": 64, "load": 64, "rows": 1}
-    tree = costs.reduce_steps(CORSAIR, **kw)  # type: ignore[arg-type]
+    tree = costs.reduce_steps(CORSAIR, **kw)
     assert [s.step for s in tree] == ["partials", "all-reduce", "finish"] and all(s.norm for s in tree)
-    ring = costs.reduce_steps(with_overrides(CORSAIR, {"network": {"algorithm": "ring"}}), **kw)  # type: ignore[arg-type]
-    gather = costs.reduce_steps(with_overrides(CORSAIR, {"network": {"algorithm": "gather"}}), **kw)  # type: ignore[arg-type]
+    ring = costs.reduce_steps(with_overrides(CORSAIR, {"network": {"algorithm": "ring"}}), **kw)
+    gather = costs.reduce_steps(with_overrides(CORSAIR, {"network": {"algorithm": "gather"}}), **kw)
     assert [s.step for s in gather] == ["gather", "root", "broadcast", "finish"]
     net = {
         a: sum(s.cycles for s in st if s.engine == "NET")
         for a, st in (("tree", tree), ("ring", ring), ("gather", gather))
     }
     assert net["tree"] < net["ring"] and net["tree"] < net["gather"]  # one word a row: the tree's latency wins
-    one = costs.reduce_steps(CORSAIR, **{**kw, "kind": "max"}, one_pass=True)  # type: ignore[arg-type]
+    one = costs.reduce_steps(CORSAIR, **{**kw, "kind": "max"}, one_pass=True)
     assert [(s.step, s.norm) for s in one] == [
         ("local max", True),
         ("local exp", False),

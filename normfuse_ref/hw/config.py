@@ -338,12 +338,14 @@ PRESETS: dict[str, HardwareConfig] = {
             nic=LevelConfig(1, "switch", 200.0, 8.0),
         ),
     ),
-    # normfuse 0.1's fitted regime (see _FITTED): corsair-like with the fitted on-card step cost.
+    # normfuse 0.1's fitted regime (see _FITTED): corsair-like with the fitted on-card step cost, and two racks
+    # (normfuse 0.1 assumed as many cards as dense packing needs: ~80 for a 70B model)
     "corsair-fitted": HardwareConfig(
         name="corsair-fitted",
         network=NetworkConfig(
             noc=LevelConfig(256, "mesh2d", _FITTED_HOP_NS, 36.6),
             d2d=LevelConfig(8, "all-to-all", _FITTED_HOP_NS, 128.0),
+            nic=LevelConfig(16, "switch", 2000.0, 50.0),
         ),
         fitted=_FITTED,
     ),

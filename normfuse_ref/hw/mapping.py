@@ -52,7 +52,8 @@ __all__ = [
 
 MappingKind = Literal["search", "dense"]
 
-#: Rows of activations a slice buffers at a time (the rest stream through): assumed one SIMD vector's worth of rows.
+#: Rows of activations a slice buffers at a time, at most (the rest stream through): assumed one SIMD vector's worth
+#: of rows; fewer when the weights leave too little SRAM.
 ROW_BLOCK = 64
 
 #: normfuse 0.1's dense packing kept this share of a slice's SRAM for weights (the rest for KV and activations).
@@ -295,12 +296,17 @@ def adhoc_mapping(hw: HardwareConfig, *, rows: int = 1, positions: int = 1) -> M
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _split_layers(n_layers: int, stages: int, layer_bytes: int, head_bytes: int) -> list[tuple[int, int]]:
-    """Consecutive blocks per stage, balancing bytes: the last stage, which also holds the head, gets fewer."""
+def _split_layers(
+    n_layers: int, stages: int, layer_bytes: int, head_bytes: int, *, floor: bool = False
+) -> list[tuple[int, int]]:
+    """Consecutive blocks per stage, balancing bytes: the last stage, which also holds the head, gets fewer (the
+    nearest count; at most the balanced share with `floor`, for dense packing, where a stage's slices are the
+    limit)."""
     if stages == 1:
         return [(0, n_layers)]
     total = n_layers * layer_bytes + head_bytes
-    last = max(0, min(n_layers, round((total / stages - head_bytes) / max(1, layer_bytes))))
+    share = (total / stages - head_bytes) / max(1, layer_bytes)
+    last = max(0, min(n_layers, math.floor(share) if floor else round(share)))
     rest = n_layers - last
     counts = [rest // (stages - 1) + (1 if i < rest % (stages - 1) else 0) for i in range(stages - 1)] + [last]
     out, start = [], 0
@@ -330,20 +336,33 @@ def build(
     head_bytes = sum(grids[mat].tile_bytes_total(hw) for mat in wl.head)
     kv = kv_layout(hw, slices, batch * wl.kv_heads, positions)  # (the copies do not change bytes a slice)
     keys = kv.keys_per_slice(positions)
-    # activation buffers: a slice holds one block of ROW_BLOCK rows of a matmul's input chunk and output share,
-    # double-buffered (the rest of the rows stream through); the lm head's logits stream out as they are made
+    # activation buffers: a slice holds one block of up to ROW_BLOCK rows of a matmul's input chunk and output
+    # share, double-buffered (the rest of the rows stream through); fewer rows if the weights leave too little
+    # SRAM (dense packing keeps whole input rows on a slice); the lm head's logits stream out as they are made
+    q_rows = rows // max(1, batch) * (wl.q_heads // wl.kv_heads)
+
+    def buffers(block: int) -> int:
+        widest = max(
+            max(g.k_tiles * hw.dimc.tile_rows, g.n_tiles * hw.dimc.tile_cols)
+            for mat, g in grids.items()
+            if mat in wl.block
+        )
+        scores = min(block, q_rows) * keys * kv.groups_per_slice * mem.word_bytes
+        return 2 * max(block * widest * mem.act_bits // 8, scores)
+
     block_rows = min(rows, ROW_BLOCK)
-    act_bytes = 2 * max(
-        block_rows * max(g.k_tiles * hw.dimc.tile_rows, g.n_tiles * hw.dimc.tile_cols) * mem.act_bits // 8
-        for mat, g in grids.items()
-        if mat in wl.block
-    )
-    q_rows = min(ROW_BLOCK, rows // max(1, batch) * (wl.q_heads // wl.kv_heads))
-    act_bytes = max(act_bytes, 2 * q_rows * keys * kv.groups_per_slice * mem.word_bytes)
+    if kind == "dense":
+        heaviest = int(DENSE_WEIGHT_FRACTION * sram)
+    else:
+        heaviest = max(grids[mat].k_tiles * grids[mat].n_tiles for mat in wl.block) * hw.tile_bytes
+    while block_rows > 1 and buffers(block_rows) + heaviest > sram:
+        block_rows //= 2
+    act_bytes = buffers(block_rows)
     kv_layer_slice = 2 * keys * wl.head_dim * kv.groups_per_slice * mem.kv_bits // 8  # K and V, one layer
     kv_layer_total = batch * positions * wl.kv_bytes_per_position(mem.kv_bits)
     out = []
-    for s, (lo, hi) in enumerate(_split_layers(wl.n_layers, stages, layer_bytes, head_bytes)):
+    split = _split_layers(wl.n_layers, stages, layer_bytes, head_bytes, floor=kind == "dense")
+    for s, (lo, hi) in enumerate(split):
         head = s == stages - 1
         wbytes = (hi - lo) * layer_bytes + (head_bytes if head else 0)
         if kind == "dense":
