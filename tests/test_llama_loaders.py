@@ -56,18 +56,31 @@ def write_gguf(
     quantize: tuple[str, ...] = (),
     half: tuple[str, ...] = (),
     tokenizer: bool = True,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
-    """A GGUF file of `params` (row-vector orientation) the way llama.cpp writes one: (out, in) rows."""
+    """A GGUF file of `params` (row-vector orientation) the way llama.cpp writes one: (out, in) rows. `meta`
+    replaces (or, with None, leaves out) metadata fields, to write damaged files."""
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(cfg.n_layers)
-    w.add_context_length(cfg.context_length)
-    w.add_embedding_length(cfg.dim)
-    w.add_feed_forward_length(cfg.ffn_dim)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_rope_freq_base(cfg.rope_base)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
+    fields: dict[str, Any] = {
+        f"{arch}.block_count": cfg.n_layers,
+        f"{arch}.context_length": cfg.context_length,
+        f"{arch}.embedding_length": cfg.dim,
+        f"{arch}.feed_forward_length": cfg.ffn_dim,
+        f"{arch}.attention.head_count": cfg.n_heads,
+        f"{arch}.attention.head_count_kv": cfg.n_kv_heads,
+        f"{arch}.rope.freq_base": float(cfg.rope_base),
+        f"{arch}.attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
+        f"{arch}.vocab_size": cfg.vocab_size,
+    } | (meta or {})
+    for key, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, str):
+            w.add_string(key, v)
+        elif isinstance(v, float):
+            w.add_float32(key, v)
+        else:
+            w.add_uint32(key, v)
     if tokenizer:
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("smollm")
@@ -127,26 +140,39 @@ def test_load_model_from_gguf_runs_and_tokenizes(tiny_gguf: tuple[Path, dict[str
     assert load_model(path, "float16").forward(ids)[0].dtype == np.float16
 
 
+def write_hf_dir(path: Path, params: dict[str, Array]) -> Path:
+    """An HF checkpoint directory of `params` (GGUF names, half RoPE layout): (out, in) rows, config.json."""
+    from safetensors.numpy import save_file
+
+    path.mkdir()
+    tensors = {
+        hf_name(k): np.ascontiguousarray(a if a.ndim == 1 or k == "token_embd.weight" else a.T)
+        for k, a in params.items()
+    }
+    save_file(tensors, str(path / "model.safetensors"))
+    config = hf_config(rope_theta=CFG.rope_base, rms_norm_eps=CFG.norm_eps, tie_word_embeddings=True)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_loading_reports_every_tensor(tiny_gguf: tuple[Path, dict[str, Array]], tmp_path: Path) -> None:
+    path, p = tiny_gguf
+    calls: list[tuple[int, int]] = []
+    load_model(path, on_tensor=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, len(p)) for k in range(1, len(p) + 1)]
+    half, _ = convert_rope_layout(read_gguf(path).params, CFG, "half")
+    calls.clear()
+    load_model(write_hf_dir(tmp_path / "hf", half), on_tensor=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, len(p)) for k in range(1, len(p) + 1)]
+
+
 def test_gguf_and_hf_layouts_give_the_same_logits(tiny_gguf: tuple[Path, dict[str, Array]], tmp_path: Path) -> None:
     """Write the GGUF model as an HF directory (Q, K un-permuted to the half pairing, (out, in) rows), load it
     with the HF loader, and compare logits with the GGUF load."""
-    from safetensors.numpy import save_file
-
     path, _ = tiny_gguf
     g = read_gguf(path)
     half, _ = convert_rope_layout(g.params, g.cfg, "half")
-    hf_dir = tmp_path / "hf"
-    hf_dir.mkdir()
-    tensors = {
-        hf_name(k): np.ascontiguousarray(a if a.ndim == 1 or k == "token_embd.weight" else a.T) for k, a in half.items()
-    }
-    save_file(tensors, str(hf_dir / "model.safetensors"))
-    (hf_dir / "config.json").write_text(json.dumps({
-        "model_type": "llama", "hidden_size": CFG.dim, "num_hidden_layers": CFG.n_layers,
-        "num_attention_heads": CFG.n_heads, "num_key_value_heads": CFG.n_kv_heads,
-        "intermediate_size": CFG.ffn_dim, "vocab_size": CFG.vocab_size, "max_position_embeddings": CFG.context_length,
-        "rope_theta": CFG.rope_base, "rms_norm_eps": CFG.norm_eps, "tie_word_embeddings": True,
-    }))  # fmt: skip
+    hf_dir = write_hf_dir(tmp_path / "hf", half)
     hf = read_hf_dir(hf_dir)
     assert hf.cfg.rope_layout == "half" and hf.tokenizer is None
     for k in half:
@@ -210,8 +236,93 @@ def test_load_model_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         load_model("smollm2-135m")
     (tmp_path / "empty-cache").mkdir()
     (tmp_path / "empty-cache" / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF" + b"\0" * 100)
-    with pytest.raises(ValueError, match=r"incomplete or changed.*--force"):
+    with pytest.raises(ValueError, match=r"incomplete or changed.*normfuse fetch smollm2-135m --force"):
         find_model("smollm2-135m")
+    with pytest.raises(ValueError, match=r"all-minilm-l6-v2 is a BERT model, not a Llama-architecture one"):
+        load_model("all-minilm-l6-v2")
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"llama.attention.head_count": 0}, "field 'llama.attention.head_count' must be an integer >= 1; got 0"),
+        ({"llama.attention.head_count": "big"}, "field 'llama.attention.head_count' must be an integer >= 1"),
+        ({"llama.embedding_length": None}, "field 'llama.embedding_length' is missing"),
+        ({"llama.attention.head_count_kv": 0}, "field 'llama.attention.head_count_kv' must be an integer >= 1"),
+        ({"llama.attention.layer_norm_rms_epsilon": 0.0}, "'llama.attention.layer_norm_rms_epsilon' must be a finite number > 0"),
+        ({"llama.context_length": 0}, "field 'llama.context_length' must be an integer >= 1; got 0"),
+        ({"general.alignment": 0}, "field 'general.alignment' must be an integer >= 1; got 0"),
+        ({"llama.attention.head_count": 5}, "dim 64 is not a multiple of n_heads 5"),
+        ({"llama.rope.scaling.type": 3}, "field 'llama.rope.scaling.type' must be a string; got 3"),
+    ],
+)  # fmt: skip
+def test_bad_gguf_metadata_names_the_file_and_the_field(
+    tiny_gguf: tuple[Path, dict[str, Array]], tmp_path: Path, meta: dict[str, Any], message: str
+) -> None:
+    _, p = tiny_gguf
+    bad = write_gguf(tmp_path / "bad.gguf", p, CFG, meta=meta)
+    with pytest.raises(ValueError) as info:
+        load_model(bad)
+    assert str(info.value).startswith(f"{bad}: ") and message in str(info.value), str(info.value)
+
+
+def test_damaged_gguf_tokenizer_metadata_is_one_error(tiny_gguf: tuple[Path, dict[str, Array]], tmp_path: Path) -> None:
+    _, p = tiny_gguf
+    bad = write_gguf(tmp_path / "bad.gguf", p, CFG, tokenizer=False, meta={"tokenizer.ggml.model": "gpt2"})
+    with pytest.raises(ValueError, match=r"bad.gguf: the tokenizer in the GGUF metadata is damaged"):
+        load_model(bad)
+
+
+def hf_config(**changes: Any) -> dict[str, Any]:
+    return {
+        "model_type": "llama", "hidden_size": CFG.dim, "num_hidden_layers": CFG.n_layers,
+        "num_attention_heads": CFG.n_heads, "num_key_value_heads": CFG.n_kv_heads, "intermediate_size": CFG.ffn_dim,
+        "vocab_size": CFG.vocab_size, "max_position_embeddings": CFG.context_length,
+    } | changes  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ([1, 2, 3], "config.json must hold a JSON object {...}; it holds a list"),
+        (hf_config(num_attention_heads=0), "config.json: field 'num_attention_heads' must be an integer >= 1; got 0"),
+        (hf_config(hidden_size="big"), "config.json: field 'hidden_size' must be an integer >= 1; got 'big'"),
+        (hf_config(num_hidden_layers=None), "config.json: field 'num_hidden_layers' is missing"),
+        (hf_config(rms_norm_eps=-1), "config.json: field 'rms_norm_eps' must be a finite number > 0; got -1"),
+        (hf_config(tie_word_embeddings="yes"), "config.json: field 'tie_word_embeddings' must be true or false"),
+        (hf_config(num_key_value_heads=3), "config.json: n_heads 4 is not a multiple of n_kv_heads 3"),
+        (hf_config(head_dim=0), "config.json: field 'head_dim' must be an integer >= 1; got 0"),
+    ],
+)
+def test_bad_hf_config_names_the_file_and_the_field(tmp_path: Path, config: Any, message: str) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError) as info:
+        read_hf_dir(tmp_path)
+    assert f"{tmp_path}/{message}" in str(info.value), str(info.value)
+
+
+def test_bad_hf_files_are_one_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_bytes(b"\xff\xfe not text")
+    with pytest.raises(ValueError, match=r"config.json is not a UTF-8 text file"):
+        read_hf_dir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config()))
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(ValueError, match=r"model.safetensors is a damaged or truncated safetensors file"):
+        read_hf_dir(tmp_path)
+
+
+def test_bad_hf_tokenizer_files_are_one_error(tiny_gguf: tuple[Path, dict[str, Array]], tmp_path: Path) -> None:
+    half, _ = convert_rope_layout(read_gguf(tiny_gguf[0]).params, CFG, "half")
+    hf_dir = write_hf_dir(tmp_path / "hf", half)
+    (hf_dir / "tokenizer.json").write_text("{not a tokenizer")
+    with pytest.raises(ValueError, match=r"tokenizer.json is not a tokenizer file the tokenizers package can read"):
+        read_hf_dir(hf_dir)
+    GGUFTokenizer.from_metadata(toy_metadata()).backend.save(str(hf_dir / "tokenizer.json"))
+    (hf_dir / "tokenizer_config.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"tokenizer_config.json must hold a JSON object"):
+        read_hf_dir(hf_dir)
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    assert read_hf_dir(hf_dir).tokenizer is not None
 
 
 def toy_metadata(pre: str = "smollm") -> dict[str, Any]:

@@ -21,6 +21,7 @@ error with a message a user can act on (FileNotFoundError or ValueError).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from .. import fields
 from ..precision import resolve_dtype
 from .config import LlamaConfig
 from .weights import pack_blocks_inplace, param_shapes
@@ -156,7 +158,7 @@ def read_gguf_file(path: Path) -> GGUFFile:
             name = cur.string()
             dims = tuple(cur.take("<Q") for _ in range(cur.take("<I")))
             infos.append((name, dims, cur.take("<I"), cur.take("<Q")))
-        align = int(meta.get("general.alignment", 32))
+        align = fields.integer(meta, "general.alignment", str(path), minimum=1, default=32)
         start = -(-cur.pos // align) * align  # tensor data begins at the next multiple of the alignment
         tensors: dict[str, GGUFTensor] = {}
         for name, dims, qtype, offset in infos:
@@ -194,49 +196,57 @@ class GGUFModel:
 
 
 def _config(meta: dict[str, Any], path: Path, tensor_names: set[str], name: str | None) -> LlamaConfig:
+    """The LlamaConfig from the `llama.*` metadata; one FieldError (naming the file and the key) for a bad value."""
+    src = str(path)
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise ValueError(
             f"{path}: the GGUF architecture is {arch!r}, but normfuse runs Llama-architecture models only ('llama')"
         )
-
-    def need(key: str) -> Any:
-        if key not in meta:
-            raise ValueError(f"{path}: the GGUF metadata has no {key!r}")
-        return meta[key]
-
-    if meta.get("llama.expert_count", 0):
+    if fields.integer(meta, "llama.expert_count", src, minimum=0, default=0):
         raise ValueError(f"{path}: mixture-of-experts Llama models are not supported")
-    scaling = meta.get("llama.rope.scaling.type", "none")
+    scaling = fields.string(meta, "llama.rope.scaling.type", src, default="none")
     if scaling not in ("none", ""):
         raise ValueError(f"{path}: RoPE scaling {scaling!r} is not supported")
-    dim, n_heads = int(need("llama.embedding_length")), int(need("llama.attention.head_count"))
-    rot = meta.get("llama.rope.dimension_count")
-    if rot is not None and int(rot) != dim // n_heads:
+    dim = fields.integer(meta, "llama.embedding_length", src, minimum=1)
+    n_heads = fields.integer(meta, "llama.attention.head_count", src, minimum=1)
+    rot = fields.integer(meta, "llama.rope.dimension_count", src, minimum=1, default=None)
+    if rot is not None and rot != dim // n_heads:
         raise ValueError(f"{path}: partial RoPE ({rot} of {dim // n_heads} head dims) is not supported")
     tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = meta.get("llama.vocab_size", len(tokens) if tokens is not None else None)
+    vocab = fields.integer(
+        meta, "llama.vocab_size", src, minimum=1, default=len(tokens) if isinstance(tokens, list) else None
+    )
     if vocab is None:
         raise ValueError(f"{path}: the GGUF metadata gives no vocabulary size")
-    return LlamaConfig(
+    return fields.construct(
+        LlamaConfig,
+        src,
         name=name or path.stem,
         dim=dim,
-        n_layers=int(need("llama.block_count")),
+        n_layers=fields.integer(meta, "llama.block_count", src, minimum=1),
         n_heads=n_heads,
-        n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
-        ffn_dim=int(need("llama.feed_forward_length")),
-        vocab_size=int(vocab),
-        context_length=int(need("llama.context_length")),
-        rope_base=float(meta.get("llama.rope.freq_base", 10000.0)),
-        norm_eps=float(need("llama.attention.layer_norm_rms_epsilon")),
+        n_kv_heads=fields.integer(meta, "llama.attention.head_count_kv", src, minimum=1, default=n_heads),
+        ffn_dim=fields.integer(meta, "llama.feed_forward_length", src, minimum=1),
+        vocab_size=vocab,
+        context_length=fields.integer(meta, "llama.context_length", src, minimum=1),
+        rope_base=fields.number(meta, "llama.rope.freq_base", src, positive=True, default=10000.0),
+        norm_eps=fields.number(meta, "llama.attention.layer_norm_rms_epsilon", src, positive=True),
         tied_embeddings="output.weight" not in tensor_names,
         rope_layout="interleaved",
         source=f"GGUF metadata of {path.name}",
     )
 
 
-def read_gguf(path: str | Path, *, dtype: DTypeLike = np.float32, name: str | None = None) -> GGUFModel:
-    """Config, weights (in `dtype`) and metadata of a Llama GGUF file; one clear error for a bad file."""
+def read_gguf(
+    path: str | Path,
+    *,
+    dtype: DTypeLike = np.float32,
+    name: str | None = None,
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> GGUFModel:
+    """Config, weights (in `dtype`) and metadata of a Llama GGUF file; one clear error for a bad file.
+    `on_tensor(done, total)` is called after each tensor is dequantised (for a progress display)."""
     path = Path(path).expanduser()
     dt = resolve_dtype(dtype)
     f = read_gguf_file(path)
@@ -254,5 +264,10 @@ def read_gguf(path: str | Path, *, dtype: DTypeLike = np.float32, name: str | No
             raise ValueError(f"{path}: tensor {key!r} has shape {a.shape}, expected {shapes[key]} for this config")
         return np.asarray(a, dtype=dt)
 
-    params = pack_blocks_inplace({key: load(key) for key in shapes}, cfg)
+    tick = on_tensor or (lambda _done, _total: None)
+    loaded: dict[str, Array] = {}
+    for key in shapes:
+        loaded[key] = load(key)
+        tick(len(loaded), len(shapes))
+    params = pack_blocks_inplace(loaded, cfg)
     return GGUFModel(cfg=cfg, params=params, metadata=f.metadata, path=path)

@@ -11,7 +11,7 @@ gives the chat template and the eos token); otherwise the model has no tokenizer
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from .. import fields
 from ..precision import resolve_dtype
 from .config import LlamaConfig
 from .tokenizer import END_OF_GENERATION, GGUFTokenizer
@@ -61,34 +62,34 @@ class HFModel:
     path: Path
 
 
-def _config(raw: dict[str, Any], path: Path, name: str | None) -> LlamaConfig:
+def _config(raw: Mapping[str, Any], path: Path, name: str | None) -> LlamaConfig:
+    """The LlamaConfig of an HF config.json; one FieldError (naming the file and the field) for a bad value."""
+    src = str(path / "config.json")
     kind = raw.get("model_type")
     if kind != "llama":
-        raise ValueError(f"{path}: model_type is {kind!r}, but normfuse runs Llama-architecture models only ('llama')")
+        raise ValueError(f"{src}: model_type is {kind!r}, but normfuse runs Llama-architecture models only ('llama')")
     if raw.get("rope_scaling"):
-        raise ValueError(f"{path}: RoPE scaling {raw['rope_scaling']!r} is not supported")
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
-        if key not in raw:
-            raise ValueError(f"{path}/config.json has no {key!r}")
-    dim, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
-    if raw.get("head_dim") not in (None, dim // heads):
-        raise ValueError(f"{path}: head_dim {raw['head_dim']} != hidden_size / num_attention_heads is not supported")
+        raise ValueError(f"{src}: RoPE scaling {raw['rope_scaling']!r} is not supported")
+    dim = fields.integer(raw, "hidden_size", src, minimum=1)
+    heads = fields.integer(raw, "num_attention_heads", src, minimum=1)
+    if raw.get("head_dim") is not None and fields.integer(raw, "head_dim", src, minimum=1) != dim // heads:
+        raise ValueError(f"{src}: head_dim {raw['head_dim']} != hidden_size / num_attention_heads is not supported")
     if raw.get("attention_bias") or raw.get("mlp_bias"):
-        raise ValueError(f"{path}: linear-layer biases are not supported")
-    return LlamaConfig(
-        name=name or path.name,
-        dim=dim,
-        n_layers=int(raw["num_hidden_layers"]),
-        n_heads=heads,
-        n_kv_heads=int(raw.get("num_key_value_heads") or heads),
-        ffn_dim=int(raw["intermediate_size"]),
-        vocab_size=int(raw["vocab_size"]),
-        context_length=int(raw.get("max_position_embeddings", 2048)),
-        rope_base=float(raw.get("rope_theta", 10000.0)),
-        norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        rope_layout="half",
-        source=f"{path.name}/config.json",
+        raise ValueError(f"{src}: linear-layer biases are not supported")
+    values = {
+        "dim": dim,
+        "n_layers": fields.integer(raw, "num_hidden_layers", src, minimum=1),
+        "n_heads": heads,
+        "n_kv_heads": fields.integer(raw, "num_key_value_heads", src, minimum=1, default=heads),
+        "ffn_dim": fields.integer(raw, "intermediate_size", src, minimum=1),
+        "vocab_size": fields.integer(raw, "vocab_size", src, minimum=1),
+        "context_length": fields.integer(raw, "max_position_embeddings", src, minimum=1, default=2048),
+        "rope_base": fields.number(raw, "rope_theta", src, positive=True, default=10000.0),
+        "norm_eps": fields.number(raw, "rms_norm_eps", src, positive=True, default=1e-6),
+        "tied_embeddings": fields.boolean(raw, "tie_word_embeddings", src, default=False),
+    }
+    return fields.construct(
+        LlamaConfig, src, name=name or path.name, rope_layout="half", source=f"{path.name}/config.json", **values
     )
 
 
@@ -105,9 +106,12 @@ def _tokenizer(path: Path) -> GGUFTokenizer | None:
         return None
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_file(str(tj))
+    try:
+        backend = Tokenizer.from_file(str(tj))
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ValueError(f"{tj} is not a tokenizer file the tokenizers package can read ({exc})") from None
     tc_path = path / "tokenizer_config.json"
-    tc = json.loads(tc_path.read_text()) if tc_path.is_file() else {}
+    tc = fields.json_object(tc_path) if tc_path.is_file() else {}
     special = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
     eos_tok = tc.get("eos_token")
     eos_text = _token_text(eos_tok)
@@ -123,8 +127,15 @@ def _tokenizer(path: Path) -> GGUFTokenizer | None:
     )
 
 
-def read_hf_dir(path: str | Path, *, dtype: DTypeLike = np.float32, name: str | None = None) -> HFModel:
-    """Config, weights (in `dtype`, GGUF names, row-vector orientation) and tokenizer of an HF checkpoint dir."""
+def read_hf_dir(
+    path: str | Path,
+    *,
+    dtype: DTypeLike = np.float32,
+    name: str | None = None,
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> HFModel:
+    """Config, weights (in `dtype`, GGUF names, row-vector orientation) and tokenizer of an HF checkpoint dir.
+    `on_tensor(done, total)` is called after each tensor is converted (for a progress display)."""
     from safetensors.numpy import load_file
 
     path = Path(path).expanduser()
@@ -134,11 +145,7 @@ def read_hf_dir(path: str | Path, *, dtype: DTypeLike = np.float32, name: str | 
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{path} has no config.json (is it a Hugging Face checkpoint directory?)")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_file} is not valid JSON ({exc})") from None
-    cfg = _config(raw, path, name)
+    cfg = _config(fields.json_object(cfg_file), path, name)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
@@ -166,4 +173,6 @@ def read_hf_dir(path: str | Path, *, dtype: DTypeLike = np.float32, name: str | 
         if a.shape != want:
             raise ValueError(f"{path}: tensor {src!r} has shape {a.shape[::-1]}, expected {want[::-1]} (out, in)")
         params[key] = np.asarray(a, dtype=dt)
+        if on_tensor is not None:
+            on_tensor(len(params), len(shapes))
     return HFModel(cfg=cfg, params=pack_blocks_inplace(params, cfg), tokenizer=_tokenizer(path), path=path)

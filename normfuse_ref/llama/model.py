@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from ..extras import require
 from ..ops import NumpyExecutor
 from ..precision import resolve_dtype
 from .config import PRESETS, LlamaConfig, get_preset
@@ -79,45 +80,71 @@ class Model:
         return forward(self.weights(mode), self.cfg, ids, cache, mode=mode, ex=self.executor())
 
 
-def load_model(name_or_path: str | Path, dtype: DTypeLike = "float32", *, seed: int = 0) -> Model:
-    """A model by name ("smollm2-135m", "tiny") or path (.gguf file, HF directory); see the module docstring."""
+def load_model(
+    name_or_path: str | Path,
+    dtype: DTypeLike = "float32",
+    *,
+    seed: int = 0,
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> Model:
+    """A model by name ("smollm2-135m", "tiny") or path (.gguf file, HF directory); see the module docstring.
+    `on_tensor(done, total)` reports the weights read so far (for a progress display).
+
+    Errors, each one line that names the file (and the field) at fault: FileNotFoundError for a model that is
+    not there (with the `normfuse fetch` command that gets it), ValueError for a damaged, changed or unsupported
+    file (a cached model whose hash is wrong says `normfuse fetch NAME --force`), MissingExtra when the model
+    readers are not installed, OSError when a file cannot be read.
+    """
     dt = resolve_dtype(dtype)
     if dt.name not in MODEL_DTYPES:
         raise ValueError(f"dtype {dt.name!r} is not a model dtype; choose one of {', '.join(MODEL_DTYPES)}")
     name = str(name_or_path)
-    if name in SOURCES:
-        return _from_gguf(find_model(name), dt, name)
+    llama_sources = [n for n, s in SOURCES.items() if s.family == "llama"]
+    if name in SOURCES and SOURCES[name].family != "llama":
+        raise ValueError(
+            f"{name} is a {SOURCES[name].family.upper()} model, not a Llama-architecture one; "
+            f"models that generate: {', '.join((*llama_sources, *RANDOM_PRESETS))}"
+        )
     if name in RANDOM_PRESETS:
         cfg = get_preset(name)
         return Model(cfg, random_params(cfg, seed=seed, dtype=dt), ByteTokenizer(), dt, f"random weights, seed {seed}")
-    if name in PRESETS:
+    if name in PRESETS and name not in SOURCES:
         raise ValueError(
             f"preset {name!r} is shape-only (no weights; the emulator times it); "
-            f"models: {', '.join((*SOURCES, *RANDOM_PRESETS))}, or a path to a .gguf file or an HF directory"
+            f"models: {', '.join((*llama_sources, *RANDOM_PRESETS))}, or a path to a .gguf file or an HF directory"
         )
+    require("model", "loading a real model")
+    if name in SOURCES:
+        return _from_gguf(find_model(name), dt, name, on_tensor)
     path = Path(name).expanduser()
     if path.is_dir():
         from .hf_loader import read_hf_dir
 
-        hf = read_hf_dir(path, dtype=dt)
+        hf = read_hf_dir(path, dtype=dt, on_tensor=on_tensor)
         return Model(hf.cfg, hf.params, hf.tokenizer, dt, str(path))
     if path.exists():
-        return _from_gguf(path, dt, None)
+        return _from_gguf(path, dt, None, on_tensor)
     raise FileNotFoundError(
-        f"model not found: {name!r} is neither a known model ({', '.join((*SOURCES, *RANDOM_PRESETS))}) nor an "
-        f"existing .gguf file or HF directory; run: normfuse fetch smollm2-135m"
+        f"model not found: {name!r} is neither a known model ({', '.join((*llama_sources, *RANDOM_PRESETS))}) nor "
+        f"an existing .gguf file or HF directory; run: normfuse fetch {llama_sources[0]}"
     )
 
 
-def _from_gguf(path: Path, dt: np.dtype, name: str | None) -> Model:
+def _from_gguf(
+    path: Path, dt: np.dtype, name: str | None, on_tensor: Callable[[int, int], None] | None = None
+) -> Model:
     from .gguf_loader import read_gguf
 
-    g = read_gguf(path, dtype=dt, name=name)
+    g = read_gguf(path, dtype=dt, name=name, on_tensor=on_tensor)
     tok: TextTokenizer | None
     try:
         tok = GGUFTokenizer.from_metadata(g.metadata)
     except UnsupportedTokenizer:
         tok = None  # the model still runs on token ids
+    except Exception as exc:  # damaged tokenizer.* fields: KeyError, TypeError, or the tokenizers package's own
+        raise ValueError(
+            f"{path}: the tokenizer in the GGUF metadata is damaged ({type(exc).__name__}: {exc})"
+        ) from None
     return Model(g.cfg, g.params, tok, dt, str(path))
 
 
@@ -216,10 +243,11 @@ def generate(
     """
     _check_sampling(temperature, top_k, max_new_tokens)
     ids = prompt_ids(model, prompt, chat=chat)
-    us = _uniforms(seed, max_new_tokens, temperature)
+    ctx = model.cfg.context_length
+    # The context bounds the steps (the loop stops when the cache is full), so a huge max_new_tokens costs nothing.
+    us = _uniforms(seed, min(max_new_tokens, ctx - len(ids) + 1), temperature)
     stream = StreamDecoder(model.tokenizer) if model.tokenizer is not None else None
     eos = model.tokenizer.eos_ids if model.tokenizer is not None else frozenset()
-    ctx = model.cfg.context_length
 
     model.weights(mode)  # prepare (fold) the weights before the clock starts
     t0 = time.perf_counter()
