@@ -81,6 +81,7 @@ def test_json_points_and_metric(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert code == 0, err
     data = json.loads(out)
+    assert (data["schema_version"], data["command"]) == (1, "sweep")
     assert data["metric"] == "hidden_fraction" and data["calibrated"] is False
     assert [p["name"] for p in data["params"]] == ["d2d-hop", "batch"]
     assert [p["params"] for p in data["points"]] == [
@@ -112,7 +113,7 @@ def test_a_dotted_hardware_field_and_points_that_do_not_fit(capsys: pytest.Captu
         (("--param", "network.algorithm", "1"), "--param network.algorithm is not a numeric hardware field"),
         (("--param", "batch", "1", "--param", "batch", "2"), "--param batch is given twice"),
         (("--param", "batch", "1", "--param", "context", "2", "--param", "chunk", "3"), "at most twice"),
-        (("--param", "batch", "1", "--workers", "0"), "--workers must be >= 1"),
+        (("--param", "batch", "1", "--workers", "0"), "argument --workers: must be an integer >= 1; got '0'"),
     ],
 )
 def test_sweep_mistakes(capsys: pytest.CaptureFixture[str], args: tuple[str, ...], needle: str) -> None:

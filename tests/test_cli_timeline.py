@@ -50,6 +50,7 @@ def test_json_summary_keys_and_units(capsys: pytest.CaptureFixture[str]) -> None
     code, out, err = run(capsys, "timeline", *TINY, "--json")
     assert code == 0, err
     s = json.loads(out)
+    assert (s["schema_version"], s["command"]) == (1, "timeline")
     new = (
         "latency_without_normalisation_baseline",
         "latency_without_normalisation_fused",
@@ -71,6 +72,19 @@ def test_json_summary_keys_and_units(capsys: pytest.CaptureFixture[str]) -> None
     assert {"kind", "cards", "tp_cards", "stages", "stage_list", "matrices", "kv_cache", "residual_stream"} <= set(m)
     assert s["model"] == "tiny" and s["hardware"] == "toy" and s["block"]["layer"] == 0
     assert set(s["utilisation_fused"]) == {"DIMC", "SIMD", "NET"}
+
+
+def test_docs_cli_names_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/cli.md lists the keys of `normfuse timeline --json`: every key the command prints is there."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### `normfuse timeline --json`") : doc.index("### `normfuse sweep --json`")]
+    code, out, err = run(capsys, "timeline", *TINY, "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    missing = [k for k in s if k not in ("schema_version", "command", "units") and f"`{k}`" not in section]
+    assert not missing, f"docs/cli.md does not describe {missing}"
+    missing = [k for k in s["mapping"] if f"`{k}`" not in section]
+    assert not missing, f"docs/cli.md does not describe mapping keys {missing}"
 
 
 def test_layers_phase_batch_chunk_and_mapping_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,20 +159,21 @@ def test_bad_hardware_files_are_one_line_and_exit_2(
         (("--model", "gpt5"), "unknown model preset 'gpt5'"),
         (("--layers", "0"), "--layers must be between 1 and 32"),
         (("--layers", "some"), "--layers must be a positive integer or 'all'"),
-        (("--batch", "0"), "--batch must be >= 1"),
-        (("--chunk", "0"), "--chunk must be >= 1"),
+        (("--batch", "0"), "argument --batch: must be an integer >= 1; got '0'"),
+        (("--chunk", "0"), "argument --chunk: must be an integer >= 1; got '0'"),
         (("--phase", "prefill", "--context", "0"), "--context must be >= 1 for prefill"),
         (("--block", "40"), "--block must be between 0 and 31"),
-        (("--trace", "/no/such/dir/t.json"), "directory /no/such/dir does not exist"),
+        (("--trace", "/no/such/dir/t.json"), "--trace /no/such/dir/t.json: directory /no/such/dir does not exist"),
         (("--svg", "x.svg", "--json"), "--svg saves the terminal picture; it cannot be combined with --json"),
         (("--paper", "--trace", "x.json"), "--trace records one forward pass; it cannot be combined with --paper"),
         (("--model", "llama2-70b", "--max-cards", "8"), "llama2-70b does not fit on corsair-like within 8 cards"),
         (("--tp-cards", "128"), "a stage of 128 cards is more than the 64 cards available"),
         (("--tp-cards", "8", "--stages", "9"), "9 stages of 8 cards need 72 cards; corsair-like has 64"),
-        (("--tp-cards", "0"), "--tp-cards must be >= 1"),
+        (("--tp-cards", "0"), "argument --tp-cards: must be an integer >= 1; got '0'"),
+        (("--trace", "t.txt"), "--trace t.txt: the file name must end in .json"),
         (("--calibrate", "network.noc.hops"), "--calibrate: unknown hardware field 'network.noc.hops'"),
         (("--calibrate", "network.algorithm"), "--calibrate: --calibrate needs a numeric hardware field"),
-        (("--workers", "0"), "--workers must be >= 1"),
+        (("--workers", "0"), "argument --workers: must be an integer >= 1; got '0'"),
     ],
 )
 def test_user_mistakes(capsys: pytest.CaptureFixture[str], args: tuple[str, ...], needle: str) -> None:
@@ -190,6 +205,7 @@ def test_paper_check(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
     code, out, err = run(capsys, "timeline", "--paper", "--workers", "1", "--json")
     assert code == 0, err
     data = json.loads(out)
+    assert (data["schema_version"], data["command"]) == (1, "timeline")
     assert data["calibrated"] is False and data["paper"] == {"collective_share": "~20%", "reduction": "15-20%"}
     rows = data["rows"]
     assert [(r["model"], r["phase"]) for r in rows] == [("llama2-7b", "decode"), ("llama2-7b", "prefill")]

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.text import Text
-
 from ..hw.config import ALGORITHMS, field_value
 from ..hw.study import SCENARIO_PARAMS, SWEEP_SHORTCUTS, local_pool, sweep
-from .console import Console, UsageError
+from .args import integer
+from .console import Console, UsageError, json_record
 from .gantt import bars
 from .timeline import add_scenario_args, fitted_note, resolve_hw, resolve_scenario
 
@@ -63,7 +62,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--metric", choices=tuple(METRICS), default="reduction", help="what the table and bars show (default reduction)"
     )
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: all cores; 1: here)")
+    p.add_argument(
+        "--workers", type=integer(minimum=1), default=None, metavar="N", help="processes (default: all cores; 1: here)"
+    )
     add_scenario_args(p)
     p.add_argument("--json", action="store_true", help="print the points as JSON")
     p.set_defaults(func=run)
@@ -133,8 +134,6 @@ def _label(v: Any) -> str:
 def run(args: argparse.Namespace, console: Console) -> int:
     if len(args.param) > 2:
         raise UsageError("--param may be given at most twice")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be >= 1; got {args.workers}")
     hw = resolve_hw(args)
     params: list[tuple[str, list[Any]]] = []
     for name, text in args.param:
@@ -160,12 +159,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     workers = args.workers or 0
     pool = local_pool(workers or None) if workers != 1 and npoints > 1 else None
     try:
-        if args.json:
-            points = sweep(sc, hw, params, executor=pool)
-        else:
-            with console.progress() as progress:
-                task = progress.add_task("emulating", total=npoints)
-                points = sweep(sc, hw, params, executor=pool, on_step=lambda: progress.advance(task))
+        with console.progress() as progress:
+            task = progress.add_task("emulating", total=npoints)
+            points = sweep(sc, hw, params, executor=pool, on_step=lambda: progress.advance(task))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -173,32 +169,42 @@ def run(args: argparse.Namespace, console: Console) -> int:
             pool.shutdown()
     key, meaning = METRICS[args.metric]
     if args.json:
+        units = {
+            "baseline_latency": "us",
+            "fused_latency": "us",
+            "one_pass_baseline_latency": "us",
+            "roofline_latency": "us",
+            "reduction": "fraction of baseline latency",
+            "reduction_vs_one_pass": "fraction of one-pass baseline latency",
+            "normalisation_share_baseline": "fraction of baseline latency",
+            "collective_share_baseline": "fraction of baseline latency",
+            "hidden_fraction": "fraction of the baseline's normalisation cost",
+            "hidden_fraction_vs_one_pass": "fraction of the one-pass baseline's normalisation cost",
+            "context": "tokens",
+            "batch": "sequences",
+            "cards": "cards",
+            "tp_cards": "cards",
+        }
         console.json(
-            {
-                "params": [{"name": n, "unit": UNITS.get(n, ""), "values": vs} for n, vs in params],
-                "metric": key,
-                "model": sc.model.name,
-                "hardware": hw.name,
-                "calibrated": list(hw.fitted) if hw.fitted else False,
-                "phase": sc.phase,
-                "context": sc.context,
-                "batch": sc.batch,
-                "points": points,
-                "units": {
-                    "baseline_latency": "us",
-                    "fused_latency": "us",
-                    "one_pass_baseline_latency": "us",
-                    "reduction": "fraction of baseline latency",
-                    "normalisation_share_baseline": "fraction of baseline latency",
-                    "hidden_fraction": "fraction of the baseline's normalisation cost",
-                },
-            }
+            json_record(
+                "sweep",
+                units,
+                params=[{"name": n, "unit": UNITS.get(n, ""), "values": vs} for n, vs in params],
+                metric=key,
+                model=sc.model.name,
+                hardware=hw.name,
+                calibrated=list(hw.fitted) if hw.fitted else False,
+                phase=sc.phase,
+                context=sc.context,
+                batch=sc.batch,
+                points=points,
+            )
         )
         return 0
     names = " x ".join(f"{n} ({UNITS[n]})" if n in UNITS else n for n, _ in params)
-    head = Text("normfuse sweep", style="bold")
-    head.append(f": {names}; {sc.model.name}, {sc.phase}, context {sc.context}, batch {sc.batch}, on {hw.name}")
-    console.print(head)
+    console.heading(
+        f"normfuse sweep: {names}; {sc.model.name}, {sc.phase}, context {sc.context}, batch {sc.batch}, on {hw.name}"
+    )
 
     def cell(p: dict[str, Any]) -> str:
         if "error" in p:
@@ -227,10 +233,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
         ok = [p for p in points if "error" not in p]
         if ok:
-            console.print(f"{args.metric} ({meaning}):")
-            console.print(
-                bars([_label(p["params"][params[0][0]]) for p in ok], [p[key] for p in ok], console.out.width)
-            )
+            console.text(f"{args.metric} ({meaning}):")
+            console.print(bars([_label(p["params"][params[0][0]]) for p in ok], [p[key] for p in ok], console.width))
     else:
         (n1, v1), (n2, v2) = params
         console.table(
@@ -239,17 +243,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
             [(_label(a), *(cell(points[i * len(v2) + j]) for j in range(len(v2)))) for i, a in enumerate(v1)],
         )
     if len(params) == 1:
-        console.print(
-            Text(
-                "µs = two-pass baseline latency; share = its normalisation cost / its latency; hidden = 1 - fused "
-                "cost / baseline cost; saves = fused vs two-pass baseline; vs 1p = fused vs one-pass baseline."
-            ),
-            style="dim",
+        console.note(
+            "µs = two-pass baseline latency; share = its normalisation cost / its latency; hidden = 1 - fused "
+            "cost / baseline cost; saves = fused vs two-pass baseline; vs 1p = fused vs one-pass baseline."
         )
     if any("error" in p for p in points):
         first = next(p["error"] for p in points if "error" in p)
-        console.print(Text(f"n/f: the model does not fit that machine or mapping ({first})"), style="dim")
+        console.note(f"n/f: the model does not fit that machine or mapping ({first})")
     if any(p.get("beyond_context") for p in points):
-        console.print(Text(f"* beyond {sc.model.name}'s trained context"), style="dim")
-    console.print(Text(fitted_note(hw) + "."), style="dim")
+        console.note(f"* beyond {sc.model.name}'s trained context")
+    console.note(fitted_note(hw) + ".")
     return 0

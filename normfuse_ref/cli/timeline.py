@@ -11,9 +11,9 @@ costs, the exposed view, the roofline on the cards used. Every output says wheth
 normalisation share, the hidden fraction and the reduction beside the paper's ~20% / 15-20%, and the published
 d-Matrix figures beside the emulated latencies.
 
-`--json` prints the summary for scripts; times are in microseconds and every key's unit is in its "units" entry.
-`--trace FILE.json` writes a Chrome trace (open it in https://ui.perfetto.dev), `--svg FILE` the terminal picture.
-Neither overwrites an existing file unless --force is given.
+`--json` prints the summary for scripts (docs/cli.md); times are in microseconds and every key's unit is in its
+"units" entry. `--trace FILE.json` writes a Chrome trace (open it in https://ui.perfetto.dev), `--svg FILE` the
+terminal picture; both are checked before any work and written all-or-nothing, never over a file without --force.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-
-from rich.text import Text
 
 from ..hw.config import ALGORITHMS, PRESETS, HardwareConfig, load_hardware, with_overrides
 from ..hw.mapping import MappingPolicy
@@ -45,8 +43,10 @@ from ..hw.study import (
 from ..hw.timeline import ENGINES, chrome_trace
 from ..llama.config import PRESETS as MODELS
 from ..llama.config import LlamaConfig, get_preset
-from .console import Console, UsageError
+from .args import integer
+from .console import Col, Console, UsageError, json_record
 from .gantt import LEGEND, block_gantt
+from .outputs import OutputFiles
 
 DEFAULT_MODEL, DEFAULT_HW, DEFAULT_CONTEXT = "llama2-7b", "corsair-like", 2048
 #: Prompt length of the prefill rows of --paper.
@@ -62,11 +62,15 @@ def add_parser(subparsers: Any) -> None:
     add_scenario_args(p)
     p.add_argument("--layers", default="all", metavar="N|all", help="emulate the first N decoder blocks (default all)")
     p.add_argument(
-        "--block", type=int, default=0, metavar="N", help="decoder block drawn in the Gantt chart (default 0)"
+        "--block",
+        type=integer(minimum=0),
+        default=0,
+        metavar="N",
+        help="decoder block drawn in the Gantt chart (default 0)",
     )
     p.add_argument(
         "--detail-layer",
-        type=int,
+        type=integer(minimum=0),
         default=None,
         metavar="N",
         help="also record per-slice / per-network-level events of block N (in --trace)",
@@ -74,7 +78,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--paper", action="store_true", help="the paper check: 5 models x decode/prefill, and the published figures"
     )
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes for --paper (default: all cores)")
+    p.add_argument(
+        "--workers",
+        type=integer(minimum=1),
+        default=None,
+        metavar="N",
+        help="processes for --paper (default: all cores)",
+    )
     p.add_argument("--trace", type=Path, metavar="FILE.json", help="write a Chrome trace (Perfetto)")
     p.add_argument("--svg", type=Path, metavar="FILE.svg", help="save the terminal picture as SVG")
     p.add_argument("--force", action="store_true", help="overwrite existing --trace / --svg files")
@@ -101,13 +111,17 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--context",
-        type=int,
+        type=integer(minimum=0),
         default=DEFAULT_CONTEXT,
         metavar="N",
         help=f"cached positions (decode) or prompt tokens (prefill) (default {DEFAULT_CONTEXT})",
     )
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="sequences decoded together (default 1)")
-    p.add_argument("--chunk", type=int, default=256, metavar="N", help="prefill tokens per chunk (default 256)")
+    p.add_argument(
+        "--batch", type=integer(minimum=1), default=1, metavar="N", help="sequences decoded together (default 1)"
+    )
+    p.add_argument(
+        "--chunk", type=integer(minimum=1), default=256, metavar="N", help="prefill tokens per chunk (default 256)"
+    )
     p.add_argument(
         "--algorithm", choices=ALGORITHMS, default=None, help="collective algorithm (default: the machine's, tree)"
     )
@@ -117,11 +131,12 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
         default="search",
         help="search: the mapper's latency-optimal mapping; dense: normfuse 0.1's packing on the fewest slices",
     )
-    p.add_argument(
-        "--tp-cards", type=int, default=None, metavar="N", help="cards a pipeline stage spans (default: searched)"
-    )
-    p.add_argument("--stages", type=int, default=None, metavar="N", help="pipeline stages (default: searched)")
-    p.add_argument("--max-cards", type=int, default=None, metavar="N", help="cards the mapping may use (default: all)")
+    for flag, what in (
+        ("--tp-cards", "cards a pipeline stage spans"),
+        ("--stages", "pipeline stages"),
+        ("--max-cards", "cards the mapping may use"),
+    ):
+        p.add_argument(flag, type=integer(minimum=1), default=None, metavar="N", help=f"{what} (default: searched)")
     p.add_argument(
         "--calibrate",
         default=None,
@@ -169,10 +184,6 @@ def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "
         if not 1 <= n <= cfg.n_layers:
             raise UsageError(f"--layers must be between 1 and {cfg.n_layers} for {cfg.name}; got {n}")
         cfg = cfg.replace(n_layers=n)
-    if args.batch < 1:
-        raise UsageError(f"--batch must be >= 1; got {args.batch}")
-    if args.chunk < 1:
-        raise UsageError(f"--chunk must be >= 1; got {args.chunk}")
     if args.context < (0 if args.phase == "decode" else 1):
         raise UsageError(
             f"--context must be >= {0 if args.phase == 'decode' else 1} for {args.phase}; got {args.context}"
@@ -183,17 +194,6 @@ def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "
             f"{sc.positions} positions exceed {cfg.name}'s trained context of {cfg.context_length}; timed anyway"
         )
     return sc
-
-
-def check_outputs(paths: list[Path | None], force: bool) -> None:
-    """Refuse to overwrite a user's file without --force; the directory must exist."""
-    for path in paths:
-        if path is None:
-            continue
-        if path.exists() and not force:
-            raise UsageError(f"{path} exists; pass --force to overwrite it")
-        if not path.parent.exists():
-            raise UsageError(f"directory {path.parent} does not exist (for {path})")
 
 
 def fitted_note(hw: HardwareConfig) -> str:
@@ -210,20 +210,74 @@ def run_compare(sc: Scenario, hw: HardwareConfig, detail_layer: int | None = Non
         raise UsageError(str(exc)) from None
 
 
+#: Units of the keys of `normfuse timeline --json` that are not in microseconds (docs/cli.md).
+UNITS: dict[str, str] = {
+    "context": "tokens",
+    "batch": "sequences",
+    "chunk": "tokens",
+    "layers": "blocks",
+    "reduction": "fraction of baseline latency",
+    "reduction_vs_one_pass": "fraction of one-pass baseline latency",
+    "normalisation_share_baseline": "fraction of baseline latency",
+    "normalisation_share_one_pass": "fraction of one-pass baseline latency",
+    "hidden_fraction": "fraction of the baseline's normalisation cost",
+    "hidden_fraction_vs_one_pass": "fraction of the one-pass baseline's normalisation cost",
+    "collective_share_baseline": "fraction of baseline latency",
+    "roofline_ratio_free_baseline": "1",
+    "utilisation_baseline": "fraction of latency each engine's resources are busy",
+    "utilisation_fused": "fraction of latency each engine's resources are busy",
+    "baseline_cycles": "cycles",
+    "fused_cycles": "cycles",
+    "clock_ghz": "GHz",
+    "weight_slices": "slices",
+    "cards_needed": "cards",
+    "cards": "cards",
+    "tp_cards": "cards",
+    "latency_us": "us",
+    "ratio_baseline": "1",
+    "ratio_fused": "1",
+}
+
+
+def units_of(record: dict[str, Any]) -> dict[str, str]:
+    """Every numeric key of a summary, its unit: the ones listed in UNITS, microseconds for the rest."""
+    out: dict[str, str] = {}
+    for key, v in record.items():
+        if key in UNITS:
+            out[key] = UNITS[key]
+        elif isinstance(v, float):
+            out[key] = "us"
+    return out
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     if args.svg is not None and args.json:
         raise UsageError("--svg saves the terminal picture; it cannot be combined with --json")
     if args.trace is not None and args.paper:
         raise UsageError("--trace records one forward pass; it cannot be combined with --paper")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be >= 1; got {args.workers}")
-    check_outputs([args.trace, args.svg], args.force)
-    hw = resolve_hw(args)
-    if args.svg is not None:
-        console.out.record = True
-    if args.paper:
-        return run_paper(args, hw, console)
+    with OutputFiles(force=args.force) as outputs:
+        trace_path = outputs.add("--trace", args.trace, suffixes=(".json",))
+        svg_path = outputs.add("--svg", args.svg, suffixes=(".svg",))
+        hw = resolve_hw(args)
+        if svg_path is not None:
+            console.out.record = True
+        if args.paper:
+            run_paper(args, hw, console)
+        else:
+            run_one(args, hw, console, outputs, trace_path)
+        if svg_path is not None:
+            outputs.write_with(svg_path, lambda tmp: console.out.save_svg(str(tmp), title="normfuse timeline"))
+        outputs.commit()
+    if trace_path is not None and not args.json:
+        console.success(f"wrote {trace_path} (open it in ui.perfetto.dev)")
+    if svg_path is not None:
+        console.err.print(f"wrote {svg_path}", markup=False)
+    return 0
 
+
+def run_one(
+    args: argparse.Namespace, hw: HardwareConfig, console: Console, outputs: OutputFiles, trace_path: Path | None
+) -> None:
     sc = resolve_scenario(args, console, args.layers)
     if not 0 <= args.block < sc.model.n_layers:
         raise UsageError(f"--block must be between 0 and {sc.model.n_layers - 1}; got {args.block}")
@@ -231,21 +285,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"--detail-layer must be between 0 and {sc.model.n_layers - 1}; got {args.detail_layer}")
     c = run_compare(sc, hw, args.detail_layer)
     summary = c.summary()
+    summary.pop("units")
     summary["block"] = block_summary(c, args.block)
-
-    if args.trace is not None:
+    if trace_path is not None:
         trace = chrome_trace({"baseline": c.baseline, "fused": c.fused}, metadata=summary)
-        args.trace.write_text(json.dumps(trace), encoding="utf-8")
+        outputs.write_text(trace_path, json.dumps(trace))
     if args.json:
-        console.json(summary)
-        return 0
+        console.json(json_record("timeline", units_of(summary), **summary))
+        return
     print_comparison(c, summary, args.block, console)
-    if args.trace is not None:
-        console.success(f"wrote {args.trace} ({len(trace['traceEvents'])} trace events; open it in ui.perfetto.dev)")
-    if args.svg is not None:
-        console.out.save_svg(str(args.svg), title="normfuse timeline")
-        console.err.print(Text(f"wrote {args.svg}"))
-    return 0
 
 
 def block_summary(c: Comparison, layer: int) -> dict[str, Any]:
@@ -262,34 +310,30 @@ def _mapping_line(c: Comparison) -> str:
     if len(stages) <= 4:
         spans = " | ".join(f"{s['layers'][0]}-{s['layers'][-1]}" if s["layers"] else "head" for s in stages)
     else:
-        spans = f"{stages[0]['layers'][0]}-{stages[0]['layers'][-1]} | ... | {stages[-1]['layers'][0]}-{stages[-1]['layers'][-1]}"
+        a, z = stages[0]["layers"], stages[-1]["layers"]
+        spans = f"{a[0]}-{a[-1]} | ... | {z[0] if z else 'head'}-{z[-1] if z else ''}".rstrip("-")
     kv = m.get("kv_cache", {})
     off = max(s["kv_offchip_fraction"] for s in stages)
 
-    def n(k: int, what: str) -> str:
-        return f"{k} {what}" + ("" if k == 1 else "s")
+    def n(k: int, what: str, plural: str = "") -> str:
+        return f"{k} {what if k == 1 else plural or what + 's'}"
 
     return (
         f"mapping ({m['kind']}, {m['candidates_compared']} compared): {n(m['cards'], 'card')} = "
         f"{n(m['stages'], 'stage')} of {n(m['tp_cards'], 'card')}, blocks {spans}; KV of a head group on "
-        f"{n(kv.get('key_slices_per_group', 0), 'slice')} x {n(kv.get('copies_per_group', 1), 'copy')}".replace(
-            "copys", "copies"
-        )
-        + f", {100 * off:.0f}% in LPDDR"
+        f"{n(kv.get('key_slices_per_group', 0), 'slice')} x {n(kv.get('copies_per_group', 1), 'copy', 'copies')}, "
+        f"{100 * off:.0f}% in LPDDR"
     )
 
 
 def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Console) -> None:
     sc, hw = c.scenario, c.hw
     b, o, f = c.baseline, c.one_pass, c.fused
-    head = Text("normfuse timeline", style="bold")
-    head.append(f": {sc.describe()} on {hw.name}")
-    console.print(head)
-    console.print(Text(f"{hw.clock.ghz:g} GHz, {hw.network.algorithm} collectives; {_mapping_line(c)}"), style="dim")
-    width = console.out.width
-    console.print(block_gantt({"baseline": b, "fused": f}, layer, width))
-    console.print(LEGEND, style="dim")
-    console.print()
+    console.heading(f"normfuse timeline: {sc.describe()} on {hw.name}")
+    console.note(f"{hw.clock.ghz:g} GHz, {hw.network.algorithm} collectives; {_mapping_line(c)}")
+    console.print(block_gantt({"baseline": b, "fused": f}, layer, console.width))
+    console.note(LEGEND)
+    console.blank()
 
     def us(cycles: float) -> str:
         v = b.us(cycles)
@@ -301,7 +345,7 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
     free = (c.baseline_free, c.one_pass_free, c.fused_free)
     rows: list[tuple[str, str, str, str]] = [
         ("latency (µs)", us(b.makespan), us(o.makespan), us(f.makespan)),
-        ("  with normalisation free (µs)", *(us(t.makespan) for t in free)),  # type: ignore[list-item]
+        ("  with normalisation free (µs)", us(free[0].makespan), us(free[1].makespan), us(free[2].makespan)),
         ("normalisation cost (µs)", us(c.cost("baseline")), us(c.cost("one_pass")), us(c.cost("fused"))),
         (
             "  share of latency",
@@ -315,21 +359,14 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
         ("  moving activations", us(b.exposed("move")), us(o.exposed("move")), us(f.exposed("move"))),
     ]
     rows += [(f"{e} utilisation", pct(b.utilisation(e)), pct(o.utilisation(e)), pct(f.utilisation(e))) for e in ENGINES]
-    console.table(
-        f"Whole model ({sc.model.n_layers} blocks + lm head)",
-        ["", "baseline", "one-pass", "fused"],
-        rows,
+    console.table(f"Whole model ({sc.model.n_layers} blocks + lm head)", ["", "baseline", "one-pass", "fused"], rows)
+    console.note(
+        f"roofline on the {c.mapping.cards} cards used: {s['roofline_latency']:.4g} µs (weights and KV at SRAM/LPDDR "
+        f"rate, flops at peak); baseline = {b.us(b.makespan) / s['roofline_latency']:.2f} x roofline. Softmax "
+        f"merge: {s['merge_psum']:.3g} µs partial sums + {s['merge_normalisation']:.3g} µs normalisation "
+        f"(baseline P @ V partial sums: {s['pv_psum_baseline']:.3g} µs)."
     )
-    console.print(
-        Text(
-            f"roofline on the {c.mapping.cards} cards used: {s['roofline_latency']:.4g} µs (weights and KV at SRAM/LPDDR "
-            f"rate, flops at peak); baseline = {b.us(b.makespan) / s['roofline_latency']:.2f} x roofline. Softmax "
-            f"merge: {s['merge_psum']:.3g} µs partial sums + {s['merge_normalisation']:.3g} µs normalisation "
-            f"(baseline P @ V partial sums: {s['pv_psum_baseline']:.3g} µs)."
-        ),
-        style="dim",
-    )
-    console.print(Text(fitted_note(hw) + ". Parameters, sources and assumptions: docs/hardware.md."), style="dim")
+    console.note(fitted_note(hw) + ". Parameters, sources and assumptions: docs/hardware.md.")
     verb = "faster" if c.reduction >= 0 else "slower"
     console.success(
         f"fused order is {abs(100 * c.reduction):.1f}% {verb} than the two-pass baseline "
@@ -338,28 +375,23 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
     )
 
 
-def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) -> int:
-    if args.batch < 1 or args.context < 0:
-        raise UsageError("--batch must be >= 1 and --context >= 0")
+def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) -> None:
     policy = resolve_policy(args)
-    total = 2 * len(PAPER_MODELS)  # a module global, so tests can shorten the list
     workers = args.workers or os.cpu_count() or 1
     pool = local_pool(workers) if workers > 1 else None
+    models = PAPER_MODELS  # module globals, so tests can shorten them
     try:
         kw: dict[str, Any] = {
             "context": args.context,
             "batch": args.batch,
             "prefill_tokens": PAPER_PREFILL,
-            "models": PAPER_MODELS,
+            "models": models,
             "policy": policy,
             "executor": pool,
         }
-        if args.json:
-            rows = paper_check(hw, **kw)
-        else:
-            with console.progress() as progress:
-                task = progress.add_task("emulating", total=total)
-                rows = paper_check(hw, **kw, on_step=lambda: progress.advance(task))
+        with console.progress() as progress:
+            task = progress.add_task("emulating", total=2 * len(models))
+            rows = paper_check(hw, **kw, on_step=lambda: progress.advance(task))
         published = validate(hw, policy=dataclasses.replace(policy, max_cards=None))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -367,30 +399,20 @@ def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) ->
         if pool is not None:
             pool.shutdown()
     if args.json:
+        units = units_of(rows[0]) | units_of(published[0])
         console.json(
-            {
-                "hardware": hw.name,
-                "calibrated": calibrated(hw),
-                "paper": PAPER,
-                "rows": rows,
-                "published": published,
-                "units": {
-                    "baseline_latency": "us",
-                    "one_pass_baseline_latency": "us",
-                    "fused_latency": "us",
-                    "roofline_latency": "us",
-                    "normalisation_share_baseline": "fraction of baseline latency",
-                    "hidden_fraction": "fraction of the baseline's normalisation cost",
-                    "reduction": "fraction of baseline latency",
-                    "reduction_vs_one_pass": "fraction of one-pass baseline latency",
-                    "latency_us": "us (published)",
-                    "ratio_baseline": "emulated / published",
-                },
-            }
+            json_record(
+                "timeline",
+                units,
+                hardware=hw.name,
+                calibrated=calibrated(hw),
+                paper=PAPER,
+                rows=rows,
+                published=published,
+            )
         )
-        return 0
+        return
     print_paper(rows, published, hw, args, console)
-    return 0
 
 
 def print_paper(
@@ -400,16 +422,16 @@ def print_paper(
     args: argparse.Namespace,
     console: Console,
 ) -> None:
-    head = Text(f"Paper check on {hw.name}", style="bold")
-    head.append(": what normalisation costs each baseline, and what the fused order hides and saves")
-    console.print(head)
+    console.heading(
+        f"Paper check on {hw.name}: what normalisation costs each baseline, and what the fused order hides and saves"
+    )
 
     def pct(x: float) -> str:
         return f"{100 * x:.1f}%"
 
     console.table(
         None,
-        ["model", "phase", "µs", "×roof", "share", "hidden", "saves", "vs 1p"],
+        ["model", Col("phase", "left"), "µs", "×roof", "share", "hidden", "saves", "vs 1p"],
         [
             (
                 r["model"],
@@ -424,16 +446,13 @@ def print_paper(
             for r in rows
         ],
     )
-    console.print(
-        Text(
-            f"paper (arXiv 2502.17728): collectives {PAPER['collective_share']} of latency, completely hidden, fused "
-            f"order {PAPER['reduction']} faster on Llama2/Llama3. Here: µs = the two-pass baseline's latency; ×roof "
-            "= that / the roofline on the cards used; share = its normalisation cost / its latency; hidden = 1 - "
-            "fused cost / baseline cost; saves = fused vs the two-pass baseline; vs 1p = fused vs the one-pass "
-            f"(m, l) baseline. Decode at context {args.context}, prefill of {PAPER_PREFILL} tokens in chunks of 256; "
-            f"batch {args.batch}; the mapper's mapping for each row (cards in --json)."
-        ),
-        style="dim",
+    console.note(
+        f"paper (arXiv 2502.17728): collectives {PAPER['collective_share']} of latency, completely hidden, fused "
+        f"order {PAPER['reduction']} faster on Llama2/Llama3. Here: µs = the two-pass baseline's latency; ×roof "
+        "= that / the roofline on the cards used; share = its normalisation cost / its latency; hidden = 1 - "
+        "fused cost / baseline cost; saves = fused vs the two-pass baseline; vs 1p = fused vs the one-pass "
+        f"(m, l) baseline. Decode at context {args.context}, prefill of {PAPER_PREFILL} tokens in chunks of 256; "
+        f"batch {args.batch}; the mapper's mapping for each row (cards in --json)."
     )
     console.table(
         "Published d-Matrix figures (press, not specifications), beside the emulation",
@@ -450,6 +469,4 @@ def print_paper(
             for p in published
         ],
     )
-    console.print(Text(fitted_note(hw) + ". The published figures are printed, never fitted to."), style="dim")
-    if args.svg is not None:
-        console.out.save_svg(str(args.svg), title="normfuse timeline --paper")
+    console.note(fitted_note(hw) + ". The published figures are printed, never fitted to.")

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..fields import text_file
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -448,10 +450,9 @@ def load_hardware(spec: str) -> HardwareConfig:
     path = Path(spec)
     if not path.suffix == ".toml" and not path.exists():
         raise ValueError(f"unknown hardware {spec!r}; give a preset ({', '.join(PRESETS)}) or a .toml file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read hardware file {spec}: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise ValueError(f"hardware file {spec} is a directory")
+    text = text_file(path, "a TOML hardware description")  # a FieldError (a ValueError) naming the file
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -296,23 +296,24 @@ def adhoc_mapping(hw: HardwareConfig, *, rows: int = 1, positions: int = 1) -> M
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _split_layers(
-    n_layers: int, stages: int, layer_bytes: int, head_bytes: int, *, floor: bool = False
-) -> list[tuple[int, int]]:
-    """Consecutive blocks per stage, balancing bytes: the last stage, which also holds the head, gets fewer (the
-    nearest count; at most the balanced share with `floor`, for dense packing, where a stage's slices are the
-    limit)."""
+def _splits(n_layers: int, stages: int, layer_bytes: int, head_bytes: int) -> list[list[tuple[int, int]]]:
+    """Ways to cut the blocks into consecutive stages, balancing bytes: the last stage, which also holds the head,
+    gets the nearest number of blocks to its balanced share first, then one fewer and one more (the first that
+    fits wins: with dense packing a stage's slices, not its bytes, are the limit)."""
     if stages == 1:
-        return [(0, n_layers)]
+        return [[(0, n_layers)]]
     total = n_layers * layer_bytes + head_bytes
     share = (total / stages - head_bytes) / max(1, layer_bytes)
-    last = max(0, min(n_layers, math.floor(share) if floor else round(share)))
-    rest = n_layers - last
-    counts = [rest // (stages - 1) + (1 if i < rest % (stages - 1) else 0) for i in range(stages - 1)] + [last]
-    out, start = [], 0
-    for c in counts:
-        out.append((start, start + c))
-        start += c
+    out = []
+    for last in dict.fromkeys((round(share), math.floor(share), math.ceil(share))):
+        last = max(0, min(n_layers, last))
+        rest = n_layers - last
+        counts = [rest // (stages - 1) + (1 if i < rest % (stages - 1) else 0) for i in range(stages - 1)] + [last]
+        split, start = [], 0
+        for c in counts:
+            split.append((start, start + c))
+            start += c
+        out.append(split)
     return out
 
 
@@ -360,34 +361,46 @@ def build(
     act_bytes = buffers(block_rows)
     kv_layer_slice = 2 * keys * wl.head_dim * kv.groups_per_slice * mem.kv_bits // 8  # K and V, one layer
     kv_layer_total = batch * positions * wl.kv_bytes_per_position(mem.kv_bits)
-    out = []
-    split = _split_layers(wl.n_layers, stages, layer_bytes, head_bytes, floor=kind == "dense")
-    for s, (lo, hi) in enumerate(split):
-        head = s == stages - 1
-        wbytes = (hi - lo) * layer_bytes + (head_bytes if head else 0)
-        if kind == "dense":
-            used = sum(grids[mat].slices * (hi - lo) for mat in wl.block) + (
-                sum(grids[mat].slices for mat in wl.head) if head else 0
-            )
-            if used > slices:
-                return f"stage {s} needs {used} slices for its weights packed densely; a stage has {slices}"
-            per_slice = int(DENSE_WEIGHT_FRACTION * sram)
-        else:
-            per_slice = cdiv(wbytes, slices)
-        free = sram - per_slice - act_bytes
-        if free < 0:
-            return (
-                f"stage {s}: weights {per_slice} + activations {act_bytes} bytes a slice exceed the SRAM of "
-                f"{sram} bytes"
-            )
-        kv_slice = (hi - lo) * kv_layer_slice
-        in_sram = min(kv_slice, free)
-        offchip = 0.0 if kv_slice == 0 else 1 - in_sram / kv_slice
-        lpddr = math.ceil(offchip * (hi - lo) * kv_layer_total / tp_cards)
-        if lpddr > mem.lpddr_bytes_per_card:
-            return f"stage {s}: KV cache of {lpddr} bytes a card exceeds the LPDDR of {mem.lpddr_bytes_per_card} bytes"
-        out.append(Stage(s, s * tp_cards, tp_cards, (lo, hi), head, per_slice, act_bytes, in_sram, offchip, lpddr))
-    return Mapping(hw, kind, tp_cards, tuple(out), rows, positions, batch, workload=wl)
+
+    def place(split: list[tuple[int, int]]) -> list[Stage] | str:
+        out = []
+        for s, (lo, hi) in enumerate(split):
+            head = s == stages - 1
+            wbytes = (hi - lo) * layer_bytes + (head_bytes if head else 0)
+            if kind == "dense":
+                used = sum(grids[mat].slices * (hi - lo) for mat in wl.block) + (
+                    sum(grids[mat].slices for mat in wl.head) if head else 0
+                )
+                if used > slices:
+                    return f"stage {s} needs {used} slices for its weights packed densely; a stage has {slices}"
+                per_slice = int(DENSE_WEIGHT_FRACTION * sram)
+            else:
+                per_slice = cdiv(wbytes, slices)
+            free = sram - per_slice - act_bytes
+            if free < 0:
+                return (
+                    f"stage {s}: weights {per_slice} + activations {act_bytes} bytes a slice exceed the SRAM of "
+                    f"{sram} bytes"
+                )
+            kv_slice = (hi - lo) * kv_layer_slice
+            in_sram = min(kv_slice, free)
+            offchip = 0.0 if kv_slice == 0 else 1 - in_sram / kv_slice
+            lpddr = math.ceil(offchip * (hi - lo) * kv_layer_total / tp_cards)
+            if lpddr > mem.lpddr_bytes_per_card:
+                return (
+                    f"stage {s}: KV cache of {lpddr} bytes a card exceeds the LPDDR of {mem.lpddr_bytes_per_card} bytes"
+                )
+            out.append(Stage(s, s * tp_cards, tp_cards, (lo, hi), head, per_slice, act_bytes, in_sram, offchip, lpddr))
+        return out
+
+    first: str | None = None
+    for split in _splits(wl.n_layers, stages, layer_bytes, head_bytes):
+        got = place(split)
+        if not isinstance(got, str):
+            return Mapping(hw, kind, tp_cards, tuple(got), rows, positions, batch, workload=wl)
+        first = first or got
+    assert first is not None
+    return first
 
 
 def weight_cards(wl: Workload, hw: HardwareConfig) -> float:
