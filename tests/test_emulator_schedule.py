@@ -22,6 +22,7 @@ from normfuse_ref.hw.study import Comparison, Scenario, compare, emulate, map_sc
 from normfuse_ref.hw.timeline import Timeline
 from normfuse_ref.llama.config import PRESETS as MODELS
 from normfuse_ref.llama.config import LlamaConfig
+from tests.hw_strategies import levels
 
 TOY, CORSAIR = PRESETS["toy"], PRESETS["corsair-like"]
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -77,20 +78,12 @@ def test_ordering_rule_and_determinism_on_real_models(
 def toy_machines(draw: st.DrawFn) -> HardwareConfig:
     """Toy-sized machines (a 4 x 4 mesh of slices a chiplet) with every network and SIMD timing free."""
 
-    def level(fanouts: list[int], topologies: list[str]) -> LevelConfig:
-        return LevelConfig(
-            draw(st.sampled_from(fanouts)),
-            draw(st.sampled_from(topologies)),
-            draw(st.floats(0, 200)),
-            draw(st.floats(1, 64)),
-        )
-
     net = NetworkConfig(
-        noc=level([16], ["mesh2d"]),
-        d2d=level([1, 2], ["all-to-all", "switch"]),
-        bridge=level([2], ["all-to-all"]),
-        pcie=level([1, 2], ["switch"]),
-        nic=level([1], ["switch"]),
+        noc=draw(levels([16], ["mesh2d"], hop_max=200)),
+        d2d=draw(levels([1, 2], ["all-to-all", "switch"], hop_max=200)),
+        bridge=draw(levels([2], ["all-to-all"], hop_max=200)),
+        pcie=draw(levels([1, 2], ["switch"], hop_max=200)),
+        nic=draw(levels([1], ["switch"], hop_max=200)),
         algorithm=draw(st.sampled_from(["tree", "ring", "gather"])),
     )
     simd = SIMDConfig(lanes=8, pipeline_latency_cycles=draw(st.integers(0, 8)), exp_cycles=draw(st.integers(1, 16)))

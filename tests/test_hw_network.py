@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from normfuse_ref.hw import netsim, network
-from normfuse_ref.hw.config import PRESETS, HardwareConfig, LevelConfig, NetworkConfig
+from normfuse_ref.hw.config import PRESETS, HardwareConfig, NetworkConfig
+from tests.hw_strategies import levels
 
 CORSAIR, TOY = PRESETS["corsair-like"], PRESETS["toy"]
 REL = 1e-9
@@ -139,20 +140,12 @@ def test_the_simulation_refuses_a_ring_on_a_partial_lattice() -> None:
 def small_machines(draw: st.DrawFn) -> HardwareConfig:
     """Toy-sized machines with every network parameter free."""
 
-    def level(fanouts: list[int], topologies: list[str]) -> LevelConfig:
-        return LevelConfig(
-            draw(st.sampled_from(fanouts)),
-            draw(st.sampled_from(topologies)),
-            draw(st.floats(0, 100, allow_nan=False)),
-            draw(st.floats(1, 64, allow_nan=False)),
-        )
-
     net = NetworkConfig(
-        noc=level([4, 16, 64], ["mesh2d", "all-to-all", "switch"]),
-        d2d=level([1, 2, 4], ["all-to-all", "switch", "mesh2d"]),
-        bridge=level([1, 2], ["all-to-all", "switch"]),
-        pcie=level([1, 2], ["switch"]),
-        nic=level([1], ["switch"]),
+        noc=draw(levels([4, 16, 64], ["mesh2d", "all-to-all", "switch"], hop_max=100)),
+        d2d=draw(levels([1, 2, 4], ["all-to-all", "switch", "mesh2d"], hop_max=100)),
+        bridge=draw(levels([1, 2], ["all-to-all", "switch"], hop_max=100)),
+        pcie=draw(levels([1, 2], ["switch"], hop_max=100)),
+        nic=draw(levels([1], ["switch"], hop_max=100)),
     )
     return dataclasses.replace(TOY, network=net)
 

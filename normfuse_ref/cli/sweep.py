@@ -18,7 +18,7 @@ import argparse
 from typing import Any
 
 from ..hw.config import ALGORITHMS, field_value
-from ..hw.study import SCENARIO_PARAMS, SWEEP_SHORTCUTS, local_pool, sweep
+from ..hw.study import SCENARIO_PARAMS, SWEEP_SHORTCUTS, local_pool, sweep, units_of
 from .args import integer
 from .console import Console, UsageError, json_record
 from .gantt import bars
@@ -169,22 +169,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             pool.shutdown()
     key, meaning = METRICS[args.metric]
     if args.json:
-        units = {
-            "baseline_latency": "us",
-            "fused_latency": "us",
-            "one_pass_baseline_latency": "us",
-            "roofline_latency": "us",
-            "reduction": "fraction of baseline latency",
-            "reduction_vs_one_pass": "fraction of one-pass baseline latency",
-            "normalisation_share_baseline": "fraction of baseline latency",
-            "collective_share_baseline": "fraction of baseline latency",
-            "hidden_fraction": "fraction of the baseline's normalisation cost",
-            "hidden_fraction_vs_one_pass": "fraction of the one-pass baseline's normalisation cost",
-            "context": "tokens",
-            "batch": "sequences",
-            "cards": "cards",
-            "tp_cards": "cards",
-        }
+        units = units_of(*(p for p in points if "error" not in p))
         console.json(
             json_record(
                 "sweep",

@@ -38,6 +38,7 @@ from ..hw.study import (
     compare,
     local_pool,
     paper_check,
+    units_of,
     validate,
 )
 from ..hw.timeline import ENGINES, chrome_trace
@@ -210,46 +211,6 @@ def run_compare(sc: Scenario, hw: HardwareConfig, detail_layer: int | None = Non
         raise UsageError(str(exc)) from None
 
 
-#: Units of the keys of `normfuse timeline --json` that are not in microseconds (docs/cli.md).
-UNITS: dict[str, str] = {
-    "context": "tokens",
-    "batch": "sequences",
-    "chunk": "tokens",
-    "layers": "blocks",
-    "reduction": "fraction of baseline latency",
-    "reduction_vs_one_pass": "fraction of one-pass baseline latency",
-    "normalisation_share_baseline": "fraction of baseline latency",
-    "normalisation_share_one_pass": "fraction of one-pass baseline latency",
-    "hidden_fraction": "fraction of the baseline's normalisation cost",
-    "hidden_fraction_vs_one_pass": "fraction of the one-pass baseline's normalisation cost",
-    "collective_share_baseline": "fraction of baseline latency",
-    "roofline_ratio_free_baseline": "1",
-    "utilisation_baseline": "fraction of latency each engine's resources are busy",
-    "utilisation_fused": "fraction of latency each engine's resources are busy",
-    "baseline_cycles": "cycles",
-    "fused_cycles": "cycles",
-    "clock_ghz": "GHz",
-    "weight_slices": "slices",
-    "cards_needed": "cards",
-    "cards": "cards",
-    "tp_cards": "cards",
-    "latency_us": "us",
-    "ratio_baseline": "1",
-    "ratio_fused": "1",
-}
-
-
-def units_of(record: dict[str, Any]) -> dict[str, str]:
-    """Every numeric key of a summary, its unit: the ones listed in UNITS, microseconds for the rest."""
-    out: dict[str, str] = {}
-    for key, v in record.items():
-        if key in UNITS:
-            out[key] = UNITS[key]
-        elif isinstance(v, float):
-            out[key] = "us"
-    return out
-
-
 def run(args: argparse.Namespace, console: Console) -> int:
     if args.svg is not None and args.json:
         raise UsageError("--svg saves the terminal picture; it cannot be combined with --json")
@@ -399,7 +360,7 @@ def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) ->
         if pool is not None:
             pool.shutdown()
     if args.json:
-        units = units_of(rows[0]) | units_of(published[0])
+        units = units_of(*rows, *published)
         console.json(
             json_record(
                 "timeline",

@@ -450,34 +450,49 @@ class Comparison:
             "cards_needed": mp.cards,
             "mapping": mp.to_dict(),
         }
-        units = {
-            k: "us"
-            for k, v in out.items()
-            if isinstance(v, float)
-            and k.endswith(
-                ("latency", "_baseline", "_fused", "_one_pass", "psum", "normalisation", "_compute", "first_chunk")
-            )
-        }
-        units.update(
-            {
-                "reduction": "fraction of baseline latency",
-                "reduction_vs_one_pass": "fraction of one-pass baseline latency",
-                "normalisation_share_baseline": "fraction of baseline latency",
-                "hidden_fraction": "fraction of the baseline's normalisation cost",
-                "hidden_fraction_vs_one_pass": "fraction of the one-pass baseline's normalisation cost",
-                "collective_share_baseline": "fraction of baseline latency",
-                "roofline_ratio_free_baseline": "latency without normalisation / roofline",
-                "utilisation_baseline": "fraction of latency each engine's resources are busy",
-                "utilisation_fused": "fraction of latency each engine's resources are busy",
-                "baseline_cycles": "cycles",
-                "fused_cycles": "cycles",
-                "clock_ghz": "GHz",
-                "weight_slices": "slices",
-                "cards_needed": "cards",
-            }
-        )
-        out["units"] = units
+        out["units"] = units_of(out)
         return out
+
+
+#: Units of the keys of a summary, a paper row and a published row that are not in microseconds (docs/cli.md).
+UNITS: dict[str, str] = {
+    "context": "tokens",
+    "batch": "sequences",
+    "chunk": "tokens",
+    "layers": "blocks",
+    "reduction": "fraction of baseline latency",
+    "reduction_vs_one_pass": "fraction of one-pass baseline latency",
+    "normalisation_share_baseline": "fraction of baseline latency",
+    "normalisation_share_one_pass": "fraction of one-pass baseline latency",
+    "hidden_fraction": "fraction of the baseline's normalisation cost",
+    "hidden_fraction_vs_one_pass": "fraction of the one-pass baseline's normalisation cost",
+    "collective_share_baseline": "fraction of baseline latency",
+    "roofline_ratio_free_baseline": "1",
+    "utilisation_baseline": "fraction of latency each engine's resources are busy",
+    "utilisation_fused": "fraction of latency each engine's resources are busy",
+    "baseline_cycles": "cycles",
+    "fused_cycles": "cycles",
+    "clock_ghz": "GHz",
+    "weight_slices": "slices",
+    "cards_needed": "cards",
+    "cards": "cards",
+    "tp_cards": "cards",
+    "latency_us": "us",
+    "ratio_baseline": "1",
+    "ratio_fused": "1",
+}
+
+
+def units_of(*records: dict[str, Any]) -> dict[str, str]:
+    """Every numeric key of the records, its unit: those in UNITS, microseconds for the other floats."""
+    out: dict[str, str] = {}
+    for record in records:
+        for key, v in record.items():
+            if key in UNITS:
+                out[key] = UNITS[key]
+            elif isinstance(v, float):
+                out[key] = "us"
+    return out
 
 
 def compare(sc: Scenario, hw: HardwareConfig, *, detail_layer: int | None = None) -> Comparison:
