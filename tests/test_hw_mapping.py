@@ -123,3 +123,20 @@ def test_search_with_a_fake_estimate_prefers_the_cheapest() -> None:
         )
     )
     assert dataclasses.replace(mp, candidates=0).candidates == 0
+
+
+def test_crossing_between_stages_costs_a_hop_and_the_activation_by_hand() -> None:
+    """llama2-7b decode on four one-card stages: the residual stream (4096 values of 2 bytes) crosses card 0 -> 1
+    over the bridge (500 ns + 8192 B / 64 GB/s = 628 ns) and card 1 -> 2 over PCIe (1 us + 8192 B / 63 GB/s), on
+    the critical path: a pipeline stage boundary is one hop of the level that joins the cards."""
+    sc = Scenario(MODELS["llama2-7b"], "decode", 2048, 1)
+    mp = map_scenario(sc, CORSAIR)
+    assert mp.tp_cards == 1 and len(mp.stages) == 4
+    tl = emulate(sc, CORSAIR, "baseline", mapping=mp)
+    crossings = [e for e in tl.events if e.op == "stage transfer"]
+    ghz = CORSAIR.clock.ghz
+    by_link = {e.resources[0]: e.duration for e in crossings}
+    assert by_link["NET.bridge@0>1"] == -(-round((500 + 8192 / 64) * ghz * 1e6) // 10**6)
+    assert by_link["NET.pcie@1>2"] == -(-round((1000 + 8192 / 63) * ghz * 1e6) // 10**6)
+    path = {tl.events[i].resources[0] for i in tl.critical_path() if tl.events[i].op == "stage transfer"}
+    assert path == {"NET.bridge@0>1", "NET.pcie@1>2", "NET.bridge@2>3"}
