@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from normfuse_ref.hw import EmulatingExecutor, costs, get_hardware, mapping, study
-from normfuse_ref.hw.study import Scenario, compare, local_pool, map_scenario, sweep
+from normfuse_ref.hw.study import PASSES, Scenario, compare, local_pool, map_scenario, sweep
 from normfuse_ref.llama import PRESETS, Mode, forward, prepare, random_params
 
 
@@ -49,6 +49,13 @@ def cold() -> None:
     from normfuse_ref.hw import emulator
 
     emulator._PLANS.clear()
+
+
+def six_passes(sc: Scenario, hw: Any) -> None:
+    """The comparison with every pass run (a comparison runs its passes when first asked for)."""
+    c = compare(sc, hw)
+    for name in PASSES:
+        getattr(c, name)
 
 
 def best_of(fn: Callable[[], Any], n: int) -> float:
@@ -109,10 +116,10 @@ def main() -> None:
     sc = Scenario(PRESETS["llama3-70b"], "decode", 2048, 1)
     t_map = best_of(lambda: map_scenario(sc, hw), 3)
     print(f"  the mapper's search for llama3-70b decode               {t_map:6.2f} s   (target <= 5 s)")
-    t_cmp = best_of(lambda: compare(sc, hw), 3)
+    t_cmp = best_of(lambda: six_passes(sc, hw), 3)
     print(f"  llama3-70b decode, six passes (mapper included)          {t_cmp:6.2f} s   (target <= 1 s)")
     pre = Scenario(PRESETS["llama3-70b"], "prefill", 2048, 1)
-    t_pre = best_of(lambda: compare(pre, hw), 1)
+    t_pre = best_of(lambda: six_passes(pre, hw), 1)
     print(f"  llama3-70b prefill of 2048 tokens, six passes            {t_pre:6.2f} s   (target <= 10 s)")
 
     n = args.sweep_points

@@ -161,25 +161,27 @@ def emulate(
     return ex.timeline(label)
 
 
-def _single_stage(mp: Mapping, wl: Workload) -> Mapping:
-    """The candidate's two-block version: one stage of its width, its worst KV placement, the head on it."""
-    worst = max(mp.stages, key=lambda s: s.kv_offchip)
-    st = Stage(0, 0, worst.cards, (0, wl.n_layers), True, 0, 0, 0, worst.kv_offchip, 0)  # bytes do not time
+def _single_stage(mp: Mapping, wl: Workload, stage: Stage) -> Mapping:
+    """One stage of the candidate's width with `stage`'s KV placement, holding the blocks of `wl` and the head."""
+    st = Stage(0, 0, stage.cards, (0, wl.n_layers), True, 0, 0, 0, stage.kv_offchip, 0)  # bytes do not time
     return dataclasses.replace(mp, stages=(st,), workload=wl)
 
 
-def estimate_mapping(sc: Scenario, hw: HardwareConfig, mp: Mapping) -> int:
-    """The mapper's estimate of a candidate's latency (cycles). Two blocks and the head are timed by the emulator
-    on one stage of the candidate's width (baseline order, the largest chunk at the final context); the second
-    block stands for every block but the first (the first reads the embedding, placed differently). Stages and
-    chunks then compose as a pipeline: the sum over stages of (its blocks + the head + the crossing into it) for
-    the first chunk, plus the slowest stage for each further chunk."""
+def compose(
+    sc: Scenario, hw: HardwareConfig, mp: Mapping, mode: str = "baseline", *, free: bool = False, one_pass: bool = False
+) -> int:
+    """A pass's latency (cycles) composed from timed pieces: two blocks and the head timed by the emulator on one
+    stage of the mapping's width with each stage's KV placement (the largest chunk at the final context); the
+    second block stands for every block but the first (the first reads the embedding, placed differently). Stages
+    and chunks then compose as a pipeline: the sum over stages of (its blocks + the head + the crossing into it)
+    for the first chunk, plus the slowest stage for each further chunk. For a decode step (one chunk) this is the
+    full pass, exactly (tests/test_hw_mapping.py, tests/test_hw_study.py); for a chunked prefill, an estimate."""
     two = workload_of(with_layers(sc.timed_model(), min(2, sc.model.n_layers)))
-    first, block, head = _timed_blocks(sc, hw, _single_stage(mp, two))
     wl = workload_of(sc.timed_model())
     xfer = wl.width * sc.rows * hw.memory.act_bits / 8
     per_stage = []
     for s in mp.stages:
+        first, block, head = _timed_blocks(sc, hw, _single_stage(mp, two, s), mode, free, one_pass)
         n = s.layers[1] - s.layers[0]
         t = n * block + (head if s.head else 0) + ((first - block) if s.layers[0] == 0 and n else 0)
         if s.index:
@@ -188,14 +190,21 @@ def estimate_mapping(sc: Scenario, hw: HardwareConfig, mp: Mapping) -> int:
     return sum(per_stage) + (len(sc.chunks) - 1) * max(per_stage)
 
 
+def estimate_mapping(sc: Scenario, hw: HardwareConfig, mp: Mapping) -> int:
+    """The mapper's estimate of a candidate's latency (cycles): the baseline order's `compose`."""
+    return compose(sc, hw, mp)
+
+
 @functools.lru_cache(maxsize=1024)
-def _timed_blocks(sc: Scenario, hw: HardwareConfig, two: Mapping) -> tuple[int, int, int]:
-    """(first block, a later block, the head) in cycles: two blocks and the head on one stage, baseline order,
-    the largest chunk at the final context. Candidates of one width and KV placement share it."""
+def _timed_blocks(
+    sc: Scenario, hw: HardwareConfig, two: Mapping, mode: str, free: bool, one_pass: bool
+) -> tuple[int, int, int]:
+    """(first block, a later block, the head) in cycles: two blocks and the head on one stage, the largest chunk
+    at the final context. Candidates of one width and KV placement share it."""
     model2 = with_layers(sc.timed_model(), min(2, sc.model.n_layers))
-    ex = EmulatingExecutor(hw, two, numeric=False)
+    ex = EmulatingExecutor(hw, two, numeric=False, free_normalisation=free, one_pass_softmax=one_pass)
     tokens = max(sc.chunks)
-    run_pass(model2, ex, "baseline", batch=sc.batch, tokens=tokens, past=sc.positions - tokens)
+    run_pass(model2, ex, mode, batch=sc.batch, tokens=tokens, past=sc.positions - tokens)
     tl = ex.timeline()
     last = two.stages[0].layers[1] - 1
     s0, e0 = tl.layer_window(0)
@@ -721,9 +730,39 @@ def _point(task: tuple[Scenario, HardwareConfig, tuple[tuple[str, Any], ...]]) -
         c = compare(sc, hw)
     except ValueError as exc:  # this point does not fit: a result, not a crash
         return {"params": dict(assignment), "error": str(exc)}
-    row = paper_row(c, one_pass_share=False)  # five passes: a sweep shows no one-pass share
+    row = composed_row(c) if sc.phase == "decode" else paper_row(c, one_pass_share=False)
     row["params"] = dict(assignment)
     return row
+
+
+def composed_row(c: Comparison) -> dict[str, Any]:
+    """A decode point's row from `compose` (two timed blocks a pass instead of every block): the same latencies
+    as the full passes, exactly for a decode step; without the exposed view, which needs a whole timeline."""
+    sc, hw, mp = c.scenario, c.hw, c.mapping
+    t = {name: compose(sc, hw, mp, mode, free=free, one_pass=op) for name, (mode, free, op) in PASSES.items()}
+    us = 1 / (hw.clock.ghz * 1e3)
+    b, o, f = t["baseline"], t["one_pass"], t["fused"]
+    cost_b, cost_o, cost_f = b - t["baseline_free"], o - t["one_pass_free"], f - t["fused_free"]
+    return {
+        "model": sc.model.name,
+        "phase": sc.phase,
+        "context": sc.context,
+        "batch": sc.batch,
+        "cards": mp.cards,
+        "tp_cards": mp.tp_cards,
+        "baseline_latency": b * us,
+        "one_pass_baseline_latency": o * us,
+        "fused_latency": f * us,
+        "normalisation_share_baseline": cost_b / b,
+        "normalisation_share_one_pass": cost_o / o,
+        "hidden_fraction": 1 - cost_f / cost_b if cost_b else 0.0,
+        "hidden_fraction_vs_one_pass": 1 - cost_f / cost_o if cost_o else 0.0,
+        "reduction": (b - f) / b,
+        "reduction_vs_one_pass": (o - f) / o,
+        "collective_share_baseline": None,
+        "roofline_latency": roofline(sc, hw, mp)["roofline"],
+        "beyond_context": sc.beyond_context,
+    }
 
 
 def _map(
