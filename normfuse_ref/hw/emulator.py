@@ -65,9 +65,6 @@ Array = NDArray[Any]
 
 _NOTHING = np.dtype([])  # a structured dtype with no fields: itemsize 0, so arrays of it take no memory
 
-#: Tile products with fewer multiply-accumulates than this run on one BLAS thread.
-_SMALL_TILE_MACS = 1 << 22
-
 #: Detail events list at most this many slices of one sub-event (the others do the same work at the same time).
 DETAIL_SLICES = 64
 
@@ -209,10 +206,8 @@ class EmulatingExecutor:
         }
         self._layer: int | None = None
         self._plans = _plans_for(hw)
-        # one tile's product, summed in `acc` and kept in `acc` (NumpyExecutor's matmul); small tile products run
-        # on one BLAS thread (thread hand-off costs more than a second thread gains at that size)
+        # one tile's product, summed in `acc` and kept in `acc` (NumpyExecutor's matmul)
         self._tile = NumpyExecutor(storage=self._acc, acc=self._acc)
-        self._tile1 = NumpyExecutor(storage=self._acc, acc=self._acc, small_matmul_threads=1, small_matmul_rows=1 << 62)
 
     def timeline(self, mode: str = "") -> Timeline:
         """The events recorded so far."""
@@ -328,7 +323,7 @@ class EmulatingExecutor:
 
     # -- primitives ----------------------------------------------------------------------------------------------
 
-    def matmul(self, x: Any, F: Any, *, op: str) -> Value:
+    def matmul(self, x: Any, F: Any, *, op: str, keep_acc: bool = False) -> Value:
         xd, Fd = self._data(x), self._data(F)
         weight = Fd.ndim == 2 and type(F) is not Value
         key = ("mm", xd.shape, Fd.shape, weight)
@@ -338,7 +333,7 @@ class EmulatingExecutor:
         ready, src = self._ready((x, F))
         end, idx = self._run(op, plan, ready, src)
         if self.numeric:
-            data = self._tiled_matmul(self._a(x), self._a(F)).astype(self._st, copy=False)
+            data = self._tiled_matmul(self._a(x), self._a(F)).astype(self._acc if keep_acc else self._st, copy=False)
         else:
             data = dummy(self._matmul_shape(xd.shape, Fd.shape))
         return Value(data, end, idx, plan.load, self)
@@ -395,14 +390,13 @@ class EmulatingExecutor:
         n = Fa.shape[-2]
         if n <= tk:  # one tile: the plain product (and NumpyExecutor's BLAS thread policy)
             return self._tile.matmul(xa, Fa, op="tile")
-        small = xa.size // n * tk * Fa.shape[-1] < _SMALL_TILE_MACS
-        mm = self._tile1.matmul if small else self._tile.matmul
+        mm = self._tile.matmul
         parts = [mm(xa[..., j : j + tk], Fa[..., j : j + tk, :], op="tile") for j in range(0, n, tk)]  # (..., m)
         return _tree_list(parts)
 
-    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str) -> Value:
+    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, keep_acc: bool = False) -> Value:
         if self.numeric:
-            data = np.asarray(fn(*[self._a(x) for x in xs])).astype(self._st, copy=False)
+            data = np.asarray(fn(*[self._a(x) for x in xs])).astype(self._acc if keep_acc else self._st, copy=False)
             out_shape = data.shape
         else:
             shapes = [x.data.shape if type(x) is Value else np.shape(x) for x in xs]

@@ -94,8 +94,8 @@ def emulate(sc: Scenario, hw: HardwareConfig, mode: str, *, detail_layer: int | 
     w = {k: dummy(s) for k, s in prepared_shapes(cfg).items()}
     lead = () if sc.batch == 1 else (sc.batch,)
     past = sc.context if sc.phase == "decode" else 0
-    kv = dummy((*lead, past, cfg.n_kv_heads, cfg.head_dim))  # ([B,] S, Hkv, hd)
-    cache = KVCache(k=(kv,) * cfg.n_layers, v=(kv,) * cfg.n_layers)
+    kv = dummy((cfg.n_layers, *lead, past + sc.tokens, cfg.n_kv_heads, cfg.head_dim))  # (L, [B,] S, Hkv, hd)
+    cache = KVCache(k=kv, v=kv, length=past)
     ids = np.zeros((*lead, sc.tokens), dtype=np.int64)  # ([B,] T)
     ex = EmulatingExecutor(hw, numeric=False, detail_layer=detail_layer)
     forward(w, cfg, ids, cache, mode=mode, ex=ex)  # type: ignore[arg-type]
