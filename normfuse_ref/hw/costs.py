@@ -86,6 +86,9 @@ SIMD_PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "residual": (("add",), ()),  # x + a
     "norm": (("mul", "mul"), ()),  # x * s * g                 (attn_qkv.norm, ffn_gate_up.norm, output.norm)
     "scale": (("mul",), ()),  # y * s                           (attn_qkv.scale, ffn_gate_up.scale, output.scale)
+    "centre": (("add",), ()),  # x - mu                         (LayerNorm: <op>.centre, kept in registers)
+    "norm_shift": (("mul", "mul", "add"), ()),  # d * s * gamma + beta    (LayerNorm's LN(x): <op>.norm_shift)
+    "scale_shift": (("mul", "add"), ()),  # y * s + beta @ F             (fused LayerNorm: <op>.scale_shift)
     "rope_q": (("mul", "mul", "add"), ()),  # (u, v) -> (u cos - v sin, v cos + u sin), tables precomputed
     "rope_k": (("mul", "mul", "add"), ()),
     "attn_mask": (("mul", "max"), ()),  # z * 1/sqrt(hd), select -inf where masked

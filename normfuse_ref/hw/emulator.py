@@ -352,7 +352,7 @@ class EmulatingExecutor:
 
     # -- primitives ----------------------------------------------------------------------------------------------
 
-    def matmul(self, x: Any, F: Any, *, op: str) -> Value:
+    def matmul(self, x: Any, F: Any, *, op: str, keep_acc: bool = False) -> Value:
         x, F = self._here(x), self._here(F)
         xd, Fd = self._data(x), self._data(F)
         out_shape = self._matmul_shape(xd.shape, Fd.shape)
@@ -362,7 +362,7 @@ class EmulatingExecutor:
         else:
             out_place, end, idx, on_kv = self._kv_matmul(op, x, F, xd.shape, Fd.shape, stage)
         if self.numeric:
-            data = self._kernels.matmul(self._a(x), self._a(F)).astype(self._st, copy=False)
+            data = self._kernels.matmul(self._a(x), self._a(F)).astype(self._acc if keep_acc else self._st, copy=False)
         else:
             data = dummy(out_shape)
         return self._value(data, end, idx, out_place, on_kv=on_kv)
@@ -442,10 +442,10 @@ class EmulatingExecutor:
         end, idx = self._run(op, plan, ready, src, stage)
         return (kv.root(stage) if pv else kv.place(stage)), end, idx, not pv
 
-    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str) -> Value:
+    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, keep_acc: bool = False) -> Value:
         xs = tuple(self._here(x) for x in xs)
         if self.numeric:
-            data = np.asarray(fn(*[self._a(x) for x in xs])).astype(self._st, copy=False)
+            data = np.asarray(fn(*[self._a(x) for x in xs])).astype(self._acc if keep_acc else self._st, copy=False)
             out_shape = data.shape
         else:
             shapes = [x.data.shape if type(x) is Value else np.shape(x) for x in xs]

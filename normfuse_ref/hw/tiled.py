@@ -25,9 +25,6 @@ __all__ = ["TiledKernels", "tree_list", "tree_reduce"]
 
 Array = NDArray[Any]
 
-#: Tile products with fewer multiply-accumulates than this run on one BLAS thread.
-_SMALL_TILE_MACS = 1 << 22
-
 
 def tree_reduce(p: Array, combine: np.ufunc) -> Array:
     """Combine p[0], p[1], ... along axis 0 by a balanced binary tree: pairs, then pairs of pairs; an odd last one
@@ -70,10 +67,8 @@ class TiledKernels:
     def __init__(self, acc: np.dtype, tile_rows: int) -> None:
         self.acc = acc
         self.tile_rows = tile_rows
-        # one tile's product, summed in `acc` and kept in `acc` (NumpyExecutor's matmul); small tile products run
-        # on one BLAS thread (thread hand-off costs more than a second thread gains at that size)
+        # one tile's product, summed in `acc` and kept in `acc` (NumpyExecutor's matmul)
         self._tile = NumpyExecutor(storage=acc, acc=acc)
-        self._tile1 = NumpyExecutor(storage=acc, acc=acc, small_matmul_threads=1, small_matmul_rows=1 << 62)
 
     def matmul(self, xa: Array, Fa: Array) -> Array:
         """x @ F with K cut into tiles, their partial products summed by a binary adder tree."""
@@ -81,8 +76,7 @@ class TiledKernels:
         n = Fa.shape[-2]
         if n <= tk:  # one tile: the plain product (and NumpyExecutor's BLAS thread policy)
             return self._tile.matmul(xa, Fa, op="tile")
-        small = xa.size // n * tk * Fa.shape[-1] < _SMALL_TILE_MACS
-        mm = self._tile1.matmul if small else self._tile.matmul
+        mm = self._tile.matmul
         parts = [mm(xa[..., j : j + tk], Fa[..., j : j + tk, :], op="tile") for j in range(0, n, tk)]  # (..., m)
         return tree_list(parts)
 

@@ -101,8 +101,8 @@ def _llama_run(cfg: LlamaConfig, ex: Executor, mode: str, batch: int, tokens: in
 
     lead = () if batch == 1 else (batch,)
     if cache is None:
-        kv = dummy((*lead, past, cfg.n_kv_heads, cfg.head_dim))  # ([B,] S, Hkv, hd)
-        cache = KVCache(k=(kv,) * cfg.n_layers, v=(kv,) * cfg.n_layers)
+        kv = dummy((cfg.n_layers, *lead, past + tokens, cfg.n_kv_heads, cfg.head_dim))  # (L, [B,] S, Hkv, hd)
+        cache = KVCache(k=kv, v=kv, length=past)
     ids = np.zeros((*lead, tokens), dtype=np.int64)  # ([B,] T)
     _, cache = forward(_llama_dummies(cfg), cfg, ids, cache, mode=mode, ex=ex)  # type: ignore[arg-type]
     return cache
