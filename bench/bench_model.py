@@ -13,8 +13,8 @@ model, prepared weights, KV cache, activations and the libraries it imports. Mea
 Each is repeated `--repeats` times after a warm-up, and the best (fastest) run is reported with the median beside
 it: the best run is the one least disturbed by other processes on a shared machine.
 
-torch uses its default thread count (torch.get_num_threads(), printed); numpy's OpenBLAS its default for large
-products, and one thread for decode-sized ones (NumpyExecutor.small_matmul_threads).
+torch uses its default thread count (torch.get_num_threads(), printed); numpy's OpenBLAS its default for a large
+step, and one thread for a decode-sized step (`Model.forward` wraps each step in `ops.step_blas_threads`).
 
     .venv/bin/python bench/bench_model.py            # needs: normfuse fetch smollm2-135m; pip install -e ".[hf]"
     .venv/bin/python bench/bench_model.py --no-hf    # normfuse only
@@ -32,7 +32,10 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from normfuse_ref.llama.weights import Mode
 
 PROMPT = "What is the capital of France?"
 NEW_TOKENS = 64
@@ -47,30 +50,30 @@ def _summary(times: list[float]) -> dict[str, float]:
     return {"best": min(times), "median": statistics.median(times)}
 
 
-def worker_normfuse(mode: str, repeats: int) -> dict[str, Any]:
+def worker_normfuse(mode: Mode, repeats: int) -> dict[str, Any]:
     import numpy as np
 
     from normfuse_ref.llama.model import load_model, prompt_ids
 
     t0 = time.perf_counter()
     model = load_model("smollm2-135m")
-    model.weights(mode)  # type: ignore[arg-type]
+    model.weights(mode)
     load_s = time.perf_counter() - t0
     ids = prompt_ids(model, PROMPT)
     big = np.random.default_rng(0).integers(100, 40000, PREFILL)
 
     def decode() -> float:
-        logits, cache = model.forward(ids, None, mode)  # type: ignore[arg-type]
+        logits, cache = model.forward(ids, None, mode)
         tok = int(np.argmax(logits[-1]))
         t = time.perf_counter()
         for _ in range(NEW_TOKENS):
-            logits, cache = model.forward([tok], cache, mode)  # type: ignore[arg-type]
+            logits, cache = model.forward([tok], cache, mode)
             tok = int(np.argmax(logits[-1]))
         return time.perf_counter() - t
 
     def prefill() -> float:
         t = time.perf_counter()
-        logits, _ = model.forward(big, None, mode)  # type: ignore[arg-type]
+        logits, _ = model.forward(big, None, mode)
         dt = time.perf_counter() - t
         assert logits.shape == (PREFILL, model.cfg.vocab_size)
         return dt
@@ -84,7 +87,7 @@ def worker_normfuse(mode: str, repeats: int) -> dict[str, Any]:
         "decode_s": _summary(dec),
         "prefill_s": _summary(pre),
         "peak_rss_mb": _rss_mb(),
-        "threads": "OpenBLAS default (decode-sized products: 1)",
+        "threads": "OpenBLAS default (decode-sized steps: 1)",
     }
 
 

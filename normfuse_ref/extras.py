@@ -1,11 +1,12 @@
 """The optional parts of normfuse and the packages each needs (pyproject.toml's optional dependencies).
 
-The core install (numpy, rich, sympy, ml_dtypes) runs the timeline, the sweeps, the proofs and the demo. The rest:
+The core install (numpy, rich, sympy, ml_dtypes, threadpoolctl) runs the timeline, the sweeps, the proofs and the
+demo. The rest:
 
 | extra | packages (import names) | what needs them |
 |---|---|---|
-| `model` | gguf, tokenizers, safetensors, jinja2, scipy | reading real models: `generate`, `embed`, `load_model` |
-| `fuzz` | hypothesis | `normfuse fuzz` and `normfuse_ref.testing` |
+| `model` | gguf, tokenizers, safetensors, jinja2, scipy | reading real models: `generate`, `embed`, `load_model`, the BERT loader |
+| `fuzz` | hypothesis | `normfuse fuzz` and `normfuse_ref.fuzz` |
 | `plot` | matplotlib | figures (`--figure`) |
 
 `require("model", "normfuse generate")` raises `MissingExtra` (an ImportError) naming the missing packages and

@@ -1,52 +1,88 @@
-"""The paper's fused rules: defer the normalisation scale until after the following linear layer.
-
-Each rule has the same arguments and result as its reference composition in `normfuse_ref.layers`, and a
-*folded* form that takes weights folded once, offline (a model loader folds at load time and applies many times).
-Why it pays (Salmani & Soloveychik, arXiv 2502.17728): the scale s needs a collective reduction over the whole
-row; applied after the matmul, that collective runs on the SIMD units while the DIMC tiles do the matmul.
+"""The paper's fused rules, each written once against the executor primitives: defer the normalisation scale until
+after the following linear layer.
 
     RMSNorm -> linear    rms_norm(x, g) @ F                 == s * (x @ (g ⊙ F)),           s = 1/sqrt(mean x^2 + eps)
     LayerNorm -> linear  layer_norm(x, gamma, beta) @ F     == s * (x @ F') + beta @ F,     s = 1/sqrt(var + eps),
                                                                F' = (I - E/n) Gamma F  (centring folded into F)
     Softmax -> linear    softmax(z) @ V                     == (e^{z - m} @ V) / sum e^{z - m}
 
-The softmax max m is itself a collective. `softmax_linear` therefore never takes a global max before the matmul:
-the row is split into tiles, each tile keeps its own state (m, l, o) = (local max, local sum e^{z-m},
-local e^{z-m} @ V), and tiles are combined with `online_softmax_merge`, the online-softmax rescaling rule. Merging
-is associative and commutative in real arithmetic (proofs/online_softmax_merge.py), so any tiling and merge
-order gives the same result up to rounding.
+Why it pays (Salmani & Soloveychik, arXiv 2502.17728): the scale s needs a collective reduction over the whole
+row; applied after the matmul, that collective runs on the SIMD units while the DIMC tiles do the matmul.
 
-Rounding policy: a folded weight is computed in float64 and stored once in the weight's own dtype (what a DIMC
-tile would hold); the matmul and the scale run in the accumulation dtype; the result is rounded once to x's dtype.
-A fully masked softmax row gives zeros and NaN/Inf propagate, exactly as in the reference layers.
+One implementation per order. Each rule has
+- its fused order on an executor: `rms_norm_linear_folded`, `layer_norm_linear_folded` (weights folded once,
+  offline, by `fold_rms_norm` / `fold_layer_norm`) and `softmax_linear`;
+- its reference order on an executor: `rms_norm_linear_reference`, `layer_norm_linear_reference`,
+  `softmax_linear_reference` - the textbook composition, issued as primitives so that a model's baseline mode and
+  the emulator's baseline timeline run it;
+- the array call `rms_norm_linear(x, g, F, eps)` / `layer_norm_linear(...)`, which folds and runs the fused order.
+Every function takes `ex=` (a `normfuse_ref.ops.Executor`); without it, a plain `NumpyExecutor` for the first
+argument's dtype and `acc` computes, so the array call, the model's forward pass (`normfuse_ref.llama.forward`), the
+emulator (`normfuse_ref.hw`) and the fuzz suite run the same lines. `op` names the linear layer; the normalisation's
+primitives are named after it (`{op}.rms`, `{op}.scale`, ...) so the emulator can price them (hw/costs.py).
+
+Rounding: the one rule of `normfuse_ref.ops` (docs/numerics.md, "Rounding rule"). A folded weight is computed in
+float64 and stored once in the weight's own dtype (what a DIMC tile would hold); the matmul, the statistics and the
+scale run in the accumulation dtype, and the result is rounded once to storage. The reference order rounds where
+the reference layers do: the normalised row (the matmul's operand) and the output.
+
+The softmax max m is itself a collective. `softmax_linear` therefore never takes a global max before the matmul:
+the row is split into tiles (the executor's slices), each tile keeps its own state (m, l, o) = (local max,
+local sum e^{z-m}, local e^{z-m} @ V), and tiles are combined with `online_softmax_merge`. Merging is associative
+and commutative in real arithmetic (proofs/online_softmax_merge.py), so any tiling and merge order gives the same
+result up to rounding. A fully masked softmax row gives zeros and NaN/Inf propagate, as in the reference layers
+(`layers.shifted_exp`, `layers.normalise_rows`).
+
+Validation (shapes, dtypes, eps) happens in the array calls (`ex=None`); a caller passing an executor has
+validated its inputs (a forward pass), and its values may be emulator handles rather than arrays.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike
 
-from .layers import check_eps, check_matrix, check_rows, check_vector
-from .precision import accumulation_dtype, as_float_array, matmul_acc, mean_acc, resolve_dtype, sum_acc
+from .layers import check_eps, check_matrix, check_rows, check_vector, normalise_rows, shifted_exp
+from .precision import Array, as_float_array, matmul_acc, resolve_dtype, sum_acc
+
+if TYPE_CHECKING:
+    from .ops import Executor
 
 __all__ = [
     "SoftmaxState",
     "fold_layer_norm",
     "fold_rms_norm",
+    "layer_norm_alone",
     "layer_norm_linear",
     "layer_norm_linear_folded",
+    "layer_norm_linear_reference",
     "online_softmax_merge",
     "rms_norm_linear",
     "rms_norm_linear_folded",
+    "rms_norm_linear_reference",
     "softmax_finalize",
     "softmax_linear",
+    "softmax_linear_reference",
     "softmax_tile_state",
 ]
 
-Array = NDArray[Any]
+
+def plain_executor(storage: DTypeLike, acc: DTypeLike | None = None, tile_size: int | None = None) -> Executor:
+    """The executor of the array calls: NumPy, storage = the inputs' dtype, accumulation `acc` (default policy)."""
+    from .ops import NumpyExecutor  # ops builds its softmax primitives on this module: imported when first needed
+
+    return NumpyExecutor(storage=storage, acc=acc, tile_size=tile_size)
+
+
+def _executor(ex: Executor | None, acc: DTypeLike | None, x: Any) -> Executor:
+    """`ex`, or the plain executor for x's dtype and `acc` when there is none."""
+    if ex is None:
+        return plain_executor(x.dtype, acc)
+    if acc is not None:
+        raise ValueError("pass acc= or ex=, not both: an executor has its own accumulation dtype")
+    return ex
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -65,26 +101,66 @@ def fold_rms_norm(g: ArrayLike, F: ArrayLike, *, dtype: DTypeLike | None = None)
 
 
 # reference: linear(rms_norm(x, g, eps), F)
-def rms_norm_linear_folded(x: ArrayLike, F_g: ArrayLike, eps: float = 1e-6, *, acc: DTypeLike | None = None) -> Array:
-    """s * (x @ F_g) with F_g = fold_rms_norm(g, F) and s = 1/sqrt(mean(x^2) + eps) applied after the matmul."""
-    x = check_rows(x, "x")
-    F_g = check_matrix(F_g, "F_g", x.shape[-1], "x", x.shape)
-    eps = check_eps(eps)
-    a = accumulation_dtype(x.dtype, acc)
-    xa = x.astype(a)  # (..., n)
-    y = matmul_acc(xa, F_g, a)  # (..., m)   DIMC: runs while the SIMD units compute s
-    s = 1 / np.sqrt(mean_acc(xa * xa) + a.type(eps))  # (..., 1)   the collective
-    return (s * y).astype(x.dtype)  # (..., m)
+def rms_norm_linear_folded(
+    x: Any,
+    F_g: Any,
+    eps: float = 1e-6,
+    *,
+    acc: DTypeLike | None = None,
+    ex: Executor | None = None,
+    op: str = "rms_norm_linear",
+) -> Any:
+    """The fused order: s * (x @ F_g), F_g = fold_rms_norm(g, F), s = 1/sqrt(mean(x^2) + eps) applied after."""
+    if ex is None:
+        x = check_rows(x, "x")
+        F_g = check_matrix(F_g, "F_g", x.shape[-1], "x", x.shape)
+        eps = check_eps(eps)
+    ex = _executor(ex, acc, x)
+    y = ex.matmul(x, F_g, op=op, keep_acc=True)  # (..., m)   DIMC starts at once on raw x; y waits for s in acc
+    s = ex.reduce(x, "rms_scale", op=f"{op}.rms", eps=eps)  # (..., 1)   the collective, beside the matmul
+    return ex.elementwise(lambda y, s: y * s, y, s, op=f"{op}.scale")  # (..., m)
+
+
+def rms_norm_linear_reference(
+    x: Any,
+    g: Any,
+    F: Any,
+    eps: float = 1e-6,
+    *,
+    acc: DTypeLike | None = None,
+    ex: Executor | None = None,
+    op: str = "rms_norm_linear",
+) -> Any:
+    """The reference order: linear(rms_norm(x, g, eps), F); the matmul waits for the collective s."""
+    if ex is None:
+        x = check_rows(x, "x")
+        g = check_vector(g, "g", x.shape[-1], "x", x.shape)
+        F = check_matrix(F, "F", x.shape[-1], "x", x.shape)
+        eps = check_eps(eps)
+    ex = _executor(ex, acc, x)
+    s = ex.reduce(x, "rms_scale", op=f"{op}.rms", eps=eps)  # (..., 1)   the collective, then the matmul waits
+    h = ex.elementwise(lambda x, s, g: x * s * g, x, s, g, op=f"{op}.norm")  # (..., n)   stored: the DIMC operand
+    return ex.matmul(h, F, op=op)  # (..., m)
 
 
 # reference: linear(rms_norm(x, g, eps), F)
 def rms_norm_linear(
-    x: ArrayLike, g: ArrayLike, F: ArrayLike, eps: float = 1e-6, *, acc: DTypeLike | None = None
-) -> Array:
-    """RMSNorm followed by a linear layer, with g folded into F and 1/rms applied after the matmul."""
+    x: ArrayLike,
+    g: ArrayLike,
+    F: ArrayLike,
+    eps: float = 1e-6,
+    *,
+    acc: DTypeLike | None = None,
+    ex: Executor | None = None,
+    op: str = "rms_norm_linear",
+) -> Any:
+    """RMSNorm followed by a linear layer, with g folded into F (here, on every call) and 1/rms after the matmul.
+
+    A model folds once, offline (`fold_rms_norm`), and calls `rms_norm_linear_folded`."""
     x = check_rows(x, "x")
     F = check_matrix(F, "F", x.shape[-1], "x", x.shape)
-    return rms_norm_linear_folded(x, fold_rms_norm(g, F), eps, acc=acc)
+    eps = check_eps(eps)
+    return rms_norm_linear_folded(x, fold_rms_norm(g, F), eps, ex=_executor(ex, acc, x), op=op)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,30 +190,108 @@ def fold_layer_norm(
     return F_prime.astype(out), b.astype(out)
 
 
+def _layer_norm_stats(ex: Executor, x: Any, eps: float, op: str) -> tuple[Any, Any]:
+    """The collective of both orders: d = x - mu (kept in acc) and s = 1/sqrt(mean(d^2) + eps) (two-pass)."""
+    mu = ex.reduce(x, "mean", op=f"{op}.mean")  # (..., 1)
+    d = ex.elementwise(lambda x, mu: x - mu, x, mu, op=f"{op}.centre", keep_acc=True)  # (..., n)   in registers
+    s = ex.reduce(d, "rms_scale", op=f"{op}.rms", eps=eps)  # (..., 1)
+    return d, s
+
+
+def _layer_norm_out(ex: Executor, d: Any, s: Any, gamma: Any, beta: Any, op: str) -> Any:
+    """LN(x) = d * s * gamma + beta, stored."""
+    return ex.elementwise(lambda d, s, gamma, beta: d * s * gamma + beta, d, s, gamma, beta, op=f"{op}.norm_shift")
+
+
+# reference: layer_norm(x, gamma, beta, eps)
+def layer_norm_alone(
+    x: Any, gamma: Any, beta: Any, eps: float = 1e-5, *, ex: Executor | None = None, op: str = "layer_norm"
+) -> Any:
+    """A LayerNorm that feeds no linear layer (a post-LN encoder's last), with the primitives of both orders."""
+    if ex is None:
+        x = check_rows(x, "x")
+        gamma = check_vector(gamma, "gamma", x.shape[-1], "x", x.shape)
+        beta = check_vector(beta, "beta", x.shape[-1], "x", x.shape)
+        eps = check_eps(eps)
+    ex = _executor(ex, None, x)
+    d, s = _layer_norm_stats(ex, x, eps, op)  # (..., n), (..., 1)
+    return _layer_norm_out(ex, d, s, gamma, beta, op)  # (..., n)
+
+
 # reference: linear(layer_norm(x, gamma, beta, eps), F)
 def layer_norm_linear_folded(
-    x: ArrayLike, F_prime: ArrayLike, b: ArrayLike, eps: float = 1e-5, *, acc: DTypeLike | None = None
-) -> Array:
-    """s * (x @ F') + b with (F', b) = fold_layer_norm(gamma, beta, F) and s = 1/sqrt(var + eps) after the matmul.
+    x: Any,
+    F_prime: Any,
+    b: Any,
+    eps: float = 1e-5,
+    *,
+    acc: DTypeLike | None = None,
+    ex: Executor | None = None,
+    op: str = "layer_norm_linear",
+    norm: tuple[Any, Any] | None = None,
+) -> Any:
+    """The fused order: s * (x @ F') + b, (F', b) = fold_layer_norm(gamma, beta, F), s = 1/sqrt(var + eps) after.
 
     The matmul sees raw x: the centring lives in F'. Only the variance is still a collective (it needs mu too,
-    computed beside it on the SIMD side; two-pass, as in the reference).
+    computed beside it on the SIMD side; two-pass, as in the reference). With `norm=(gamma, beta)` the result is
+    the pair (y, LN(x)), LN(x) = (x - mu) s gamma + beta computed from the same mu and s (a post-LN block feeds it
+    into the residual stream).
     """
-    x = check_rows(x, "x")
-    F_prime = check_matrix(F_prime, "F_prime", x.shape[-1], "x", x.shape)
-    b = as_float_array(b, "b")
-    if b.shape != (F_prime.shape[1],):
-        raise ValueError(
-            f"b has shape {b.shape} but F_prime has shape {F_prime.shape}; expected b of shape ({F_prime.shape[1]},)"
-        )
-    eps = check_eps(eps)
-    a = accumulation_dtype(x.dtype, acc)
-    xa = x.astype(a)  # (..., n)
-    y = matmul_acc(xa, F_prime, a)  # (..., m)   DIMC: runs while the SIMD units compute s
-    mu = mean_acc(xa)  # (..., 1)
-    d = xa - mu  # (..., n)
-    s = 1 / np.sqrt(mean_acc(d * d) + a.type(eps))  # (..., 1)   the collective
-    return (s * y + b.astype(a)).astype(x.dtype)  # (..., m)
+    if ex is None:
+        x = check_rows(x, "x")
+        F_prime = check_matrix(F_prime, "F_prime", x.shape[-1], "x", x.shape)
+        b = as_float_array(b, "b")
+        if b.shape != (F_prime.shape[1],):
+            raise ValueError(
+                f"b has shape {b.shape} but F_prime has shape {F_prime.shape}; expected b of shape ({F_prime.shape[1]},)"
+            )
+        eps = check_eps(eps)
+        if norm is not None:
+            gamma, beta = norm
+            norm = (
+                check_vector(gamma, "gamma", x.shape[-1], "x", x.shape),
+                check_vector(beta, "beta", x.shape[-1], "x", x.shape),
+            )
+    ex = _executor(ex, acc, x)
+    y = ex.matmul(x, F_prime, op=op, keep_acc=True)  # (..., m)   DIMC: runs while the SIMD units compute s
+    d, s = _layer_norm_stats(ex, x, eps, op)  # (..., n), (..., 1)   the collective
+    out = ex.elementwise(lambda y, s, b: y * s + b, y, s, b, op=f"{op}.scale_shift")  # (..., m)
+    if norm is None:
+        return out
+    return out, _layer_norm_out(ex, d, s, norm[0], norm[1], op)  # (..., m), (..., n)
+
+
+def layer_norm_linear_reference(
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    F: Any,
+    eps: float = 1e-5,
+    *,
+    acc: DTypeLike | None = None,
+    ex: Executor | None = None,
+    op: str = "layer_norm_linear",
+    return_norm: bool = False,
+    b: Any = None,
+) -> Any:
+    """The reference order: linear(layer_norm(x, gamma, beta, eps), F) (+ b, the linear layer's own bias, added to
+    the product in acc and rounded once with it); with `return_norm` the pair (y, LN(x))."""
+    if ex is None:
+        x = check_rows(x, "x")
+        n = x.shape[-1]
+        gamma = check_vector(gamma, "gamma", n, "x", x.shape)
+        beta = check_vector(beta, "beta", n, "x", x.shape)
+        F = check_matrix(F, "F", n, "x", x.shape)
+        eps = check_eps(eps)
+        if b is not None:
+            b = check_vector(b, "b", F.shape[1], "F", F.shape)
+    ex = _executor(ex, acc, x)
+    d, s = _layer_norm_stats(ex, x, eps, op)  # (..., n), (..., 1)   the collective, then the matmul waits
+    h = _layer_norm_out(ex, d, s, gamma, beta, op)  # (..., n)   stored: the DIMC operand
+    y = ex.matmul(h, F, op=op, keep_acc=b is not None)  # (..., m)
+    if b is not None:
+        y = ex.elementwise(lambda y, b: y + b, y, b, op=f"{op}.bias")  # (..., m)
+    return (y, h) if return_norm else y
 
 
 # reference: linear(layer_norm(x, gamma, beta, eps), F)
@@ -149,12 +303,19 @@ def layer_norm_linear(
     eps: float = 1e-5,
     *,
     acc: DTypeLike | None = None,
-) -> Array:
-    """LayerNorm followed by a linear layer, with centring and gain folded into F' and 1/sigma after the matmul."""
+    ex: Executor | None = None,
+    op: str = "layer_norm_linear",
+    return_norm: bool = False,
+) -> Any:
+    """LayerNorm followed by a linear layer, with centring and gain folded into F' (here, on every call) and
+    1/sigma after the matmul; with `return_norm` the pair (y, LN(x)). A model folds once, offline
+    (`fold_layer_norm`), and calls `layer_norm_linear_folded`."""
     x = check_rows(x, "x")
     F = check_matrix(F, "F", x.shape[-1], "x", x.shape)
-    F_prime, b = fold_layer_norm(gamma, beta, F)
-    return layer_norm_linear_folded(x, F_prime, b, eps, acc=acc)
+    eps = check_eps(eps)
+    F_prime, b = fold_layer_norm(gamma, beta, F)  # checks gamma and beta against F, hence against x
+    norm = (np.asarray(gamma), np.asarray(beta)) if return_norm else None
+    return layer_norm_linear_folded(x, F_prime, b, eps, ex=_executor(ex, acc, x), op=op, norm=norm)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,9 +337,7 @@ class SoftmaxState(NamedTuple):
 def softmax_tile_state(z_tile: Array, V_tile: Array) -> SoftmaxState:
     """The state of one tile, computed in the arrays' own (accumulation) dtype, no collective needed."""
     m = np.max(z_tile, axis=-1, keepdims=True)  # (..., 1)   local max only
-    m_shift = np.where(np.isneginf(m), 0, m)  # (..., 1)   an all-masked tile shifts by 0: its e^z are all 0
-    with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose: +inf in a row gives a NaN row
-        p = np.exp(z_tile - m_shift)  # (..., n_t)
+    p = shifted_exp(z_tile, m)  # (..., n_t)
     return SoftmaxState(m=m, l=sum_acc(p), o=matmul_acc(p, V_tile, p.dtype))
 
 
@@ -187,29 +346,71 @@ def online_softmax_merge(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
 
         l = l_a e^{m_a - m} + l_b e^{m_b - m},   o = o_a e^{m_a - m} + o_b e^{m_b - m}
 
-    A side whose max is -inf (all masked) gets weight 0 instead of e^{-inf - (-inf)} = NaN. NaN maxima propagate.
+    A side whose max is -inf (all masked) gets weight e^{-inf} = 0; when both are, m = -inf and `shifted_exp`
+    shifts by 0 instead of computing e^{-inf - (-inf)} = NaN. NaN maxima propagate.
     """
     m = np.maximum(a.m, b.m)  # (..., 1)
-    with np.errstate(invalid="ignore"):  # -inf - -inf is replaced just below
-        alpha = np.where(np.isneginf(a.m), 0, np.exp(a.m - m))  # (..., 1)
-        beta = np.where(np.isneginf(b.m), 0, np.exp(b.m - m))  # (..., 1)
+    alpha = shifted_exp(a.m, m)  # (..., 1)   e^{m_a - m}: 0 for a masked side, also when both are (m = -inf)
+    beta = shifted_exp(b.m, m)  # (..., 1)   e^{m_b - m}
     return SoftmaxState(m=m, l=a.l * alpha + b.l * beta, o=a.o * alpha + b.o * beta)
 
 
 def softmax_finalize(state: SoftmaxState) -> Array:
     """The deferred division o / l; a row with l = 0 (fully masked) is defined to be zeros."""
-    l = state.l
-    return np.where(l == 0, 0, state.o / np.where(l == 0, 1, l)).astype(state.o.dtype)
+    return normalise_rows(state.o, state.l)
 
 
 # reference: softmax(z) @ V
-def softmax_linear(z: ArrayLike, V: ArrayLike, *, tile_size: int | None = None, acc: DTypeLike | None = None) -> Array:
+def softmax_linear(
+    z: ArrayLike,
+    V: ArrayLike,
+    *,
+    tile_size: int | None = None,
+    acc: DTypeLike | None = None,
+    ex: Executor | None = None,
+    op: str = "softmax_linear",
+) -> Any:
     """softmax(z) @ V with the denominator applied after the matmul and no global max before it.
 
     z (..., n) scores; V (n, m), or (..., n, m) with the same leading axes as z (as in per-head attention, z of
-    shape (H, T, n) and V of shape (H, n, m)). The row is split into tiles of `tile_size` entries (default: one
-    tile), each tile's state is computed locally, and the states are merged left to right.
+    shape (H, T, n) and V of shape (H, n, m)). The row is split into the executor's slices (for the array call,
+    tiles of `tile_size` entries, default one tile), each slice's state is computed locally, and the states are
+    merged by the online-softmax collective. `op` names the matmul (e.g. "attn_pv"); the softmax's own primitives
+    are "softmax.merge" and "softmax.scale".
     """
+    if ex is None:
+        z, V = _check_scores(z, V, tile_size)
+        ex = plain_executor(z.dtype, acc, tile_size)
+    elif acc is not None or tile_size is not None:
+        raise ValueError("pass acc= and tile_size= or ex=, not both: an executor has its own dtype and slices")
+    t = ex.softmax_tiles(z, V, op=op)  # per slice: local max, e^{z-m}, sum, e @ V (no communication)
+    t = ex.softmax_merge(t, op="softmax.merge")  # the collective: online-softmax merge of the slice states
+    o = ex.elementwise(normalise_rows, t.o, t.l, op="softmax.scale")  # (..., 1, m)   the deferred division
+    return ex.layout(lambda o: o[..., 0, :], o, op="softmax.rows")  # (..., m)
+
+
+def softmax_linear_reference(
+    z: ArrayLike,
+    V: ArrayLike,
+    *,
+    acc: DTypeLike | None = None,
+    ex: Executor | None = None,
+    op: str = "softmax_linear",
+) -> Any:
+    """The reference order: linear(softmax(z), V); two collectives (max, sum) before the matmul can start."""
+    if ex is None:
+        z, V = _check_scores(z, V, None)
+        ex = plain_executor(z.dtype, acc)
+    elif acc is not None:
+        raise ValueError("pass acc= or ex=, not both: an executor has its own accumulation dtype")
+    m = ex.reduce(z, "max", op="softmax.max")  # (..., 1)   collective 1
+    e = ex.elementwise(shifted_exp, z, m, op="softmax.exp", keep_acc=True)  # (..., n)
+    l = ex.reduce(e, "sum", op="softmax.sum")  # (..., 1)   collective 2
+    p = ex.elementwise(normalise_rows, e, l, op="softmax.div")  # (..., n)   stored: the DIMC operand
+    return ex.matmul(p, V, op=op)  # (..., m)
+
+
+def _check_scores(z: ArrayLike, V: ArrayLike, tile_size: int | None) -> tuple[Array, Array]:
     z = check_rows(z, "z")
     V = as_float_array(V, "V")
     n = z.shape[-1]
@@ -219,8 +420,4 @@ def softmax_linear(z: ArrayLike, V: ArrayLike, *, tile_size: int | None = None, 
         )
     if tile_size is not None and tile_size < 1:
         raise ValueError(f"tile_size must be >= 1; got {tile_size}")
-    a = accumulation_dtype(z.dtype, acc)
-    za, Va = z.astype(a), V.astype(a)
-    t = n if tile_size is None else tile_size
-    states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]
-    return softmax_finalize(functools.reduce(online_softmax_merge, states)).astype(z.dtype)  # (..., m)
+    return z, V

@@ -15,25 +15,26 @@ Conventions (docs/notation.md, "Notation"):
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .precision import accumulation_dtype, as_float_array, matmul_acc, mean_acc, sum_acc
+from .precision import Array, accumulation_dtype, as_float_array, matmul_acc, mean_acc, sum_acc
 
 __all__ = [
     "attention",
     "layer_norm",
     "linear",
+    "normalise_rows",
     "rms_norm",
     "rope",
+    "shifted_exp",
     "silu",
     "softmax",
     "swiglu",
 ]
 
-Array = NDArray[Any]
 RopeLayout = Literal["half", "interleaved"]
 
 
@@ -83,18 +84,43 @@ def check_eps(eps: float) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# The two helpers every softmax in normfuse uses (the reference layer, the fused rule's tiles and its deferred
+# division, the forward pass in both orders): a fully masked row is handled here and nowhere else.
+
+
+def shifted_exp(z: Array, m: Array) -> Array:
+    """e^{z - m} over rows, in z's dtype, with m (..., 1) the row's shift (its max, or a tile's local max).
+
+    A fully masked row (every entry -inf, so m = -inf) is shifted by 0 instead: its exponentials are all 0 rather
+    than e^{-inf - (-inf)} = NaN. +inf in a row gives NaN on purpose (+inf - +inf): a NaN row, as documented above.
+    One new array, exponentiated in place.
+    """
+    with np.errstate(invalid="ignore"):
+        e = np.subtract(z, np.where(np.isneginf(m), 0, m).astype(z.dtype))  # (..., n)
+        return np.exp(e, out=e)
+
+
+def normalise_rows(o: Array, l: Array) -> Array:
+    """o / l per row (l of shape (..., 1)); a row with l = 0 has no visible entry and is defined to be zeros.
+
+    The softmax's division (o = e^{z - m}, or the fused order's deferred o = e^{z - m} @ V); l >= 1 for every
+    row with a visible entry, since its largest exponential is e^0.
+    """
+    empty = l == 0  # (..., 1)
+    out = o / np.where(empty, 1, l)  # (..., m)
+    np.copyto(out, 0, where=empty)
+    return out
+
+
 def softmax_acc(za: Array) -> Array:
     """Softmax over the last axis, computed and returned in za's own dtype (the accumulation dtype).
 
-    Shift by the row max m so exp never overflows; a fully masked row (m = -inf) is shifted by 0 instead, its
-    exponentials are all 0, and the row is defined to be all zeros rather than 0/0.
+    Shift by the row max m so exp never overflows (`shifted_exp`); a fully masked row is all zeros rather than
+    0/0 (`normalise_rows`).
     """
     m = np.max(za, axis=-1, keepdims=True)  # (..., 1)
-    m_shift = np.where(np.isneginf(m), 0, m)  # (..., 1)
-    with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose: +inf in a row gives a NaN row
-        e = np.exp(za - m_shift)  # (..., n)
-    l = sum_acc(e)  # (..., 1)
-    return np.where(l == 0, 0, e / np.where(l == 0, 1, l)).astype(za.dtype)  # (..., n)
+    e = shifted_exp(za, m)  # (..., n)
+    return normalise_rows(e, sum_acc(e))  # (..., n)
 
 
 def softmax(z: ArrayLike, *, acc: DTypeLike | None = None) -> Array:
@@ -152,9 +178,20 @@ def linear(x: ArrayLike, F: ArrayLike, *, acc: DTypeLike | None = None) -> Array
 
 
 def silu_acc(xa: Array) -> Array:
-    """SiLU x * sigmoid(x) in xa's dtype; exp(-x) may overflow to inf for very negative x, giving -0 as it should."""
+    """SiLU x * sigmoid(x) = x / (1 + e^{-x}) in xa's dtype, computed in place on one new array; e^{-x} may
+    overflow to inf for very negative x, giving -0 as it should."""
+    h = np.negative(xa)  # (..., n)
     with np.errstate(over="ignore"):
-        return (xa / (1 + np.exp(-xa))).astype(xa.dtype)
+        np.exp(h, out=h)
+    h += 1
+    return np.divide(xa, h, out=h)
+
+
+def silu_gate(g: Array, u: Array) -> Array:
+    """The SwiGLU hidden layer silu(g) * u, elementwise in g's dtype (the accumulation dtype), on one new array."""
+    h = silu_acc(g)  # (..., f)
+    h *= u
+    return h
 
 
 def silu(x: ArrayLike, *, acc: DTypeLike | None = None) -> Array:
@@ -177,7 +214,7 @@ def swiglu(
     F_down = check_matrix(F_down, "F_down", F_gate.shape[1], "x @ F_gate", (*x.shape[:-1], F_gate.shape[1]))
     a = accumulation_dtype(x.dtype, acc)
     xa = x.astype(a)  # (..., n)
-    h = silu_acc(matmul_acc(xa, F_gate, a)) * matmul_acc(xa, F_up, a)  # (..., f)
+    h = silu_gate(matmul_acc(xa, F_gate, a), matmul_acc(xa, F_up, a))  # (..., f)
     return matmul_acc(h, F_down, a).astype(x.dtype)  # (..., n_out)
 
 
@@ -229,15 +266,25 @@ def rope(
         )
     a = accumulation_dtype(x.dtype, acc)
     cos, sin = rope_angles(p, hd, base)  # (..., hd/2)
-    cos, sin = cos.astype(a), sin.astype(a)
-    xa = x.astype(a)  # (..., hd)
+    return rotate_pairs(x.astype(a), cos, sin, layout).astype(x.dtype)  # (..., hd)
+
+
+def rotate_pairs(xa: Array, cos: Array, sin: Array, layout: str) -> Array:
+    """Rotate the RoPE pairs of xa (..., hd) by angles with cos, sin broadcastable to (..., hd/2), in xa's dtype.
+
+    Each pair (u, v) becomes (u cos - v sin, v cos + u sin); "half" pairs (x[i], x[i + hd/2]), "interleaved" pairs
+    (x[2i], x[2i + 1]). The tables are rounded once to xa's dtype; the result is one new array.
+    """
+    hd = xa.shape[-1]
+    c, s = cos.astype(xa.dtype), sin.astype(xa.dtype)  # (..., hd/2)
+    out = np.empty_like(xa)  # (..., hd)
     if layout == "half":
-        u, v = xa[..., : hd // 2], xa[..., hd // 2 :]  # (..., hd/2) each
-        out = np.concatenate([u * cos - v * sin, v * cos + u * sin], axis=-1)  # (..., hd)
+        u, v, ou, ov = xa[..., : hd // 2], xa[..., hd // 2 :], out[..., : hd // 2], out[..., hd // 2 :]
     else:
-        u, v = xa[..., 0::2], xa[..., 1::2]  # (..., hd/2) each
-        out = np.stack([u * cos - v * sin, v * cos + u * sin], axis=-1).reshape(xa.shape)  # (..., hd)
-    return out.astype(x.dtype)
+        u, v, ou, ov = xa[..., 0::2], xa[..., 1::2], out[..., 0::2], out[..., 1::2]
+    np.subtract(u * c, v * s, out=ou)  # (..., hd/2)
+    np.add(v * c, u * s, out=ov)  # (..., hd/2)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,42 +1,57 @@
-"""The primitive operations a forward pass issues, and the plain NumPy executor that just computes them.
+"""The primitive operations a forward pass issues, the one rounding rule, and the plain NumPy executor.
 
-The forward pass (`normfuse_ref.llama.forward`) is written once and touches activations only through an
-`Executor`. `NumpyExecutor` computes (the fast path); the tile emulator (`normfuse_ref.hw`) executes the same
-calls slice by slice, or cost-only on shapes, and records a timeline. The primitives are chosen so that every
-place the paper cares about is visible to the emulator:
+The fused rules (`normfuse_ref.fusion`) and the forward passes (`normfuse_ref.llama.forward`) are written once and
+touch activations only through an `Executor`. `NumpyExecutor` computes (the plain path: the array calls of the rules,
+the model); the tile emulator (`normfuse_ref.hw`) executes the same calls slice by slice, or cost-only on shapes, and
+records a timeline. The primitives are chosen so that every place the paper cares about is visible to the emulator:
 
 | primitive        | engine on a SIMD/DIMC machine                  | example                                  |
 |------------------|------------------------------------------------|------------------------------------------|
 | `matmul`         | DIMC tiles (+ partial-sum adder tree)           | x @ F_qkv, q @ k^T, p @ v                 |
 | `elementwise`    | SIMD units, no communication                   | residual add, RoPE, SiLU * up, y * s      |
-| `reduce`         | SIMD partials + a network collective           | 1/rms, softmax max, softmax sum           |
+| `reduce`         | SIMD partials + a network collective           | 1/rms, mean, softmax max, softmax sum     |
 | `softmax_tiles`  | SIMD (local max, exp, sum) + DIMC (e @ V), per slice, no communication | fused softmax -> V |
 | `softmax_merge`  | a network collective: the online-softmax merge | fused softmax -> V                        |
-| `layout`         | free (addressing): reshape, transpose, gather, concat | split heads, KV-cache append        |
+| `layout`         | free (addressing): reshape, transpose, gather, concat, a KV-cache write | split heads        |
 
-Dtype rule: operands are cast to the accumulation dtype `acc`, computed, and every result is rounded to the
-storage dtype, except the per-row statistics (`reduce` results and softmax states), which stay in `acc`, as a
-SIMD unit keeps them in wide registers. `elementwise` callables receive acc arrays and must broadcast
-elementwise (their output shape is the broadcast of their inputs: the emulator relies on it in cost-only mode).
-`layout` callables must only move data.
+THE ROUNDING RULE (docs/numerics.md, "Rounding rule"; every executor implements it, every order obeys it):
+
+    Operands are cast to the accumulation dtype `acc` and every primitive computes in `acc`. A result is rounded
+    to the storage dtype when it is *written back*: a value that a DIMC tile reads as an operand (the normalised
+    row h, the probabilities p, the head activations), that is cached (K, V), or that leaves a layer (its output,
+    the residual stream). A result stays in `acc` when the SIMD unit consumes it itself, in wide registers:
+      - per-row statistics: every `reduce` result, every softmax state (m, l, o) of `softmax_tiles` and
+        `softmax_merge`;
+      - partial values, marked by the caller with `keep_acc=True` on `matmul` or `elementwise`: the unnormalised
+        output of a fused rule waiting for its deferred scale (y = x @ F_g before s), the centred row d = x - mu
+        before its variance, the exponentials e^{z - m} before their sum, the attention scores before the softmax.
+    `layout` only moves data and never rounds.
+
+So each rule rounds exactly where its reference composition in `normfuse_ref.layers` does (the reference order of
+RMSNorm -> linear rounds h and the output; its fused order rounds the folded weight, offline, and the output once),
+whichever executor runs it. `elementwise` callables receive acc arrays and must broadcast elementwise (their output
+shape is the broadcast of their inputs: the emulator relies on it in cost-only mode). `layout` callables must only
+move data.
+
+Speed lives here and nowhere else: `step_blas_threads` limits the BLAS threads around a whole forward step
+(threadpoolctl), for the callers that want it (`normfuse_ref.llama.model.Model.forward`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import DTypeLike
 
 from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
-from .precision import accumulation_dtype, matmul_acc, mean_acc, resolve_dtype, sum_acc
+from .precision import Array, accumulation_dtype, matmul_acc, mean_acc, resolve_dtype, sum_acc
 
-__all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles"]
-
-Array = NDArray[Any]
+__all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles", "blas_threads", "step_blas_threads"]
 
 #: What `reduce` computes over the last axis (keepdims): the row max, the row sum, the row mean, or the RMSNorm
 #: scale s = 1/sqrt(mean(x^2) + eps) (a sum of squares collective finished by an rsqrt on the SIMD unit). LayerNorm's
@@ -55,16 +70,17 @@ class SoftmaxTiles(NamedTuple):
 class Executor(Protocol):
     """What a forward pass may ask for. Values are opaque to the caller (arrays, or shapes in cost-only mode)."""
 
-    def matmul(self, x: Any, F: Any, *, op: str) -> Any:
-        """x (..., n) @ F (n, m) or batched F (..., n, m) -> (..., m)."""
+    def matmul(self, x: Any, F: Any, *, op: str, keep_acc: bool = False) -> Any:
+        """x (..., n) @ F (n, m) or batched F (..., n, m) -> (..., m); rounded to storage unless keep_acc."""
         ...
 
-    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str) -> Any:
-        """fn(*xs) broadcast elementwise. A costing executor finds the SIMD program by `op` (its name)."""
+    def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, keep_acc: bool = False) -> Any:
+        """fn(*xs) broadcast elementwise; rounded to storage unless keep_acc. A costing executor finds the SIMD
+        program by `op` (its name)."""
         ...
 
     def reduce(self, x: Any, kind: ReduceKind, *, op: str, eps: float = 0.0) -> Any:
-        """A collective reduction over the last axis, keepdims: (..., n) -> (..., 1)."""
+        """A collective reduction over the last axis, keepdims: (..., n) -> (..., 1), kept in acc."""
         ...
 
     def softmax_tiles(self, z: Any, V: Any, *, op: str) -> SoftmaxTiles:
@@ -76,7 +92,7 @@ class Executor(Protocol):
         ...
 
     def layout(self, fn: Callable[..., Array], *xs: Any, op: str) -> Any:
-        """Pure data movement: reshape, transpose, gather, concatenate."""
+        """Pure data movement: reshape, transpose, gather, concatenate, write into a preallocated buffer."""
         ...
 
     def scope(self, *, layer: int | None) -> contextlib.AbstractContextManager[None]:
@@ -84,25 +100,47 @@ class Executor(Protocol):
         ...
 
 
-def _openblas_thread_setter() -> Callable[[int], int] | None:
-    """numpy's bundled OpenBLAS `openblas_set_num_threads_local(n) -> previous n`, or None if it is not there
-    (another BLAS, an older OpenBLAS): then the thread count is left to the BLAS."""
-    import ctypes
-    import glob
-    import os
-
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
-    for path in libs:
-        try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
-        return fn
-    return None
+# ---------------------------------------------------------------------------------------------------------------
+# BLAS threads, around a whole step
+# ---------------------------------------------------------------------------------------------------------------
 
 
-_SET_BLAS_THREADS = _openblas_thread_setter()
+@functools.cache
+def _blas() -> Any:
+    """The BLAS libraries loaded in this process, as a threadpoolctl controller (inspected once: its `limit` then
+    costs ~10 us). Imported when first needed: only a model's decode steps limit threads."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def blas_threads(limit: int | None) -> contextlib.AbstractContextManager[object]:
+    """At most `limit` BLAS threads for the code inside the block (threadpoolctl); None leaves the BLAS default.
+
+    Only speed depends on this, never the numbers. Meant around a whole forward step, not each product.
+    """
+    if limit is None:
+        return contextlib.nullcontext()
+    return _blas().limit(limits=limit, user_api="blas")
+
+
+#: A forward step over fewer new rows than this (per sequence) is decode-sized: its products are matrix-vector.
+DECODE_ROWS = 16
+#: BLAS threads for a decode-sized step. One, the robust choice: matrix-vector products are memory-bound, so on an
+#: idle 2-core machine a second thread adds only ~20% bandwidth (24 vs 20 GB/s), while when another process keeps a
+#: core busy OpenBLAS's waiting threads make a 2-thread gemv 2-75x slower than a 1-thread one (measured on the
+#: 2-core test machine; bench/README.md). Larger steps (prefill) keep the BLAS default.
+DECODE_BLAS_THREADS = 1
+
+
+def step_blas_threads(rows: int) -> contextlib.AbstractContextManager[object]:
+    """The BLAS thread limit for one forward step over `rows` new positions per sequence (see DECODE_ROWS)."""
+    return blas_threads(DECODE_BLAS_THREADS if rows < DECODE_ROWS else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plain executor
+# ---------------------------------------------------------------------------------------------------------------
 
 
 #: NumpyExecutor.scope's context: labels mean nothing to a plain executor (reusable, no per-call generator).
@@ -111,25 +149,18 @@ _NO_SCOPE = contextlib.nullcontext()
 
 @dataclass
 class NumpyExecutor:
-    """Computes every primitive directly with NumPy.
+    """Computes every primitive directly with NumPy, under the rounding rule above.
 
-    storage: the dtype activations are rounded to after every op (default float32).
+    storage: the dtype written-back results are rounded to (default float32).
     acc: the accumulation dtype (default: the policy in `normfuse_ref.precision`).
     tile_size: how many entries of a softmax row one slice holds in `softmax_tiles` (None: the whole row is one
-        slice). The emulator uses its own slice size; any value gives the same result up to rounding.
-    small_matmul_threads: BLAS threads for products with fewer than `small_matmul_rows` rows per matrix (a decode
-        step's matrix-vector products), None = the BLAS default. Default 1, the robust choice: such products are
-        memory-bound, so on an idle 2-core machine a second thread adds only ~20% bandwidth (24 vs 20 GB/s), while
-        when another process keeps a core busy OpenBLAS's waiting threads make a 2-thread gemv 2-75x slower than a
-        1-thread one (measured on the 2-core test machine; bench/README.md). Large products (prefill) keep the
-        BLAS default. Only speed depends on this setting, never the numbers.
+        slice); slices are merged left to right. The emulator uses its own slice size; any value gives the same
+        result up to rounding.
     """
 
     storage: DTypeLike = np.float32
     acc: DTypeLike | None = None
     tile_size: int | None = None
-    small_matmul_threads: int | None = 1
-    small_matmul_rows: int = 16
 
     def __post_init__(self) -> None:
         self._st = resolve_dtype(self.storage)
@@ -140,24 +171,15 @@ class NumpyExecutor:
     def _a(self, x: Array) -> Array:
         return x if x.dtype == self._acc else x.astype(self._acc)
 
-    def _threads(self, rows: int) -> int | None:
-        """The BLAS thread count to impose for products with `rows` rows per matrix (None: leave the default)."""
-        if _SET_BLAS_THREADS is None or rows >= self.small_matmul_rows:
-            return None
-        return self.small_matmul_threads
+    def _out(self, y: Array, keep_acc: bool) -> Array:
+        """The rounding rule: written back in storage, or kept in acc."""
+        return y.astype(self._acc if keep_acc else self._st, copy=False)
 
-    def matmul(self, x: Array, F: Array, *, op: str) -> Array:
-        n = self._threads(x.shape[-2] if x.ndim >= 2 else 1)
-        if n is None:
-            return matmul_acc(x, F, self._acc).astype(self._st, copy=False)
-        prev = _SET_BLAS_THREADS(n)  # type: ignore[misc]
-        try:
-            return matmul_acc(x, F, self._acc).astype(self._st, copy=False)
-        finally:
-            _SET_BLAS_THREADS(prev)  # type: ignore[misc]
+    def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
+        return self._out(matmul_acc(x, F, self._acc), keep_acc)
 
-    def elementwise(self, fn: Callable[..., Array], *xs: Array, op: str) -> Array:
-        return np.asarray(fn(*[self._a(x) for x in xs])).astype(self._st, copy=False)
+    def elementwise(self, fn: Callable[..., Array], *xs: Array, op: str, keep_acc: bool = False) -> Array:
+        return self._out(np.asarray(fn(*[self._a(x) for x in xs])), keep_acc)
 
     def reduce(self, x: Array, kind: ReduceKind, *, op: str, eps: float = 0.0) -> Array:
         xa = self._a(x)
@@ -176,21 +198,7 @@ class NumpyExecutor:
         za, Va = self._a(z), self._a(V)
         n = za.shape[-1]
         t = n if self.tile_size is None else self.tile_size
-        threads = self._threads(za.shape[-2] if za.ndim >= 2 else 1)
-        prev = None if threads is None else _SET_BLAS_THREADS(threads)  # type: ignore[misc]
-        try:
-            if t >= n:  # one slice: fusion.softmax_tile_state's arithmetic, exp in place, no stacking copies
-                m = np.max(za, axis=-1, keepdims=True)  # (..., 1)
-                with np.errstate(invalid="ignore"):  # +inf - +inf -> NaN on purpose, as in softmax_tile_state
-                    p = np.subtract(za, np.where(np.isneginf(m), 0, m).astype(za.dtype))  # (..., n)
-                    np.exp(p, out=p)
-                l = sum_acc(p)  # (..., 1)
-                o = matmul_acc(p, Va, p.dtype)  # (..., m)
-                return SoftmaxTiles(m=m[..., None, :], l=l[..., None, :], o=o[..., None, :])
-            states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]
-        finally:
-            if prev is not None:
-                _SET_BLAS_THREADS(prev)  # type: ignore[misc]
+        states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]
         return SoftmaxTiles(
             m=np.stack([s.m for s in states], axis=-2),  # (..., k, 1)
             l=np.stack([s.l for s in states], axis=-2),  # (..., k, 1)
@@ -199,7 +207,7 @@ class NumpyExecutor:
 
     def softmax_merge(self, t: SoftmaxTiles, *, op: str) -> SoftmaxTiles:
         state = SoftmaxState(m=t.m[..., 0, :], l=t.l[..., 0, :], o=t.o[..., 0, :])
-        for i in range(1, t.m.shape[-2]):
+        for i in range(1, t.m.shape[-2]):  # left to right
             state = online_softmax_merge(state, SoftmaxState(m=t.m[..., i, :], l=t.l[..., i, :], o=t.o[..., i, :]))
         return SoftmaxTiles(m=state.m[..., None, :], l=state.l[..., None, :], o=state.o[..., None, :])
 

@@ -22,7 +22,7 @@ fp8 is *storage only*: it is never a sensible accumulation dtype, and `accumulat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import ml_dtypes
 import numpy as np
@@ -30,6 +30,8 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 __all__ = [
     "DTYPES",
+    "F64",
+    "Array",
     "DtypeInfo",
     "accumulation_dtype",
     "as_float_array",
@@ -40,6 +42,11 @@ __all__ = [
     "sum_acc",
     "tree_sum",
 ]
+
+#: An array of any supported dtype: the one alias every module uses for activations, weights and results.
+Array: TypeAlias = NDArray[Any]
+#: A float64 array: oracle values and error bounds.
+F64: TypeAlias = NDArray[np.float64]
 
 #: Every storage dtype the toolkit supports, by its short name.
 DTYPES: dict[str, np.dtype] = {
@@ -112,7 +119,7 @@ def accumulation_dtype(storage: DTypeLike | str, acc: DTypeLike | str | None = N
     return a
 
 
-def as_float_array(x: ArrayLike, name: str) -> NDArray[Any]:
+def as_float_array(x: ArrayLike, name: str) -> Array:
     """`x` as an array of a supported floating dtype; TypeError for integer, bool, complex or object input.
 
     Python floats and lists of them become float64 (numpy's default), which is supported.
@@ -128,7 +135,7 @@ def as_float_array(x: ArrayLike, name: str) -> NDArray[Any]:
     return arr
 
 
-def tree_sum(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
+def tree_sum(x: Array, axis: int = -1) -> Array:
     """Sum over `axis` (keepdims) as a balanced adder tree, every partial sum rounded to x's dtype.
 
     Used for 16-bit accumulators: numpy's own float16 reductions keep float32 partial sums along contiguous axes
@@ -145,12 +152,12 @@ def tree_sum(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
     return np.moveaxis(p, -1, axis)  # keepdims
 
 
-def sum_acc(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
+def sum_acc(x: Array, axis: int = -1) -> Array:
     """Sum over `axis` (keepdims) accumulated in x's own dtype: `tree_sum` for 16-bit dtypes, numpy otherwise."""
     return tree_sum(x, axis) if x.dtype.itemsize <= 2 else np.sum(x, axis=axis, keepdims=True, dtype=x.dtype)
 
 
-def mean_acc(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
+def mean_acc(x: Array, axis: int = -1) -> Array:
     """Mean over `axis` (keepdims) accumulated in x's own dtype.
 
     np.mean silently accumulates float16 in float32; a 16-bit accumulator must overflow where float16 would, so
@@ -160,7 +167,7 @@ def mean_acc(x: NDArray[Any], axis: int = -1) -> NDArray[Any]:
     return (sum_acc(x, axis) / x.dtype.type(n)).astype(x.dtype)
 
 
-def matmul_acc(x: NDArray[Any], F: NDArray[Any], acc: np.dtype) -> NDArray[Any]:
+def matmul_acc(x: Array, F: Array, acc: np.dtype) -> Array:
     """x (..., n) @ F (n, m) or (..., n, m), with the products summed in `acc`.
 
     32- and 64-bit accumulators use BLAS. numpy's float16 (and ml_dtypes' bfloat16) matmul accumulates in float32

@@ -1,12 +1,14 @@
 """SymPy derivations of the commutation identities behind normfuse's fused rules (arXiv 2502.17728).
 
-One file per identity, each runnable on its own (`python proofs/<name>.py` prints its checked derivation) and
-importable; `_steps.py` holds the step checker they share. This package is `proofs` in a checkout and
-`normfuse_ref._proofs` in an installed wheel (hatchling force-include), so files import each other relatively.
+One file per identity, each runnable on its own (`python -m proofs <name>` prints its checked derivation; `python
+-m proofs` prints them all) and importable; `_steps.py` holds the step checker and the tie to the code they
+share. This package is `proofs` in a checkout (the repository root is on sys.path in an editable install) and
+`normfuse_ref._proofs` in an installed wheel (hatchling force-include), so files import each other relatively;
+`normfuse_ref.cli.prove.load_proofs` finds whichever is there.
 
 The registry below is what `normfuse prove` and the tests use:
 
-    PROOFS[name]          the proof module: NAME, TITLE, SYMBOLIC_N, steps(n), negative_controls(n), prove(n)
+    PROOFS[name]          the proof module: NAME, TITLE, SYMBOLIC_N, steps(n), negative_controls(n), tie(n), prove(n)
     prove(name, n)        the checked Proof at symbolic n (None) or one concrete n, cached (checks are pure)
     prove_all(name)       symbolic n (if the identity has a symbolic-n derivation), then every n in CONCRETE_N
     equation_text(step), equation_latex(step)   how a step reads, for `normfuse prove` and the scripts
@@ -26,7 +28,7 @@ from . import (
     softmax_linear,
 )
 from ._display import equation_latex, equation_text
-from ._steps import CONCRETE_N, CONTROLS_UP_TO_N, Proof, Step, StepResult, check_step
+from ._steps import CONCRETE_N, CONTROLS_UP_TO_N, Proof, Step, StepResult, Tie, TieResult, check_step, check_tie
 
 __all__ = [
     "CONCRETE_N",
@@ -36,7 +38,10 @@ __all__ = [
     "ProofModule",
     "Step",
     "StepResult",
+    "Tie",
+    "TieResult",
     "check_step",
+    "check_tie",
     "equation_latex",
     "equation_text",
     "prove",
@@ -54,6 +59,8 @@ class ProofModule(Protocol):
     def steps(self, size: int | None) -> list[Step]: ...
 
     def negative_controls(self, size: int | None) -> list[Step]: ...
+
+    def tie(self, size: int) -> Tie: ...
 
     def prove(self, size: int | None = None) -> Proof: ...
 

@@ -1,4 +1,4 @@
-"""How a step reads, as plain text and as LaTeX, and the printout of `python proofs/<name>.py`.
+"""How a step reads, as plain text and as LaTeX, and the printout of `python -m proofs <name>`.
 
 Shared by the proof files (run as scripts) and by `normfuse prove`, so both show the same equations.
 """
@@ -86,7 +86,10 @@ def summary_line(proof: Proof) -> str:
         )
     else:
         controls = "no controls at this n"
-    return f"{where_label(proof.n)}: {steps}, {controls}  {MARK[proof.passed]}"
+    code = ""
+    if proof.code is not None:
+        code = f", {proof.code.code} off by {proof.code.error:.1e} {MARK[proof.code.passed]}"
+    return f"{where_label(proof.n)}: {steps}, {controls}{code}  {MARK[proof.passed]}"
 
 
 def run_as_script(name: str, title: str, prove: Callable[[int | None], Proof], *, symbolic: bool) -> int:

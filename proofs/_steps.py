@@ -9,10 +9,15 @@ A derivation is a list of `Step`s, one statement each. A step holds when both wi
    out of a sum over i, and bound summation indices are renamed canonically (alpha-renaming: Sum_i a_i and
    Sum_j a_j are the same sum, but SymPy compares the names). Matrices are compared entry by entry.
 2. numeric: every free symbol is replaced by a seeded random value and both sides are evaluated to 50 digits.
-   Integer symbols (a symbolic dimension n, a column index k) get small integers 1..4 first, so that finite sums
-   unroll; then every entry x[i] of an IndexedBase and every remaining symbol gets a nonzero random rational
-   (positive when the symbol is declared positive), carried as a 50-digit float. The seed is fixed and mixed with
-   the step's name, so a run is reproducible and each step sees its own values.
+   Integer symbols (a symbolic dimension n, a column index k) get integers 2..6 first, so that finite sums unroll
+   (never 1: at n = 1 several steps are 0 = 0 and a missing 1/n would pass; n = 1 itself is checked by the concrete
+   derivation at n = 1); then every entry x[i] of an IndexedBase and every remaining symbol gets a nonzero random
+   rational (positive when the symbol is declared positive), carried as a 50-digit float. The seed is fixed and
+   mixed with the step's name, so a run is reproducible and each step sees its own values.
+
+A derivation is tied to the code it specifies (`Tie`): at every concrete n >= 2 its end-to-end right-hand side,
+lambdified, is evaluated on random float64 inputs and compared with the library function (e.g.
+`normfuse_ref.fusion.rms_norm_linear`) on the same inputs. A proof passes only if the code agrees.
 
 A *negative control* is a plausible but wrong rewrite. It is rejected when both witnesses say "not equal".
 The numeric witness is the real refutation there (a single point where lhs != rhs disproves the claim); a symbolic
@@ -23,10 +28,11 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypeAlias
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
+import numpy as np
 import sympy as sp
 from sympy.matrices import MatrixBase
 
@@ -110,6 +116,72 @@ class StepResult:
         return not self.symbolic and not self.numeric
 
 
+#: The relative tolerance of a tie: both sides are float64 evaluations of the same formula on the same inputs
+#: (magnitudes 1/2 .. 2, n <= 6), each output through fewer than 40 roundings in either evaluation, so they differ
+#: by less than 80 u64 = 9e-15 of the largest magnitude involved; 1e-12 leaves a factor of 100. A rule that differs
+#: from the proof (eps outside the square root, a missing 1/n, an unscaled merge) is off by 1e-2 or more.
+TIE_RTOL = 1e-12
+
+#: Symbol -> array: the numbers a tie draws for the code's arguments.
+Inputs: TypeAlias = Mapping[str, sp.Basic | sp.Matrix | Sequence[sp.Basic]]
+
+
+@dataclass(frozen=True)
+class Tie:
+    """The proof's end-to-end right-hand side at one concrete n, and the library code it specifies.
+
+    `inputs` are the code's arguments by name, as the proof's symbols: a Matrix becomes a 2-D array of its shape,
+    a sequence of symbols a 1-D array, a symbol a float. `call` runs the code on those arrays; `expr` (every `where`
+    definition substituted) is what it must equal. `fixed` gives some symbols values instead of random ones.
+    """
+
+    code: str  # what the proof is compared with, for display: "fusion.rms_norm_linear"
+    inputs: Inputs
+    expr: Expression
+    call: Callable[[dict[str, Any]], object]
+    fixed: Mapping[sp.Basic, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TieResult:
+    """How far the code is from the proof's right-hand side on random float64 inputs."""
+
+    code: str
+    error: float  # max |code - proof| over the outputs
+    scale: float  # max(1, max |proof|)
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= TIE_RTOL * self.scale
+
+
+def check_tie(tie: Tie, *, seed: int = SEED) -> TieResult:
+    """Evaluate `tie.expr` (lambdified) and `tie.call` on the same random float64 inputs; see `Tie`."""
+    rng = np.random.default_rng(seed ^ zlib.crc32(tie.code.encode()))
+
+    def draw(symbol: sp.Basic) -> float:
+        if symbol in tie.fixed:
+            return float(tie.fixed[symbol])
+        value = float(rng.uniform(0.5, 2.0))
+        return value if symbol.is_positive or rng.random() < 0.5 else -value
+
+    values: dict[sp.Basic, float] = {}
+    arrays: dict[str, Any] = {}
+    for name, symbols in tie.inputs.items():
+        if isinstance(symbols, MatrixBase):
+            arrays[name] = np.array([[values.setdefault(e, draw(e)) for e in row] for row in symbols.tolist()])
+        elif isinstance(symbols, sp.Basic):
+            arrays[name] = values.setdefault(symbols, draw(symbols))
+        else:
+            arrays[name] = np.array([values.setdefault(e, draw(e)) for e in symbols])
+    values.update({k: float(v) for k, v in tie.fixed.items()})
+    free = sorted(values, key=str)
+    expected = np.asarray(sp.lambdify(free, tie.expr, "numpy")(*(values[v] for v in free)), dtype=np.float64)
+    expected = expected.reshape(-1)  # the proof's matrices are rows or columns; compare entry by entry
+    got = np.asarray(tie.call(arrays), dtype=np.float64).reshape(-1, expected.size)  # one or more variants
+    return TieResult(tie.code, float(np.max(np.abs(got - expected))), max(1.0, float(np.max(np.abs(expected)))))
+
+
 @dataclass(frozen=True)
 class Proof:
     """The checked derivation of one identity at one dimension n (None: symbolic n)."""
@@ -118,11 +190,14 @@ class Proof:
     n: int | None
     steps: tuple[StepResult, ...]
     negative_controls: tuple[StepResult, ...]
+    code: TieResult | None = None  # the library code against the proof's right-hand side (concrete n >= 2)
 
     @property
     def passed(self) -> bool:
-        """Every step holds and every negative control is rejected (a checker that accepts them proves nothing)."""
-        return all(r.holds for r in self.steps) and all(r.rejected for r in self.negative_controls)
+        """Every step holds, every negative control is rejected (a checker that accepts them proves nothing), and
+        the code it specifies computes its right-hand side."""
+        steps = all(r.holds for r in self.steps) and all(r.rejected for r in self.negative_controls)
+        return steps and (self.code is None or self.code.passed)
 
 
 def check_step(step: Step, *, seed: int = SEED) -> StepResult:
@@ -132,15 +207,23 @@ def check_step(step: Step, *, seed: int = SEED) -> StepResult:
 
 
 def run_proof(
-    name: str, n: int | None, steps: Sequence[Step], negative_controls: Sequence[Step], *, seed: int = SEED
+    name: str,
+    n: int | None,
+    steps: Sequence[Step],
+    negative_controls: Sequence[Step],
+    *,
+    tie: Callable[[int], Tie] | None = None,
+    seed: int = SEED,
 ) -> Proof:
-    """Check every step of one derivation, and its negative controls if n is symbolic or n <= CONTROLS_UP_TO_N."""
+    """Check every step of one derivation, its negative controls if n is symbolic or n <= CONTROLS_UP_TO_N, and
+    (at concrete n >= 2) its tie to the code."""
     with_controls = n is None or n <= CONTROLS_UP_TO_N
     return Proof(
         name=name,
         n=n,
         steps=tuple(check_step(s, seed=seed) for s in steps),
         negative_controls=tuple(check_step(c, seed=seed) for c in negative_controls) if with_controls else (),
+        code=check_tie(tie(n), seed=seed) if tie is not None and n is not None and n >= 2 else None,
     )
 
 
@@ -223,9 +306,9 @@ def numeric_equal(lhs: Expression, rhs: Expression, rng: random.Random) -> bool:
     if len(left) != len(right) or _shape(lhs) != _shape(rhs):
         return False
     both = [*left, *right]
-    # 1. integer symbols (dimensions, indices, positions) -> 1..4, then unroll the now finite sums
+    # 1. integer symbols (dimensions, indices, positions) -> 2..6, then unroll the now finite sums
     ints = sorted({s for e in both for s in e.free_symbols if isinstance(s, sp.Symbol) and s.is_integer}, key=str)
-    int_values = {s: sp.Integer(rng.randint(1, 4)) for s in ints}
+    int_values = {s: sp.Integer(rng.randint(2, 6)) for s in ints}
     both = [sp.sympify(e).xreplace(int_values) for e in both]
     both = [e.doit() if e.has(sp.Sum) else e for e in both]
     # 2. entries of IndexedBases, then every remaining symbol -> nonzero random rationals, carried as DIGITS-digit

@@ -41,22 +41,17 @@ Negative controls (wrong rewrites the checker must reject):
 The controls keep s an opaque positive number: a rewrite rule must hold for every value of s, and one value where it
 fails refutes it (it also keeps simplify, which is slow to give up on nonzero expressions, fast).
 
-Run `python proofs/layer_norm_linear.py` to print the checked derivation.
+Run `python -m proofs layer_norm_linear` (`python -m normfuse_ref._proofs layer_norm_linear` from an installed wheel) to print the
+checked derivation.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import sympy as sp
 
-if not __package__:  # run as `python proofs/layer_norm_linear.py`: import the package from the repo root (PEP 366)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "proofs"
+from normfuse_ref import fusion
 
-from ._display import run_as_script
-from ._steps import Definitions, Proof, Step, run_proof
+from ._steps import Definitions, Proof, Step, Tie, run_proof
 
 NAME = "layer_norm_linear"
 TITLE = "LayerNorm -> linear: layer_norm(x, gamma, beta) F == s (x F') + beta F, F' = (I - E/n) Gamma F"
@@ -312,10 +307,15 @@ def negative_controls(size: int | None) -> list[Step]:
     return _symbolic_controls() if size is None else _concrete_controls(size)
 
 
+def tie(size: int) -> Tie:
+    """The end-to-end right-hand side s (x F') + beta F at n = size, against the library's fused rule."""
+    m = _concrete(size)
+    end = next(step for step in _concrete_steps(size) if step.name == "end to end")
+    _, rhs = end.expanded()
+    inputs = {"x": m["x"], "gamma": list(m["gamma"]), "beta": list(m["beta"]), "F": m["F"], "eps": eps}
+    return Tie("fusion.layer_norm_linear", inputs, rhs, lambda a: fusion.layer_norm_linear(**a))
+
+
 def prove(size: int | None = None) -> Proof:
     """Check every step and negative control at symbolic n (None) or one concrete n."""
-    return run_proof(NAME, size, steps(size), negative_controls(size))
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_as_script(NAME, TITLE, prove, symbolic=SYMBOLIC_N))
+    return run_proof(NAME, size, steps(size), negative_controls(size), tie=tie)

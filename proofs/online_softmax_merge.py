@@ -45,23 +45,21 @@ Negative controls (wrong merges the checker must reject):
 At n = 1 a row is a single tile and no merge can go wrong, so the concrete controls start at n = 2. The symbolic
 controls compare with (softmax(z) V)_k as in step 6, with the tiles' own sums substituted.
 
-Run `python proofs/online_softmax_merge.py` to print the checked derivation.
+Run `python -m proofs online_softmax_merge` (`python -m normfuse_ref._proofs online_softmax_merge` from an installed wheel) to print the
+checked derivation.
 """
 
 from __future__ import annotations
 
-import sys
 from functools import reduce
-from pathlib import Path
+from typing import Any
 
+import numpy as np
 import sympy as sp
 
-if not __package__:  # run as `python proofs/online_softmax_merge.py`: import the package from the repo root (PEP 366)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "proofs"
+from normfuse_ref import fusion
 
-from ._display import run_as_script
-from ._steps import Definitions, Proof, Step, run_proof
+from ._steps import Definitions, Proof, Step, Tie, run_proof
 
 NAME = "online_softmax_merge"
 TITLE = "Online softmax: merge((m_a, l_a, o_a), (m_b, l_b, o_b)) is exact, commutative and associative"
@@ -319,10 +317,23 @@ def negative_controls(size: int | None) -> list[Step]:
     return _symbolic_controls() if size is None else _concrete_controls(size)
 
 
+def tie(size: int) -> Tie:
+    """The merge of two tiles' states, each with its own max (`merge` of `tile_state`s, Max written out), at
+    n = size, against the library's tile states and online_softmax_merge."""
+    zs, Vs = _concrete(size)
+    half = (size + 1) // 2
+    merged = merge(tile_state(zs, Vs, 0, half), tile_state(zs, Vs, half, size))  # (2 + M, 1): m, l, o
+
+    def call(a: dict[str, Any]) -> object:
+        z, V = np.asarray(a["z"]), np.asarray(a["V"])
+        st = fusion.online_softmax_merge(
+            fusion.softmax_tile_state(z[:, :half], V[:half]), fusion.softmax_tile_state(z[:, half:], V[half:])
+        )
+        return np.concatenate([st.m, st.l, st.o], axis=-1)  # (1, 2 + M)
+
+    return Tie("fusion.online_softmax_merge", {"z": zs, "V": Vs}, merged, call)
+
+
 def prove(size: int | None = None) -> Proof:
     """Check every step and negative control at symbolic n (None) or one concrete n."""
-    return run_proof(NAME, size, steps(size), negative_controls(size))
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_as_script(NAME, TITLE, prove, symbolic=SYMBOLIC_N))
+    return run_proof(NAME, size, steps(size), negative_controls(size), tie=tie)

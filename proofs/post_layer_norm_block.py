@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import sympy as sp
 
 if not __package__:  # run as `python proofs/post_layer_norm_block.py`: import the package from the repo root (PEP 366)
@@ -52,7 +54,7 @@ if not __package__:  # run as `python proofs/post_layer_norm_block.py`: import t
     __package__ = "proofs"
 
 from ._display import run_as_script
-from ._steps import Definitions, Proof, Step, run_proof
+from ._steps import Definitions, Proof, Step, Tie, run_proof
 from .layer_norm_linear import F_, FOLD, STATS, F, _concrete, _stats, _sum, b, beta, eps, gamma, i, k, mu, s, var, x
 
 NAME = "post_layer_norm_block"
@@ -248,9 +250,29 @@ def negative_controls(size: int | None) -> list[Step]:
     return _symbolic_controls() if size is None else _concrete_controls(size)
 
 
+def tie(size: int) -> Tie:
+    """Both branches of the fused site, (y, LN(x)) = (s (x F') + b', s (x - mu) gamma + beta) at n = size, against
+    the library's rule with `norm=` (what `normfuse_ref.models.bert.forward` calls in fused mode)."""
+    from normfuse_ref import fusion
+
+    c = _concrete_block(size)
+    expr = c["y_fused"].row_join(c["h_fused"])  # (1, M + n)
+    for symbol, definition in reversed(_stats(c["x"])):  # mu, var, s written out, last first
+        expr = expr.xreplace({symbol: definition})
+    inputs = {"x": c["x"], "gamma": list(c["gamma"]), "beta": list(c["beta"]), "F": c["F"], "b_F": list(c["b_F"])}
+    inputs["eps"] = eps
+
+    def call(a: dict[str, Any]) -> object:
+        F_prime, bF = fusion.fold_layer_norm(a["gamma"], a["beta"], a["F"])
+        y, h = fusion.layer_norm_linear_folded(a["x"], F_prime, bF + a["b_F"], a["eps"], norm=(a["gamma"], a["beta"]))
+        return np.concatenate([y, h], axis=-1)
+
+    return Tie("fusion.layer_norm_linear_folded(norm=...)", inputs, expr, call)
+
+
 def prove(size: int | None = None) -> Proof:
-    """Check every step and negative control at symbolic n (None) or one concrete n."""
-    return run_proof(NAME, size, steps(size), negative_controls(size))
+    """Check every step and negative control at symbolic n (None) or one concrete n, and the tie to the code."""
+    return run_proof(NAME, size, steps(size), negative_controls(size), tie=tie)
 
 
 if __name__ == "__main__":

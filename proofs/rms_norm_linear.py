@@ -26,22 +26,17 @@ Negative controls (wrong rewrites the checker must reject):
 - deferring the scale past the SiLU of the gate projection, silu(s a) vs s silu(a): the scale commutes with the
   linear layer only; a fused kernel must apply s before the next nonlinearity.
 
-Run `python proofs/rms_norm_linear.py` to print the checked derivation.
+Run `python -m proofs rms_norm_linear` (`python -m normfuse_ref._proofs rms_norm_linear` from an installed wheel) to print the
+checked derivation.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import sympy as sp
 
-if not __package__:  # run as `python proofs/rms_norm_linear.py`: import the package from the repo root (PEP 366)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "proofs"
+from normfuse_ref import fusion
 
-from ._display import run_as_script
-from ._steps import Definitions, Proof, Step, run_proof
+from ._steps import Definitions, Proof, Step, Tie, run_proof
 
 NAME = "rms_norm_linear"
 TITLE = "RMSNorm -> linear: rms_norm(x, g) F == s (x (g ⊙ F)), s = 1/sqrt(mean(x^2) + eps)"
@@ -203,10 +198,14 @@ def negative_controls(size: int | None) -> list[Step]:
     return _symbolic_controls() if size is None else _concrete_controls(size)
 
 
+def tie(size: int) -> Tie:
+    """The end-to-end right-hand side s (x (g ⊙ F)) at n = size, against the library's fused rule."""
+    xs, gs, Fs, _ = _concrete(size)
+    _, rhs = _concrete_steps(size)[-1].expanded()  # "end to end", s written out
+    inputs = {"x": xs, "g": list(gs), "F": Fs, "eps": eps}
+    return Tie("fusion.rms_norm_linear", inputs, rhs, lambda a: fusion.rms_norm_linear(**a))
+
+
 def prove(size: int | None = None) -> Proof:
-    """Check every step and negative control at symbolic n (None) or one concrete n."""
-    return run_proof(NAME, size, steps(size), negative_controls(size))
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_as_script(NAME, TITLE, prove, symbolic=SYMBOLIC_N))
+    """Check every step and negative control at symbolic n (None) or one concrete n, and the tie to the code."""
+    return run_proof(NAME, size, steps(size), negative_controls(size), tie=tie)

@@ -39,23 +39,20 @@ Negative controls (wrong rewrites the checker must reject):
 - the relative position with the wrong sign: q R_{t-p} . k (per pair for symbolic n, R_p R_t^T vs R_{t-p} for
   concrete n).
 
-Run `python proofs/rope_scale.py` to print the checked derivation.
+Run `python -m proofs rope_scale` (`python -m normfuse_ref._proofs rope_scale` from an installed wheel) to print the
+checked derivation.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
+import numpy as np
 import sympy as sp
 
-if not __package__:  # run as `python proofs/rope_scale.py`: import the package from the repo root (PEP 366)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "proofs"
+from normfuse_ref import layers
 
-from ._display import run_as_script
-from ._steps import Proof, Step, run_proof
+from ._steps import Proof, Step, Tie, run_proof
 
 NAME = "rope_scale"
 TITLE = "RoPE and the deferred scale: (s_q q R_p) . (s_k k R_t) == s_q s_k (q R_{p-t}) . k"
@@ -253,10 +250,24 @@ def negative_controls(size: int | None) -> list[Step]:
     return _symbolic_controls() if size is None else _concrete_controls(size)
 
 
+#: RoPE's base and a query position for the tie to the code: the proof's frequencies and position become these.
+TIE_BASE, TIE_POSITION = 10000.0, 7
+
+
+def tie(pairs: int) -> Tie:
+    """The rotation s (q R_p) with theta_j = base^(-2j/hd), hd = 2 pairs, at position p, against
+    `layers.rope(s q, p)` in the interleaved layout (the pairing this file uses)."""
+    qs, _, thetas = _concrete(pairs)
+    rhs = s * (qs * rotation(p, thetas))  # (1, 2 pairs)
+    fixed = {th: TIE_BASE ** (-2 * j_ / (2 * pairs)) for j_, th in enumerate(thetas)} | {p: float(TIE_POSITION)}
+
+    def call(a: dict[str, Any]) -> object:
+        sq = np.asarray(a["s"]) * np.asarray(a["q"])  # (1, 2 pairs)
+        return layers.rope(sq, np.array([TIE_POSITION]), base=TIE_BASE, layout="interleaved")
+
+    return Tie("layers.rope", {"q": qs, "s": s}, rhs, call, fixed)
+
+
 def prove(size: int | None = None) -> Proof:
     """Check every step and negative control at symbolic n (None) or one concrete n (pairs)."""
-    return run_proof(NAME, size, steps(size), negative_controls(size))
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_as_script(NAME, TITLE, prove, symbolic=SYMBOLIC_N))
+    return run_proof(NAME, size, steps(size), negative_controls(size), tie=tie)

@@ -28,22 +28,20 @@ Negative controls (wrong rewrites the checker must reject):
   attention's 1/sqrt(d) or the deferred RMSNorm scales of q and k (see `rope_scale`) must be applied to the
   scores before the softmax; only the softmax's own denominator may be deferred past V.
 
-Run `python proofs/softmax_linear.py` to print the checked derivation.
+Run `python -m proofs softmax_linear` (`python -m normfuse_ref._proofs softmax_linear` from an installed wheel) to print the
+checked derivation.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from typing import Any
 
+import numpy as np
 import sympy as sp
 
-if not __package__:  # run as `python proofs/softmax_linear.py`: import the package from the repo root (PEP 366)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "proofs"
+from normfuse_ref import fusion
 
-from ._display import run_as_script
-from ._steps import Definitions, Proof, Step, run_proof
+from ._steps import Definitions, Proof, Step, Tie, run_proof
 
 NAME = "softmax_linear"
 TITLE = "Softmax -> linear: softmax(z) V == (e^{z - m} V) / Sum_j e^{z_j - m} for any shift m"
@@ -205,10 +203,18 @@ def negative_controls(size: int | None) -> list[Step]:
     return _symbolic_controls() if size is None else _concrete_controls(size)
 
 
+def tie(size: int) -> Tie:
+    """The end-to-end right-hand side (e^{z - m} V) / Sum e^{z - m}, m = max z, at n = size, against the library's
+    fused rule in one tile, in one-entry tiles and in tiles of two (the merge's rescaling enters)."""
+    zs, Vs, _ = _concrete(size)
+    _, rhs = _concrete_steps(size)[-1].expanded()  # "end to end"
+
+    def call(a: dict[str, Any]) -> object:
+        return np.stack([fusion.softmax_linear(a["z"], a["V"], tile_size=t) for t in (None, 1, 2)])
+
+    return Tie("fusion.softmax_linear", {"z": zs, "V": Vs}, rhs, call)
+
+
 def prove(size: int | None = None) -> Proof:
     """Check every step and negative control at symbolic n (None) or one concrete n."""
-    return run_proof(NAME, size, steps(size), negative_controls(size))
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_as_script(NAME, TITLE, prove, symbolic=SYMBOLIC_N))
+    return run_proof(NAME, size, steps(size), negative_controls(size), tie=tie)

@@ -1,10 +1,10 @@
-"""Test-suite configuration: the Hypothesis profile of the fuzz suite (NORMFUSE_FUZZ_PROFILE = ci | dev | thorough)."""
+"""Test-suite configuration: the fuzz suite's settings profile (NORMFUSE_FUZZ_PROFILE = ci | dev | thorough)."""
 
 from __future__ import annotations
 
 import pytest
 
-from normfuse_ref.testing.profiles import ENV_VAR, load_profile
+from normfuse_ref.fuzz.profiles import ENV_VAR, load_profile
 
 PROFILE = load_profile()
 

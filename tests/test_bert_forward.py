@@ -226,8 +226,8 @@ class Recorder(NumpyExecutor):
         super().__post_init__()
         self.log: list[tuple[str, str, tuple[Any, ...], Any]] = []
 
-    def matmul(self, x: Array, F: Array, *, op: str) -> Array:
-        out = super().matmul(x, F, op=op)
+    def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
+        out = super().matmul(x, F, op=op, keep_acc=keep_acc)
         self.log.append(("matmul", op, (x, F), out))
         return out
 
@@ -236,8 +236,8 @@ class Recorder(NumpyExecutor):
         self.log.append(("reduce", op, (x,), out))
         return out
 
-    def elementwise(self, fn: Any, *xs: Array, op: str) -> Array:
-        out = super().elementwise(fn, *xs, op=op)
+    def elementwise(self, fn: Any, *xs: Array, op: str, keep_acc: bool = False) -> Array:
+        out = super().elementwise(fn, *xs, op=op, keep_acc=keep_acc)
         self.log.append(("elementwise", op, xs, out))
         return out
 
@@ -257,7 +257,7 @@ def test_fused_order_starts_the_matmul_on_the_raw_sum(site: str) -> None:
         mms, means, lns = (
             ex.find("matmul", site),
             ex.find("reduce", f"{site}.mean"),
-            ex.find("elementwise", f"{site}.ln"),
+            ex.find("elementwise", f"{site}.norm_shift"),
         )
         residuals = ex.find("elementwise", "residual")
         assert len(mms) == len(means) == len(lns) == CFG.n_layers
@@ -279,10 +279,10 @@ class ShapeOnly(NumpyExecutor):
     def _dummy(shape: tuple[int, ...]) -> Array:
         return np.empty(shape, dtype=np.dtype((np.void, 0)))
 
-    def matmul(self, x: Array, F: Array, *, op: str) -> Array:
+    def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
         return self._dummy((*np.broadcast_shapes(x.shape[:-1], (*F.shape[:-2], 1)), F.shape[-1]))
 
-    def elementwise(self, fn: Any, *xs: Array, op: str) -> Array:
+    def elementwise(self, fn: Any, *xs: Array, op: str, keep_acc: bool = False) -> Array:
         return self._dummy(np.broadcast_shapes(*(np.shape(x) for x in xs)))
 
     def reduce(self, x: Array, kind: Any, *, op: str, eps: float = 0.0) -> Array:
@@ -319,7 +319,7 @@ def test_bad_inputs_are_refused() -> None:
     ids = np.arange(1, 6)
     with pytest.raises(ValueError, match="out of range"):
         forward(w, CFG, [0, CFG.vocab_size])
-    with pytest.raises(ValueError, match="exceed the model's 64 positions"):
+    with pytest.raises(ValueError, match="exceed the model's context of 64 tokens"):
         forward(w, CFG, np.ones(CFG.max_positions + 1, dtype=np.int64))
     with pytest.raises(ValueError, match="attention_mask must be 0/1"):
         forward(w, CFG, ids, np.ones(4, dtype=np.int64))

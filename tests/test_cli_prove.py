@@ -6,8 +6,10 @@ tests/test_proofs.py; two run the real `python -m normfuse_ref` in a subprocess.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from normfuse_ref.cli.main import main
 from proofs import CONCRETE_N, PROOFS, Proof, Step, check_step
 
 NAMES = list(PROOFS)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -146,26 +149,38 @@ def test_subprocess_from_another_directory(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def _forget(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A module name for a second copy of the proofs package, removed (with its submodules) afterwards."""
-    name = "normfuse_test_copy_of_proofs"
+def _forget() -> Iterator[str]:
+    """A package name for a second copy of the proofs, removed (with its submodules) from sys.modules afterwards."""
+    name = "normfuse_test_wheel_layout"
     yield name
     for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
         del sys.modules[key]
 
 
-def test_load_by_path_resolves_relative_imports(_forget: str) -> None:
-    # what an install without `proofs` on sys.path and without the wheel's _proofs does
-    copy = prove_cmd.load_package_from(prove_cmd.CHECKOUT_PROOFS, _forget)
+def test_the_wheel_layout_imports(_forget: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a wheel the proofs are a subpackage (normfuse_ref._proofs): a copy under another package imports, runs,
+    and is tied to the installed code (its relative imports resolve inside it, its normfuse_ref import outside)."""
+    root = tmp_path / _forget
+    shutil.copytree(ROOT / "proofs", root / "_proofs", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    copy = importlib.import_module(f"{_forget}._proofs")
     assert list(copy.PROOFS) == NAMES
-    assert sys.modules[f"{_forget}.rms_norm_linear"].Proof is sys.modules[f"{_forget}._steps"].Proof
-    assert copy.prove("rms_norm_linear", 1).passed
+    assert sys.modules[f"{_forget}._proofs.rms_norm_linear"].Proof is sys.modules[f"{_forget}._proofs._steps"].Proof
+    checked = copy.prove("rms_norm_linear", 2)
+    assert checked.passed and checked.code is not None and checked.code.passed
 
 
 def test_prefers_the_installed_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    sentinel = ModuleType(prove_cmd.INSTALLED_NAME)
-    monkeypatch.setitem(sys.modules, prove_cmd.INSTALLED_NAME, sentinel)
+    sentinel = ModuleType(prove_cmd.PROOF_PACKAGES[0])
+    sentinel.PROOFS = {}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, prove_cmd.PROOF_PACKAGES[0], sentinel)
     assert prove_cmd.load_proofs() is sentinel
+
+
+def test_a_foreign_package_of_the_same_name_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, prove_cmd.PROOF_PACKAGES[0], ModuleType(prove_cmd.PROOF_PACKAGES[0]))
+    assert prove_cmd.load_proofs() is proofs
 
 
 def test_in_a_checkout_the_tests_and_the_cli_share_one_package() -> None:

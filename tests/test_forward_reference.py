@@ -19,7 +19,7 @@ import pytest
 from numpy.typing import NDArray
 
 from normfuse_ref.layers import attention, linear, rms_norm, rope, swiglu
-from normfuse_ref.llama import LlamaConfig, forward, get_preset, prepare, random_params
+from normfuse_ref.llama import LlamaConfig, Mode, forward, get_preset, prepare, random_params
 from normfuse_ref.ops import NumpyExecutor
 
 Array = NDArray[Any]
@@ -55,30 +55,30 @@ CONFIGS = {
 @pytest.mark.parametrize("tile_size", [None, 1, 5])
 @pytest.mark.parametrize("mode", ["baseline", "fused"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_forward_equals_composed_layers(name: str, mode: str, tile_size: int | None) -> None:
+def test_forward_equals_composed_layers(name: str, mode: Mode, tile_size: int | None) -> None:
     cfg = CONFIGS[name]
     p = random_params(cfg, seed=3, dtype=np.float64)
     ids = np.array([3, 17, 250, 9, 9, 100, 42])
     want = composed_logits(p, cfg, ids)
-    got, cache = forward(prepare(p, cfg, mode), cfg, ids, mode=mode, ex=NumpyExecutor(np.float64, tile_size=tile_size))  # type: ignore[arg-type]
+    got, cache = forward(prepare(p, cfg, mode), cfg, ids, mode=mode, ex=NumpyExecutor(np.float64, tile_size=tile_size))
     np.testing.assert_allclose(got, want, rtol=0, atol=REL * np.abs(want).max())
     assert cache.length == ids.size
 
 
 @pytest.mark.parametrize("mode", ["baseline", "fused"])
-def test_decode_one_token_at_a_time_equals_full_recompute(mode: str) -> None:
+def test_decode_one_token_at_a_time_equals_full_recompute(mode: Mode) -> None:
     cfg = CONFIGS["tiny"]
     p = random_params(cfg, seed=4, dtype=np.float64)
-    w, ex = prepare(p, cfg, mode), NumpyExecutor(np.float64)  # type: ignore[arg-type]
+    w, ex = prepare(p, cfg, mode), NumpyExecutor(np.float64)
     ids = np.array([[5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6]])  # a batch of two sequences
-    full, _ = forward(w, cfg, ids, mode=mode, ex=ex)  # type: ignore[arg-type]
+    full, _ = forward(w, cfg, ids, mode=mode, ex=ex)
     steps, cache = [], None
     for t in range(ids.shape[1]):
-        logits, cache = forward(w, cfg, ids[:, t : t + 1], cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        logits, cache = forward(w, cfg, ids[:, t : t + 1], cache, mode=mode, ex=ex)
         steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=REL * np.abs(full).max())
     for b in range(2):
-        single, _ = forward(w, cfg, ids[b], mode=mode, ex=ex)  # type: ignore[arg-type]
+        single, _ = forward(w, cfg, ids[b], mode=mode, ex=ex)
         np.testing.assert_allclose(single, full[b], rtol=0, atol=REL * np.abs(full).max())
 
 

@@ -1,15 +1,22 @@
-"""The fused rules agree with their reference compositions in every dtype (tolerances: tests/bounds.py)."""
+"""The fused rules agree with their reference compositions in every dtype, within the rigorous rounding bounds of
+`normfuse_ref.accuracy` (|fused - ref| <= B_fused + hazard + B_ref: each order within its own bound of the exact
+value); the checker says no to wrong rewrites; and the online merge holds for any split and tree."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike
 
+from normfuse_ref.accuracy.equivalence import (
+    RuleBounds,
+    layer_norm_linear_bounds,
+    rms_norm_linear_bounds,
+    softmax_linear_bounds,
+)
 from normfuse_ref.fusion import (
     SoftmaxState,
     fold_layer_norm,
@@ -24,24 +31,27 @@ from normfuse_ref.fusion import (
     softmax_tile_state,
 )
 from normfuse_ref.layers import layer_norm, linear, rms_norm, softmax
-from normfuse_ref.precision import DTYPES, dtype_info
+from normfuse_ref.precision import DTYPES, Array, dtype_info
+from tests.tolerances import assert_within
 
-from .bounds import assert_within, bound
-
-Array = NDArray[Any]
 ALL_DTYPES = list(DTYPES.values())
 f64 = np.float64
 
 
-def stored(rng_arrays: dict[str, Any], dt: np.dtype) -> tuple[dict[str, Array], dict[str, Array]]:
-    """The inputs rounded to the storage dtype, and the same stored values in float64 for the oracle.
+def orders_apart(b: RuleBounds) -> Array:
+    """How far apart the two orders may be: each is within its own bound of the exact value (the fused order's
+    including its stated hazard terms), so |fused - ref| <= B_fused + hazard + B_ref."""
+    return b.fused + b.hazard + b.ref
+
+
+def stored(rng_arrays: dict[str, ArrayLike], dt: np.dtype) -> dict[str, Array]:
+    """The inputs rounded to the storage dtype.
 
     Values are first clipped to half the dtype's range so every stored input is finite (float8_e4m3fn has no
     infinity: 300 would be stored as NaN otherwise); "huge" then means huge for that dtype.
     """
     lim = dtype_info(dt).max / 2
-    st = {k: np.clip(v, -lim, lim).astype(dt) for k, v in rng_arrays.items()}
-    return st, {k: v.astype(f64) for k, v in st.items()}
+    return {k: np.clip(v, -lim, lim).astype(dt) for k, v in rng_arrays.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,16 +85,12 @@ def test_rms_norm_linear_matches_reference(dt: np.dtype, family: str) -> None:
     x0, eps = norm_inputs(family)
     n = x0.shape[-1]
     rng = np.random.default_rng(1)
-    st, ex = stored(
-        {"x": x0, "g": 1 + 0.1 * rng.standard_normal(n), "F": rng.standard_normal((n, 24)) / np.sqrt(n)}, dt
-    )
+    st = stored({"x": x0, "g": 1 + 0.1 * rng.standard_normal(n), "F": rng.standard_normal((n, 24)) / np.sqrt(n)}, dt)
     fused = rms_norm_linear(st["x"], st["g"], st["F"], eps)
     ref = linear(rms_norm(st["x"], st["g"], eps), st["F"])
     assert fused.dtype == ref.dtype == dt
-    y = linear(rms_norm(ex["x"], ex["g"], eps), ex["F"])
-    s = 1 / np.sqrt(np.mean(ex["x"] ** 2, axis=-1, keepdims=True) + eps)
-    M = s * (np.abs(ex["x"]) @ np.abs(ex["g"][:, None] * ex["F"]))
-    assert_within(fused, ref, bound(dt, y, M, n), f"rms_norm_linear {family} {dt.name}")
+    b = rms_norm_linear_bounds(st["x"], st["g"], st["F"], eps)
+    assert_within(fused, ref, orders_apart(b), f"rms_norm_linear {family} {dt.name}")
 
 
 @pytest.mark.parametrize("dt", ALL_DTYPES, ids=lambda d: d.name)
@@ -99,19 +105,12 @@ def test_layer_norm_linear_matches_reference(dt: np.dtype, family: str) -> None:
         "beta": 0.1 * rng.standard_normal(n),
         "F": rng.standard_normal((n, 24)) / np.sqrt(n),
     }
-    st, ex = stored(arrays, dt)
+    st = stored(arrays, dt)
     fused = layer_norm_linear(st["x"], st["gamma"], st["beta"], st["F"], eps)
     ref = linear(layer_norm(st["x"], st["gamma"], st["beta"], eps), st["F"])
     assert fused.dtype == ref.dtype == dt
-    y = linear(layer_norm(ex["x"], ex["gamma"], ex["beta"], eps), ex["F"])
-    d = ex["x"] - ex["x"].mean(axis=-1, keepdims=True)
-    s = 1 / np.sqrt(np.mean(d**2, axis=-1, keepdims=True) + eps)
-    GF = ex["gamma"][:, None] * ex["F"]
-    F_prime = GF - GF.mean(axis=0)
-    # Fused sums raw x against F' (the cancellation term |x| @ |F'|); the reference sums (x - mu) against Gamma F;
-    # the bias beta F is rounded once in each order.
-    M = s * (np.abs(ex["x"]) @ np.abs(F_prime) + np.abs(d) @ np.abs(GF)) + np.abs(ex["beta"]) @ np.abs(ex["F"])
-    assert_within(fused, ref, bound(dt, y, M, n), f"layer_norm_linear {family} {dt.name}")
+    b = layer_norm_linear_bounds(st["x"], st["gamma"], st["beta"], st["F"], eps)
+    assert_within(fused, ref, orders_apart(b), f"layer_norm_linear {family} {dt.name}")
 
 
 def score_inputs(family: str, seed: int = 0) -> Array:
@@ -141,16 +140,12 @@ def test_softmax_linear_matches_reference(dt: np.dtype, family: str, tile_size: 
     z0 = score_inputs(family)
     n = z0.shape[-1]
     rng = np.random.default_rng(3)
-    st, ex = stored({"z": z0, "V": rng.standard_normal((n, 16))}, dt)
+    st = stored({"z": z0, "V": rng.standard_normal((n, 16))}, dt)
     fused = softmax_linear(st["z"], st["V"], tile_size=tile_size)
     ref = linear(softmax(st["z"]), st["V"])
     assert fused.dtype == ref.dtype == dt
-    p = softmax(ex["z"])
-    y = p @ ex["V"]
-    zf = np.where(np.isneginf(ex["z"]), np.nan, ex["z"])
-    spread = np.nan_to_num(np.nanmax(zf, axis=-1, keepdims=True) - np.nanmin(zf, axis=-1, keepdims=True))  # |z - m|
-    M = p @ np.abs(ex["V"])
-    assert_within(fused, ref, bound(dt, y, M, n, k=2 * float(spread.max())), f"softmax_linear {family} {dt.name}")
+    b = softmax_linear_bounds(st["z"], st["V"], tile_size=tile_size)
+    assert_within(fused, ref, orders_apart(b), f"softmax_linear {family} {dt.name}")
 
 
 def test_fully_masked_row_is_zero_in_both_orders() -> None:
@@ -210,21 +205,26 @@ def test_bound_rejects_wrong_rewrites(dt: np.dtype) -> None:
     g = (1 + 0.3 * rng.standard_normal(n)).astype(dt)
     F = (rng.standard_normal((n, 8)) / np.sqrt(n)).astype(dt)
     ref = linear(rms_norm(x, g, 1e-5), F)
-    M = np.abs(ref).astype(f64) + 1e-3
+    limit = orders_apart(rms_norm_linear_bounds(x, g, F, 1e-5))
+    assert_within(rms_norm_linear(x, g, F, 1e-5), ref, limit, "right rms")
     with pytest.raises(AssertionError, match="exceed the rounding bound"):
-        assert_within(wrong_rms_unfolded_gain(x, g, F, 1e-5), ref, bound(dt, ref, M, n), "wrong rms")
+        assert_within(wrong_rms_unfolded_gain(x, g, F, 1e-5), ref, limit, "wrong rms")
 
     beta = (0.1 * rng.standard_normal(n)).astype(dt)
     ref = linear(layer_norm(x, g, beta, 1e-5), F)
+    limit = orders_apart(layer_norm_linear_bounds(x, g, beta, F, 1e-5))
+    assert_within(layer_norm_linear(x, g, beta, F, 1e-5), ref, limit, "right ln")
     with pytest.raises(AssertionError, match="exceed the rounding bound"):
-        assert_within(wrong_ln_uncentred(x, g, beta, F, 1e-5), ref, bound(dt, ref, np.abs(ref) + 1e-3, n), "wrong ln")
+        assert_within(wrong_ln_uncentred(x, g, beta, F, 1e-5), ref, limit, "wrong ln")
 
     z = (3 * rng.standard_normal((4, n))).astype(dt)
     ref = linear(softmax(z), F)
+    limit = orders_apart(softmax_linear_bounds(z, F, tile_size=8))
     states = [softmax_tile_state(z[:, i : i + 8], F[i : i + 8]) for i in range(0, n, 8)]
+    assert_within(softmax_finalize(_fold(online_softmax_merge, states)), ref, limit, "right merge")
     wrong = softmax_finalize(_fold(wrong_merge_no_rescale, states))
     with pytest.raises(AssertionError, match="exceed the rounding bound"):
-        assert_within(wrong, ref, bound(dt, ref, np.abs(ref) + 1e-3, n), "wrong merge")
+        assert_within(wrong, ref, limit, "wrong merge")
 
 
 def _fold(merge: Callable[[SoftmaxState, SoftmaxState], SoftmaxState], states: list[SoftmaxState]) -> SoftmaxState:

@@ -5,8 +5,10 @@ d + mu. So the fused result carries an extra error mu * s * r_j, r_j = Σ_i fl(F
 which grows with |mu|/sigma - the centring hazard. In float32/float64 storage the reference has an error of the
 same order (its own mean), so the rule is within the allowance for all rows there (measured: the fused order's RMS
 error saturates at ~4.5x the reference's, whatever |mu|/sigma); in 16- and 8-bit storage it is equivalent only for
-(nearly) centred rows. Three mitigations pass everywhere (properties below); the cheapest,
-column-sum compensation, is proposed for `fusion` (see docs/hazards.md).
+(nearly) centred rows. The main property draws offset rows in every dtype and states the condition: a row may
+exceed the allowance only by its centring term |mu| s Σ_i ρ_ij (`RuleBounds.hazard`). Three mitigations pass
+everywhere (properties below); the cheapest, column-sum compensation, is proposed for `fusion` (see
+docs/hazards.md).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
-from numpy.typing import NDArray
 
 from normfuse_ref import fusion
-from normfuse_ref.precision import DTYPES, accumulation_dtype
-from normfuse_ref.testing import strategies as s
-from normfuse_ref.testing.rules import RULES, Case, assert_no_worse, evaluate
-from normfuse_ref.testing.strategies import offset_ratio
+from normfuse_ref.fuzz import strategies as s
+from normfuse_ref.fuzz.campaign import check_cell, run_cell
+from normfuse_ref.fuzz.profiles import active
+from normfuse_ref.fuzz.rules import RULES, Case, assert_no_worse, evaluate, run
+from normfuse_ref.fuzz.strategies import offset_ratio
+from normfuse_ref.precision import DTYPES, Array, accumulation_dtype
 
 RULE = RULES["layer_norm_linear"]
 NARROW = ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"]
@@ -36,15 +39,31 @@ FIND = settings(
     phases=[Phase.generate],
     suppress_health_check=list(HealthCheck),
 )
-Array = NDArray[np.generic]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@given(data=st.data())
-def test_layer_norm_linear_no_worse_than_reference(dtype: str, data: st.DataObject) -> None:
-    """float32/float64: finite, outlier, offset and eps-dominated rows. 16/8-bit: centred rows (|mu|/sigma ~ u),
-    the regime the centring hazard leaves equivalent."""
-    assert_no_worse(RULE, data.draw(RULE.cases(dtype=dtype), label="case"))
+def test_layer_norm_linear_no_worse_than_reference(dtype: str) -> None:
+    """Finite, outlier, offset and eps-dominated rows in every dtype and accumulator. Where the centring hazard
+    applies (offset rows in 16/8-bit storage), the rows that exceed the allowance must be within it plus their
+    centring term (the stated condition), and are counted."""
+    check_cell(RULE, dtype, acc=s.accumulators())
+
+
+def test_offset_rows_need_the_stated_hazard_in_narrow_storage() -> None:
+    """The property above does meet the hazard: offset rows in bfloat16 exceed the plain allowance, each within its
+    centring term; in float32 none does (a property that never met its condition would state nothing).
+
+    Only rows and their stated condition are judged here (no counterexample, hazard rows present), not the cell's
+    statistics: in an offset-only bfloat16 cell most rows are in the hazard's regime, which the scale-bias
+    statistic leaves out by design, so whether 200 examples leave the 16 it needs depends on the draws (and
+    Hypothesis mixes constants from every loaded module into them). The cell statistics of offset rows are judged
+    in the property above, where they are drawn among the other families."""
+    profile = active()
+    narrow = run_cell(RULE, "bfloat16", rows="offset", examples=profile.cell_examples, seed_value=0)
+    wide = run_cell(RULE, "float32", rows="offset", examples=profile.cell_examples, seed_value=0)
+    assert not narrow.found and not wide.found, narrow.explanation or wide.explanation
+    assert narrow.stats.hazard_rows > 0
+    assert wide.stats.hazard_rows == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,6 +86,7 @@ def _one_hot_case(dtype: str, x: list[float], j: int, f: float) -> Case:
             "F": F.astype(dt),
         },
         {"eps": 1e-05},
+        family="offset",
     )
 
 
@@ -114,14 +134,14 @@ CONSTANT_ROW_BF16 = Case(
 
 
 # reference: linear(layer_norm(x, gamma, beta, eps), F)
-def wide_fold(x: Array, gamma: Array, beta: Array, F: Array, eps: float, *, acc: str | None = None) -> Array:
+def wide_fold(x: Array, gamma: Array, beta: Array, F: Array, eps: float, *, acc: str | None) -> Array:
     """Fold into float32 (the DIMC tile stores F' wider than the activations): r_j shrinks to u_32 size."""
     F_prime, b = fusion.fold_layer_norm(gamma, beta, F, dtype=np.float32)
     return fusion.layer_norm_linear_folded(x, F_prime, b, eps, acc=acc)
 
 
 # reference: linear(layer_norm(x, gamma, beta, eps), F)
-def compensated(x: Array, gamma: Array, beta: Array, F: Array, eps: float, *, acc: str | None = None) -> Array:
+def compensated(x: Array, gamma: Array, beta: Array, F: Array, eps: float, *, acc: str | None) -> Array:
     """The proposal: keep the fold in F's dtype, store r = column sums of the *stored* F' (offline, m numbers) and
     subtract mu * r after the matmul, beside the scale: s * (x @ F~' - mu r) + b == s * ((x - mu) @ F~') + b.
     mu is already computed for the variance, so no new collective enters the matmul's critical path."""
@@ -137,7 +157,7 @@ def compensated(x: Array, gamma: Array, beta: Array, F: Array, eps: float, *, ac
 
 
 # reference: linear(layer_norm(x, gamma, beta, eps), F)
-def mean_first(x: Array, gamma: Array, beta: Array, F: Array, eps: float, *, acc: str | None = None) -> Array:
+def mean_first(x: Array, gamma: Array, beta: Array, F: Array, eps: float, *, acc: str | None) -> Array:
     """Subtract the mean before the matmul: exact, but mu (a collective) is back on the matmul's critical path."""
     F_prime, b = fusion.fold_layer_norm(gamma, beta, F)
     a = accumulation_dtype(x.dtype, acc)
@@ -152,10 +172,6 @@ MITIGATIONS: dict[str, Callable[..., Array]] = {
     "compensated": compensated,
     "mean_first": mean_first,
 }
-
-
-def _as_fused(f: Callable[..., Array]) -> Callable[[Case], Array]:
-    return lambda c: f(c.arrays["x"], c.arrays["gamma"], c.arrays["beta"], c.arrays["F"], c.params["eps"], acc=c.acc)
 
 
 @pytest.mark.parametrize("dtype", NARROW)
@@ -176,7 +192,7 @@ def test_centring_hazard(dtype: str) -> None:
     assert not v.ok, "the pinned counterexample no longer fails: re-check the fold (docs/hazards.md)"
     assert v.hazard.max() >= v.err_fused.max() - v.atol.max()
     for name, f in MITIGATIONS.items():
-        assert evaluate(RULE, case, fused=_as_fused(f)).ok, name
+        assert evaluate(RULE, case, fused=f).ok, name
 
 
 def test_centring_hazard_constant_row() -> None:
@@ -184,7 +200,7 @@ def test_centring_hazard_constant_row() -> None:
     v = evaluate(RULE, CONSTANT_ROW_BF16)
     assert v.err_ref.max() == 0 and v.err_fused.max() > 1.0 and not v.ok
     for name, f in MITIGATIONS.items():
-        assert evaluate(RULE, CONSTANT_ROW_BF16, fused=_as_fused(f)).ok, name
+        assert evaluate(RULE, CONSTANT_ROW_BF16, fused=f).ok, name
 
 
 @st.composite
@@ -199,7 +215,7 @@ def test_centring_hazard_is_found_by_the_fuzzer() -> None:
     """Hypothesis finds (and shrinks to) the bfloat16 counterexample pinned above."""
     case = find(_offset_one_hot_cases(dtype="bfloat16"), lambda c: not evaluate(RULE, c).ok, settings=FIND)
     assert case.arrays["x"].shape[-1] <= 8
-    assert evaluate(RULE, case, fused=_as_fused(compensated)).ok
+    assert evaluate(RULE, case, fused=compensated).ok
 
 
 @pytest.mark.parametrize("mitigation", list(MITIGATIONS))
@@ -210,7 +226,7 @@ def test_mitigation_is_no_worse_than_reference(dtype: str, mitigation: str, data
     include near-constant ones) and on outlier rows, with the same allowance."""
     rows = data.draw(st.sampled_from(["offset", "finite", "outlier"]), label="rows")
     case = data.draw(RULE.cases(dtype=dtype, rows=rows), label="case")
-    assert_no_worse(RULE, case, fused=_as_fused(MITIGATIONS[mitigation]))
+    assert_no_worse(RULE, case, fused=MITIGATIONS[mitigation], strict=True)
 
 
 def test_demo_gap_in_fp8_is_the_centring_hazard() -> None:
@@ -219,7 +235,7 @@ def test_demo_gap_in_fp8_is_the_centring_hazard() -> None:
     noise: over 40 seeds of the demo's inputs the fused order's RMS error is ~1.7x the reference's, RMSNorm ->
     linear's is below 1, and folding into float32 brings LayerNorm below 1 too."""
 
-    def rms_ratio(fused: Callable[[Case], Array] | None, rule: str = "layer_norm_linear") -> float:
+    def rms_ratio(fused: Callable[..., Array] | None, rule: str = "layer_norm_linear") -> float:
         ratios = []
         for seed in range(40):
             rng = np.random.default_rng(seed)
@@ -234,13 +250,12 @@ def test_demo_gap_in_fp8_is_the_centring_hazard() -> None:
                 else {"x": x, "g": gamma, "F": F}
             )
             case = Case(rule, "float8_e5m2", {k: v.astype(dt) for k, v in arrays.items()}, {"eps": 1e-5})
-            r = RULES[rule]
-            ex = r.exact(case)
-            e_ref = r.reference(case).astype(np.float64) - ex
-            e_fus = (fused or r.fused)(case).astype(np.float64) - ex
+            out = run(RULES[rule], case, fused=fused)
+            e_ref = out.reference.astype(np.float64) - out.exact
+            e_fus = out.fused.astype(np.float64) - out.exact
             ratios.append(np.sqrt(np.mean(e_fus**2) / np.mean(e_ref**2)))
         return float(np.median(ratios))
 
     assert rms_ratio(None) > 1.4
     assert rms_ratio(None, "rms_norm_linear") < 1.0
-    assert rms_ratio(_as_fused(wide_fold)) < 1.0
+    assert rms_ratio(wide_fold) < 1.0

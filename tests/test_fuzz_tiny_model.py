@@ -23,7 +23,7 @@ import numpy as np
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from normfuse_ref.llama import forward, get_preset, prepare, random_params
+from normfuse_ref.llama import Mode, forward, get_preset, prepare, random_params
 from normfuse_ref.ops import NumpyExecutor
 from normfuse_ref.precision import dtype_info
 
@@ -31,13 +31,13 @@ CFG = get_preset("tiny")
 DTYPES = ["float32", "float16", "bfloat16"]
 
 
-def run(w: dict, ids: np.ndarray, mode: str, ex: NumpyExecutor, split: int | None) -> np.ndarray:
+def run(w: dict, ids: np.ndarray, mode: Mode, ex: NumpyExecutor, split: int | None) -> np.ndarray:
     if split is None:
-        return np.asarray(forward(w, CFG, ids, mode=mode, ex=ex)[0])  # type: ignore[arg-type]
-    logits, cache = forward(w, CFG, ids[:split], mode=mode, ex=ex)  # type: ignore[arg-type]
+        return np.asarray(forward(w, CFG, ids, mode=mode, ex=ex)[0])
+    logits, cache = forward(w, CFG, ids[:split], mode=mode, ex=ex)
     rows = [np.asarray(logits)]
     for t in range(split, ids.size):
-        step, cache = forward(w, CFG, ids[t : t + 1], cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        step, cache = forward(w, CFG, ids[t : t + 1], cache, mode=mode, ex=ex)
         rows.append(np.asarray(step))
     return np.concatenate(rows)
 

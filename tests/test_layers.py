@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
+from hypothesis import given
+from hypothesis import strategies as st
 
-from normfuse_ref.layers import attention, layer_norm, linear, rms_norm, rope, silu, softmax, swiglu
-from normfuse_ref.precision import DTYPES
+from normfuse_ref.accuracy import bounds as bd
+from normfuse_ref.accuracy import oracle
+from normfuse_ref.fuzz import strategies as fz
+from normfuse_ref.layers import RopeLayout, attention, layer_norm, linear, rms_norm, rope, silu, softmax, swiglu
+from normfuse_ref.precision import DTYPES, Array
+from tests.tolerances import assert_within
 
-Array = NDArray[Any]
 # float64 against a scalar loop: both evaluate the same formula with a different summation order; for the sizes
 # here (n <= 64) the difference is a few n u of the magnitude: 1e-12 is ~100x that.
 TOL = 1e-12
@@ -74,11 +78,11 @@ def naive_rope_pair(u: float, v: float, p: int, i: int, hd: int, base: float) ->
 
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
-def test_rope_matches_pairwise_rotation(layout: str) -> None:
+def test_rope_matches_pairwise_rotation(layout: RopeLayout) -> None:
     rng = np.random.default_rng(3)
     T, hd, base = 5, 8, 500.0
     x = rng.standard_normal((T, hd))
-    got = rope(x, np.arange(T), base=base, layout=layout)  # type: ignore[arg-type]
+    got = rope(x, np.arange(T), base=base, layout=layout)
     for p in range(T):
         for i in range(hd // 2):
             a, b = (i, i + hd // 2) if layout == "half" else (2 * i, 2 * i + 1)
@@ -160,3 +164,53 @@ def test_every_layer_returns_the_input_dtype(dt: np.dtype) -> None:
     outs = [softmax(x), layer_norm(x, g, g), rms_norm(x, g), linear(x, w), silu(x), swiglu(x, w, w, w),
             rope(x, np.arange(2)), attention(q, q, q)]  # fmt: skip
     assert all(o.dtype == dt for o in outs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference layers against the independent oracle, in every dtype and accumulator
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _within_their_bound(got: Array, exact: Array, bound: Array, what: str) -> None:
+    """|layer - oracle| <= the layer's rigorous bound (accuracy.bounds, evaluated in its dtypes) + the oracle's own
+    float64 bound: `bound` is their sum."""
+    assert_within(got, exact, bound, what)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@given(data=st.data())
+def test_layers_agree_with_the_independent_oracle(dtype: str, data: st.DataObject) -> None:
+    """rms_norm, layer_norm, softmax and linear against `accuracy.oracle` (fsum loops, no shared helper): each
+    within its own rounding bound. A bug in a helper the layers share with the fused rules (a mean over the wrong
+    axis, an adder tree that drops a partial) cancels between the two orders but not here."""
+    acc = data.draw(fz.accumulators(), label="acc")
+    n = data.draw(st.integers(1, 80), label="n")
+    x = data.draw(fz.finite_rows(n=n, rows=data.draw(st.integers(1, 3)), dtype=dtype), label="x")
+    g = data.draw(fz.gains(n=n, dtype=dtype), label="g")
+    beta = data.draw(fz.biases(n=n, dtype=dtype), label="beta")
+    F = data.draw(fz.weights(n=n, m=data.draw(st.integers(1, 6)), dtype=dtype), label="F")
+    eps = data.draw(fz.epsilons(), label="eps")
+    P, P64 = bd.Precision.of(dtype, acc), bd.Precision.of("float64")
+    X, G, B, W = bd.exact(x), bd.exact(g), bd.exact(beta), bd.exact(F)
+
+    def bound(f: Callable[[bd.Precision], bd.Bounded]) -> Array:
+        return bd.store(f(P), P).b + f(P64).b
+
+    with np.errstate(all="ignore"):
+        x64, g64, b64, F64 = (a.astype(np.float64) for a in (x, g, beta, F))
+        _within_their_bound(
+            rms_norm(x, g, eps, acc=acc), oracle.rms_norm(x64, g64, eps), bound(lambda p: bd.rms_norm_acc(X, G, eps, p)),
+            "rms_norm",
+        )  # fmt: skip
+        _within_their_bound(
+            layer_norm(x, g, beta, eps, acc=acc), oracle.layer_norm(x64, g64, b64, eps),
+            bound(lambda p: bd.layer_norm_acc(X, G, B, eps, p)), "layer_norm",
+        )  # fmt: skip
+        _within_their_bound(
+            linear(x, F, acc=acc), oracle.linear(x64, F64), bound(lambda p: bd.matmul(X, W, p)), "linear"
+        )
+        z = (8 * x).astype(x.dtype)
+        _within_their_bound(
+            softmax(z, acc=acc), oracle.softmax(z.astype(np.float64)), bound(lambda p: bd.softmax_acc(bd.exact(z), p)),
+            "softmax",
+        )  # fmt: skip

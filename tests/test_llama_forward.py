@@ -1,54 +1,38 @@
 """The Llama forward pass on the random `tiny` preset: incremental decode vs full recompute, fused vs baseline in
-float32 and float16, both RoPE layouts, the KV-cache buffer, and the speed helpers vs the reference layers.
+float32 and float16, both RoPE layouts, the preallocated KV cache, and the RoPE tables vs the reference layer.
 
-Tolerances (float32, `decode_tol`): incremental decode and full recompute run the same operations on the same
-numbers, but BLAS sums a matrix-vector product (one new token) in another order than a matrix-matrix product (the
-whole prompt), and softmax sums over a different blocking. Each length-n dot product then differs by at most
-gamma_n ~ n u of the magnitude of its terms (Higham, sec. 3.1; tests/bounds.py), with u = 2^-24. A block has 5
-products in series (QKV, scores, P V, output, gate/up, down: n <= max(d, f, S)), and differences from L blocks and
-the head add up through the residual stream, so |decode - recompute| <= 5 (L + 1) n_max u max|logit| in the worst
-case, errors of opposite sign never cancelling in it. A position off by one, a stale cache slot or a wrong mask
-gives O(max|logit|) differences instead.
+Tolerances: `tests.tolerances.decode_tol` (float32, worst case through the model); a position off by one, a stale
+cache slot or a wrong mask gives O(max|logit|) differences instead.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
-from normfuse_ref.layers import rope
-from normfuse_ref.llama import LlamaConfig, forward, get_preset, prepare, prepared_shapes, random_params
-from normfuse_ref.llama.forward import kv_append, rope_tables, rotate
+from normfuse_ref.layers import RopeLayout, rope, rotate_pairs
+from normfuse_ref.llama import KVCache, Mode, empty_cache, forward, get_preset, prepare, prepared_shapes, random_params
+from normfuse_ref.llama.forward import rope_tables
 from normfuse_ref.llama.weights import convert_rope_layout, pack_blocks
 from normfuse_ref.ops import NumpyExecutor
 from normfuse_ref.precision import dtype_info
+from tests.tolerances import decode_tol
 
-Array = NDArray[Any]
-U32 = dtype_info("float32").unit_roundoff
-MODES = ["baseline", "fused"]
+MODES: list[Mode] = ["baseline", "fused"]
 TINY = get_preset("tiny")
-
-
-def decode_tol(cfg: LlamaConfig, logits: Array, S: int) -> float:
-    """Worst-case |decode - recompute| in float32 (module docstring)."""
-    n_max = max(cfg.dim, cfg.ffn_dim, S)
-    return 5 * (cfg.n_layers + 1) * n_max * U32 * float(np.abs(logits).max())
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("prompt_len", [1, 2, 7, 31])
-def test_prefill_then_decode_equals_full_recompute_float32(mode: str, prompt_len: int) -> None:
+def test_prefill_then_decode_equals_full_recompute_float32(mode: Mode, prompt_len: int) -> None:
     cfg = TINY
-    w = prepare(pack_blocks(random_params(cfg, seed=1), cfg), cfg, mode)  # type: ignore[arg-type]
+    w = prepare(pack_blocks(random_params(cfg, seed=1), cfg), cfg, mode)
     ids = np.random.default_rng(prompt_len).integers(0, cfg.vocab_size, prompt_len + 6)
-    full, _ = forward(w, cfg, ids, mode=mode)  # type: ignore[arg-type]  # (T, V) all at once
-    logits, cache = forward(w, cfg, ids[:prompt_len], mode=mode)  # type: ignore[arg-type]  # prefill
+    full, _ = forward(w, cfg, ids, mode=mode)  # (T, V) all at once
+    logits, cache = forward(w, cfg, ids[:prompt_len], mode=mode)  # prefill
     rows = [logits]
     for t in range(prompt_len, ids.size):
-        step, cache = forward(w, cfg, ids[t : t + 1], cache, mode=mode)  # type: ignore[arg-type]  # decode
+        step, cache = forward(w, cfg, ids[t : t + 1], cache, mode=mode)  # decode
         rows.append(step)
     got = np.concatenate(rows)
     assert got.shape == full.shape and cache.length == ids.size
@@ -56,18 +40,20 @@ def test_prefill_then_decode_equals_full_recompute_float32(mode: str, prompt_len
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_cache_can_be_extended_twice_and_stays_valid(mode: str) -> None:
-    """Branching: appending different tokens to the same cache must not disturb the first branch (kv_append
-    writes into spare capacity only when no later append has claimed it)."""
+def test_a_cache_branches_by_explicit_copy(mode: Mode) -> None:
+    """Branching: continuing a copy of a cache leaves the first branch intact; continuing the same cache twice is
+    refused (it would overwrite the slots the first continuation wrote)."""
     cfg = TINY
-    w = prepare(random_params(cfg, seed=2), cfg, mode)  # type: ignore[arg-type]
+    w = prepare(random_params(cfg, seed=2), cfg, mode)
     prefix, a, b = np.array([3, 4, 5, 6]), np.array([7, 8]), np.array([9, 10, 11])
-    _, cache = forward(w, cfg, prefix, mode=mode)  # type: ignore[arg-type]
-    la, cache_a = forward(w, cfg, a, cache, mode=mode)  # type: ignore[arg-type]
-    lb, cache_b = forward(w, cfg, b, cache, mode=mode)  # type: ignore[arg-type]  # same parent cache again
-    la2, _ = forward(w, cfg, np.array([12]), cache_a, mode=mode)  # type: ignore[arg-type]  # continue branch a
-    full_a, _ = forward(w, cfg, np.concatenate([prefix, a, [12]]), mode=mode)  # type: ignore[arg-type]
-    full_b, _ = forward(w, cfg, np.concatenate([prefix, b]), mode=mode)  # type: ignore[arg-type]
+    _, cache = forward(w, cfg, prefix, empty_cache(cfg, capacity=16), mode=mode)
+    la, cache_a = forward(w, cfg, a, cache, mode=mode)
+    with pytest.raises(ValueError, match=r"already continued to 6 positions.*cache\.copy"):
+        forward(w, cfg, b, cache, mode=mode)
+    lb, cache_b = forward(w, cfg, b, cache.copy(), mode=mode)  # the same parent, copied
+    la2, _ = forward(w, cfg, np.array([12]), cache_a, mode=mode)  # continue branch a
+    full_a, _ = forward(w, cfg, np.concatenate([prefix, a, [12]]), mode=mode)
+    full_b, _ = forward(w, cfg, np.concatenate([prefix, b]), mode=mode)
     tol = decode_tol(cfg, full_a, 8)
     np.testing.assert_allclose(la, full_a[4:6], rtol=0, atol=tol)
     np.testing.assert_allclose(la2, full_a[6:], rtol=0, atol=tol)
@@ -75,32 +61,37 @@ def test_a_cache_can_be_extended_twice_and_stays_valid(mode: str) -> None:
     assert cache.length == 4 and cache_a.length == 6 and cache_b.length == 7
 
 
-def test_kv_append_equals_concatenate_and_reuses_its_buffer() -> None:
-    rng = np.random.default_rng(0)
-    c = np.zeros((0, 2, 4), np.float32)  # (S, Hkv, hd)
-    parts = []
-    for T in (5, 1, 1, 3):
-        a = rng.standard_normal((T, 2, 4)).astype(np.float32)
-        parts.append(a)
-        prev = c
-        c = kv_append(c, a, limit=64)
-        np.testing.assert_array_equal(c, np.concatenate(parts))
-        assert c.flags.writeable and c.dtype == np.float32
-    assert np.shares_memory(c, prev), "the second and later appends should write in place"
-    branch = kv_append(prev, np.ones((1, 2, 4), np.float32), limit=64)  # prev's slot 9 is taken by c
-    assert not np.shares_memory(branch, c)
-    np.testing.assert_array_equal(c, np.concatenate(parts))  # untouched by the branch
-    batched = kv_append(np.zeros((2, 0, 2, 4), np.float32), np.ones((2, 3, 2, 4), np.float32))
-    assert batched.shape == (2, 3, 2, 4)
+def test_the_cache_is_written_in_place_and_grows_by_copying() -> None:
+    """Decoding writes each new position into the buffers passed in (no copy) while they have room; a full cache
+    moves into larger buffers once (doubling), and every cache a caller holds keeps its positions."""
+    cfg = TINY
+    w = prepare(random_params(cfg, seed=8), cfg, "fused")
+    ids = np.arange(12) * 5 % cfg.vocab_size
+    cache = empty_cache(cfg, capacity=6)
+    _, c = forward(w, cfg, ids[:4], cache, mode="fused")
+    assert c.k is cache.k and c.length == 4 and cache.length == 0
+    _, c2 = forward(w, cfg, ids[4:6], c, mode="fused")
+    assert c2.k is cache.k and c2.capacity == 6
+    _, c3 = forward(w, cfg, ids[6:7], c2, mode="fused")  # full: moved, once
+    assert c3.k is not cache.k and c3.capacity >= 7 and c3.length == 7
+    np.testing.assert_array_equal(c3.k[:, :6], cache.k[:, :6])
+    _, c4 = forward(w, cfg, ids[7:8], c3, mode="fused")
+    assert c4.k is c3.k
+    _, full = forward(w, cfg, ids[:8], mode="fused")
+    np.testing.assert_allclose(c4.k[:, :8], full.k, rtol=0, atol=1e-5)
+    assert isinstance(full, KVCache) and full.capacity == 8  # without a cache: room for exactly these tokens
+    with pytest.raises(ValueError, match="capacity 3 cannot hold"):
+        c4.copy(capacity=3)
 
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
-def test_rotate_equals_the_reference_rope(layout: str) -> None:
+def test_rope_tables_give_the_reference_rope(layout: RopeLayout) -> None:
+    """The forward pass's angles, computed once per call and broadcast over heads, rotate as `layers.rope` does."""
     x = np.random.default_rng(1).standard_normal((2, 7, 3, 16)).astype(np.float32)  # (B, T, H, hd)
     positions = 5 + np.arange(7)
     cos, sin = rope_tables(positions, 16, 10000.0)
-    want = rope(x, positions[:, None], base=10000.0, layout=layout)  # type: ignore[arg-type]
-    np.testing.assert_array_equal(rotate(x, cos, sin, layout), want)
+    want = rope(x, positions[:, None], base=10000.0, layout=layout)
+    np.testing.assert_array_equal(rotate_pairs(x, cos, sin, layout), want)
 
 
 def test_both_rope_layouts_give_the_same_logits() -> None:
@@ -115,10 +106,10 @@ def test_both_rope_layouts_give_the_same_logits() -> None:
         np.testing.assert_array_equal(back[k], p[k])
     ids = np.arange(20) * 7 % cfg.vocab_size
     for mode in MODES:
-        a, _ = forward(prepare(p, cfg, mode), cfg, ids, mode=mode)  # type: ignore[arg-type]
-        b, _ = forward(prepare(ph, cfg_h, mode), cfg_h, ids, mode=mode)  # type: ignore[arg-type]
+        a, _ = forward(prepare(p, cfg, mode), cfg, ids, mode=mode)
+        b, _ = forward(prepare(ph, cfg_h, mode), cfg_h, ids, mode=mode)
         np.testing.assert_allclose(a, b, rtol=0, atol=decode_tol(cfg, a, ids.size))
-        wrong, _ = forward(prepare(ph, cfg, mode), cfg, ids, mode=mode)  # type: ignore[arg-type]
+        wrong, _ = forward(prepare(ph, cfg, mode), cfg, ids, mode=mode)
         assert np.abs(wrong - a).max() > 100 * decode_tol(cfg, a, ids.size), "the layouts must matter"
 
 
@@ -138,7 +129,7 @@ def test_fused_is_as_accurate_as_baseline(storage: str) -> None:
         mode="baseline", ex=NumpyExecutor(np.float64),
     )  # fmt: skip
     ex = NumpyExecutor(storage)
-    got = {m: forward(prepare(p, cfg, m), cfg, ids, mode=m, ex=ex)[0].astype(np.float64) for m in MODES}  # type: ignore[arg-type]
+    got = {m: forward(prepare(p, cfg, m), cfg, ids, mode=m, ex=ex)[0].astype(np.float64) for m in MODES}
     err = {m: float(np.abs(got[m] - exact).max()) for m in MODES}
     u_s = dtype_info(storage).unit_roundoff
     atol = 2 * u_s * float(np.abs(exact).max())

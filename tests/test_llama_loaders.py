@@ -25,7 +25,7 @@ from normfuse_ref.llama.hf_loader import hf_name, read_hf_dir
 from normfuse_ref.llama.model import load_model
 from normfuse_ref.llama.tokenizer import GGUFTokenizer, StreamDecoder, UnsupportedTokenizer
 from normfuse_ref.llama.weights import convert_rope_layout
-from tests.test_llama_forward import decode_tol
+from tests.tolerances import decode_tol
 
 Array = NDArray[Any]
 Q8 = gguf.GGMLQuantizationType.Q8_0

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from normfuse_ref.llama.fetch import fetch
 from normfuse_ref.llama.model import Model, generate, load_model, prompt_ids
 from tests.hf_support import require
-from tests.test_model_smollm2 import U32, smollm2_tol
+from tests.tolerances import U32, smollm2_tol
 
 torch = require("torch")
 transformers = require("transformers")
@@ -38,7 +38,7 @@ Array = NDArray[Any]
 def hf_tol(model: Model, logits: Array, positions: int) -> float:
     """smollm2_tol plus the RoPE-angle term of the module docstring, in logit units."""
     rope = 2 * model.cfg.n_layers * positions * U32 * float(np.abs(logits).max())
-    return smollm2_tol(model, logits) + rope
+    return smollm2_tol(model.cfg, logits) + rope
 
 
 @pytest.fixture(scope="module")

@@ -4,49 +4,27 @@ The fixture fetches the file (idempotent: a no-op when the cache already holds i
 tests never skip. Two implementations must agree (STYLE.md item 6): incremental decode vs full recompute, fused vs
 baseline order, interleaved vs half RoPE layout; and the answers must make sense.
 
-Tolerance (`smollm2_tol`), float32 throughout. The worst-case bound of tests/test_llama_forward.py,
-5 (L + 1) n_max u max|logit| with L = 30 blocks and n_max = 1536 (the FFN width), is 0.014 max|logit|: true, but
-loose enough to hide a real slip. Rounding errors of a length-n dot product behave like a sum of n independent
-zero-mean terms, so with probability >= 1 - 2 exp(-lambda^2 / 2) each is within lambda sqrt(n) u of the magnitude
-of its terms (Higham & Mary 2019, "A new approach to probabilistic rounding error analysis", Thm 2.4); the
-K = 5 (L + 1) products in series add in the same way. Hence
-
-    |a - b| <= 2 lambda sqrt(n_max K) u max|logit|,  lambda = 4  (factor 2: both computations err)
-
-which is 2.3e-4 max|logit|, about 7e-3 for SmolLM2's logits of magnitude ~30. It assumes the network does not
-amplify a perturbation of its residual stream by more than the factor already counted per product; measured
-differences are 4e-5 to 7e-5 (fused vs baseline, decode vs recompute), a hundred times inside it, while an off-by-one
-position, a gain applied twice or a wrong RoPE pairing gives differences of order max|logit|.
+Tolerance: `tests.tolerances.smollm2_tol`, a probabilistic float32 bound (2.3e-4 max|logit|); measured
+differences are a hundred times inside it, while an off-by-one position, a gain applied twice or a wrong RoPE
+pairing gives differences of order max|logit|.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from normfuse_ref.llama.fetch import fetch, find_model
 from normfuse_ref.llama.gguf_loader import read_gguf_file
 from normfuse_ref.llama.model import Model, compare_modes, generate, load_model, prompt_ids
-from normfuse_ref.llama.weights import convert_rope_layout
-from normfuse_ref.precision import dtype_info
+from normfuse_ref.llama.weights import Mode, convert_rope_layout
+from tests.tolerances import smollm2_tol
 
-Array = NDArray[Any]
-U32 = dtype_info("float32").unit_roundoff
 PROMPTS = [
     "What is the capital of France?",
     "Write the numbers from one to five.",
     "Name a primary colour.",
 ]
-
-
-def smollm2_tol(model: Model, logits: Array) -> float:
-    """The probabilistic float32 bound of the module docstring, in logit units."""
-    cfg = model.cfg
-    n_max, K = max(cfg.dim, cfg.ffn_dim), 5 * (cfg.n_layers + 1)
-    return 2 * 4 * float(np.sqrt(n_max * K)) * U32 * float(np.abs(logits).max())
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +69,16 @@ def test_container_parser_matches_gguf_reader(model: Model) -> None:
 
 
 @pytest.mark.parametrize("mode", ["fused", "baseline"])
-def test_incremental_decode_equals_full_recompute(model: Model, mode: str) -> None:
+def test_incremental_decode_equals_full_recompute(model: Model, mode: Mode) -> None:
     ids = prompt_ids(model, "Count: one, two, three, four, five, six, seven", chat=False)
-    full, _ = model.forward(ids, None, mode)  # type: ignore[arg-type]
+    full, _ = model.forward(ids, None, mode)
     for split in (len(ids) - 4, 3):
-        logits, cache = model.forward(ids[:split], None, mode)  # type: ignore[arg-type]
+        logits, cache = model.forward(ids[:split], None, mode)
         rows = [logits]
         for t in range(split, len(ids)):
-            step, cache = model.forward([ids[t]], cache, mode)  # type: ignore[arg-type]
+            step, cache = model.forward([ids[t]], cache, mode)
             rows.append(step)
-        np.testing.assert_allclose(np.concatenate(rows), full, rtol=0, atol=smollm2_tol(model, full))
+        np.testing.assert_allclose(np.concatenate(rows), full, rtol=0, atol=smollm2_tol(model.cfg, full))
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -110,7 +88,7 @@ def test_fused_and_baseline_agree(model: Model, prompt: str) -> None:
     fused = cmp.runs["fused"]
     assert cmp.identical, f"{prompt!r}: baseline diverges at step {cmp.first_divergence}"
     assert fused.logits is not None
-    assert cmp.max_logit_diff <= smollm2_tol(model, fused.logits), (prompt, cmp.max_logit_diff)
+    assert cmp.max_logit_diff <= smollm2_tol(model.cfg, fused.logits), (prompt, cmp.max_logit_diff)
     assert cmp.max_logit_diff > 0  # two different orders really ran
 
 
@@ -132,7 +110,7 @@ def test_both_rope_layouts_agree(model: Model) -> None:
     ids = prompt_ids(model, PROMPTS[1])
     a, _ = model.forward(ids, None, "fused")
     b, _ = half.forward(ids, None, "fused")
-    np.testing.assert_allclose(a, b, rtol=0, atol=smollm2_tol(model, a))
+    np.testing.assert_allclose(a, b, rtol=0, atol=smollm2_tol(model.cfg, a))
     wrong = Model(model.cfg, params_h, model.tokenizer, model.dtype, "mismatched layout")
     assert np.abs(wrong.forward(ids[:8], None, "fused")[0] - a[:8]).max() > 1.0
 

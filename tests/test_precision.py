@@ -5,8 +5,11 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from normfuse_ref.precision import DTYPES, accumulation_dtype, dtype_info, matmul_acc, mean_acc
+from normfuse_ref.precision import DTYPES, accumulation_dtype, dtype_info, matmul_acc, mean_acc, sum_acc, tree_sum
 
 # (name, significand bits p including the hidden bit, largest finite value): u = 2^-p. Sources: IEEE 754-2019
 # for binary64/32/16; bfloat16 = float32's exponent with 8 significant bits; OCP 8-bit FP spec (2023) for E4M3
@@ -57,6 +60,11 @@ def test_narrow_accumulators_really_accumulate_narrow() -> None:
     # But every product is rounded to the accumulator: 1 * (1 + 2^-10) * (1 + 2^-10) loses its 2^-20 term.
     a = np.full((1, 2), 1 + 2**-10, np.float16)
     assert matmul_acc(a, a.T, np.dtype(np.float16))[0, 0] == 2 * (1 + 2**-9)
+    # And every partial sum is rounded: 2048 + 1 rounds to 2048 (spacing 2, ties to even), twice; a float32
+    # accumulator rounded once at the end would keep 2050 (representable in float16).
+    b = np.array([[2048.0, 1.0, 1.0]], np.float16)
+    assert matmul_acc(b, np.ones((3, 1), np.float16), np.dtype(np.float16))[0, 0] == 2048
+    assert sum_acc(b)[0, 0] == 2048
     assert matmul_acc(a, a.T, np.dtype(np.float64))[0, 0] == 2 * (1 + 2**-10) ** 2
 
 
@@ -75,3 +83,34 @@ def test_narrow_accumulation_does_not_depend_on_layout() -> None:
     a = np.array([[2048.0] + [1.0] * 100], np.float16)
     col = np.ones((101, 1), np.float16)
     assert matmul_acc(a, col, f16)[0, 0] == matmul_acc(a, np.ones((101, 2), np.float16), f16)[0, 0]
+
+
+def pairwise_sum(values: list[float], dtype: np.dtype) -> float:
+    """An adder tree written out by hand: neighbours added level by level, every sum rounded to `dtype`, an odd
+    last partial passed up to the next level unchanged. The second implementation of precision.tree_sum."""
+    level = [dtype.type(v) for v in values]
+    while len(level) > 1:
+        pairs = [dtype.type(level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        level = pairs + level[-1:] if len(level) % 2 else pairs
+    return float(level[0])
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+@given(data=st.data())
+def test_the_adder_tree_is_a_pairwise_sum(name: str, data: st.DataObject) -> None:
+    """tree_sum (and the 16-bit sum_acc and matmul_acc built on it) against the hand-written tree, bit for bit, for
+    every length: odd lengths and odd levels are where a dropped partial would hide."""
+    dt = DTYPES[name]
+    n = data.draw(st.integers(1, 130), label="n")
+    x = np.asarray(data.draw(hnp.arrays(np.float64, (2, n), elements=st.floats(-400, 400, width=16)))).astype(dt)
+    want = [pairwise_sum(list(row.astype(np.float64)), dt) for row in x]
+    assert tree_sum(x)[:, 0].astype(np.float64).tolist() == want
+    assert sum_acc(x)[:, 0].astype(np.float64).tolist() == want
+    ones = np.ones((n, 1), dtype=dt)
+    products = [pairwise_sum(list(row.astype(np.float64)), dt) for row in x]  # x_i * 1 is exact
+    assert matmul_acc(x, ones, dt)[:, 0].astype(np.float64).tolist() == products
+
+
+def test_an_odd_length_keeps_its_last_partial() -> None:
+    """The smallest case of the bug above: three ones sum to three."""
+    assert tree_sum(np.ones((1, 3), np.float16))[0, 0] == 3

@@ -1,21 +1,27 @@
 """The SymPy derivations in proofs/: every step holds at symbolic n and at n = 1..6, every negative control is
-rejected, and the checker itself can say no.
+rejected, every proof is tied to the code it specifies, and the checker itself can say no.
 
-Each failure message names the proof, the dimension and the step; `python proofs/<name>.py` reprints the whole
+Each failure message names the proof, the dimension and the step; `python -m proofs <name>` reprints the whole
 derivation with both witnesses. Results are cached per (name, n) in `proofs.prove`, so the CLI tests that run in the
 same session reuse them.
 """
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import sympy as sp
 
 import proofs
+from normfuse_ref import fusion, layers
+from normfuse_ref.layers import check_eps
 from proofs import CONCRETE_N, CONTROLS_UP_TO_N, PROOFS, Proof, Step, check_step
 from proofs._steps import SEED, canonical_form, numeric_equal, rename_bound_indices, symbolic_equal
 
@@ -30,7 +36,7 @@ def _where(proof: Proof) -> str:
 
 def _assert_steps_hold(proof: Proof) -> None:
     failed = [f"{r.name} (symbolic {r.symbolic}, numeric {r.numeric})" for r in proof.steps if not r.holds]
-    assert not failed, f"{proof.name} at {_where(proof)}: {failed}; reproduce: python proofs/{proof.name}.py"
+    assert not failed, f"{proof.name} at {_where(proof)}: {failed}; reproduce: python -m proofs {proof.name}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,8 +144,6 @@ def test_bound_indices_are_renamed() -> None:
 
 
 def test_numeric_witness_unrolls_sums_at_a_drawn_n() -> None:
-    import random
-
     n = sp.Symbol("n", integer=True, positive=True)
     i = sp.Symbol("i", integer=True, nonnegative=True)
     x = sp.IndexedBase("x")
@@ -148,12 +152,84 @@ def test_numeric_witness_unrolls_sums_at_a_drawn_n() -> None:
     assert not numeric_equal(row, sp.Sum(x[i], (i, 0, n)), random.Random(SEED))  # one more (nonzero) term
 
 
-def test_scripts_run_on_their_own(tmp_path: Path) -> None:
-    # from another directory, so the script must find its own package (the __package__ is None case)
-    script = ROOT / "proofs" / "rms_norm_linear.py"
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def test_numeric_witness_never_draws_n_1() -> None:
+    """At n = 1 a missing 1/n passes (mean(x) = x): the witness draws dimensions from 2..6 (n = 1 is the concrete
+    derivation's job), so it refutes a mean without its 1/n."""
+    n = sp.Symbol("n", integer=True, positive=True)
+    i = sp.Symbol("i", integer=True, nonnegative=True)
+    x = sp.IndexedBase("x")
+    mean = sp.Sum(x[i], (i, 0, n - 1)) / n
+    assert all(not numeric_equal(mean, n * mean, random.Random(seed)) for seed in range(20))
+
+
+def test_a_proof_runs_on_its_own(tmp_path: Path) -> None:
+    # from another directory: `python -m proofs NAME` needs only the package on sys.path (an editable install)
+    done = subprocess.run(
+        [sys.executable, "-m", "proofs", "rms_norm_linear"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "rms_norm_linear (symbolic n)"
     assert any(line.strip().startswith("1. per-row scale:") for line in lines)
     assert lines[-1] == "rms_norm_linear: PASSED"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the proofs are tied to the code
+# ---------------------------------------------------------------------------------------------------------------
+
+TIED = {
+    "rms_norm_linear": "fusion.rms_norm_linear",
+    "layer_norm_linear": "fusion.layer_norm_linear",
+    "softmax_linear": "fusion.softmax_linear",
+    "online_softmax_merge": "fusion.online_softmax_merge",
+    "rope_scale": "layers.rope",
+    "post_layer_norm_block": "fusion.layer_norm_linear_folded(norm=...)",
+}
+
+
+@pytest.mark.parametrize("n", [k for k in CONCRETE_N if k >= 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_code_computes_the_right_hand_side(name: str, n: int) -> None:
+    proof = proofs.prove(name, n)
+    assert proof.code is not None and proof.code.code == TIED[name]
+    assert proof.code.passed, f"{name} at n = {n}: {proof.code}"
+
+
+def _rms_eps_outside(x: Any, g: Any, F: Any, eps: float = 1e-6, **_: Any) -> Any:
+    """eps added outside the square root: 1/sqrt(mean x^2) + eps."""
+    x = np.asarray(x, dtype=np.float64)
+    s = 1 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True)) + check_eps(eps)
+    return s * (x @ fusion.fold_rms_norm(g, F))
+
+
+def _ln_beta_dropped(x: Any, gamma: Any, beta: Any, F: Any, eps: float = 1e-5, **_: Any) -> Any:
+    return _LN(x, gamma, np.zeros_like(np.asarray(beta)), F, eps)
+
+
+def _merge_without_rescale(a: fusion.SoftmaxState, b: fusion.SoftmaxState) -> fusion.SoftmaxState:
+    return fusion.SoftmaxState(np.maximum(a.m, b.m), a.l + b.l, a.o + b.o)
+
+
+def _rope_off_by_one(x: Any, positions: Any, **kw: Any) -> Any:
+    return _ROPE(x, np.asarray(positions) + 1, **kw)
+
+
+_ROPE, _LN = layers.rope, fusion.layer_norm_linear  # the right ones, called by the wrong ones
+WRONG_CODE: list[tuple[str, Any, str, Callable[..., Any]]] = [
+    ("rms_norm_linear", fusion, "rms_norm_linear", _rms_eps_outside),
+    ("layer_norm_linear", fusion, "layer_norm_linear", _ln_beta_dropped),
+    ("online_softmax_merge", fusion, "online_softmax_merge", _merge_without_rescale),
+    ("rope_scale", layers, "rope", _rope_off_by_one),
+]
+
+
+@pytest.mark.parametrize(("name", "module", "attr", "wrong"), WRONG_CODE, ids=[w[0] for w in WRONG_CODE])
+def test_a_proof_fails_when_the_code_does_not_compute_it(
+    name: str, module: Any, attr: str, wrong: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a wrong rule in the library, the derivation still holds but the proof fails (uncached: module.prove)."""
+    monkeypatch.setattr(module, attr, wrong)
+    checked = PROOFS[name].prove(3)
+    assert all(r.holds for r in checked.steps)
+    assert checked.code is not None and not checked.code.passed and not checked.passed

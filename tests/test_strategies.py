@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
+from normfuse_ref.fuzz import strategies as s
+from normfuse_ref.fuzz.rules import LITERAL_MAX, RULES, Case, array_literal, block_weight_shapes
+from normfuse_ref.llama.config import LlamaConfig
 from normfuse_ref.precision import DTYPES, dtype_info
-from normfuse_ref.testing import strategies as s
-from normfuse_ref.testing.block import BlockConfig, weight_shapes
-from normfuse_ref.testing.rules import LITERAL_MAX, RULES, Case, array_literal
 
 ALL = list(DTYPES)
 WITH_INF = [d for d in ALL if d != "float8_e4m3fn"]
@@ -77,9 +77,20 @@ def test_centred_rows_have_tiny_mean(dtype: str, data: st.DataObject) -> None:
 @pytest.mark.parametrize("dtype", ALL)
 @given(data=st.data())
 def test_eps_dominated_rows_are_below_eps(dtype: str, data: st.DataObject) -> None:
-    eps = data.draw(s.epsilons())
+    """mean(x^2) <= eps / 100, and every stored row is nonzero (its largest entry survives the cast)."""
+    eps = data.draw(s.epsilons(dominating=dtype))
     x = data.draw(s.eps_dominated_rows(n=data.draw(st.integers(1, 200)), rows=2, dtype=dtype, eps=eps))
     assert np.all(np.mean(x.astype(np.float64) ** 2, axis=-1) <= eps / 100)
+    assert np.all(np.any(x.astype(np.float64) != 0, axis=-1))
+
+
+@pytest.mark.parametrize("dtype", ALL)
+@given(data=st.data())
+def test_no_drawn_row_is_all_zero(dtype: str, data: st.DataObject) -> None:
+    """Finite rows and weights always have a full-size entry per row: an all-zero row checks no scale."""
+    n = data.draw(st.integers(1, 64))
+    for x in (data.draw(s.finite_rows(n=n, rows=3, dtype=dtype)), data.draw(s.weights(n=3, m=n, dtype=dtype))):
+        assert np.all(np.any(x.astype(np.float64) != 0, axis=-1))
 
 
 @pytest.mark.parametrize("dtype", ALL)
@@ -158,9 +169,9 @@ def test_merge_orders_build_one_tree(data: st.DataObject) -> None:
 
 
 @given(s.block_configs())
-def test_block_configs_are_valid_gqa(cfg: BlockConfig) -> None:
-    assert cfg.head_dim % 2 == 0 and cfg.n_heads % cfg.n_kv_heads == 0
-    assert weight_shapes(cfg)["attn_q"] == (cfg.d, cfg.n_heads * cfg.head_dim)
+def test_block_configs_are_valid_gqa(cfg: LlamaConfig) -> None:
+    assert cfg.head_dim % 2 == 0 and cfg.n_heads % cfg.n_kv_heads == 0 and cfg.n_layers == 1
+    assert block_weight_shapes(cfg)["attn_q"] == (cfg.dim, cfg.n_heads * cfg.head_dim)
 
 
 @pytest.mark.parametrize("rule", list(RULES))
@@ -175,7 +186,7 @@ def test_case_shapes_are_coupled(rule: str, data: st.DataObject) -> None:
     elif rule in ("softmax_linear", "online_merge"):
         assert a["V"].shape[0] == a["z"].shape[-1]
     else:
-        assert a["x"].shape == (a["positions"].shape[0], case.params["cfg"].d)
+        assert a["x"].shape == (a["positions"].shape[0], case.params["cfg"].dim)
 
 
 @given(data=st.data())
@@ -183,7 +194,7 @@ def test_case_repr_rebuilds_the_case(data: st.DataObject) -> None:
     """A printed Case is a Python expression that rebuilds the same stored inputs (copy-pasteable)."""
     dtype = data.draw(st.sampled_from(ALL))
     case: Case = data.draw(RULES["softmax_linear"].cases(dtype=dtype))
-    from normfuse_ref.testing.strategies import MergeStep  # noqa: F401  (names a pasted repr may use)
+    from normfuse_ref.fuzz.strategies import MergeStep  # noqa: F401  (names a pasted repr may use)
 
     if any(v.size > LITERAL_MAX for v in case.arrays.values()):
         assert "too large to print; use the @reproduce_failure blob" in repr(case)

@@ -68,10 +68,12 @@ console.print(
 # %% [markdown]
 # ## The order of operations in a decoder block
 #
-# The forward pass issues primitive operations through an *executor*. A small executor that records the names of
-# the operations it is asked for shows the difference between the two orders at the first RMSNorm -> QKV site:
-# the baseline waits for the collective (`.rms`) before its matmul; the fused order starts the matmul first and
-# applies the scale afterwards.
+# The forward pass issues primitive operations through an *executor*; the rules it calls
+# (`fusion.rms_norm_linear_folded` in fused mode, `fusion.rms_norm_linear_reference` in baseline) are the same
+# functions the array calls above run. A small executor that records the names of the operations it is asked for
+# shows the difference between the two orders at the first RMSNorm -> QKV site: the baseline waits for the
+# collective (`.rms`) before its matmul; the fused order starts the matmul first, keeps its unnormalised result in
+# the accumulation dtype (`keep_acc`, docs/numerics.md "Rounding rule") and applies the scale afterwards.
 
 # %%
 
@@ -83,18 +85,18 @@ class Recorder(NumpyExecutor):
         super().__post_init__()
         self.log: list[str] = []
 
-    def matmul(self, x, F, *, op):  # type: ignore[no-untyped-def]
-        self.log.append(f"matmul   {op}")
-        return super().matmul(x, F, op=op)
+    def matmul(self, x, F, *, op, keep_acc=False):  # type: ignore[no-untyped-def]
+        self.log.append(f"matmul   {op}" + ("  (kept in acc for the scale)" if keep_acc else ""))
+        return super().matmul(x, F, op=op, keep_acc=keep_acc)
 
     def reduce(self, x, kind, *, op, eps=0.0):  # type: ignore[no-untyped-def]
         self.log.append(f"reduce   {op}  (collective)")
         return super().reduce(x, kind, op=op, eps=eps)
 
-    def elementwise(self, fn, *xs, op):  # type: ignore[no-untyped-def]
+    def elementwise(self, fn, *xs, op, keep_acc=False):  # type: ignore[no-untyped-def]
         if op.endswith((".norm", ".scale")):
             self.log.append(f"scale    {op}")
-        return super().elementwise(fn, *xs, op=op)
+        return super().elementwise(fn, *xs, op=op, keep_acc=keep_acc)
 
 
 cfg = get_preset("tiny")

@@ -14,7 +14,7 @@
 # orders round in different places. The paper says the fused order "preserves numerical accuracy". Where is
 # that true, where is it not, and what fixes it?
 #
-# The criterion (docs/numerics.md): against the float64 value `exact` of the same *stored* inputs,
+# The criterion (docs/numerics.md): against the independent float64 oracle `exact` on the same *stored* inputs,
 # the fused order must not be worse than the reference order, `|fused - exact| <= c |reference - exact| + atol`.
 # The Hypothesis fuzz suite searches for inputs that break it; each case below is a counterexample it found and
 # shrank (see `docs/hazards.md` for the full table, the conditions, and the tests that pin them).
@@ -148,11 +148,12 @@ console.print(f"no max shift, z = 96 in float32: e^z / e^z = {unshifted}")
 #
 # RMSNorm -> linear and softmax -> linear (any tiling, any merge tree, masked rows) pass the criterion in every
 # dtype under the default float32 accumulation, apart from the fp8/float16 fold underflow. LayerNorm -> linear
-# passes in float32 and float64, but in 16- and 8-bit storage only for (nearly) centred rows. Run a campaign
-# yourself:
+# passes in float32 and float64, but in 16- and 8-bit storage only for (nearly) centred rows. The fuzz suite draws
+# the hazards' inputs anyway and lets a row exceed its allowance only by its own stated hazard term; `--strict`
+# makes every hazard a counterexample again. Run a campaign yourself:
 #
-#     normfuse fuzz --examples 200                        # every rule x dtype, a table of worst ratios
-#     normfuse fuzz layer_norm_linear --dtype bfloat16 --rows offset --examples 50
+#     normfuse fuzz --examples 200                        # every rule x dtype: worst ratios, unchecked rows
+#     normfuse fuzz layer_norm_linear --dtype bfloat16 --rows offset --examples 50 --strict
 #
 # ## What to remember
 #

@@ -20,6 +20,7 @@
 # expression trees.)
 
 # %%
+import numpy as np
 import sympy as sp
 from rich.console import Console
 from rich.table import Table
@@ -91,7 +92,38 @@ for step in (wrong, right):
     )
 
 # %% [markdown]
-# The same proofs run from the command line, with LaTeX output for papers and JSON for scripts:
+# ## A proof is tied to the code it specifies
+#
+# A derivation about symbols says nothing about `normfuse_ref.fusion` unless something connects the two. At every
+# concrete n >= 2 each proof evaluates its end-to-end right-hand side (lambdified) on random float64 inputs and
+# compares it with the library function it specifies; a disagreement fails the proof. Here is that tie at n = 4,
+# and what it says when the library's rule puts eps outside the square root:
+
+# %%
+tied = proofs.prove("rms_norm_linear", 4).code
+console.print(f"{tied.code}: max |code - proof| = {tied.error:.1e} -> {'agrees' if tied.passed else 'DISAGREES'}")
+
+import normfuse_ref.fusion as fusion_module  # noqa: E402  (only for this demonstration)
+
+right = fusion_module.rms_norm_linear
+
+
+def eps_outside(x, g, F, eps=1e-6, **kw):  # type: ignore[no-untyped-def]
+    xa = np.asarray(x, dtype=np.float64)
+    return (1 / np.sqrt((xa * xa).mean(axis=-1, keepdims=True)) + eps) * (xa @ fusion_module.fold_rms_norm(g, F))
+
+
+fusion_module.rms_norm_linear = eps_outside  # a wrong rule in the library ...
+wrong = proofs.PROOFS["rms_norm_linear"].prove(4)  # ... (uncached: the module's own prove)
+fusion_module.rms_norm_linear = right
+console.print(
+    f"with eps outside the sqrt: steps hold {all(r.holds for r in wrong.steps)}, "
+    f"code off by {wrong.code.error:.1e}, proof passed {wrong.passed}"
+)
+
+# %% [markdown]
+# The same proofs run from the command line, with LaTeX output for papers and JSON for scripts, and one alone with
+# `python -m proofs rms_norm_linear`:
 #
 #     normfuse prove                       # all identities, a table of steps and a pass/fail summary
 #     normfuse prove softmax_linear --latex
@@ -99,7 +131,8 @@ for step in (wrong, right):
 #
 # ## What to remember
 #
-# - Every fused rule in normfuse rests on an identity proved for symbolic n and re-checked at n = 1 .. 6.
+# - Every fused rule in normfuse rests on an identity proved for symbolic n and re-checked at n = 1 .. 6, and the
+#   library's code is checked against the proof's right-hand side at every n >= 2.
 # - A step needs two witnesses (symbolic and numeric), and every proof carries wrong rewrites that must fail.
 # - Exactness in real arithmetic is the starting point, not the end: tutorial 7 shows where floating point
 #   breaks the "same" result.

@@ -1,14 +1,15 @@
 """`normfuse fuzz [RULE ...]`: fuzz the fused rules against their reference order, per dtype, outside pytest.
 
-Each rule x dtype cell draws examples with the fuzz suite's strategies (normfuse_ref.testing), evaluates the
-equivalence criterion |fused - exact| <= c |reference - exact| + atol (normfuse_ref/testing/equivalence.py), and
-reports: examples run, the worst error ratio fused/reference, the worst absolute error, the worst share of the
-allowance used, how many examples had an infinite allowance somewhere (the worst-case bound is vacuous there: it
-happens for the decoder block in 16/8-bit storage), and the shrunk counterexample if one was found, printed as a
-`Case(...)` to paste into a test.
+Each rule x dtype cell draws examples with the fuzz suite's strategies (normfuse_ref.fuzz), evaluates the
+equivalence criterion |fused - exact| <= c |reference - exact| + atol (normfuse_ref/accuracy/equivalence.py) with
+the stated hazards allowed (`--strict`: without them, which is how to find the hazards), and reports: examples
+run, the worst error ratio fused/reference, the worst absolute error, the worst share of the allowance used, the
+share of rows the allowance cannot check (unchecked: its bound is infinite or at least the result) and how many
+rows needed a stated hazard, and the shrunk counterexample if one was found, printed as a `Case(...)` to paste
+into a test.
 
 Reproducible: Hypothesis drives the strategies with `@seed(--seed)` and no example database (see
-normfuse_ref/testing/campaign.py); the same seed, code and Hypothesis version give the same examples.
+normfuse_ref/fuzz/campaign.py); the same seed, code and Hypothesis version give the same examples.
 
 Exit status: 0 if no counterexample was found, 1 if any cell found one, 2 for a usage error (unknown rule, dtype
 or row family, --examples < 1).
@@ -20,10 +21,10 @@ import argparse
 import math
 from typing import Any
 
+from ..accuracy.equivalence import C
+from ..fuzz.campaign import CellResult, run_cell
+from ..fuzz.rules import RULES
 from ..precision import DTYPES
-from ..testing.campaign import CellResult, run_cell
-from ..testing.equivalence import C
-from ..testing.rules import RULES
 from .console import Console, UsageError
 
 DEFAULT_EXAMPLES = 100
@@ -43,6 +44,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     p.add_argument("--rows", help="input family for every rule (e.g. offset, outlier, masked); default: the rule's mix")
     p.add_argument("--acc", help="accumulation dtype (default: the policy, float32 for 16/8-bit storage)")
+    p.add_argument("--strict", action="store_true", help="count the stated hazards as counterexamples (find them)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     seed_value=args.seed,
                     rows=args.rows,
                     acc=args.acc,
+                    strict=args.strict,
                     on_example=lambda: progress.advance(task),
                 )
                 results.append(res)
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 "examples": args.examples,
                 "rows": args.rows,
                 "acc": args.acc,
+                "strict": args.strict,
                 "criterion": f"|fused - exact| <= {C:g} * |reference - exact| + atol (per row, max norm)",
                 "results": [r.as_dict() for r in results],
             }
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.table(
         f"normfuse fuzz: fused vs reference order against the float64 oracle (seed {args.seed}, "
         f"{args.examples} examples per cell, rows {args.rows or 'mixed'}, acc {args.acc or 'policy'})",
-        ["rule", "dtype", "examples", "fused/ref", "max |err|", "budget", "inf atol", "result"],
+        ["rule", "dtype", "examples", "fused/ref", "max |err|", "budget", "unchecked", "result"],
         [
             (
                 r.rule,
@@ -116,20 +120,27 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 _num(r.worst_ratio),
                 _num(r.worst_abs, ".2e"),
                 _num(r.worst_budget),
-                r.vacuous if not r.skipped else "-",
+                f"{r.stats.unchecked_share:.0%}" if not r.skipped else "-",
                 "skipped" if r.skipped else ("FOUND" if r.found else "none"),
             )
             for r in results
         ],
         caption=(
             "fused/ref: worst E_fused / max(E_ref, one output rounding). max |err|: worst |fused - exact|. "
-            "budget: worst E_fused / (c E_ref + atol), > 1 fails. inf atol: examples where the worst-case bound "
-            "says nothing for some row."
+            "budget: worst E_fused / (c E_ref + atol), > 1 fails unless a stated hazard explains it. unchecked: "
+            "share of rows whose bound is infinite or at least the result."
         ),
     )
     for r in results:
         if r.skipped:
             console.warning(f"{r.rule} in {r.dtype} skipped: {r.skipped}")
+        elif r.stats.hazard_rows:
+            console.print(
+                f"{r.rule} in {r.dtype}: {r.stats.hazard_rows} rows in a stated hazard's regime", markup=False
+            )
+        if not r.skipped and r.statistically_checked:
+            for problem in r.statistical_problems():
+                console.warning(f"{r.rule} in {r.dtype}: {r.stats.unchecked_share:.0%} of rows unchecked and {problem}")
     for cell in found:
         console.print(
             f"\n[bold]Counterexample: {cell.rule} in {cell.dtype}[/] (rows={cell.rows}, acc={cell.acc or 'policy'})"
@@ -137,8 +148,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(cell.explanation or "", markup=False)
         console.print("Paste into a test (import numpy as np; from normfuse_ref.precision import DTYPES;", markup=False)
         console.print(
-            "from normfuse_ref.testing.rules import Case, RULES, evaluate; from normfuse_ref.testing.strategies import "
-            "MergeStep; from normfuse_ref.testing.block import BlockConfig), then "
+            "from normfuse_ref.fuzz.rules import Case, RULES, evaluate; from normfuse_ref.fuzz.strategies import "
+            "MergeStep; from normfuse_ref.llama.config import LlamaConfig), then "
             f"print(evaluate(RULES[{cell.rule!r}], case).explain()):",
             markup=False,
         )

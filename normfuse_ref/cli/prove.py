@@ -5,16 +5,15 @@ random substitution, 50 digits). Each identity is checked at symbolic n and at n
 and its negative controls (plausible wrong rewrites) must be rejected. Exit status: 0 if every proof passes, 1 if
 any step fails or any control is accepted, 2 for an unknown proof name or a bad --n.
 
-The proofs live in `proofs/` at the repository root; the wheel ships them as `normfuse_ref._proofs`.
+The proofs live in `proofs/` at the repository root; the wheel ships them as `normfuse_ref._proofs` (`load_proofs`).
+At every concrete n >= 2 a proof is also tied to the code it specifies (its right-hand side against the library
+function on random float64 inputs); a disagreement fails it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -27,53 +26,30 @@ from .console import Console
 if TYPE_CHECKING:  # the same package as normfuse_ref._proofs, seen from the checkout
     from proofs import Proof, StepResult
 
-#: where the proofs package sits in a checkout (and in an editable install)
-CHECKOUT_PROOFS = Path(__file__).resolve().parents[2] / "proofs"
-#: the name the wheel ships it under (pyproject: [tool.hatch.build.targets.wheel.force-include])
-INSTALLED_NAME = "normfuse_ref._proofs"
+#: Where the proofs are, in order: an installed wheel ships them inside the package (pyproject's force-include);
+#: a checkout has the top-level package `proofs`, importable from the repository root (an editable install puts
+#: it on sys.path).
+PROOF_PACKAGES = ("normfuse_ref._proofs", "proofs")
 
 MARK = {True: "✓", False: "✗"}
 
 
 class ProofsNotFoundError(Exception):
-    """Neither the installed `normfuse_ref._proofs` nor a checkout's `proofs/` could be found."""
+    """Neither the installed `normfuse_ref._proofs` nor a checkout's `proofs` could be imported."""
 
 
 def load_proofs() -> ModuleType:
-    """The proofs package: `normfuse_ref._proofs` from a wheel, else `proofs/` from the repository root.
-
-    In a checkout `proofs` is usually importable already (the repository root is on sys.path in an editable
-    install, and the tests import it); then that module is used, so its cached results are shared. Otherwise the
-    directory is loaded by path under the installed name, which cannot clash with another package called `proofs`.
-    """
-    try:
-        return importlib.import_module(INSTALLED_NAME)
-    except ModuleNotFoundError as exc:
-        if exc.name != INSTALLED_NAME:
-            raise
-    init = CHECKOUT_PROOFS / "__init__.py"
-    if not init.is_file():
-        raise ProofsNotFoundError(f"cannot find the proofs: no {INSTALLED_NAME} package and no {init}")
-    found = importlib.util.find_spec("proofs")
-    if found is not None and found.origin is not None and Path(found.origin).resolve() == init:
-        return importlib.import_module("proofs")
-    return load_package_from(init.parent, INSTALLED_NAME)
-
-
-def load_package_from(directory: Path, name: str) -> ModuleType:
-    """Import the package in `directory` under the module name `name` (its relative imports resolve under it)."""
-    init = directory / "__init__.py"
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(directory)])
-    if spec is None or spec.loader is None:
-        raise ProofsNotFoundError(f"cannot load the proofs package from {init}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    """The first of PROOF_PACKAGES that imports and is normfuse's (it has the registry PROOFS)."""
+    for name in PROOF_PACKAGES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        if hasattr(module, "PROOFS"):
+            return module
+    raise ProofsNotFoundError(f"cannot find the proofs: none of {', '.join(PROOF_PACKAGES)} can be imported")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -263,6 +239,9 @@ def _as_json(proofs: ModuleType, name: str, checked: list[Proof], *, latex: bool
                 "steps_held": sum(r.holds for r in p.steps),
                 "negative_controls": len(p.negative_controls),
                 "rejected": sum(r.rejected for r in p.negative_controls),
+                "code": None
+                if p.code is None
+                else {"function": p.code.code, "max_difference": p.code.error, "agrees": p.code.passed},
             }
             for p in checked
         ],

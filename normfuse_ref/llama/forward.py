@@ -1,60 +1,123 @@
 """The Llama forward pass, written once, issued through an Executor, in textbook or fused order.
 
     mode="baseline"  every RMSNorm finishes (collective 1/rms, scale) before its matmul starts; softmax takes its
-                     global max and sum (two collectives) before P @ V.
+                     global max and sum (two collectives) before P @ V (`fusion.*_reference`).
     mode="fused"     the paper's order: matmul on raw x with the gain folded into the weight, 1/rms computed
                      beside it and applied after; softmax -> V per slice with local maxima, merged by the
-                     online-softmax collective, divided after. Sites: RMSNorm -> QKV, softmax -> V,
-                     RMSNorm -> gate/up, and the final RMSNorm -> lm_head.
+                     online-softmax collective, divided after (`fusion.rms_norm_linear_folded`,
+                     `fusion.softmax_linear`). Sites: RMSNorm -> QKV, softmax -> V, RMSNorm -> gate/up, and the
+                     final RMSNorm -> lm_head.
 
-The KV cache is passed in and returned (no hidden state). Shape letters: see `normfuse_ref.llama.config`.
+The rules are `normfuse_ref.fusion`'s: this file only wires them (and RoPE, attention's layout, the FFN and the
+residual stream) into a decoder block. The KV cache is passed in and returned (no hidden state); see `KVCache`.
+Shape letters: see `normfuse_ref.llama.config`.
 
-Speed without changing what is computed (the emulator replays the same primitive calls):
-- the RoPE angles depend only on positions, so `forward` computes them once per call and every layer's `rope_*`
-  callables reuse them; a single new token sees every cached key, so a decode step builds no causal mask;
-- callables compute in place on the one array they allocate (no temporaries), and explicit transposes replace
-  `np.moveaxis` (whose per-call overhead shows at ~870 primitive calls per decode step);
-- `kv_append` writes the new positions into spare capacity of a preallocated buffer when the cache passed in is the
-  latest prefix view of that buffer, and copies otherwise (see `kv_append`), so decoding n tokens costs O(n) cache
-  writes instead of O(n^2) while every cache a caller holds stays valid.
+Speed without changing what is computed (the emulator replays the same primitive calls): the RoPE angles depend
+only on positions, so `forward` computes them once per call and every layer's `rope_*` callables reuse them; a single
+new token sees every cached key, so a decode step builds no causal mask; explicit transposes replace `np.moveaxis`
+(whose per-call overhead shows at ~870 primitive calls per decode step).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from ..layers import rope_angles
+from .. import fusion
+from ..layers import rope_angles, rotate_pairs, silu_gate
 from ..ops import Executor, NumpyExecutor
-from ..precision import resolve_dtype
+from ..precision import Array, resolve_dtype
 from .config import LlamaConfig
 from .weights import Mode
 
-__all__ = ["KVCache", "check_ids", "empty_cache", "forward", "kv_append", "rope_tables", "rotate"]
-
-Array = NDArray[Any]
+__all__ = ["KVCache", "check_ids", "decoder_block", "empty_cache", "forward", "rope_tables"]
 
 
-class KVCache(NamedTuple):
-    """Keys and values of every layer for the positions seen so far: k[i], v[i] of shape ([B,] S, Hkv, hd)."""
+# ---------------------------------------------------------------------------------------------------------------
+# The KV cache: preallocated buffers and a length (llama2.c's layout)
+# ---------------------------------------------------------------------------------------------------------------
 
-    k: tuple[Any, ...]
-    v: tuple[Any, ...]
+
+@dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer, preallocated: k, v of shape (n_layers, [B,] capacity, Hkv, hd), of which the
+    positions [0, length) hold data (llama2.c's `key_cache` and `pos`).
+
+    `forward` writes the T new positions into [length, length + T) of the same buffers and returns a cache with the
+    longer length, so decoding n tokens writes n positions and copies nothing (when the buffers are full it moves
+    them into larger ones, once). The cache passed in stays valid: its positions are never written again. Two
+    continuations of one cache would write the same slots, so to branch, continue from `cache.copy()`; `filled`,
+    shared by every cache over the same buffers, records how far they are written, and `forward` refuses (instead of
+    overwriting the other branch) to continue a cache that was continued already.
+    """
+
+    k: Array
+    v: Array
+    length: int
+    filled: NDArray[np.int64] = field(default_factory=lambda: np.array([-1]), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.filled[0] < 0:  # new buffers: written up to `length`
+            self.filled[0] = self.length
+        if self.k.shape != self.v.shape or self.k.ndim not in (4, 5) or not 0 <= self.length <= self.capacity:
+            raise ValueError(
+                f"a KV cache holds k and v of one shape (n_layers, [B,] capacity, Hkv, hd) and a length within the "
+                f"capacity; got k {self.k.shape}, v {self.v.shape}, length {self.length}"
+            )
 
     @property
-    def length(self) -> int:  # S, positions already in the cache
-        return int(self.k[0].shape[-3]) if self.k else 0
+    def capacity(self) -> int:  # positions the buffers can hold
+        return int(self.k.shape[-3])
+
+    @property
+    def batch(self) -> tuple[int, ...]:  # () for one sequence, (B,) for a batch
+        return tuple(self.k.shape[1:-3])
+
+    def copy(self, capacity: int | None = None) -> KVCache:
+        """The same positions in new buffers of `capacity` positions (default: the same capacity): a branch."""
+        cap = self.capacity if capacity is None else capacity
+        if cap < self.length:
+            raise ValueError(f"capacity {cap} cannot hold the cache's {self.length} positions")
+        k = _allocate(self.k.shape, self.k.dtype, cap)  # (L, [B,] cap, Hkv, hd)
+        v = _allocate(self.v.shape, self.v.dtype, cap)
+        k[..., : self.length, :, :] = self.k[..., : self.length, :, :]
+        v[..., : self.length, :, :] = self.v[..., : self.length, :, :]
+        return KVCache(k, v, self.length)
 
 
-def empty_cache(cfg: LlamaConfig, dtype: DTypeLike = np.float32, *, batch: int | None = None) -> KVCache:
-    """A cache holding no positions, for one sequence (batch=None) or a batch of B sequences."""
+def _allocate(shape: tuple[int, ...], dtype: np.dtype, capacity: int) -> Array:
+    return np.zeros((*shape[:-3], capacity, *shape[-2:]), dtype=dtype)
+
+
+def empty_cache(
+    cfg: LlamaConfig, dtype: DTypeLike = np.float32, *, batch: int | None = None, capacity: int | None = None
+) -> KVCache:
+    """A cache holding no positions, with room for `capacity` (default: the model's context length, as llama2.c;
+    for SmolLM2 in float32 that is 377 MB, so pass what a generation needs), for one sequence (batch=None) or B."""
     lead = () if batch is None else (batch,)
-    z = np.zeros((*lead, 0, cfg.n_kv_heads, cfg.head_dim), dtype=resolve_dtype(dtype))  # ([B,] 0, Hkv, hd)
-    return KVCache(k=(z,) * cfg.n_layers, v=(z,) * cfg.n_layers)
+    cap = cfg.context_length if capacity is None else capacity
+    shape = (cfg.n_layers, *lead, cap, cfg.n_kv_heads, cfg.head_dim)  # (L, [B,] C, Hkv, hd)
+    dt = resolve_dtype(dtype)
+    return KVCache(np.zeros(shape, dtype=dt), np.zeros(shape, dtype=dt), 0)
+
+
+def _room_for(cache: KVCache, S: int, cfg: LlamaConfig) -> KVCache:
+    """`cache` if its buffers can take positions up to S and it is the latest continuation of them; else an error
+    (a branch must be copied by its caller) or, when only the room is missing, a copy into larger buffers
+    (doubling, at most the context length: O(log n) moves while decoding n tokens)."""
+    if int(cache.filled[0]) != cache.length:
+        raise ValueError(
+            f"this cache ({cache.length} positions) was already continued to {int(cache.filled[0])} positions by an "
+            "earlier forward call, which wrote the slots this one needs; to branch, pass cache.copy()"
+        )
+    if S <= cache.capacity:
+        return cache
+    return cache.copy(capacity=min(cfg.context_length, max(S, 2 * cache.capacity, S + 256)))
 
 
 def check_ids(ids: ArrayLike, cfg: LlamaConfig, past: int) -> NDArray[np.int64]:
@@ -75,80 +138,13 @@ def check_ids(ids: ArrayLike, cfg: LlamaConfig, past: int) -> NDArray[np.int64]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# KV-cache append into spare capacity
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class _KVBuffer(np.ndarray):
-    """Storage for a growing cache ([B,] capacity, Hkv, hd); positions [0, filled) are in use by some cache."""
-
-    filled: int
-
-
-def kv_append(c: Array, a: Array, *, limit: int | None = None) -> Array:
-    """np.concatenate([c, a], axis=-3), computed without copying `c` when possible.
-
-    c ([B,] S0, Hkv, hd) is what a caller passed in; a ([B,] T, Hkv, hd) the new positions. If `c` is a prefix view
-    of a `_KVBuffer` whose in-use length is exactly S0 (no later append claimed the slots after it) and there is
-    room, `a` is written into slots [S0, S0 + T) and a view of [0, S0 + T) is returned. Otherwise a new buffer with
-    spare capacity (at most `limit` positions, the context length) is allocated and filled. Slots before S0 are
-    never written, so every cache a caller holds keeps its values; appending twice to the same cache (branching)
-    takes the copying path the second time.
-    """
-    S0, T = c.shape[-3], a.shape[-3]
-    S = S0 + T
-    buf = c.base
-    if (
-        isinstance(buf, _KVBuffer)
-        and buf.filled == S0
-        and S <= buf.shape[-3]
-        and buf.dtype == a.dtype == c.dtype
-        and buf.shape[:-3] == a.shape[:-3]
-        and buf.shape[-2:] == a.shape[-2:]
-        and c.strides == buf.strides
-        and c.__array_interface__["data"][0] == buf.__array_interface__["data"][0]
-    ):
-        buf[..., S0:S, :, :] = a
-        buf.filled = S
-        return np.ndarray((*c.shape[:-3], S, *c.shape[-2:]), dtype=buf.dtype, buffer=buf, strides=buf.strides)
-    cap = max(S + 256, 2 * S)  # room for decoding; doubling keeps the number of copies O(log n)
-    if limit is not None:
-        cap = max(S, min(cap, limit))
-    lead = np.broadcast_shapes(c.shape[:-3], a.shape[:-3])
-    new = np.ndarray.__new__(_KVBuffer, (*lead, cap, *a.shape[-2:]), dtype=np.result_type(c, a))
-    new[..., :S0, :, :] = c
-    new[..., S0:S, :, :] = a
-    new.filled = S
-    return np.ndarray((*lead, S, *a.shape[-2:]), dtype=new.dtype, buffer=new, strides=new.strides)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# RoPE with the angles computed once per forward call
+# RoPE with the angles computed once per forward call, and the causal mask
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def rope_tables(positions: Array, hd: int, base: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """cos and sin (T, 1, hd/2) in float64 for positions (T,): `layers.rope_angles` broadcast over heads."""
     return rope_angles(positions[:, None], hd, base)
-
-
-# reference: layers.rope(x, positions, base=..., layout=...)  (same formulas, angles precomputed)
-def rotate(xa: Array, cos: Array, sin: Array, layout: str) -> Array:
-    """Rotate the RoPE pairs of xa (..., T, H, hd) by angles with cos, sin (T, 1, hd/2), in xa's dtype.
-
-    Each pair (u, v) becomes (u cos - v sin, v cos + u sin); "half" pairs (x[i], x[i + hd/2]), "interleaved" pairs
-    (x[2i], x[2i + 1]). Numerically identical to `layers.rope` on the same input.
-    """
-    hd = xa.shape[-1]
-    c, s = cos.astype(xa.dtype), sin.astype(xa.dtype)  # (T, 1, hd/2)
-    out = np.empty_like(xa)  # (..., T, H, hd)
-    if layout == "half":
-        u, v, ou, ov = xa[..., : hd // 2], xa[..., hd // 2 :], out[..., : hd // 2], out[..., hd // 2 :]
-    else:
-        u, v, ou, ov = xa[..., 0::2], xa[..., 1::2], out[..., 0::2], out[..., 1::2]
-    np.subtract(u * c, v * s, out=ou)  # (..., T, H, hd/2)
-    np.add(v * c, u * s, out=ov)  # (..., T, H, hd/2)
-    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -166,96 +162,53 @@ def causal_keep(T: int, S: int, G: int) -> NDArray[np.bool_] | None:
     return keep
 
 
-# reference: linear(rms_norm(x, g, eps), F)     fused: s * (x @ (g ⊙ F)), F folded by weights.prepare
-def rms_norm_linear_site(ex: Executor, x: Any, g: Any, F: Any, eps: float, mode: Mode, name: str) -> Any:
-    """One RMSNorm -> linear site in either order; `F` is raw in baseline and g-folded in fused mode."""
-    if mode == "baseline":
-        s = ex.reduce(x, "rms_scale", op=f"{name}.rms", eps=eps)  # (T, 1)  collective, then the matmul waits
-        xn = ex.elementwise(lambda x, s, g: x * s * g, x, s, g, op=f"{name}.norm")  # (T, n)
-        return ex.matmul(xn, F, op=name)  # (T, m)
-    y = ex.matmul(x, F, op=name)  # (T, m)  DIMC starts at once on raw x
-    s = ex.reduce(x, "rms_scale", op=f"{name}.rms", eps=eps)  # (T, 1)  collective, beside the matmul
-    return ex.elementwise(lambda y, s: y * s, y, s, op=f"{name}.scale")  # (T, m)
+# ---------------------------------------------------------------------------------------------------------------
+# One decoder block
+# ---------------------------------------------------------------------------------------------------------------
 
 
-# reference: layers.silu_acc(g) * u   (the same operations, in place on one new array)
-def _swiglu(g: Array, u: Array) -> Array:
-    """silu(g) * u = g / (1 + exp(-g)) * u, elementwise; exp(-g) may overflow to inf, giving -0 as it should."""
-    h = np.negative(g)  # (T, f)
-    with np.errstate(over="ignore"):
-        np.exp(h, out=h)
-    h += 1
-    np.divide(g, h, out=h)
-    h *= u
-    return h
+def _norm_linear(ex: Executor, x: Any, g: Any, F: Any, eps: float, mode: Mode, op: str) -> Any:
+    """RMSNorm -> linear in `mode`, with the weights `weights.prepare` made for it (F = g ⊙ F in fused mode)."""
+    if mode == "fused":
+        return fusion.rms_norm_linear_folded(x, F, eps, ex=ex, op=op)  # s * (x @ (g ⊙ F))
+    return fusion.rms_norm_linear_reference(x, g, F, eps, ex=ex, op=op)  # linear(rms_norm(x, g), F)
 
 
-def _finalize(o: Array, l: Array) -> Array:
-    """o / l, with l = 0 (no visible key) defined as 0, as in fusion.softmax_finalize."""
-    return np.where(l == 0, 0, o / np.where(l == 0, 1, l))
-
-
-def _softmax_normalise(e: Array, l: Array) -> Array:
-    """e / l, a row with l = 0 (no visible key) being all zeros: its e are all exp(-inf) = 0, and 0 / 1 = 0."""
-    return e / np.where(l == 0, 1, l)
-
-
-def _exp_shifted(z: Array, m: Array) -> Array:
-    """exp(z - m) with a fully masked row (m = -inf) shifted by 0, so its exponentials are 0, not NaN."""
-    with np.errstate(invalid="ignore"):
-        e = np.subtract(z, np.where(np.isneginf(m), 0, m).astype(z.dtype))  # (..., S)
-        return np.exp(e, out=e)
-
-
-# reference: softmax(z) @ V      fused: (e^{z - m_slice} @ V merged across slices) / l
-def softmax_v_site(ex: Executor, z: Any, vh: Any, mode: Mode) -> Any:
-    """One softmax -> V site: z (Hkv, G*T, S) masked scaled scores, vh (Hkv, S, hd) -> (Hkv, G*T, [1,] hd)."""
-    if mode == "baseline":
-        m = ex.reduce(z, "max", op="softmax.max")  # (Hkv, GT, 1)  collective 1
-        e = ex.elementwise(_exp_shifted, z, m, op="softmax.exp")  # (Hkv, GT, S)
-        l = ex.reduce(e, "sum", op="softmax.sum")  # (Hkv, GT, 1)  collective 2
-        p = ex.elementwise(_softmax_normalise, e, l, op="softmax.div")  # (Hkv, GT, S)
-        return ex.matmul(p, vh, op="attn_pv")  # (Hkv, GT, hd)
-    t = ex.softmax_tiles(z, vh, op="attn_pv")  # per slice: local max, e^{z-m}, sum, e @ V (no communication)
-    t = ex.softmax_merge(t, op="softmax.merge")  # the collective: online-softmax merge of the slice states
-    return ex.elementwise(_finalize, t.o, t.l, op="softmax.scale")  # (Hkv, GT, 1, hd)
-
-
-def attention_site(
+def attention(
     ex: Executor,
     qkv: Any,
-    cache_k: Any,
-    cache_v: Any,
-    positions: Array,
+    cache: KVCache,
+    layer: int,
     cfg: LlamaConfig,
     mode: Mode,
-    *,
-    rope_cs: tuple[Array, Array] | None = None,
-) -> tuple[Any, Any, Any]:
-    """RoPE, KV-cache append, causal grouped-query attention.
+    rope_cs: tuple[Array, Array],
+) -> Any:
+    """RoPE, the KV-cache write, causal grouped-query attention with the softmax -> V rule of `mode`.
 
-    qkv ([B,] T, (Hq + 2 Hkv) hd) -> o ([B,] T, Hq hd) and the extended cache k, v ([B,] S, Hkv, hd).
-    `rope_cs` is `rope_tables(positions, ...)`, passed in so that all layers share one computation.
+    qkv ([B,] T, (Hq + 2 Hkv) hd) -> o ([B,] T, Hq hd). The new keys and values are written into the cache's
+    buffers of `layer` at [cache.length, cache.length + T). `rope_cs` is `rope_tables(positions, ...)`.
     """
     lead = tuple(qkv.shape[:-2])  # () or (B,)
-    T, S = positions.size, cache_k.shape[-3] + positions.size
+    T = qkv.shape[-2]
+    L0, S = cache.length, cache.length + T
     Hq, Hkv, G, hd = cfg.n_heads, cfg.n_kv_heads, cfg.group, cfg.head_dim
     q = ex.layout(lambda a: a[..., : Hq * hd].reshape(*lead, T, Hq, hd), qkv, op="split_q")  # (.., T, Hq, hd)
     k = ex.layout(lambda a: a[..., Hq * hd : (Hq + Hkv) * hd].reshape(*lead, T, Hkv, hd), qkv, op="split_k")
     v = ex.layout(lambda a: a[..., (Hq + Hkv) * hd :].reshape(*lead, T, Hkv, hd), qkv, op="split_v")  # (.., T, Hkv, hd)
-    cos, sin = rope_tables(positions, hd, cfg.rope_base) if rope_cs is None else rope_cs  # (T, 1, hd/2) each
+    cos, sin = rope_cs  # (T, 1, hd/2) each
 
     def rot(a: Array) -> Array:
-        return rotate(a, cos, sin, cfg.rope_layout)
+        return rotate_pairs(a, cos, sin, cfg.rope_layout)
 
     q = ex.elementwise(rot, q, op="rope_q")  # (.., T, Hq, hd)
     k = ex.elementwise(rot, k, op="rope_k")  # (.., T, Hkv, hd)
 
-    def append(c: Array, a: Array) -> Array:
-        return kv_append(c, a, limit=cfg.context_length)  # (.., S, Hkv, hd)
+    def write(buf: Array, a: Array) -> Array:  # the new positions into the preallocated buffer, at L0
+        buf[..., L0:S, :, :] = a
+        return buf[..., :S, :, :]  # (.., S, Hkv, hd)
 
-    k_all = ex.layout(append, cache_k, k, op="kv_append")  # (.., S, Hkv, hd)
-    v_all = ex.layout(append, cache_v, v, op="kv_append")  # (.., S, Hkv, hd)
+    k_all = ex.layout(write, cache.k[layer], k, op="kv_append")  # (.., S, Hkv, hd)
+    v_all = ex.layout(write, cache.v[layer], v, op="kv_append")  # (.., S, Hkv, hd)
 
     L = tuple(range(len(lead)))  # the batch axis, if any (explicit transposes: np.moveaxis is slow per call)
     n = len(lead)
@@ -266,7 +219,7 @@ def attention_site(
     qh = ex.layout(heads_q, q, op="heads")  # (.., Hkv, G*T, hd)
     kT = ex.layout(lambda a: a.transpose(*L, n + 1, n + 2, n), k_all, op="heads")  # (.., Hkv, hd, S)
     vh = ex.layout(lambda a: np.swapaxes(a, -3, -2), v_all, op="heads")  # (.., Hkv, S, hd)
-    z = ex.matmul(qh, kT, op="attn_scores")  # (.., Hkv, G*T, S)
+    z = ex.matmul(qh, kT, op="attn_scores", keep_acc=True)  # (.., Hkv, G*T, S)   scores stay in acc for the softmax
     keep = causal_keep(T, S, G)  # (G*T, S) or None: causal, query t sees keys j <= t + S - T
     drop = None if keep is None else ~keep  # (G*T, S)
     scale = 1 / float(np.sqrt(hd))  # a Python float: the product stays in z's (accumulation) dtype
@@ -277,14 +230,53 @@ def attention_site(
             np.copyto(out, -np.inf, where=drop)
         return out
 
-    z = ex.elementwise(mask, z, op="attn_mask")  # (.., Hkv, G*T, S)
-    o = softmax_v_site(ex, z, vh, mode)  # (.., Hkv, G*T, [1,] hd)
+    z = ex.elementwise(mask, z, op="attn_mask", keep_acc=True)  # (.., Hkv, G*T, S)
+    if mode == "fused":  # (e^{z - m_slice} @ V merged across slices) / l
+        o = fusion.softmax_linear(z, vh, ex=ex, op="attn_pv")  # (.., Hkv, G*T, hd)
+    else:  # softmax(z) @ V
+        o = fusion.softmax_linear_reference(z, vh, ex=ex, op="attn_pv")  # (.., Hkv, G*T, hd)
 
     def merge_heads(a: Array) -> Array:  # (.., Hkv, G, T, hd) -> (.., T, Hkv, G, hd) -> (.., T, Hq hd)
         return a.reshape(*lead, Hkv, G, T, hd).transpose(*L, n + 2, n, n + 1, n + 3).reshape(*lead, T, Hq * hd)
 
-    o = ex.layout(merge_heads, o, op="merge_heads")  # (.., T, Hq hd)
-    return o, k_all, v_all
+    return ex.layout(merge_heads, o, op="merge_heads")  # (.., T, Hq hd)
+
+
+def decoder_block(
+    ex: Executor,
+    x: Any,
+    w: Mapping[str, Any],
+    layer: int,
+    cache: KVCache,
+    positions: Array,
+    cfg: LlamaConfig,
+    mode: Mode,
+    *,
+    rope_cs: tuple[Array, Array] | None = None,
+) -> Any:
+    """Decoder block `layer` on the residual stream x ([B,] T, d) at `positions` (T,): the new stream, and the
+    block's keys and values written into `cache` at [cache.length, cache.length + T) (see `attention`).
+
+    `w` is `weights.prepare(params, cfg, mode)` (or `weights.prepare_block`) for the same mode; `rope_cs` the RoPE
+    tables of `positions` (computed here if None; `forward` shares one computation between its blocks).
+    """
+    b, eps, f = f"blk.{layer}", cfg.norm_eps, cfg.ffn_dim
+    rope_cs = rope_tables(positions, cfg.head_dim, cfg.rope_base) if rope_cs is None else rope_cs
+    qkv = _norm_linear(ex, x, w[f"{b}.attn_norm"], w[f"{b}.attn_qkv"], eps, mode, "attn_qkv")  # ([B,] T, (Hq+2Hkv) hd)
+    o = attention(ex, qkv, cache, layer, cfg, mode, rope_cs)  # ([B,] T, Hq hd)
+    a = ex.matmul(o, w[f"{b}.attn_output"], op="attn_output")  # ([B,] T, d)
+    x = ex.elementwise(lambda x, a: x + a, x, a, op="residual")  # ([B,] T, d)
+    gu = _norm_linear(ex, x, w[f"{b}.ffn_norm"], w[f"{b}.ffn_gate_up"], eps, mode, "ffn_gate_up")  # ([B,] T, 2f)
+    gate = ex.layout(lambda a: a[..., :f], gu, op="split_gate")  # ([B,] T, f)
+    up = ex.layout(lambda a: a[..., f:], gu, op="split_up")  # ([B,] T, f)
+    h = ex.elementwise(silu_gate, gate, up, op="swiglu")  # ([B,] T, f)
+    y = ex.matmul(h, w[f"{b}.ffn_down"], op="ffn_down")  # ([B,] T, d)
+    return ex.elementwise(lambda x, y: x + y, x, y, op="residual")  # ([B,] T, d)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole model
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def forward(
@@ -297,45 +289,37 @@ def forward(
     ex: Executor | None = None,
 ) -> tuple[Any, KVCache]:
     """Logits ([B,] T, V) for the new tokens `ids` ((T,) or (B, T)) after the cached positions, and the cache
-    extended by them. `w` is `weights.prepare(params, cfg, mode)` for the same mode; `ex` defaults to a float32
-    NumpyExecutor. A batch shares one position counter: all B sequences have the same length.
+    extended by them (see `KVCache`: the buffers of the cache passed in are written, past its length). `w` is
+    `weights.prepare(params, cfg, mode)` for the same mode; `ex` defaults to a float32 NumpyExecutor. Without a
+    cache, one with room for exactly these tokens is made, in the weights' dtype. A batch shares one position
+    counter: all B sequences have the same length.
     """
     if mode not in ("baseline", "fused"):
         raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
     ex = NumpyExecutor() if ex is None else ex
     ids_arr = np.asarray(ids)
-    if cache is None:
-        cache = empty_cache(cfg, batch=ids_arr.shape[0] if ids_arr.ndim == 2 else None)
-    if len(cache.k) != cfg.n_layers:
-        raise ValueError(f"the cache has {len(cache.k)} layers but the model has {cfg.n_layers}")
-    past = cache.length
+    past = 0 if cache is None else cache.length
     ids = check_ids(ids_arr, cfg, past)
-    if tuple(cache.k[0].shape[:-3]) != ids.shape[:-1]:
+    T = ids.shape[-1]
+    if cache is None:
+        shape = (cfg.n_layers, *ids.shape[:-1], T, cfg.n_kv_heads, cfg.head_dim)  # (L, [B,] T, Hkv, hd)
+        cache = KVCache(_allocate(shape, w["token_embd"].dtype, T), _allocate(shape, w["token_embd"].dtype, T), 0)
+    if cache.k.shape[0] != cfg.n_layers:
+        raise ValueError(f"the cache has {cache.k.shape[0]} layers but the model has {cfg.n_layers}")
+    if cache.batch != ids.shape[:-1]:
         raise ValueError(
-            f"ids have shape {ids.shape} but the cache holds shape {tuple(cache.k[0].shape)}; batch sizes differ"
+            f"ids have shape {ids.shape} but the cache holds shape {tuple(cache.k.shape[1:])}; batch sizes differ"
         )
-    positions = past + np.arange(ids.shape[-1])  # (T,)
+    cache = _room_for(cache, past + T, cfg)
+    positions = past + np.arange(T)  # (T,)
     rope_cs = rope_tables(positions, cfg.head_dim, cfg.rope_base)  # (T, 1, hd/2) each, shared by all layers
-    eps, f = cfg.norm_eps, cfg.ffn_dim
 
     with ex.scope(layer=None):
         x = ex.layout(lambda E: E[ids], w["token_embd"], op="token_embd")  # ([B,] T, d)
-    new_k, new_v = [], []
     for i in range(cfg.n_layers):
-        b = f"blk.{i}"
         with ex.scope(layer=i):
-            qkv = rms_norm_linear_site(ex, x, w[f"{b}.attn_norm"], w[f"{b}.attn_qkv"], eps, mode, "attn_qkv")
-            o, k_all, v_all = attention_site(ex, qkv, cache.k[i], cache.v[i], positions, cfg, mode, rope_cs=rope_cs)
-            new_k.append(k_all)
-            new_v.append(v_all)
-            a = ex.matmul(o, w[f"{b}.attn_output"], op="attn_output")  # (T, d)
-            x = ex.elementwise(lambda x, a: x + a, x, a, op="residual")  # (T, d)
-            gu = rms_norm_linear_site(ex, x, w[f"{b}.ffn_norm"], w[f"{b}.ffn_gate_up"], eps, mode, "ffn_gate_up")
-            gate = ex.layout(lambda a: a[..., :f], gu, op="split_gate")  # (T, f)
-            up = ex.layout(lambda a: a[..., f:], gu, op="split_up")  # (T, f)
-            h = ex.elementwise(_swiglu, gate, up, op="swiglu")  # (T, f)
-            y = ex.matmul(h, w[f"{b}.ffn_down"], op="ffn_down")  # (T, d)
-            x = ex.elementwise(lambda x, y: x + y, x, y, op="residual")  # (T, d)
+            x = decoder_block(ex, x, w, i, cache, positions, cfg, mode, rope_cs=rope_cs)  # ([B,] T, d)
     with ex.scope(layer=None):
-        logits = rms_norm_linear_site(ex, x, w["output_norm"], w["output"], eps, mode, "output")  # (T, V)
-    return logits, KVCache(k=tuple(new_k), v=tuple(new_v))
+        logits = _norm_linear(ex, x, w["output_norm"], w["output"], cfg.norm_eps, mode, "output")  # ([B,] T, V)
+    cache.filled[0] = past + T
+    return logits, KVCache(cache.k, cache.v, past + T, cache.filled)

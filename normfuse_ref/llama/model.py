@@ -14,7 +14,8 @@ The other presets are shape-only (the emulator times them without weights) and a
 
 `Model` is a frozen record of (cfg, params, tokenizer, dtype). The weights `forward` reads are prepared once per
 mode, on first use (`weights.prepare`; fused mode folds the RMSNorm gains), and kept: a model that only ever runs
-fused never pays for baseline weights.
+fused never pays for baseline weights. `Model.forward` runs a decode-sized step on one BLAS thread
+(`ops.step_blas_threads`).
 
 Generation is prefill (the whole prompt in one forward call) and then one forward call per new token with the
 KV cache. Greedy by default (argmax, ties to the lowest id); with temperature > 0, a seeded inverse-CDF draw from
@@ -30,23 +31,22 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike
 
 from ..extras import require
 from ..models.loaded import LoadedModel
-from ..precision import resolve_dtype
+from ..ops import step_blas_threads
+from ..precision import Array, resolve_dtype
 from .config import PRESETS, LlamaConfig, get_preset
 from .fetch import SOURCES, find_model
-from .forward import KVCache, forward
+from .forward import KVCache, empty_cache, forward
 from .tokenizer import ByteTokenizer, GGUFTokenizer, StreamDecoder, TextTokenizer, UnsupportedTokenizer
 from .weights import Mode, prepare, random_params
 
 __all__ = ["Generation", "ModeComparison", "Model", "choose_token", "compare_modes", "generate", "load_model"]
 
-Array = NDArray[Any]
 
 #: Storage dtypes a model can be loaded in (activations and weights; accumulation per `precision`).
 MODEL_DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -62,9 +62,15 @@ class Model(LoadedModel[LlamaConfig, TextTokenizer]):
     def prepare_weights(self, mode: Mode) -> Mapping[str, Array]:
         return prepare(self.params, self.cfg, mode)
 
+    def cache(self, capacity: int) -> KVCache:
+        """An empty KV cache in the model's dtype with room for `capacity` positions (at most the context)."""
+        return empty_cache(self.cfg, self.dtype, capacity=min(capacity, self.cfg.context_length))
+
     def forward(self, ids: ArrayLike, cache: KVCache | None = None, mode: Mode = "fused") -> tuple[Array, KVCache]:
         """Logits ([B,] T, V) of the new tokens `ids` after `cache`, and the extended cache (see `forward`)."""
-        return forward(self.weights(mode), self.cfg, ids, cache, mode=mode, ex=self.executor())
+        T = np.shape(ids)[-1]
+        with step_blas_threads(T):
+            return forward(self.weights(mode), self.cfg, ids, cache, mode=mode, ex=self.executor())
 
 
 def load_model(
@@ -237,8 +243,9 @@ def generate(
     eos = model.tokenizer.eos_ids if model.tokenizer is not None else frozenset()
 
     model.weights(mode)  # prepare (fold) the weights before the clock starts
+    cache = model.cache(len(ids) + max_new_tokens)  # room for the whole generation: no cache copy while decoding
     t0 = time.perf_counter()
-    logits, cache = model.forward(ids, None, mode)  # (T, V) prefill
+    logits, cache = model.forward(ids, cache, mode)  # (T, V) prefill
     row = logits[-1]  # (V,)
     del logits
     t1 = time.perf_counter()
@@ -288,7 +295,7 @@ def teacher_forced_logits(
     prefill and decode seconds."""
     model.weights(mode)
     t0 = time.perf_counter()
-    logits, cache = model.forward(list(ids), None, mode)  # (T, V)
+    logits, cache = model.forward(list(ids), model.cache(len(ids) + len(tokens)), mode)  # (T, V)
     rows = [np.asarray(logits[-1], dtype=np.float32)]
     del logits
     t1 = time.perf_counter()

@@ -23,13 +23,13 @@ Attention scores are sums over the head dimension, so permuting Q and K alike ch
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import DTypeLike
 
 from ..fusion import fold_rms_norm
-from ..precision import resolve_dtype
+from ..precision import Array, resolve_dtype
 from .config import LlamaConfig
 
 __all__ = [
@@ -39,11 +39,11 @@ __all__ = [
     "pack_blocks_inplace",
     "param_shapes",
     "prepare",
+    "prepare_block",
     "prepared_shapes",
     "random_params",
 ]
 
-Array = NDArray[Any]
 Mode = Literal["baseline", "fused"]
 
 
@@ -151,6 +151,26 @@ def _fold(g: Array, F: Array) -> Array:
     return out
 
 
+def _site(g: Array, F: Array, mode: Mode) -> Array:
+    """The weight of an RMSNorm -> linear site as `mode` reads it: g ⊙ F in fused mode, F in baseline."""
+    return _fold(g, F) if mode == "fused" else F
+
+
+def prepare_block(params: Mapping[str, Array], layer: int, mode: Mode) -> dict[str, Array]:
+    """The weights of decoder block `layer` that `forward.decoder_block` reads in `mode` (see `prepare`)."""
+    b = f"blk.{layer}"
+    qkv = _concat_columns([params[f"{b}.attn_{x}.weight"] for x in "qkv"])  # (d, (Hq + 2 Hkv) hd)
+    gate_up = _concat_columns([params[f"{b}.ffn_gate.weight"], params[f"{b}.ffn_up.weight"]])  # (d, 2f)
+    return {
+        f"{b}.attn_norm": params[f"{b}.attn_norm.weight"],  # (d,)
+        f"{b}.attn_qkv": _site(params[f"{b}.attn_norm.weight"], qkv, mode),
+        f"{b}.attn_output": params[f"{b}.attn_output.weight"],  # (Hq hd, d)
+        f"{b}.ffn_norm": params[f"{b}.ffn_norm.weight"],  # (d,)
+        f"{b}.ffn_gate_up": _site(params[f"{b}.ffn_norm.weight"], gate_up, mode),
+        f"{b}.ffn_down": params[f"{b}.ffn_down.weight"],  # (f, d)
+    }
+
+
 def prepare(params: Mapping[str, Array], cfg: LlamaConfig, mode: Mode) -> dict[str, Array]:
     """The weights `forward` reads in `mode` (see the module docstring). `params` is not modified; the result may
     share memory with it (see "Memory" above), so treat both as read-only."""
@@ -159,28 +179,14 @@ def prepare(params: Mapping[str, Array], cfg: LlamaConfig, mode: Mode) -> dict[s
     missing = [k for k in param_shapes(cfg) if k not in params]
     if missing:
         raise ValueError(f"weights are missing {len(missing)} tensors, e.g. {missing[0]!r}")
-
-    def site(g: Array, F: Array) -> Array:
-        return _fold(g, F) if mode == "fused" else F
-
     w: dict[str, Array] = {"token_embd": params["token_embd.weight"]}  # (V, d)
     for i in range(cfg.n_layers):
-        b = f"blk.{i}"
-        qkv = _concat_columns([params[f"{b}.attn_{x}.weight"] for x in "qkv"])  # (d, (Hq + 2 Hkv) hd)
-        gate_up = _concat_columns([params[f"{b}.ffn_gate.weight"], params[f"{b}.ffn_up.weight"]])  # (d, 2f)
-        w |= {
-            f"{b}.attn_norm": params[f"{b}.attn_norm.weight"],  # (d,)
-            f"{b}.attn_qkv": site(params[f"{b}.attn_norm.weight"], qkv),
-            f"{b}.attn_output": params[f"{b}.attn_output.weight"],  # (Hq hd, d)
-            f"{b}.ffn_norm": params[f"{b}.ffn_norm.weight"],  # (d,)
-            f"{b}.ffn_gate_up": site(params[f"{b}.ffn_norm.weight"], gate_up),
-            f"{b}.ffn_down": params[f"{b}.ffn_down.weight"],  # (f, d)
-        }
+        w |= prepare_block(params, i, mode)
     out = params["token_embd.weight"].T if cfg.tied_embeddings else params["output.weight"]  # (d, V)
     w["output_norm"] = params["output_norm.weight"]  # (d,)
     # Both modes hold the head row-major: BLAS streams a tied head through the transposed (V, d) embedding ~35%
     # slower in a decode step's matrix-vector product (bench/README.md), and the head is a fifth of the weights.
-    w["output"] = np.ascontiguousarray(site(params["output_norm.weight"], out))  # (d, V)
+    w["output"] = np.ascontiguousarray(_site(params["output_norm.weight"], out, mode))  # (d, V)
     return w
 
 

@@ -8,7 +8,8 @@ Conventions, shared by every strategy here:
   promise a property of the values (an offset, an outlier factor) check it on the *stored* values.
 - Small arrays (<= ELEMENTWISE_MAX entries) are drawn entry by entry, so Hypothesis shrinks them to short
   literal counterexamples; larger ones come from a drawn seed (numpy's PCG64), which keeps big n cheap. Entries
-  are 0 or at least MIN_MAGNITUDE of their bound (no 1e-300s: bounded from below as well as above).
+  are 0 or at least MIN_MAGNITUDE of their bound (no 1e-300s: bounded from below as well as above), and every
+  row (last axis) has an entry of at least a quarter of the bound.
 - Row lengths run from 1 to a few thousand; big n is rare (`row_lengths`).
 """
 
@@ -17,20 +18,21 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import DTypeLike
 
-from ..precision import dtype_info, resolve_dtype
-from .block import BlockConfig
+from ..llama.config import LlamaConfig
+from ..precision import F64, Array, dtype_info, resolve_dtype
 
 __all__ = [
+    "ACCUMULATORS",
     "ELEMENTWISE_MAX",
     "MergeStep",
+    "accumulators",
     "biases",
     "block_configs",
     "centred_rows",
@@ -50,8 +52,6 @@ __all__ = [
     "weights",
 ]
 
-Array = NDArray[Any]
-F64 = NDArray[np.float64]
 IntOrStrategy = int | st.SearchStrategy[int]
 
 #: Arrays with at most this many entries are drawn entry by entry (they shrink to literal data).
@@ -78,7 +78,15 @@ def _standard(draw: st.DrawFn, shape: tuple[int, ...], *, bound: float = 3.0) ->
     if size <= ELEMENTWISE_MAX:
         el = st.floats(-bound, bound, allow_nan=False, allow_infinity=False, allow_subnormal=False)
         x = np.asarray(draw(hnp.arrays(np.float64, shape, elements=el)), dtype=np.float64)
-        return np.where(np.abs(x) < MIN_MAGNITUDE * bound, 0.0, x)
+        x = np.where(np.abs(x) < MIN_MAGNITUDE * bound, 0.0, x)
+        # Every row (last axis) gets an entry of full size: Hypothesis likes all-zero and all-tiny arrays, which
+        # round to zero in fp8 and whose outputs are exactly zero, checking nothing about a normalisation's scale.
+        # (How large a row is overall is the caller's `scale`.)
+        for row in x.reshape(-1, shape[-1]) if size else ():
+            if not np.max(np.abs(row)) >= bound / 4:
+                j = draw(st.integers(0, shape[-1] - 1), label="full-size entry")
+                row[j] = draw(st.sampled_from([bound, -bound]), label="its sign")
+        return x
     seed = draw(st.integers(0, 2**32 - 1), label="seed")
     return np.clip(np.random.default_rng(seed).standard_normal(shape), -bound, bound)
 
@@ -286,11 +294,13 @@ def eps_dominated_rows(
     eps: float = 1e-6,
 ) -> Array:
     """Rows so small that eps dominates the normalisation: mean(x^2) <= eps / 100 (so var <= eps / 100 as well).
-    In fp8 most such entries are 0 or subnormal, which is what those rows look like there."""
+    Each row's largest entry is 1/4 to 1 times sqrt(eps)/10, so that it survives the cast (pass an eps from
+    `epsilons(dominating=dtype)`); in fp8 most other entries are 0 or subnormal, which is what such rows look like."""
     r, nn = _int(draw, rows), _int(draw, n)
     top = math.sqrt(eps) / 10 / (1 + 2 * dtype_info(dtype).unit_roundoff)
-    scale = draw(st.floats(0.0, 1.0), label="fraction of sqrt(eps)/10") * top / 3
-    return _cast(scale * _standard(draw, (r, nn)), dtype)
+    x = _standard(draw, (r, nn))  # (rows, n)
+    x = x / np.max(np.abs(x), axis=-1, keepdims=True)  # each row's largest entry is +-1
+    return _cast(draw(st.floats(0.25, 1.0), label="largest entry / (sqrt(eps)/10)") * top * x, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,9 +407,26 @@ def biases(draw: st.DrawFn, *, n: IntOrStrategy, dtype: DTypeLike = np.float64) 
     return _cast(b * _standard(draw, (nn,)), dtype)
 
 
-def epsilons() -> st.SearchStrategy[float]:
-    """The eps values real models use (Llama 1e-6 / 1e-5, GPT-2 1e-5, BERT 1e-12 is left out: below fp16)."""
+def epsilons(*, dominating: DTypeLike | None = None) -> st.SearchStrategy[float]:
+    """The eps values real models use (Llama 1e-6 / 1e-5, GPT-2 1e-5, BERT 1e-12 is left out: below fp16).
+
+    `dominating=dtype`: an eps that can dominate rows stored in that dtype (`eps_dominated_rows`: mean(x^2) <=
+    eps / 100 with some entries nonzero). float8_e4m3fn's smallest subnormal is 2^-9, so its rows cannot be that
+    small for the usual eps: there eps is 1e-2 (a large eps, but what an eps-dominated e4m3fn row needs).
+    """
+    if dominating is not None and resolve_dtype(dominating).name == "float8_e4m3fn":
+        return st.just(1e-2)
     return st.sampled_from([1e-5, 1e-6])
+
+
+#: The accumulation dtypes the rule properties draw (None: the policy, float32 for 16/8-bit storage). float16 and
+#: bfloat16 accumulate in an adder tree (`precision.tree_sum`), as 16-bit hardware would.
+ACCUMULATORS: tuple[str | None, ...] = (None, "float32", "bfloat16", "float16")
+
+
+def accumulators() -> st.SearchStrategy[str | None]:
+    """An accumulation dtype for a rule property (ACCUMULATORS); shrinks to the policy."""
+    return st.sampled_from(ACCUMULATORS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -449,17 +476,22 @@ def merge_orders(*, tiles: IntOrStrategy) -> st.SearchStrategy[list[MergeStep]]:
 
 
 @st.composite
-def block_configs(draw: st.DrawFn, *, max_width: int = 32) -> BlockConfig:
-    """A tiny Llama block config: 1-2 kv heads, 1-3 query heads per kv head (GQA), head dim 2/4/8, model and FFN
-    widths up to max_width, Llama's eps values, both RoPE bases and layouts."""
+def block_configs(draw: st.DrawFn, *, max_ffn: int = 32) -> LlamaConfig:
+    """A tiny one-block Llama config: 1-2 kv heads, 1-3 query heads per kv head (GQA), head dim 2/4/8 (model width
+    = heads x head dim, up to 48), FFN width up to max_ffn, Llama's eps values, both RoPE bases and layouts."""
     hkv = draw(st.integers(1, 2), label="n_kv_heads")
-    return BlockConfig(
-        d=draw(st.integers(2, max_width), label="d"),
-        n_heads=hkv * draw(st.integers(1, 3), label="group size"),
+    hq = hkv * draw(st.integers(1, 3), label="group size")
+    return LlamaConfig(
+        "fuzz",
+        dim=hq * draw(st.sampled_from([2, 4, 8]), label="head_dim"),
+        n_layers=1,
+        n_heads=hq,
         n_kv_heads=hkv,
-        head_dim=draw(st.sampled_from([2, 4, 8]), label="head_dim"),
-        ffn_dim=draw(st.integers(1, max_width), label="ffn_dim"),
-        eps=draw(epsilons(), label="eps"),
+        ffn_dim=draw(st.integers(1, max_ffn), label="ffn_dim"),
+        vocab_size=1,
+        context_length=128,
         rope_base=draw(st.sampled_from([10000.0, 500000.0]), label="rope_base"),
+        norm_eps=draw(epsilons(), label="eps"),
+        tied_embeddings=False,
         rope_layout=draw(st.sampled_from(["half", "interleaved"]), label="rope_layout"),
     )

@@ -2,9 +2,11 @@
 
 A `Bounded` pairs the oracle value `v` of an intermediate (float64 arithmetic on the *stored* inputs) with a
 componentwise bound `b` on |computed - v|, where "computed" is what a storage/accumulation-dtype pipeline
-produces. Each function below is one operation of the layers in `normfuse_ref.layers` / `normfuse_ref.fusion`,
-written the way those functions compute it, and returns the oracle value and a rigorous bound for its output.
-Chaining them bounds a whole composition (a rule, a decoder block, later a model).
+produces. Each function below is one operation of the layers in `normfuse_ref.layers`, or of a primitive the fused
+rules (`normfuse_ref.fusion`) issue under the rounding rule of `normfuse_ref.ops`, written the way that code computes
+it, and returns the oracle value and a rigorous bound for its output. Chaining them bounds a whole composition (a
+rule, a decoder block). This is the one place the rounding analysis lives: the criterion (`equivalence`) and the
+unit tests' tolerances (tests/tolerances.py) use it.
 
 The model of rounding (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., ch. 2-3):
 
@@ -13,13 +15,17 @@ The model of rounding (Higham, "Accuracy and Stability of Numerical Algorithms",
 - Errors of products of roundings are tracked in the log domain: |log(1 + δ)| <= ℓ(u) = -log(1 - u), so k
   roundings give a factor within [e^{-kℓ}, e^{kℓ}] and a relative error <= expm1(k ℓ). This is Higham's γ_k to
   first order and exact to all orders (it matters for fp8, where u = 2^-3).
-- A sum or dot product of n terms in any order (numpy's pairwise sums and BLAS's blocked kernels included):
-  fl(Σ a_i) = Σ a_i (1 + θ_i), |θ_i| <= expm1(n ℓ) (n-1 additions plus the product that made a_i).
+- A sum of n terms in a 32- or 64-bit accumulator in any order (numpy's pairwise sums and BLAS's blocked kernels
+  included): every term passes at most n - 1 additions. In a 16-bit accumulator every sum is the balanced adder
+  tree of `precision.tree_sum`: a term passes ceil(log2 n) additions (`Precision.adds`). A dot product adds the
+  rounding of each product: fl(Σ x_i w_i) = Σ x_i w_i (1 + θ_i), |θ_i| <= expm1((1 + adds(n)) ℓ).
 - np.exp: at most 4 ulps = 8u relative (numpy's float32 SIMD exp is documented at 2.52 ulp; measured 2.45 ulp on
   this machine's AVX2 path; float64 exp is < 1 ulp; float16 exp is computed in float32 and rounded). sqrt and
   division are correctly rounded.
-- No overflow: every bound assumes no intermediate reaches the dtype's max. Overflow is one of the hazards the
-  suite pins; when it happens the computed value is inf/NaN and the comparison fails, as it should.
+- Overflow: the rounding model holds only below the dtype's max. Every operation checks a bound on the magnitude
+  of its partial results (|computed| <= mag) against the accumulation dtype's max, and `store` against the storage
+  dtype's max; where it may be exceeded the bound is inf (no claim). `matmul_may_overflow` states the condition,
+  so that the criterion can tell a fused-only overflow (a hazard) from an error.
 
 The oracle itself is float64 arithmetic, so its own error is bounded by the same functions with
 Precision.of("float64") and added to the allowance (see `equivalence`).
@@ -37,7 +43,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ..layers import rope_angles
-from ..precision import accumulation_dtype, dtype_info, resolve_dtype
+from ..precision import F64, accumulation_dtype, dtype_info, resolve_dtype
 
 __all__ = [
     "Bounded",
@@ -48,7 +54,9 @@ __all__ = [
     "fold",
     "layer_norm_acc",
     "layer_norm_stats",
+    "load",
     "matmul",
+    "matmul_may_overflow",
     "mul",
     "quiet",
     "rms_norm_acc",
@@ -60,9 +68,9 @@ __all__ = [
     "softmax_online_matmul",
     "softmax_reference_matmul",
     "store",
+    "unnormalised_may_overflow",
 ]
 
-F64 = NDArray[np.float64]
 
 #: np.exp's accuracy bound, in ulps (see the module docstring).
 EXP_ULPS = 4.0
@@ -108,7 +116,9 @@ class Precision:
     eta_s: float  # half its smallest subnormal
     u_a: float  # unit roundoff of the accumulation dtype
     eta_a: float  # half its smallest subnormal
-    max_a: float  # largest finite accumulation-dtype value (for silu's exp(-x) overflow, which is benign)
+    max_a: float  # largest finite accumulation-dtype value
+    max_s: float  # largest finite storage-dtype value
+    tree: bool  # sums in the accumulation dtype are adder trees (16-bit accumulators, `precision.tree_sum`)
 
     @classmethod
     def of(cls, storage: DTypeLike | str, acc: DTypeLike | str | None = None) -> Precision:
@@ -122,6 +132,8 @@ class Precision:
             u_a=dtype_info(a).unit_roundoff,
             eta_a=_eta(a),
             max_a=dtype_info(a).max,
+            max_s=dtype_info(st).max,
+            tree=a.itemsize <= 2,
         )
 
     @property
@@ -140,6 +152,14 @@ class Precision:
     def gamma(self, k: float) -> float:
         """Relative error of k accumulation-dtype roundings: expm1(k ℓ(u_a)) (Higham's γ_k, all orders)."""
         return _expm1(k * self.l_a)
+
+    def adds(self, n: int) -> int:
+        """Additions one term of an n-term sum passes: n - 1 in any order, ceil(log2 n) in the 16-bit adder tree."""
+        return max(0, (n - 1).bit_length()) if self.tree else max(0, n - 1)
+
+    def gamma_dot(self, n: int) -> float:
+        """Relative error of each term of a length-n dot product: its product's rounding plus the additions."""
+        return self.gamma(1 + self.adds(n))
 
 
 def _expm1(L: Any) -> Any:
@@ -189,36 +209,69 @@ def exact(x: ArrayLike) -> Bounded:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def load(X: Bounded, P: Precision) -> Bounded:
+    """X as an operation sees it: cast to the accumulation dtype, which rounds once when acc is narrower than the
+    storage dtype (float32 storage with a bfloat16 accumulator); exact otherwise. Every operation below loads its
+    operands (harmlessly twice, for a value already in acc)."""
+    if P.u_a <= P.u_s:
+        return X
+    return Bounded(X.v, X.b + P.u_a * X.mag + P.eta_a)
+
+
+def _unless_over(b: Any, mag: Any, limit: float) -> Any:
+    """b where the magnitude `mag` stays within `limit`, inf where it may not (the rounding model stops at max)."""
+    return np.where(mag <= limit, b, np.inf)
+
+
 def store(X: Bounded, P: Precision) -> Bounded:
-    """Round a computed value to the storage dtype: |fl(c) - v| <= b + u_s (|v| + b) + η_s."""
-    return Bounded(X.v, X.b + P.u_s * X.mag + P.eta_s)
+    """Round a computed value to the storage dtype: |fl(c) - v| <= b + u_s (|v| + b) + η_s (below max_s)."""
+    return Bounded(X.v, _unless_over(X.b + P.u_s * X.mag + P.eta_s, X.mag, P.max_s))
 
 
 def add(X: Bounded, Y: Bounded, P: Precision) -> Bounded:
     """X + Y in acc: |fl(x~ + y~) - (x + y)| <= (b_x + b_y)(1 + u_a) + u_a |x + y|."""
+    X, Y = load(X, P), load(Y, P)
     v = X.v + Y.v
-    return Bounded(v, (X.b + Y.b) * (1 + P.u_a) + P.u_a * np.abs(v))
+    b = (X.b + Y.b) * (1 + P.u_a) + P.u_a * np.abs(v)
+    return Bounded(v, _unless_over(b, np.abs(v) + b, P.max_a))
 
 
 def mul(X: Bounded, Y: Bounded, P: Precision) -> Bounded:
     """X * Y (elementwise, broadcasting) in acc."""
+    X, Y = load(X, P), load(Y, P)
     v = X.v * Y.v
     e = np.abs(X.v) * Y.b + np.abs(Y.v) * X.b + X.b * Y.b
-    return Bounded(v, e * (1 + P.u_a) + P.u_a * np.abs(v) + P.eta_a)
+    b = e * (1 + P.u_a) + P.u_a * np.abs(v) + P.eta_a
+    return Bounded(v, _unless_over(b, np.abs(v) + b, P.max_a))
+
+
+def matmul_may_overflow(X: Bounded, W: Bounded, P: Precision) -> NDArray[np.bool_]:
+    """The stated condition of the overflow hazard: a partial sum of X @ W in acc, at most (|x| + b_x) @ (|w| + b_w),
+    may exceed max_a, by magnitudes that are known (finite). An operand with no finite bound says nothing: `matmul`
+    then gives no bound either, but this condition does not hold."""
+    X, W = load(X, P), load(W, P)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mag = X.mag @ W.mag
+    return np.isfinite(mag) & (mag > P.max_a)
 
 
 def matmul(X: Bounded, W: Bounded, P: Precision) -> Bounded:
     """X @ W in acc (numpy matmul broadcasting), inner length n.
 
-    computed = Σ_i x~_i w~_ij (1 + θ_ij), |θ_ij| <= γ_n, so
-    |computed - x w| <= b_x |w| + |x| b_w + b_x b_w + γ_n (|x| + b_x)(|w| + b_w) + n η_a (1 + γ_n).
+    computed = Σ_i x~_i w~_ij (1 + θ_ij), |θ_ij| <= γ = `P.gamma_dot(n)`, so
+    |computed - x w| <= b_x |w| + |x| b_w + b_x b_w + γ (|x| + b_x)(|w| + b_w) + n η_a (1 + γ), unless a partial
+    sum may overflow (`matmul_may_overflow`).
     """
+    X, W = load(X, P), load(W, P)
     n = X.v.shape[-1]
     v = X.v @ W.v
     aW = np.abs(W.v)
     aX = np.abs(X.v)
-    b = X.b @ aW + aX @ W.b + X.b @ W.b + P.gamma(n) * (X.mag @ W.mag) + n * P.eta_a * (1 + P.gamma(n))
-    return Bounded(v, b)
+    g = P.gamma_dot(n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mag = X.mag @ W.mag  # bounds every partial sum
+    b = X.b @ aW + aX @ W.b + X.b @ W.b + g * mag + n * P.eta_a * (1 + g)
+    return Bounded(v, _unless_over(b, mag, P.max_a))
 
 
 def scale_rows(Y: Bounded, s: F64, L: F64, P: Precision) -> Bounded:
@@ -228,7 +281,8 @@ def scale_rows(Y: Bounded, s: F64, L: F64, P: Precision) -> Bounded:
     """
     Lt = L + P.l_a
     v = s * Y.v
-    return Bounded(v, s * Y.b * _exp(Lt) + np.abs(v) * _expm1(Lt) + P.eta_a)
+    b = s * Y.b * _exp(Lt) + np.abs(v) * _expm1(Lt) + P.eta_a
+    return Bounded(v, _unless_over(b, np.abs(v) + b, P.max_a))
 
 
 def fold(W: ArrayLike, P_fold: Precision, *, n_f64_ops: int = 1, underflow: bool = True) -> Bounded:
@@ -257,19 +311,23 @@ def _eps_error(eps: float, P: Precision) -> float:
 def rms_scale(X: Bounded, eps: float, P: Precision) -> tuple[F64, F64]:
     """s = 1/sqrt(mean(x^2) + eps) per row (..., 1), and L, a bound on |log(s~ / s)|.
 
-    r~ = fl(fl(mean(x~^2)) + fl(eps)): each square passes <= n + 2 roundings (square, n-1 adds, /n, +eps), so
-    r~ / r lies within e^{±(n+2)ℓ} (1 ± ε), ε = [mean(2|x| b + b^2) + η_a + |fl(eps) - eps|] / r. sqrt halves the
-    log error, sqrt and the reciprocal round once each.
+    r~ = fl(fl(mean(x~^2)) + fl(eps)): each square passes <= adds(n) + 3 roundings (square, the additions, /n,
+    +eps), so r~ / r lies within e^{±(adds(n)+3)ℓ} (1 ± ε), ε = [mean(2|x| b + b^2) + η_a + |fl(eps) - eps|] / r.
+    sqrt halves the log error, sqrt and the reciprocal round once each. A sum of squares that may exceed max_a
+    (it overflows to inf, s to 0) makes L inf.
     """
+    X = load(X, P)
     n = X.v.shape[-1]
     r = np.mean(X.v * X.v, axis=-1, keepdims=True) + eps  # (..., 1)
     delta = np.mean(2 * np.abs(X.v) * X.b + X.b * X.b, axis=-1, keepdims=True) + P.eta_a + _eps_error(eps, P)
-    L = 0.5 * ((n + 2) * P.l_a + _log1m(delta / r)) + 2 * P.l_a  # (..., 1)
-    return 1 / np.sqrt(r), L
+    L = 0.5 * ((P.adds(n) + 3) * P.l_a + _log1m(delta / r)) + 2 * P.l_a  # (..., 1)
+    squares = np.sum(X.mag * X.mag, axis=-1, keepdims=True)  # (..., 1)   the largest partial sum
+    return 1 / np.sqrt(r), _unless_over(L, squares, P.max_a)
 
 
 def rms_norm_acc(X: Bounded, g: Bounded, eps: float, P: Precision) -> Bounded:
     """rms_norm's value before its final rounding: fl(fl(x~ s~) g), in acc (g is a stored input or a bound)."""
+    X, g = load(X, P), load(g, P)
     s, L = rms_scale(X, eps, P)
     Lt = L + 2 * P.l_a
     xs = Bounded(X.v * s, s * (X.b * _exp(Lt) + np.abs(X.v) * _expm1(Lt)) + 2 * P.eta_a)
@@ -291,23 +349,30 @@ class LayerNormStats:
 def layer_norm_stats(X: Bounded, eps: float, P: Precision) -> LayerNormStats:
     """The two-pass statistics of `layers.layer_norm` (and of the fused rule's collective), with bounds.
 
-    mu~ = fl(Σ x~ / n): |mu~ - mu| <= mean(b) + γ_n mean(|x| + b) + η_a  (the cancellation term: it grows with |mu|,
-    not with σ). d~ = fl(x~ - mu~): |d~ - d| <= (b + b_mu)(1 + u_a) + u_a |d|. Then var + eps as in rms_scale with d.
+    mu~ = fl(Σ x~ / n): |mu~ - mu| <= mean(b) + γ_{adds(n)+1} mean(|x| + b) + η_a  (the cancellation term: it grows
+    with |mu|, not with σ). d~ = fl(x~ - mu~), kept in acc: |d~ - d| <= (b + b_mu)(1 + u_a) + u_a |d|. Then var + eps
+    as in rms_scale with d. Sums that may exceed max_a make the bounds inf.
     """
+    X = load(X, P)
     n = X.v.shape[-1]
     mu_v = np.mean(X.v, axis=-1, keepdims=True)  # (..., 1)
-    mu_b = np.mean(X.b, axis=-1, keepdims=True) + P.gamma(n) * np.mean(X.mag, axis=-1, keepdims=True) + P.eta_a
+    mag_sum = np.sum(X.mag, axis=-1, keepdims=True)  # (..., 1)
+    mu_b = np.mean(X.b, axis=-1, keepdims=True) + P.gamma(P.adds(n) + 1) * mag_sum / n + P.eta_a
+    mu_b = _unless_over(mu_b, mag_sum, P.max_a)
     d_v = X.v - mu_v  # (..., n)
     d_b = (X.b + mu_b) * (1 + P.u_a) + P.u_a * np.abs(d_v)  # (..., n)
     V = np.mean(d_v * d_v, axis=-1, keepdims=True) + eps  # (..., 1)
     delta = np.mean(2 * np.abs(d_v) * d_b + d_b * d_b, axis=-1, keepdims=True) + P.eta_a + _eps_error(eps, P)
-    L = 0.5 * ((n + 2) * P.l_a + _log1m(delta / V)) + 2 * P.l_a  # (..., 1)
+    L = 0.5 * ((P.adds(n) + 3) * P.l_a + _log1m(delta / V)) + 2 * P.l_a  # (..., 1)
+    squares = np.sum((np.abs(d_v) + d_b) ** 2, axis=-1, keepdims=True)  # (..., 1)
+    L = _unless_over(L, squares, P.max_a)
     return LayerNormStats(mu=Bounded(mu_v, mu_b), d=Bounded(d_v, d_b), s=1 / np.sqrt(V), L=L)
 
 
 def layer_norm_acc(X: Bounded, gamma: Bounded, beta: Bounded, eps: float, P: Precision) -> Bounded:
     """layer_norm's value before its final rounding: fl(fl(fl(d~ s~) gamma) + beta), in acc."""
     st = layer_norm_stats(X, eps, P)
+    gamma, beta = load(gamma, P), load(beta, P)
     Lt = st.L + 2 * P.l_a
     ds = Bounded(st.d.v * st.s, st.s * (st.d.b * _exp(Lt) + np.abs(st.d.v) * _expm1(Lt)) + 2 * P.eta_a)
     t = Bounded(ds.v * gamma.v, ds.b * np.abs(gamma.v) + np.abs(ds.v) * gamma.b + ds.b * gamma.b)
@@ -340,6 +405,7 @@ def _exponents(Z: Bounded, P: Precision, *, exps_per_entry: int) -> _Exponents:
     subtractions (and the common factor is e^{m - m~_root}); only the number k of exp calls on the path of
     entry i grows (1 + merge depth). Masked entries (-inf) are exact zeros in every order: θ = 0, p = 0 there.
     """
+    Z = load(Z, P)
     z = Z.v
     masked = np.isneginf(z)
     bz = np.where(masked, 0.0, Z.b)
@@ -366,13 +432,14 @@ def _log_mean_exp(p: F64, theta: F64) -> F64:
 def softmax_acc(Z: Bounded, P: Precision) -> Bounded:
     """softmax's value before its final rounding (also attention's p, which attention keeps in acc).
 
-    l~ = Σ e~ (up to the common factor) has log-error <= Θ = log Σ_j p_j e^{θ_j} + (n-1) ℓ + λ_η (the exps'
+    l~ = Σ e~ (up to the common factor) has log-error <= Θ = log Σ_j p_j e^{θ_j} + adds(n) ℓ + λ_η (the exps'
     underflow, <= 8 η_a each, against l >= 1); p~_i = fl(e~_i / l~) = p_i e^{±(θ_i + Θ + ℓ)} + 8 η_a e^{Θ + ℓ} + η_a.
+    (l <= n stays far below max_a for every row length here.)
     """
     n = Z.v.shape[-1]
     ex = _exponents(Z, P, exps_per_entry=1)
     lam = float(_log1m(min(16 * n * P.eta_a, 0.5)))
-    Theta = _log_mean_exp(ex.p, ex.theta) + (n - 1) * P.l_a + lam  # (..., 1)
+    Theta = _log_mean_exp(ex.p, ex.theta) + P.adds(n) * P.l_a + lam  # (..., 1)
     b = ex.p * _expm1(ex.theta + Theta + P.l_a) + 8 * P.eta_a * _exp(Theta + P.l_a) + P.eta_a
     return Bounded(ex.p, np.where(ex.masked, 0.0, b))
 
@@ -390,16 +457,19 @@ def softmax_online_matmul(Z: Bounded, V: Bounded, P: Precision, *, tile_len: int
     """fusion.softmax_linear / a merge tree: (e^{z - m} @ V) / Σ e^{z - m} via tile states and online merges.
 
     Tiles of at most `tile_len` entries; every leaf passes at most `depth` merges. Per entry i:
-      o: θ_i + depth ℓ_exp (rescaling factors) + (tile_len + 2 depth) ℓ  (tile matmul; a multiply and an add per merge)
-      l: Λ = log Σ_i p_i e^{θ_i} + (tile_len - 1 + 2 depth) ℓ + λ_η   (θ_i includes the depth ℓ_exp)
+      o: θ_i + depth ℓ_exp (rescaling factors) + (1 + adds(tile_len) + 2 depth) ℓ  (tile matmul; a multiply and an
+         add per merge)
+      l: Λ = log Σ_i p_i e^{θ_i} + (adds(tile_len) + 2 depth) ℓ + λ_η   (θ_i includes the depth ℓ_exp)
     and the final division rounds once: |y~ - y| <= Σ_i p_i |V_ij| expm1(φ_i + Λ + ℓ) + Σ_i p_i b_V,ij e^{φ_i + Λ + ℓ}
-    plus underflow. Z (..., n), V (..., n, m) or (n, m).
+    plus underflow. Z (..., n), V (..., n, m) or (n, m). The unnormalised o is not divided until the end: where it
+    may exceed max_a (`unnormalised_may_overflow`) the bound is inf.
     """
+    V = load(V, P)
     n = Z.v.shape[-1]
     ex = _exponents(Z, P, exps_per_entry=1 + depth)
     lam = float(_log1m(min(16 * n * P.eta_a, 0.5)))
-    phi = ex.theta + (tile_len + 2 * depth) * P.l_a  # (..., n)
-    Lam = _log_mean_exp(ex.p, ex.theta) + (tile_len - 1 + 2 * depth) * P.l_a + lam  # (..., 1)
+    phi = ex.theta + (1 + P.adds(tile_len) + 2 * depth) * P.l_a  # (..., n)
+    Lam = _log_mean_exp(ex.p, ex.theta) + (P.adds(tile_len) + 2 * depth) * P.l_a + lam  # (..., 1)
     w_rel = np.where(ex.masked, 0.0, ex.p * _expm1(phi + Lam + P.l_a))  # (..., n)
     w_abs = np.where(ex.masked, 0.0, ex.p * _exp(phi + Lam + P.l_a))  # (..., n)
     y = ex.p @ V.v  # (..., rows, m): (rows, n) @ (n, m), or (H, T, n) @ (H, n, m) batched
@@ -408,7 +478,21 @@ def softmax_online_matmul(Z: Bounded, V: Bounded, P: Precision, *, tile_len: int
     vsum = np.sum(V.mag, axis=-2)[..., None, :]  # (..., 1, m)
     b = b + (8 * P.eta_a * vsum + 2 * depth * P.eta_a) * _exp(Lam + P.l_a) + P.eta_a  # (..., rows, m)
     full = np.all(ex.masked, axis=-1, keepdims=True)  # a fully masked row is exactly zero in every order
+    visible = (~ex.masked).astype(np.float64)  # (..., rows, n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        b = _unless_over(b, visible @ V.mag, P.max_a)  # the unnormalised o
     return Bounded(y, np.where(full, 0.0, b))
+
+
+def unnormalised_may_overflow(Z: Bounded, V: Bounded, P: Precision) -> NDArray[np.bool_]:
+    """Whether the fused softmax's unnormalised o = Σ_i e^{z_i - m_tile} V_ij may exceed max_a (..., rows, m).
+
+    With local maxima every e <= 1, so |o| <= Σ_i |V_ij| over the visible entries of the row, at any merge: the
+    condition of the float16-accumulator hazard (docs/hazards.md), conservatively."""
+    visible = (~np.isneginf(Z.v)).astype(np.float64)  # (..., rows, n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mag = visible @ load(V, P).mag
+    return np.isfinite(mag) & (mag > P.max_a)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,6 +504,7 @@ def silu(X: Bounded, P: Precision) -> Bounded:
     """silu(x) = x / (1 + e^{-x}) in acc. 1.1-Lipschitz for the input error; exp, the add (of positives) and the
     division give expm1(ℓ_exp + 2ℓ); e^{-x} overflowing for x < -log(max) returns -0 instead of a value of
     magnitude <= log(max)/max (benign, bounded absolutely)."""
+    X = load(X, P)
     v = X.v / (1 + _exp(-X.v))
     prop = SILU_LIPSCHITZ * X.b
     over = math.log(P.max_a) / P.max_a
@@ -431,6 +516,7 @@ def rope(X: Bounded, positions: ArrayLike, *, base: float, layout: str, P: Preci
 
     |fl(fl(u~ c~) - fl(w~ s~)) - (u c - w s)| <= (b_u |c| + b_w |s|) e^{3ℓ} + (|u c| + |w s|) expm1(3ℓ) + 2 η_a.
     """
+    X = load(X, P)
     hd = X.v.shape[-1]
     cos, sin = rope_angles(np.asarray(positions), hd, base)  # (..., hd/2)
     if layout == "half":
@@ -451,12 +537,14 @@ def rope(X: Bounded, positions: ArrayLike, *, base: float, layout: str, P: Preci
 
 
 def attention_scores(Q: Bounded, K: Bounded, P: Precision) -> Bounded:
-    """z = q k^T / fl(sqrt(hd)) in acc, for Q (..., T, hd) and K (..., S, hd) -> (..., T, S).
+    """z = q k^T / sqrt(hd) in acc, for Q (..., T, hd) and K (..., S, hd) -> (..., T, S).
 
-    The dot product is a matmul over hd; the division by the rounded sqrt adds 2 roundings."""
+    The dot product is a matmul over hd; the scaling adds 3 roundings, which covers both ways the code does it:
+    a division by fl(sqrt(hd)) (`layers.attention`: 2 roundings) and a product with fl(1/fl(sqrt(hd))) (the forward
+    pass: the reciprocal's two float64 roundings are below one of acc's, plus its cast and the product)."""
     hd = Q.v.shape[-1]
     Kt = Bounded(np.swapaxes(K.v, -1, -2), np.swapaxes(K.b, -1, -2))
     dot = matmul(Q, Kt, P)  # (..., T, S)
     r = math.sqrt(hd)
-    k2 = _expm1(2 * P.l_a)
-    return Bounded(dot.v / r, dot.b / r * (1 + k2) + np.abs(dot.v / r) * k2 + P.eta_a)
+    k3 = _expm1(3 * P.l_a)
+    return Bounded(dot.v / r, dot.b / r * (1 + k3) + np.abs(dot.v / r) * k3 + P.eta_a)
