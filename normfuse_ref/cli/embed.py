@@ -5,7 +5,7 @@ For each text: its token count ([CLS] and [SEP] included) and the norm of its em
 embeddings are L2-normalised); then the pairwise cosine similarities. With `--mode both` both orders embed the
 same tokens in the same groups, and the output says how far apart they are: the largest difference of an
 embedding component, the smallest cosine between a text's two embeddings, the largest difference of a last hidden
-state, and whether that is within what rounding alone explains (`normfuse_ref.models.bert.bounds`).
+state, and whether that is within what rounding alone explains (`normfuse_ref.models.bert.embedding_bound`).
 
 A text longer than the model's positions (512 for all-MiniLM-L6-v2) is an error; `--truncate` embeds its first
 512 tokens instead, and the output says which texts were cut and from how many tokens.
