@@ -32,7 +32,7 @@ import numpy as np
 
 from normfuse_ref.hw import EmulatingExecutor, costs, get_hardware, mapping, study
 from normfuse_ref.hw.study import PASSES, Scenario, compare, local_pool, map_scenario, sweep
-from normfuse_ref.llama import PRESETS, Mode, forward, prepare, random_params
+from normfuse_ref.models.llama import PRESETS, Mode, forward, prepare, random_params
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, float]:
@@ -157,7 +157,7 @@ def main() -> None:
         _, cache = forward(w_, cfg, ids, mode=mode)
         numeric_case("tiny", w_, cfg, mode, np.array([7]), 10 * args.repeats, cache)
     try:
-        from normfuse_ref.llama.model import load_model
+        from normfuse_ref.models.llama.model import load_model
 
         smol = load_model("smollm2-135m")
     except (ImportError, FileNotFoundError, ValueError) as exc:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from normfuse_ref.llama.fetch import find_model
 from normfuse_ref.models.bert import BertConfig, BertModel, load_model
 from normfuse_ref.models.bert.weights import Mode, param_shapes
+from normfuse_ref.models.llama.fetch import find_model
 
 Array = NDArray[Any]
 MINILM = "all-minilm-l6-v2"

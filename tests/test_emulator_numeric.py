@@ -22,8 +22,8 @@ import pytest
 
 from normfuse_ref.hw import EmulatingExecutor, MappingPolicy, Value, get_hardware
 from normfuse_ref.hw.study import Scenario, map_scenario
-from normfuse_ref.llama import PRESETS, forward, prepare, random_params
-from normfuse_ref.llama.model import Model
+from normfuse_ref.models.llama import PRESETS, forward, prepare, random_params
+from normfuse_ref.models.llama.model import Model
 from normfuse_ref.ops import NumpyExecutor, ReduceKind
 from tests.test_model_smollm2 import model, smollm2_tol  # noqa: F401 (the fixture is used by name)
 

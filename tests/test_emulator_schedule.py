@@ -20,8 +20,8 @@ from normfuse_ref.hw.config import (
 )
 from normfuse_ref.hw.study import Comparison, Scenario, compare, emulate, map_scenario
 from normfuse_ref.hw.timeline import Timeline
-from normfuse_ref.llama.config import PRESETS as MODELS
-from normfuse_ref.llama.config import LlamaConfig
+from normfuse_ref.models.llama.config import PRESETS as MODELS
+from normfuse_ref.models.llama.config import LlamaConfig
 from tests.hw_strategies import levels
 
 TOY, CORSAIR = PRESETS["toy"], PRESETS["corsair-like"]

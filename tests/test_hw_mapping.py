@@ -10,7 +10,7 @@ from normfuse_ref.hw.config import PRESETS, with_overrides
 from normfuse_ref.hw.mapping import MappingPolicy, build, crossing_level, kv_layout, search, weight_cards
 from normfuse_ref.hw.study import Scenario, emulate, estimate_mapping, map_scenario
 from normfuse_ref.hw.workload import workload_of
-from normfuse_ref.llama.config import PRESETS as MODELS
+from normfuse_ref.models.llama.config import PRESETS as MODELS
 
 CORSAIR = PRESETS["corsair-like"]
 

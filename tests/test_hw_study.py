@@ -25,7 +25,7 @@ from normfuse_ref.hw.study import (
     validate,
 )
 from normfuse_ref.hw.timeline import Timeline
-from normfuse_ref.llama.config import PRESETS as MODELS
+from normfuse_ref.models.llama.config import PRESETS as MODELS
 
 CORSAIR = PRESETS["corsair-like"]
 

@@ -6,8 +6,8 @@ import json
 
 from normfuse_ref.hw import EmulatingExecutor, Event, Timeline, chrome_trace, get_hardware
 from normfuse_ref.hw.study import Scenario, compare, map_scenario
-from normfuse_ref.llama import PRESETS as MODELS
-from normfuse_ref.llama import forward, prepare, random_params
+from normfuse_ref.models.llama import PRESETS as MODELS
+from normfuse_ref.models.llama import forward, prepare, random_params
 
 
 def ev(engine: str, op: str, kind: str, start: int, end: int, pred: int, res: tuple[str, ...]) -> Event:

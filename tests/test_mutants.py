@@ -51,7 +51,7 @@ from . import test_precision as precision_tests
 from . import test_rule_sites as site_tests
 from . import test_rule_sites_bert as bert_site_tests
 
-forward_module = importlib.import_module("normfuse_ref.llama.forward")  # the package re-exports `forward`
+forward_module = importlib.import_module("normfuse_ref.models.llama.forward")  # the package re-exports `forward`
 sites_module = importlib.import_module("normfuse_ref.models.sites")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from normfuse_ref.accuracy.bounds import forward_bound
-from normfuse_ref.llama import LlamaConfig
+from normfuse_ref.models.llama import LlamaConfig
 from normfuse_ref.precision import Array, dtype_info
 
 U32 = dtype_info("float32").unit_roundoff

@@ -26,7 +26,7 @@ from rich.table import Table
 from normfuse_ref.cli.gantt import block_gantt
 from normfuse_ref.hw import get_hardware, netsim, network, with_overrides
 from normfuse_ref.hw.study import Scenario, compare
-from normfuse_ref.llama import get_preset
+from normfuse_ref.models.llama import get_preset
 
 console = Console(width=100)
 
@@ -67,7 +67,7 @@ assert abs(closed - simulated) < 1e-9 * closed
 # %% [markdown]
 # ## One decode step of the tiny model, in both orders
 #
-# The emulator runs the very same forward pass as `normfuse_ref.llama.forward`, cost-only, on the mapping the
+# The emulator runs the very same forward pass as `normfuse_ref.models.llama.forward`, cost-only, on the mapping the
 # mapper picks, and records when each engine and network level is busy. The Gantt shows block 0: the ▲ marks are
 # normalisation statistics on the critical path, time the whole machine waits for them.
 

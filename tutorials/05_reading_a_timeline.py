@@ -25,7 +25,7 @@ from rich.table import Table
 
 from normfuse_ref.hw import EmulatingExecutor, chrome_trace, get_hardware
 from normfuse_ref.hw.study import Scenario, compare, map_scenario
-from normfuse_ref.llama import forward, get_preset, prepare, random_params
+from normfuse_ref.models.llama import forward, get_preset, prepare, random_params
 from normfuse_ref.ops import NumpyExecutor
 
 console = Console(width=100)

@@ -22,7 +22,7 @@ from rich.table import Table
 from normfuse_ref.cli.gantt import bars
 from normfuse_ref.hw import get_hardware
 from normfuse_ref.hw.study import PAPER, Scenario, calibrate, compare, paper_check, sweep, validate
-from normfuse_ref.llama import get_preset
+from normfuse_ref.models.llama import get_preset
 
 console = Console(width=100)
 hw = get_hardware("corsair-like")

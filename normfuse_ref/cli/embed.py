@@ -76,9 +76,9 @@ def add_parser(subparsers: Any) -> None:
 
 def _load(args: argparse.Namespace, console: Console) -> BertModel:
     """The model, with a progress bar while its weights are read; a model of another family is refused."""
-    from ..llama.fetch import CorruptModel
     from ..models import family_of, load_model
     from ..models.bert import BertModel
+    from ..models.llama.fetch import CorruptModel
 
     try:
         family = family_of(args.model)

@@ -42,8 +42,8 @@ from ..hw.study import (
     validate,
 )
 from ..hw.timeline import ENGINES, chrome_trace
-from ..llama.config import PRESETS as MODELS
-from ..llama.config import LlamaConfig, get_preset
+from ..models.llama.config import PRESETS as MODELS
+from ..models.llama.config import LlamaConfig, get_preset
 from .args import integer
 from .console import Col, Console, UsageError, json_record
 from .gantt import LEGEND, block_gantt

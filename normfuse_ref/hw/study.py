@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..llama.config import LlamaConfig, get_preset
+from ..models.llama.config import LlamaConfig, get_preset
 from . import costs
 from .config import HardwareConfig, field_value, nested, with_overrides
 from .emulator import EmulatingExecutor

@@ -4,7 +4,7 @@ forward call of it through an executor.
 The machine itself is family-agnostic: it prices elementwise ops by name (`costs.SIMD_PROGRAMS`), reductions by
 kind, and matmuls by shapes and by whether the matrix is a stationary weight (a plain 2-D array) or an activation
 (a value the pass produced, e.g. the KV cache). A family plugs in by registering a `Family` for its config type in
-`FAMILIES`: today Llama (`normfuse_ref.llama`).
+`FAMILIES`: today Llama (`normfuse_ref.models.llama`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..llama.config import LlamaConfig
+from ..models.llama.config import LlamaConfig
 from ..ops import Executor
 
 __all__ = ["FAMILIES", "Family", "Matrix", "Workload", "run_pass", "with_layers", "workload_of"]
@@ -67,7 +67,7 @@ class Family:
 
 
 def _llama_workload(cfg: LlamaConfig) -> Workload:
-    from ..llama.weights import prepared_shapes
+    from ..models.llama.weights import prepared_shapes
 
     shapes = prepared_shapes(cfg.replace(n_layers=1))
     block = tuple(Matrix(k.split(".", 2)[2], *s) for k, s in shapes.items() if k.startswith("blk.0.") and len(s) == 2)
@@ -89,14 +89,14 @@ def _llama_workload(cfg: LlamaConfig) -> Workload:
 
 @functools.lru_cache(maxsize=16)
 def _llama_dummies(cfg: LlamaConfig) -> dict[str, Any]:
-    from ..llama.weights import prepared_shapes
+    from ..models.llama.weights import prepared_shapes
     from .emulator import dummy
 
     return {k: dummy(s) for k, s in prepared_shapes(cfg).items()}
 
 
 def _llama_run(cfg: LlamaConfig, ex: Executor, mode: str, batch: int, tokens: int, past: int, cache: Any) -> Any:
-    from ..llama.forward import KVCache, forward
+    from ..models.llama.forward import KVCache, forward
     from .emulator import dummy
 
     lead = () if batch == 1 else (batch,)

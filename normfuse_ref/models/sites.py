@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import fusion
-from ..llama.weights import Mode
 from ..ops import Executor
+from .llama.weights import Mode
 
 __all__ = ["Mode", "layer_norm_linear", "linear", "rms_norm_linear", "softmax_linear"]
 

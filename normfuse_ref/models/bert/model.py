@@ -7,7 +7,7 @@
 
 `load_model` here accepts
 - "all-minilm-l6-v2" (any BERT-family name of the fetch registry): the fetched directory, found and checked
-  (size and SHA-256 of every file) by `normfuse_ref.llama.fetch.find_model`;
+  (size and SHA-256 of every file) by `normfuse_ref.models.llama.fetch.find_model`;
 - "tiny-bert": the `tiny-bert` preset with seeded random weights and a character-level WordPiece tokenizer, for
   tests and demos without a download (its embeddings mean nothing, deterministically);
 - a path to an HF BERT directory (config.json + *.safetensors [+ tokenizer.json]; `hf_loader`).
@@ -64,7 +64,7 @@ RANDOM_PRESETS = ("tiny-bert",)
 
 def fetched_names() -> tuple[str, ...]:
     """The BERT-family models of the fetch registry (`normfuse fetch NAME` installs them)."""
-    from ...llama.fetch import SOURCES
+    from ..llama.fetch import SOURCES
 
     return tuple(name for name, src in SOURCES.items() if src.family == "bert")
 
@@ -176,7 +176,7 @@ def load_model(
         models = ", ".join((*fetched_names(), *RANDOM_PRESETS))
         raise ValueError(f"preset {name!r} is shape-only (no weights); models: {models}, or an HF BERT directory")
     if name in fetched_names():
-        from ...llama.fetch import find_model
+        from ..llama.fetch import find_model
 
         ck = read_bert_dir(find_model(name), dtype=dt, name=name, on_tensor=on_tensor)
     else:

@@ -11,7 +11,7 @@
 The rules are `normfuse_ref.fusion`'s, called through `normfuse_ref.models.sites` (the dispatch by mode every
 family shares): this file only wires them (and RoPE, attention's layout, the FFN and the residual stream) into a
 decoder block. The KV cache is passed in and returned (no hidden state); see `KVCache`.
-Shape letters: see `normfuse_ref.llama.config`.
+Shape letters: see `normfuse_ref.models.llama.config`.
 
 Speed without changing what is computed (the emulator replays the same primitive calls): the RoPE angles depend
 only on positions, so `forward` computes them once per call and every layer's `rope_*` callables reuse them; a single
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from ..layers import rope_angles, rotate_pairs, silu_gate
-from ..models import sites
-from ..models.inputs import check_ids
-from ..ops import Executor, NumpyExecutor
-from ..precision import Array, resolve_dtype
+from ...layers import rope_angles, rotate_pairs, silu_gate
+from ...ops import Executor, NumpyExecutor
+from ...precision import Array, resolve_dtype
+from .. import sites
+from ..inputs import check_ids
 from .config import LlamaConfig
 from .weights import Mode
 

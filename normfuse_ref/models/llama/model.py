@@ -5,7 +5,7 @@
     print(out.text)
 
 `load_model` accepts
-- "smollm2-135m": the GGUF in the user cache (`normfuse_ref.llama.fetch`); missing -> FileNotFoundError saying
+- "smollm2-135m": the GGUF in the user cache (`normfuse_ref.models.llama.fetch`); missing -> FileNotFoundError saying
   `run: normfuse fetch smollm2-135m`;
 - "tiny": the `tiny` preset with seeded random weights and a `ByteTokenizer` (its vocabulary is exactly the 256
   byte values), for tests and demos without a download; it produces gibberish, deterministically;
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ..extras import require
-from ..models.loaded import LoadedModel
-from ..ops import step_blas_threads
-from ..precision import Array, resolve_dtype
+from ...extras import require
+from ...ops import step_blas_threads
+from ...precision import Array, resolve_dtype
+from ..loaded import LoadedModel
 from .config import PRESETS, LlamaConfig, get_preset
 from .fetch import SOURCES, find_model
 from .forward import KVCache, empty_cache, forward
