@@ -96,7 +96,7 @@ def worker_hf() -> tuple[Callable[[], None], dict[str, Any]]:
     import torch
     import transformers
 
-    from normfuse_ref.llama.fetch import find_model
+    from normfuse_ref.models.llama.fetch import find_model
 
     path = str(find_model(MODEL))
     tok = transformers.AutoTokenizer.from_pretrained(path)
@@ -198,7 +198,7 @@ def main() -> int:
 
     from bench_model import machine_info  # this script's directory is on sys.path
 
-    from normfuse_ref.llama.fetch import find_model
+    from normfuse_ref.models.llama.fetch import find_model
 
     try:
         find_model(MODEL)

@@ -1,16 +1,27 @@
-"""Speed of the tile emulator: cost-only timing of a 70B model, and numeric emulation vs the plain forward pass.
+"""Speed of the emulated machine: the comparison, a prefill, the mapper, a 2-D sweep, and numeric emulation.
 
-    .venv/bin/python bench/bench_emulator.py [--repeats N]
+    .venv/bin/python bench/bench_emulator.py [--repeats N] [--sweep-points N] [--workers N]
 
-Targets (issue 4): cost-only llama3-70b decode (80 layers, context 8192, both orders) <= 2 s; numeric emulation
-of `tiny` or SmolLM2 <= 1.5x the plain forward pass (NumpyExecutor) on the same inputs. Prints the figures; it is
-not a test (timings depend on the machine and on what else runs on it). Plain and emulated runs are interleaved
-and the median is reported, in wall time and in CPU time of this process.
+Targets (issue 10; benchmark figures, not tests, since timings depend on the machine and what else runs on it):
+  - cost-only llama3-70b decode (context 2048), both orders and both baselines (the comparison's six passes,
+    normalisation-free ones included), <= 1 s;
+  - llama3-70b prefill of 2,048 tokens (in chunks of 256), the six passes, <= 10 s;
+  - the mapper's search for llama3-70b, <= 5 s;
+  - a 1,000-point 2-D sweep (llama2-7b decode, NoC hop x die-to-die hop) on 2 cores (a process pool), <= 60 s
+    (and, for comparison, a NoC hop x batch sweep: each point's cost grows with the batch, see below);
+  - numeric emulation <= 1.5x the plain forward pass (NumpyExecutor) on the same inputs (tiny, SmolLM2).
+A decode point of a sweep composes each pass from two timed blocks and the head per stage (equal to the full pass;
+tests/test_hw_study.py). In cost-only mode the forward's KV-cache append copies the dummy cache on every call (its
+elements take no bytes, but NumPy still walks them), which grows with batch x context and dominates large batches.
+The mapper and the plans are memoised per machine, so the cost-only figures clear those caches first; plain and
+emulated runs are interleaved and the median is reported, in wall time and in CPU time of this process. The load
+average before and after is printed: on a shared machine, read the figures as upper bounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -19,15 +30,44 @@ from typing import Any
 
 import numpy as np
 
-from normfuse_ref.hw import EmulatingExecutor, get_hardware
-from normfuse_ref.hw.study import Phase, Scenario, compare
-from normfuse_ref.llama import PRESETS, Mode, forward, prepare, random_params
+from normfuse_ref.hw import EmulatingExecutor, costs, get_hardware, mapping, study
+from normfuse_ref.hw.study import PASSES, Scenario, compare, local_pool, map_scenario, sweep
+from normfuse_ref.models.llama import PRESETS, Mode, forward, prepare, random_params
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, float]:
     w, c = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - w, time.process_time() - c
+
+
+def cold() -> None:
+    """Forget every memoised mapping, grid and plan, so that a figure includes the work of finding them."""
+    study.map_scenario.cache_clear()
+    study._timed_blocks.cache_clear()
+    mapping.choose_grid.cache_clear()
+    for fn in (costs.move_step, costs.stage_transfer_step, costs.reduce_steps, costs.psum_steps, costs.merge_steps):
+        fn.cache_clear()  # type: ignore[attr-defined]
+    costs.elementwise_step.cache_clear()  # type: ignore[attr-defined]
+    costs.grid_cycles.cache_clear()  # type: ignore[attr-defined]
+    from normfuse_ref.hw import emulator
+
+    emulator._PLANS.clear()
+
+
+def six_passes(sc: Scenario, hw: Any) -> None:
+    """The comparison with every pass run (a comparison runs its passes when first asked for)."""
+    c = compare(sc, hw)
+    for name in PASSES:
+        getattr(c, name)
+
+
+def best_of(fn: Callable[[], Any], n: int) -> float:
+    out = []
+    for _ in range(n):
+        cold()
+        out.append(timed(fn)[0])
+    return min(out)
 
 
 def interleaved(plain: Callable[[], Any], emul: Callable[[], Any], repeats: int) -> dict[str, float]:
@@ -46,58 +86,78 @@ def interleaved(plain: Callable[[], Any], emul: Callable[[], Any], repeats: int)
 
 def report(label: str, r: dict[str, float]) -> None:
     print(
-        f"  {label:<44s} plain {1e3 * r['plain_wall']:8.2f} ms  emulated {1e3 * r['emul_wall']:8.2f} ms  "
+        f"  {label:<46s} plain {1e3 * r['plain_wall']:8.2f} ms  emulated {1e3 * r['emul_wall']:8.2f} ms  "
         f"ratio {r['emul_wall'] / r['plain_wall']:.2f} (wall), {r['emul_cpu'] / r['plain_cpu']:.2f} (cpu)"
     )
 
 
 def numeric_case(
-    name: str, weights: Any, cfg: Any, hw_name: str, mode: Mode, ids: np.ndarray, repeats: int, cache: Any = None
+    name: str, weights: Any, cfg: Any, mode: Mode, ids: np.ndarray, repeats: int, cache: Any = None
 ) -> None:
-    hw = get_hardware(hw_name)
+    hw = get_hardware("corsair-like")
+    mp = map_scenario(Scenario(cfg, "prefill", max(1, ids.shape[-1]), 1), hw)
     r = interleaved(
         lambda: forward(weights, cfg, ids, cache, mode=mode),
-        lambda: forward(weights, cfg, ids, cache, mode=mode, ex=EmulatingExecutor(hw)),
+        lambda: forward(weights, cfg, ids, cache, mode=mode, ex=EmulatingExecutor(hw, mp)),
         repeats,
     )
-    report(f"{name} on {hw_name}, {mode}, T={ids.shape[-1]}{' (decode)' if cache else ''}", r)
+    report(f"{name}, {mode}, T={ids.shape[-1]}{' (decode)' if cache else ''}", r)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--sweep-points", type=int, default=1000, help="points of the 2-D sweep (default 1000)")
+    ap.add_argument("--workers", type=int, default=2, help="processes of the sweep's pool (default 2)")
     args = ap.parse_args()
     print(
-        f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-        f"numpy {np.__version__}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+        f"{platform.python_version()}, numpy {np.__version__}; load average {os.getloadavg()[0]:.2f}"
     )
-
-    print("cost-only (shapes only), both orders:")
     hw = get_hardware("corsair-like")
-    cases: tuple[tuple[str, Phase, int], ...] = (
-        ("llama3-70b", "decode", 8192),
-        ("llama2-7b", "decode", 2048),
-        ("llama3-70b", "prefill", 1024),
-    )
-    for model, phase, ctx in cases:
-        sc = Scenario(PRESETS[model], phase, ctx, 1)
-        best = min(timed(lambda: compare(sc, hw))[0] for _ in range(3))  # noqa: B023 (called at once)
-        c = compare(sc, hw)
-        print(f"  {sc.describe():<58s} {best:6.2f} s   ({len(c.baseline.events) + len(c.fused.events)} events)")
 
-    print("numeric emulation vs the plain forward pass (NumpyExecutor, float32):")
+    print("cost-only (shapes only), from cold caches, best of 3:")
+    sc = Scenario(PRESETS["llama3-70b"], "decode", 2048, 1)
+    t_map = best_of(lambda: map_scenario(sc, hw), 3)
+    print(f"  the mapper's search for llama3-70b decode               {t_map:6.2f} s   (target <= 5 s)")
+    t_cmp = best_of(lambda: six_passes(sc, hw), 3)
+    print(f"  llama3-70b decode, six passes (mapper included)          {t_cmp:6.2f} s   (target <= 1 s)")
+    pre = Scenario(PRESETS["llama3-70b"], "prefill", 2048, 1)
+    t_pre = best_of(lambda: six_passes(pre, hw), 1)
+    print(f"  llama3-70b prefill of 2048 tokens, six passes            {t_pre:6.2f} s   (target <= 10 s)")
+
+    n = args.sweep_points
+    base = Scenario(PRESETS["llama2-7b"], "decode", 2048, 1)
+    noc = [0.5 + 0.25 * i for i in range(40)]
+    d2d = [5.0 * (i + 1) for i in range(max(1, n // 40))]
+    cold()
+    with local_pool(args.workers) as pool:
+        w, _ = timed(lambda: sweep(base, hw, [("noc-hop", noc), ("d2d-hop", d2d)], executor=pool))
+    print(
+        f"  {len(noc) * len(d2d)}-point sweep (llama2-7b decode, NoC hop x d2d hop), {args.workers} processes "
+        f"{w:6.1f} s   (target <= 60 s for 1000 on 2 cores)"
+    )
+    batches = [1, 2, 4, 8, 16, 32, 64]
+    cold()
+    with local_pool(args.workers) as pool:
+        w, _ = timed(lambda: sweep(base, hw, [("noc-hop", noc[:15]), ("batch", batches)], executor=pool))
+    print(
+        f"  {15 * len(batches)}-point sweep (llama2-7b decode, NoC hop x batch 1..64), {args.workers} processes "
+        f"{w:6.1f} s   (the forward's KV-cache append copies the dummy cache: grows with the batch)"
+    )
+
+    print("numeric emulation vs the plain forward pass (NumpyExecutor, float32), on the mapper's mapping:")
     cfg = PRESETS["tiny"]
     p = random_params(cfg, seed=0)
     modes: tuple[Mode, ...] = ("baseline", "fused")
     for mode in modes:
-        w = prepare(p, cfg, mode)
+        w_ = prepare(p, cfg, mode)
         ids = np.arange(16) % cfg.vocab_size
-        for hw_name in ("corsair-like", "toy"):
-            numeric_case("tiny", w, cfg, hw_name, mode, ids, 10 * args.repeats)
-        _, cache = forward(w, cfg, ids, mode=mode)
-        numeric_case("tiny", w, cfg, "corsair-like", mode, np.array([7]), 10 * args.repeats, cache)
+        numeric_case("tiny", w_, cfg, mode, ids, 10 * args.repeats)
+        _, cache = forward(w_, cfg, ids, mode=mode)
+        numeric_case("tiny", w_, cfg, mode, np.array([7]), 10 * args.repeats, cache)
     try:
-        from normfuse_ref.llama.model import load_model
+        from normfuse_ref.models.llama.model import load_model
 
         smol = load_model("smollm2-135m")
     except (ImportError, FileNotFoundError, ValueError) as exc:
@@ -106,9 +166,10 @@ def main() -> None:
     for mode in modes:
         ws = smol.weights(mode)
         ids = np.arange(1, 33)
-        numeric_case("smollm2-135m", ws, smol.cfg, "corsair-like", mode, ids, args.repeats)
+        numeric_case("smollm2-135m", ws, smol.cfg, mode, ids, args.repeats)
         _, cache = forward(ws, smol.cfg, ids, mode=mode)
-        numeric_case("smollm2-135m", ws, smol.cfg, "corsair-like", mode, np.array([7]), args.repeats, cache)
+        numeric_case("smollm2-135m", ws, smol.cfg, mode, np.array([7]), args.repeats, cache)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from normfuse_ref.llama.weights import Mode
+    from normfuse_ref.models.llama.weights import Mode
 
 PROMPT = "What is the capital of France?"
 NEW_TOKENS = 64
@@ -53,7 +53,7 @@ def _summary(times: list[float]) -> dict[str, float]:
 def worker_normfuse(mode: Mode, repeats: int) -> dict[str, Any]:
     import numpy as np
 
-    from normfuse_ref.llama.model import load_model, prompt_ids
+    from normfuse_ref.models.llama.model import load_model, prompt_ids
 
     t0 = time.perf_counter()
     model = load_model("smollm2-135m")
@@ -100,7 +100,7 @@ def worker_hf(repeats: int, threads: int | None) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(threads)
 
-    from normfuse_ref.llama.fetch import find_model
+    from normfuse_ref.models.llama.fetch import find_model
 
     path = find_model("smollm2-135m")
     t0 = time.perf_counter()
@@ -188,7 +188,7 @@ def main() -> int:
         print(json.dumps(rec))
         return 0
 
-    from normfuse_ref.llama.fetch import find_model
+    from normfuse_ref.models.llama.fetch import find_model
 
     try:
         find_model("smollm2-135m")

@@ -5,7 +5,7 @@ demo. The rest:
 
 | extra | packages (import names) | what needs them |
 |---|---|---|
-| `model` | gguf, tokenizers, safetensors, jinja2, scipy | reading real models: `generate`, `embed`, `load_model` |
+| `model` | gguf, tokenizers, safetensors, jinja2, scipy | reading real models: `generate`, `embed`, `load_model`, the BERT loader |
 | `fuzz` | hypothesis | `normfuse fuzz` and `normfuse_ref.fuzz` |
 | `plot` | matplotlib | figures (`--figure`) |
 

@@ -1,7 +1,7 @@
 """Writing files so that nothing half-written is ever left: temporary files beside their destinations, renamed
 into place together.
 
-One implementation, used by the model cache (`normfuse_ref.llama.fetch`) and by the CLI's output files
+One implementation, used by the model cache (`normfuse_ref.models.llama.fetch`) and by the CLI's output files
 (`normfuse_ref.cli.outputs`, which adds the user-facing checks: --force, the same path twice, directories).
 
     with Staging() as st:

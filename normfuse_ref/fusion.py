@@ -17,7 +17,7 @@ One implementation per order. Each rule has
   the emulator's baseline timeline run it;
 - the array call `rms_norm_linear(x, g, F, eps)` / `layer_norm_linear(...)`, which folds and runs the fused order.
 Every function takes `ex=` (a `normfuse_ref.ops.Executor`); without it, a plain `NumpyExecutor` for the first
-argument's dtype and `acc` computes, so the array call, the model's forward pass (`normfuse_ref.llama.forward`), the
+argument's dtype and `acc` computes, so the array call, the model's forward pass (`normfuse_ref.models.llama.forward`), the
 emulator (`normfuse_ref.hw`) and the fuzz suite run the same lines. `op` names the linear layer; the normalisation's
 primitives are named after it (`{op}.rms`, `{op}.scale`, ...) so the emulator can price them (hw/costs.py).
 

@@ -1,6 +1,6 @@
 """The primitive operations a forward pass issues, the one rounding rule, and the plain NumPy executor.
 
-The fused rules (`normfuse_ref.fusion`) and the forward passes (`normfuse_ref.llama.forward`) are written once and
+The fused rules (`normfuse_ref.fusion`) and the forward passes (`normfuse_ref.models.llama.forward`) are written once and
 touch activations only through an `Executor`. `NumpyExecutor` computes (the plain path: the array calls of the rules,
 the model); the tile emulator (`normfuse_ref.hw`) executes the same calls slice by slice, or cost-only on shapes, and
 records a timeline. The primitives are chosen so that every place the paper cares about is visible to the emulator:
@@ -34,7 +34,7 @@ shape is the broadcast of their inputs: the emulator relies on it in cost-only m
 move data.
 
 Speed lives here and nowhere else: `step_blas_threads` limits the BLAS threads around a whole forward step
-(threadpoolctl), for the callers that want it (`normfuse_ref.llama.model.Model.forward`).
+(threadpoolctl), for the callers that want it (`normfuse_ref.models.llama.model.Model.forward`).
 """
 
 from __future__ import annotations

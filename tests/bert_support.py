@@ -1,4 +1,4 @@
-"""Shared by the BERT tests: the tolerances (`normfuse_ref.models.bert.bounds`, derived there), an HF checkpoint
+"""Shared by the BERT tests: the tolerances (`hidden_bound`, `embedding_bound` of `normfuse_ref.models.bert`, derived in `normfuse_ref.accuracy.bounds`), an HF checkpoint
 directory written independently of the loader, and the real model (all-minilm-l6-v2), which the tests skip
 without when it has not been fetched.
 """
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from normfuse_ref.llama.fetch import find_model
 from normfuse_ref.models.bert import BertConfig, BertModel, load_model
 from normfuse_ref.models.bert.weights import Mode, param_shapes
+from normfuse_ref.models.llama.fetch import find_model
 
 Array = NDArray[Any]
 MINILM = "all-minilm-l6-v2"

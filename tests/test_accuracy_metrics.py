@@ -16,7 +16,7 @@ from normfuse_ref.accuracy.metrics import (
     log_softmax,
     nearest_neighbours,
 )
-from normfuse_ref.llama.model import load_model
+from normfuse_ref.models.llama.model import load_model
 
 
 def _log_probs(row: list[float]) -> list[float]:

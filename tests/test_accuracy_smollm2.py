@@ -18,7 +18,7 @@ from normfuse_ref.accuracy.corpus import load_corpus
 from normfuse_ref.accuracy.metrics import Reference, ScoreAccumulator, log_softmax
 from normfuse_ref.accuracy.smollm2 import LlamaRuns, _Runner, corpus_windows
 from normfuse_ref.accuracy.study import ORACLE, RunSpec, StudyConfig
-from normfuse_ref.llama.model import Model
+from normfuse_ref.models.llama.model import Model
 from tests.tolerances import smollm2_tol
 
 from .test_model_smollm2 import model  # noqa: F401  (the fixture fetches the model once)

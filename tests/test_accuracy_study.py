@@ -13,9 +13,9 @@ from normfuse_ref.accuracy.orders import permute_llama
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
 from normfuse_ref.accuracy.smollm2 import LlamaRuns, study_llama
 from normfuse_ref.accuracy.study import FIGURES, ORACLE, ModelStudy, RunRecord, RunSpec, StudyConfig, judge, run_plan
-from normfuse_ref.llama.forward import forward
-from normfuse_ref.llama.model import load_model
-from normfuse_ref.llama.weights import prepare
+from normfuse_ref.models.llama.forward import forward
+from normfuse_ref.models.llama.model import load_model
+from normfuse_ref.models.llama.weights import prepare
 from normfuse_ref.ops import NumpyExecutor
 
 TINY = load_model("tiny", "float32", seed=5)

@@ -6,7 +6,7 @@ The textbook composition (`textbook`) is BERT written with the reference layers 
 (layer_norm, linear, attention with a boolean mask) in float64, with GELU from the standard library's math.erf: it
 shares no code with the executor forward (which computes LayerNorm from executor reductions, attention from
 executor matmuls and the softmax sites, GELU with scipy). Both orders must agree with it to float64 rounding:
-`bounds.hidden_bound(..., "float64")`, ~1e-13 here, while any slip (a bias in the wrong place, a
+`hidden_bound(..., "float64")`, ~1e-13 here, while any slip (a bias in the wrong place, a
 missing centring, a leaked padding key) is of order 1.
 """
 
@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from normfuse_ref import layers
-from normfuse_ref.models.bert import forward, get_preset, prepare, prepared_shapes, random_params
-from normfuse_ref.models.bert.bounds import hidden_bound
+from normfuse_ref.models.bert import forward, get_preset, hidden_bound, prepare, prepared_shapes, random_params
 from normfuse_ref.models.bert.forward import gelu
 from normfuse_ref.models.bert.model import mean_pool
 from normfuse_ref.models.bert.weights import Mode
@@ -319,7 +318,7 @@ def test_bad_inputs_are_refused() -> None:
     ids = np.arange(1, 6)
     with pytest.raises(ValueError, match="out of range"):
         forward(w, CFG, [0, CFG.vocab_size])
-    with pytest.raises(ValueError, match="exceed the model's 64 positions"):
+    with pytest.raises(ValueError, match="exceed the model's context of 64 tokens"):
         forward(w, CFG, np.ones(CFG.max_positions + 1, dtype=np.int64))
     with pytest.raises(ValueError, match="attention_mask must be 0/1"):
         forward(w, CFG, ids, np.ones(4, dtype=np.int64))

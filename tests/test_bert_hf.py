@@ -7,7 +7,7 @@ kernels; its tokenizer (`BertTokenizerFast` from the same tokenizer.json, paddin
 embedding on the HF side is written here with torch (masked mean, then `F.normalize`), as sentence-transformers'
 Pooling and Normalize modules compute it.
 
-Tolerances: `hidden_bound` and `embedding_bound` (normfuse_ref.models.bert.bounds, derived there) in float32;
+Tolerances: `hidden_bound` and `embedding_bound` (normfuse_ref.models.bert, derived in normfuse_ref.accuracy.bounds) in float32;
 in float64 the same bounds with u = 2^-53, so a float64 disagreement above ~1e-13 is a real difference of
 computation, not rounding.
 
@@ -24,8 +24,7 @@ import pytest
 from numpy.typing import NDArray
 
 from normfuse_ref.models import load_model
-from normfuse_ref.models.bert import BertModel, get_preset, random_params
-from normfuse_ref.models.bert.bounds import embedding_bound, hidden_bound
+from normfuse_ref.models.bert import BertModel, embedding_bound, get_preset, hidden_bound, random_params
 from tests.bert_support import MODES, minilm, write_hf_dir  # noqa: F401  (fixture)
 from tests.hf_support import require
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import normfuse_ref
-from normfuse_ref.llama.model import Model as LlamaModel
 from normfuse_ref.models import UnsupportedArchitecture, family_of, load_model
 from normfuse_ref.models.bert import BertModel, get_preset, random_params
 from normfuse_ref.models.bert.hf_loader import read_bert_dir
+from normfuse_ref.models.llama.model import Model as LlamaModel
 from tests.bert_support import write_hf_dir
 
 CFG = get_preset("tiny-bert")
@@ -44,7 +44,7 @@ def test_load_model_dispatches_by_name_and_path(ckpt: Path) -> None:
     assert family_of("llama2-7b") == "llama"  # a shape-only preset: that family's loader refuses it
     with pytest.raises(ValueError, match="shape-only"):
         load_model("llama2-7b")
-    from normfuse_ref.llama import random_params as llama_params
+    from normfuse_ref.models.llama import random_params as llama_params
     from tests.test_llama_loaders import CFG as LLAMA_CFG
     from tests.test_llama_loaders import write_gguf
 

@@ -1,7 +1,7 @@
 """BertModel end to end: tokenising, embedding, both orders, padding and length limits, on the random `tiny-bert`
 (no download) and on the real all-MiniLM-L6-v2 (skipped when it is not fetched).
 
-Tolerances are `hidden_bound` / `embedding_bound` (normfuse_ref.models.bert.bounds, derived there); each assert
+Tolerances are `hidden_bound` / `embedding_bound` (normfuse_ref.models.bert, derived in normfuse_ref.accuracy.bounds); each assert
 says which.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normfuse_ref.models.bert import BertModel, TextTooLong, compare_modes, load_model
-from normfuse_ref.models.bert.bounds import embedding_bound, hidden_bound
+from normfuse_ref.accuracy.bounds import cosine_bound
+from normfuse_ref.models.bert import BertModel, TextTooLong, compare_modes, embedding_bound, hidden_bound, load_model
 from tests.bert_support import MINILM, MODES, minilm  # noqa: F401  (fixture)
 
 TEXTS = ["A cat sits on the mat.", "A dog lies on the rug.", "hi", "The stock market fell sharply today."]
@@ -106,7 +106,7 @@ def test_fused_and_baseline_embeddings_agree(minilm: BertModel) -> None:  # noqa
     h = minilm.forward(b.ids, b.attention_mask, "baseline")
     tol = embedding_bound(minilm.cfg, h, b.attention_mask)
     assert cmp.max_abs_diff <= tol, cmp.max_abs_diff
-    assert 1 - cmp.min_cosine <= minilm.cfg.dim * tol**2 / 2, cmp.min_cosine
+    assert 1 - cmp.min_cosine <= cosine_bound(minilm.cfg.dim, tol), cmp.min_cosine
     assert cmp.max_abs_diff > 0
     hf = minilm.forward(b.ids, b.attention_mask, "fused")
     keep = b.attention_mask.astype(bool)

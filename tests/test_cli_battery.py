@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 from normfuse_ref.cli.main import main
-from normfuse_ref.llama import random_params
-from normfuse_ref.llama.fetch import SOURCES
 from normfuse_ref.models.bert import get_preset
+from normfuse_ref.models.llama import random_params
+from normfuse_ref.models.llama.fetch import SOURCES
 from tests.bert_support import hf_config as bert_hf_config
 
 from .test_llama_loaders import CFG, hf_config, write_gguf
@@ -226,7 +226,7 @@ def test_a_mistake_is_one_line_and_touches_nothing(
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("NORMFUSE_CACHE", str(work / "cache"))
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing may be downloaded
-    monkeypatch.setattr("normfuse_ref.llama.fetch._have_pip", lambda: False)
+    monkeypatch.setattr("normfuse_ref.models.llama.fetch._have_pip", lambda: False)
     for key, value in mistake.env.items():
         monkeypatch.setenv(key, value.replace("{work}", str(work)))
     if mistake.patch is not None:

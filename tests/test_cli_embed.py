@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from normfuse_ref.cli.embed import DTYPES, UNITS
-from normfuse_ref.models.bert import load_model
-from normfuse_ref.models.bert.bounds import embedding_bound
+from normfuse_ref.models.bert import embedding_bound, load_model
 from normfuse_ref.models.bert.model import MODEL_DTYPES
 from tests.bert_support import require_minilm
 from tests.cli_support import pinned_width, run  # noqa: F401  (autouse fixture)

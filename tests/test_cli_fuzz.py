@@ -13,7 +13,7 @@ import pytest
 from normfuse_ref.cli.main import main
 from normfuse_ref.fuzz.rules import RULES, Case, evaluate
 from normfuse_ref.fuzz.strategies import MergeStep
-from normfuse_ref.llama.config import LlamaConfig
+from normfuse_ref.models.llama.config import LlamaConfig
 from normfuse_ref.precision import DTYPES
 
 

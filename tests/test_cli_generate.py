@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from normfuse_ref.llama.fetch import fetch
+from normfuse_ref.models.llama.fetch import fetch
 
 from .cli_support import pinned_width, run  # noqa: F401  (pinned_width is an autouse fixture)
 
@@ -63,7 +63,7 @@ def test_model_load_shows_progress_on_a_terminal(
 ) -> None:
     """A GGUF model takes seconds to load: a terminal sees a bar (counting its tensors: load_model's on_tensor,
     tests/test_llama_loaders.py); a pipe sees nothing."""
-    from normfuse_ref.llama import random_params
+    from normfuse_ref.models.llama import random_params
 
     from .test_llama_loaders import CFG, write_gguf
 

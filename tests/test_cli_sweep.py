@@ -1,62 +1,105 @@
-"""`normfuse sweep`, run as a user runs it (a subprocess, width pinned, no colour)."""
+"""`normfuse sweep`, run as a user runs it (in-process, width pinned, no colour, `--workers 1` or a small pool)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from normfuse_ref.cli.console import UsageError
 from normfuse_ref.cli.sweep import parse_values
+from tests.cli_support import pinned_width, run  # noqa: F401 (pinned_width is an autouse fixture)
 
-
-def normfuse(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "normfuse_ref", *args], capture_output=True, text=True, env=env, timeout=300
-    )
+TINY = ("--model", "tiny", "--hw", "toy", "--context", "16")
 
 
 def test_value_syntax() -> None:
-    assert parse_values("128..1000") == ([128, 256, 512, 1000], ["128", "256", "512", "1000"])
-    assert parse_values("1,3,5") == ([1, 3, 5], ["1", "3", "5"])
-    assert parse_values("10ns..40ns", ns_per_cycle=0.5) == ([20, 40, 80], ["10 ns", "20 ns", "40 ns"])
-    assert parse_values("8cycles,16", ns_per_cycle=0.5)[0] == [8, 16]
+    assert parse_values("128..1000") == [128, 256, 512, 1000]
+    assert parse_values("1,3,5") == [1, 3, 5]
+    assert parse_values("2.5ns..10ns", integer=False) == [2.5, 5.0, 10.0]
+    assert parse_values("tree,gather", choices=("tree", "ring", "gather")) == ["tree", "gather"]
     for bad in ("0..8", "8..4", "x..4", "1.5", ""):
         with pytest.raises(UsageError):
             parse_values(bad)
+    with pytest.raises(UsageError, match="must be among tree, ring, gather"):
+        parse_values("tree,star", choices=("tree", "ring", "gather"))
 
 
-def test_context_sweep_table_and_bars() -> None:
-    r = normfuse("sweep", "--param", "context", "128..8192", "--model", "llama3-8b")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert lines[0].startswith("normfuse sweep: context (tokens), llama3-8b, decode, batch 1, on corsair-like")
+def test_two_parameters_make_a_2d_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "sweep",
+        "--param",
+        "noc-hop",
+        "1,16",
+        "--param",
+        "algorithm",
+        "tree,ring,gather",
+        *TINY,
+        "--workers",
+        "2",
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("normfuse sweep: noc-hop (ns) x algorithm; tiny, decode, context 16, batch 1, on toy")
+    header = next(line for line in lines if "noc-hop \\ algorithm" in line)
+    assert [c.strip() for c in header.split("┃")[2:5]] == ["tree", "ring", "gather"]
     rows = [line for line in lines if line.startswith("│ ")]
-    assert [row.split("│")[1].strip() for row in rows] == ["128", "256", "512", "1024", "2048", "4096", "8192 *"]
-    assert "* beyond llama3-8b's trained context" in r.stdout  # 8192 cached + 1 new > 8192
-    bars = [line for line in lines if "█" in line and "%" in line]
-    assert len(bars) == 7
-    assert all(len(line) <= 100 for line in lines)
+    assert [r.split("│")[1].strip() for r in rows] == ["1", "16"]
+    assert all(cell.strip().endswith("%") for r in rows for cell in r.split("│")[2:5])
+    assert "calibrated: false" in out and all(len(line) <= 100 for line in lines)
 
 
-def test_net_latency_sweep_json_in_ns() -> None:
-    r = normfuse("sweep", "--param", "net-latency", "5ns..80ns", "--model", "tiny", "--hw", "toy", "--json")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    assert out["param"] == "net-latency" and out["unit"] == "cycles"
-    assert [p["value"] for p in out["points"]] == [5, 10, 20, 40, 80]  # toy runs at 1 GHz
-    red = [p["reduction"] for p in out["points"]]
-    assert red == sorted(red)  # slower networks: more to hide
+def test_one_parameter_table_and_bars(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "sweep", "--param", "context", "8..64", "--model", "tiny", "--hw", "toy", "--workers", "1"
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    rows = [line for line in lines if line.startswith("│ ")]
+    assert [row.split("│")[1].strip() for row in rows] == ["8", "16", "32", "64"]
+    assert len([line for line in lines if "█" in line and "%" in line]) == 4
+    assert "reduction (fused vs two-pass baseline latency):" in out
 
 
-def test_batch_sweep() -> None:
-    r = normfuse("sweep", "--param", "batch", "1..4", "--model", "tiny", "--hw", "toy", "--json")
-    assert r.returncode == 0, r.stderr
-    assert [p["value"] for p in json.loads(r.stdout)["points"]] == [1, 2, 4]
+def test_json_points_and_metric(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "sweep",
+        "--param",
+        "d2d-hop",
+        "10,40",
+        "--param",
+        "batch",
+        "1,2",
+        *TINY,
+        "--metric",
+        "hidden",
+        "--workers",
+        "1",
+        "--json",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["schema_version"], data["command"]) == (1, "sweep")
+    assert data["metric"] == "hidden_fraction" and data["calibrated"] is False
+    assert [p["name"] for p in data["params"]] == ["d2d-hop", "batch"]
+    assert [p["params"] for p in data["points"]] == [
+        {"d2d-hop": 10.0, "batch": 1},
+        {"d2d-hop": 10.0, "batch": 2},
+        {"d2d-hop": 40.0, "batch": 1},
+        {"d2d-hop": 40.0, "batch": 2},
+    ]
+    for p in data["points"]:
+        assert 0 <= p["hidden_fraction"] <= 1 and p["baseline_latency"] > 0
+
+
+def test_a_dotted_hardware_field_and_points_that_do_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "sweep", "--param", "simd.exp_cycles", "1,16", "--param", "tp-cards", "1,128", *TINY, "--workers", "1"
+    )
+    assert code == 0, err
+    assert "n/f" in out and "n/f: the model does not fit that machine or mapping" in out
 
 
 @pytest.mark.parametrize(
@@ -66,10 +109,15 @@ def test_batch_sweep() -> None:
         (("--param", "batch", "0,1"), "batch values must be >= 1"),
         (("--param", "context", "x"), "not a number in --param values"),
         (("--param", "context"), "expected 2 arguments"),
+        (("--param", "algorithm", "tree,star"), "--param values must be among tree, ring, gather"),
+        (("--param", "network.algorithm", "1"), "--param network.algorithm is not a numeric hardware field"),
+        (("--param", "batch", "1", "--param", "batch", "2"), "--param batch is given twice"),
+        (("--param", "batch", "1", "--param", "context", "2", "--param", "chunk", "3"), "at most twice"),
+        (("--param", "batch", "1", "--workers", "0"), "argument --workers: must be an integer >= 1; got '0'"),
     ],
 )
-def test_sweep_mistakes(args: tuple[str, ...], needle: str) -> None:
-    r = normfuse("sweep", *args)
-    assert r.returncode == 2
-    assert needle in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_sweep_mistakes(capsys: pytest.CaptureFixture[str], args: tuple[str, ...], needle: str) -> None:
+    code, _, err = run(capsys, "sweep", *args)
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err

@@ -1,4 +1,4 @@
-"""`normfuse timeline`, run as a user runs it (a subprocess, width pinned, no colour)."""
+"""`normfuse timeline`, run as a user runs it (one subprocess; the rest in-process with the width pinned)."""
 
 from __future__ import annotations
 
@@ -10,127 +10,146 @@ from pathlib import Path
 
 import pytest
 
+from normfuse_ref.cli import timeline
+from tests.cli_support import pinned_width, run  # noqa: F401 (pinned_width is an autouse fixture)
 
-def normfuse(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "normfuse_ref", *args], capture_output=True, text=True, env=env, timeout=300, cwd=cwd
-    )
+TINY = ("--model", "tiny", "--hw", "toy", "--context", "20")
 
 
 def test_default_run_draws_one_block_and_the_whole_model() -> None:
-    r = normfuse("timeline")
-    assert r.returncode == 0, r.stderr
-    out = r.stdout
-    lines = out.splitlines()
-    assert (
-        lines[0] == "normfuse timeline: llama2-7b, decode, context 2048, batch 1, 32 layers on corsair-like (1.144 GHz)"
+    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "normfuse_ref", "timeline"], capture_output=True, text=True, env=env, timeout=300
     )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "normfuse timeline: llama2-7b, decode, context 2048, batch 1, 32 layers on corsair-like"
+    assert lines[1].startswith("1.144 GHz, tree collectives; mapping (search, ") and " cards = " in lines[1]
     assert any(line.startswith("baseline: block 0 takes ") for line in lines)
     assert any(line.startswith("fused: block 0 takes ") for line in lines)
     lanes = [line.split("│")[0].strip() for line in lines if "│" in line and line.count("│") == 2]
-    assert lanes[:8] == ["DIMC", "SIMD", "NET", "path"] * 2  # baseline above fused
-    assert "▲" in out and "█" in out  # exposed collectives on the path; matmuls on DIMC
+    assert lanes[:10] == ["DIMC", "SIMD", "NET.noc", "NET.d2d", "path"] * 2  # baseline above fused
+    out = r.stdout
+    assert "▲" in out and "█" in out and "~" in out
     for needle in (
         "latency (µs)",
-        "collective time exposed (µs)",
-        "collective time hidden (µs)",
-        "DIMC utilisation",
-        "SIMD utilisation",
-        "NET utilisation",
-        "calibrated: network.hop_latency_cycles = 219 cycles",
+        "with normalisation free (µs)",
+        "normalisation cost (µs)",
+        "normalisation statistics",
+        "partial sums",
+        "moving activations",
+        "roofline on the 4 cards used",
+        "calibrated: false (no parameter fitted",
     ):
-        assert needle in out
-    last = lines[-1]
-    assert last.startswith("✓ fused order is ") and "% faster" in last
+        assert needle in out, needle
+    assert lines[-2].startswith("✓ fused order is ") and "% faster than the two-pass baseline" in lines[-2]
     assert all(len(line) <= 100 for line in lines)
 
 
-def test_json_summary_keys_and_units() -> None:
-    r = normfuse("timeline", "--model", "tiny", "--hw", "toy", "--context", "20", "--json")
-    assert r.returncode == 0, r.stderr
-    s = json.loads(r.stdout)
-    for key in (
-        "baseline_latency",
-        "fused_latency",
-        "reduction",
-        "collective_exposed_baseline",
-        "collective_exposed_fused",
-    ):
-        assert isinstance(s[key], float)
-        assert key in s["units"]
-    assert s["units"]["baseline_latency"] == "us" and s["units"]["reduction"] == "fraction of baseline latency"
+def test_json_summary_keys_and_units(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "timeline", *TINY, "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert (s["schema_version"], s["command"]) == (1, "timeline")
+    new = (
+        "latency_without_normalisation_baseline",
+        "latency_without_normalisation_fused",
+        "normalisation_cost_baseline",
+        "normalisation_cost_fused",
+        "roofline_latency",
+        "one_pass_baseline_latency",
+    )
+    old = ("baseline_latency", "fused_latency", "collective_exposed_baseline", "collective_exposed_fused")
+    for key in (*new, *old):
+        assert isinstance(s[key], float) and s["units"][key] == "us", key
+    for key in ("reduction", "reduction_vs_one_pass", "hidden_fraction", "collective_share_baseline"):
+        assert isinstance(s[key], float) and "fraction" in s["units"][key], key
+    assert s["calibrated"] is False
     assert s["reduction"] == pytest.approx((s["baseline_latency"] - s["fused_latency"]) / s["baseline_latency"])
+    assert s["hidden_fraction"] == pytest.approx(1 - s["normalisation_cost_fused"] / s["normalisation_cost_baseline"])
+    assert s["normalisation_cost_fused"] == pytest.approx(s["fused_latency"] - s["latency_without_normalisation_fused"])
+    m = s["mapping"]
+    assert {"kind", "cards", "tp_cards", "stages", "stage_list", "matrices", "kv_cache", "residual_stream"} <= set(m)
     assert s["model"] == "tiny" and s["hardware"] == "toy" and s["block"]["layer"] == 0
     assert set(s["utilisation_fused"]) == {"DIMC", "SIMD", "NET"}
 
 
-def test_layers_phase_and_batch(tmp_path: Path) -> None:
-    r = normfuse(
+def test_docs_cli_names_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/cli.md lists the keys of `normfuse timeline --json`: every key the command prints is there."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### `normfuse timeline --json`") : doc.index("### `normfuse sweep --json`")]
+    code, out, err = run(capsys, "timeline", *TINY, "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    missing = [k for k in s if k not in ("schema_version", "command", "units") and f"`{k}`" not in section]
+    assert not missing, f"docs/cli.md does not describe {missing}"
+    missing = [k for k in s["mapping"] if f"`{k}`" not in section]
+    assert not missing, f"docs/cli.md does not describe mapping keys {missing}"
+
+
+def test_layers_phase_batch_chunk_and_mapping_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
         "timeline",
-        "--model",
-        "llama3-8b",
-        "--layers",
-        "2",
-        "--phase",
-        "prefill",
-        "--context",
-        "64",
-        "--batch",
-        "2",
-        "--block",
-        "1",
-        "--json",
+        *("--model", "llama3-8b", "--layers", "2", "--phase", "prefill", "--context", "64", "--batch", "2"),
+        *("--chunk", "32", "--block", "1", "--tp-cards", "1", "--algorithm", "ring", "--json"),
     )
-    assert r.returncode == 0, r.stderr
-    s = json.loads(r.stdout)
-    assert (s["layers"], s["phase"], s["context"], s["batch"]) == (2, "prefill", 64, 2)
+    assert code == 0, err
+    s = json.loads(out)
+    assert (s["layers"], s["phase"], s["context"], s["batch"], s["chunk"]) == (2, "prefill", 64, 2, 32)
+    assert s["mapping"]["tp_cards"] == 1 and s["algorithm"] == "ring"
+    code, out, err = run(capsys, "timeline", *TINY, "--mapping", "dense", "--json")
+    assert code == 0, err
+    assert json.loads(out)["mapping"]["kind"] == "dense"
 
 
-def test_trace_and_svg_are_written_and_never_overwritten_silently(tmp_path: Path) -> None:
+def test_trace_and_svg_are_written_and_never_overwritten_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     trace, svg = tmp_path / "t.json", tmp_path / "t.svg"
-    r = normfuse(
-        "timeline", "--model", "tiny", "--hw", "toy", "--trace", str(trace), "--svg", str(svg), "--detail-layer", "1"
-    )
-    assert r.returncode == 0, r.stderr
+    code, _, err = run(capsys, "timeline", *TINY, "--trace", str(trace), "--svg", str(svg), "--detail-layer", "1")
+    assert code == 0, err
     data = json.loads(trace.read_text())
     assert {e["ph"] for e in data["traceEvents"]} == {"X", "M"}
-    assert any(e.get("args", {}).get("name") == "DIMC slice 0" for e in data["traceEvents"] if e["ph"] == "M")
+    names = {e["args"]["name"] for e in data["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert "DIMC slice 0" in names and "NET.noc@0" in names
     assert svg.read_text().startswith("<svg")
     before = trace.read_text()
-    r = normfuse("timeline", "--model", "tiny", "--hw", "toy", "--trace", str(trace))
-    assert r.returncode == 2 and "exists; pass --force to overwrite it" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and trace.read_text() == before
-    r = normfuse("timeline", "--model", "tiny", "--hw", "toy", "--svg", str(svg))
-    assert r.returncode == 2 and "exists" in r.stderr
-    r = normfuse("timeline", "--model", "tiny", "--hw", "toy", "--trace", str(trace), "--force", "--context", "3")
-    assert r.returncode == 0, r.stderr
+    code, _, err = run(capsys, "timeline", *TINY, "--trace", str(trace))
+    assert code == 2 and "exists; pass --force to overwrite it" in err
+    assert len(err.strip().splitlines()) == 1 and trace.read_text() == before
+    code, _, err = run(capsys, "timeline", *TINY, "--svg", str(svg))
+    assert code == 2 and "exists" in err
+    code, _, err = run(capsys, "timeline", "--model", "tiny", "--hw", "toy", "--trace", str(trace), "--force")
+    assert code == 0, err
     assert trace.read_text() != before
 
 
-def test_custom_hardware_file(tmp_path: Path) -> None:
-    (tmp_path / "fast.toml").write_text('base = "toy"\n[network]\nhop_latency_cycles = 0\n')
-    r = normfuse("timeline", "--model", "tiny", "--hw", str(tmp_path / "fast.toml"), "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["hardware"] == "fast"
+def test_custom_hardware_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "fast.toml").write_text('base = "toy"\n[network.noc]\nhop_ns = 0\n')
+    code, out, err = run(capsys, "timeline", "--model", "tiny", "--hw", str(tmp_path / "fast.toml"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["hardware"] == "fast"
 
 
 @pytest.mark.parametrize(
     ("toml", "needle"),
     [
         ("[network\nhop = 1\n", "is not valid TOML"),
-        ("[network]\nhop = 1\n", "unknown hardware field 'network.hop'"),
+        ("[network.noc]\nhop = 1\n", "unknown hardware field 'network.noc.hop'"),
         ("[dimc]\ntile_rows = -8\n", "hardware field dimc.tile_rows must be > 0; got -8"),
-        ("[simd]\nlanes = 0\n", "hardware field simd.lanes must be > 0; got 0"),
+        ('[network.d2d]\ntopology = "torus"\n', "hardware field network.d2d.topology must be one of"),
     ],
 )
-def test_bad_hardware_files_are_one_line_and_exit_2(tmp_path: Path, toml: str, needle: str) -> None:
+def test_bad_hardware_files_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, needle: str
+) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(toml)
-    r = normfuse("timeline", "--hw", str(path))
-    assert r.returncode == 2
-    assert needle in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    code, _, err = run(capsys, "timeline", "--hw", str(path))
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(
@@ -140,48 +159,68 @@ def test_bad_hardware_files_are_one_line_and_exit_2(tmp_path: Path, toml: str, n
         (("--model", "gpt5"), "unknown model preset 'gpt5'"),
         (("--layers", "0"), "--layers must be between 1 and 32"),
         (("--layers", "some"), "--layers must be a positive integer or 'all'"),
-        (("--batch", "0"), "--batch must be >= 1"),
+        (("--batch", "0"), "argument --batch: must be an integer >= 1; got '0'"),
+        (("--chunk", "0"), "argument --chunk: must be an integer >= 1; got '0'"),
         (("--phase", "prefill", "--context", "0"), "--context must be >= 1 for prefill"),
         (("--block", "40"), "--block must be between 0 and 31"),
-        (("--trace", "/no/such/dir/t.json"), "directory /no/such/dir does not exist"),
+        (("--trace", "/no/such/dir/t.json"), "--trace /no/such/dir/t.json: directory /no/such/dir does not exist"),
         (("--svg", "x.svg", "--json"), "--svg saves the terminal picture; it cannot be combined with --json"),
         (("--paper", "--trace", "x.json"), "--trace records one forward pass; it cannot be combined with --paper"),
+        (("--model", "llama2-70b", "--max-cards", "8"), "llama2-70b does not fit on corsair-like within 8 cards"),
+        (("--tp-cards", "128"), "a stage of 128 cards is more than the 64 cards available"),
+        (("--tp-cards", "8", "--stages", "9"), "9 stages of 8 cards need 72 cards; corsair-like has 64"),
+        (("--tp-cards", "0"), "argument --tp-cards: must be an integer >= 1; got '0'"),
+        (("--trace", "t.txt"), "--trace t.txt: the file name must end in .json"),
+        (("--calibrate", "network.noc.hops"), "--calibrate: unknown hardware field 'network.noc.hops'"),
+        (("--calibrate", "network.algorithm"), "--calibrate: --calibrate needs a numeric hardware field"),
+        (("--workers", "0"), "argument --workers: must be an integer >= 1; got '0'"),
     ],
 )
-def test_user_mistakes(args: tuple[str, ...], needle: str) -> None:
-    r = normfuse("timeline", *args)
-    assert r.returncode == 2
-    assert needle in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_user_mistakes(capsys: pytest.CaptureFixture[str], args: tuple[str, ...], needle: str) -> None:
+    code, _, err = run(capsys, "timeline", *args)
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
-def test_beyond_the_trained_context_warns_and_times() -> None:
-    r = normfuse("timeline", "--context", "5000", "--layers", "1", "--json")
-    assert r.returncode == 0
-    assert "exceed llama2-7b's trained context of 4096; timed anyway" in r.stderr
+def test_beyond_the_trained_context_warns_and_times(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "timeline", "--context", "5000", "--layers", "1", "--json")
+    assert code == 0
+    assert "exceed llama2-7b's trained context of 4096; timed anyway" in err
 
 
-def test_paper_check_json() -> None:
-    r = normfuse("timeline", "--paper", "--json")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    rows = out["rows"]
-    models = ("llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b")
-    assert {(x["model"], x["phase"]) for x in rows} == {(m, p) for m in models for p in ("decode", "prefill")}
-    (cal,) = [x for x in rows if x["calibration_point"]]
-    assert (cal["model"], cal["phase"], cal["context"]) == ("llama2-7b", "decode", 2048)
-    assert cal["collective_share_baseline"] == pytest.approx(0.20, abs=0.001)
-    assert "calibrated: network.hop_latency_cycles = 219" in out["calibration"]
+def test_calibrate_on_request_is_labelled_fitted(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "timeline", "--calibrate", "network.d2d.hop_ns=paper-share", "--layers", "2")
+    assert code == 0, err
+    assert "calibrated: FITTED network.d2d.hop_ns = " in out
+    code, out, err = run(capsys, "timeline", "--calibrate", "network.d2d.hop_ns", "--layers", "2", "--json")
+    assert code == 0, err
+    (note,) = json.loads(out)["calibrated"]
+    assert note.startswith("network.d2d.hop_ns = ")
 
 
-def test_paper_check_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from normfuse_ref.cli import main, timeline
-
+def test_paper_check(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(timeline, "PAPER_MODELS", ("llama2-7b",))  # one model keeps the test short
-    monkeypatch.setenv("COLUMNS", "100")
-    monkeypatch.setenv("NO_COLOR", "1")
-    assert main.main(["timeline", "--paper"]) == 0
-    out = capsys.readouterr().out
-    assert "llama2-7b (calibrated)" in out and "paper (arXiv 2502.17728): collectives ~20% of latency" in out
-    rows = [line for line in out.splitlines() if line.startswith("│ llama2-7b")]
-    assert [r.split("│")[2].strip() for r in rows] == ["decode", "prefill"]
+    monkeypatch.setattr(timeline, "PAPER_PREFILL", 512)
+    code, out, err = run(capsys, "timeline", "--paper", "--workers", "1", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["schema_version"], data["command"]) == (1, "timeline")
+    assert data["calibrated"] is False and data["paper"] == {"collective_share": "~20%", "reduction": "15-20%"}
+    rows = data["rows"]
+    assert [(r["model"], r["phase"]) for r in rows] == [("llama2-7b", "decode"), ("llama2-7b", "prefill")]
+    for r in rows:
+        for key in ("normalisation_share_baseline", "hidden_fraction", "reduction", "reduction_vs_one_pass"):
+            assert isinstance(r[key], float)
+        assert r["baseline_latency"] >= r["roofline_latency"]
+    assert [p["model"] for p in data["published"]] == ["llama3-8b", "llama3-70b"]
+    for p in data["published"]:
+        assert p["ratio_baseline"] == pytest.approx(p["baseline_latency"] / p["latency_us"])
+    code, out, err = run(capsys, "timeline", "--paper", "--workers", "1")
+    assert code == 0, err
+    lines = out.splitlines()
+    rows_text = [line for line in lines if line.startswith("│ llama2-7b")]
+    assert [r.split("│")[2].strip() for r in rows_text] == ["decode", "prefill"]
+    assert "paper (arXiv 2502.17728): collectives ~20% of latency, completely hidden" in out
+    assert "Published d-Matrix figures" in out and "calibrated: false" in out
+    assert all(len(line) <= 100 for line in lines)

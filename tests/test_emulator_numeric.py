@@ -1,4 +1,4 @@
-"""Emulated vs plain: the tile emulator computes the same forward pass as NumpyExecutor, in both orders.
+"""Emulated vs plain: the machine computes the same forward pass as NumpyExecutor, in both orders.
 
 Both executors evaluate every primitive in the same accumulation dtype from the same inputs; they differ only in
 summation order (the emulator cuts each matmul's K axis into DIMC tiles summed by a binary adder tree, and each
@@ -20,9 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from normfuse_ref.hw import EmulatingExecutor, Value, get_hardware
-from normfuse_ref.llama import PRESETS, forward, prepare, random_params
+from normfuse_ref.hw import EmulatingExecutor, MappingPolicy, Value, get_hardware
+from normfuse_ref.hw.study import Scenario, map_scenario
+from normfuse_ref.models.llama import PRESETS, forward, prepare, random_params
+from normfuse_ref.models.llama.model import Model
 from normfuse_ref.ops import NumpyExecutor, ReduceKind
+from tests.test_model_smollm2 import model, smollm2_tol  # noqa: F401 (the fixture is used by name)
 
 CFG = PRESETS["tiny"]
 U32, U64 = 2.0**-24, 2.0**-53
@@ -39,17 +42,21 @@ def logits_of(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
+def mapping_for(hw_name: str, tokens: int = 13, batch: int = 1) -> Any:
+    return map_scenario(Scenario(CFG, "prefill", tokens, batch), get_hardware(hw_name))
+
+
 @pytest.mark.parametrize("hw_name", ["toy", "corsair-like"])
 @pytest.mark.parametrize("mode", ["baseline", "fused"])
 def test_prefill_then_decode_matches_the_plain_forward(params: dict[str, Any], hw_name: str, mode: str) -> None:
-    hw = get_hardware(hw_name)
+    hw, mp = get_hardware(hw_name), mapping_for(hw_name)
     w, w64 = prepare(params["f32"], CFG, mode), prepare(params["f64"], CFG, mode)  # type: ignore[arg-type]
     ids = np.arange(13) * 7 % CFG.vocab_size
     cp = ce = c64 = None
     for step, chunk in enumerate((ids, np.array([5]), np.array([250]), np.array([17]))):
         plain, cp = forward(w, CFG, chunk, cp, mode=mode)  # type: ignore[arg-type]
         oracle, c64 = forward(w64, CFG, chunk, c64, mode=mode, ex=NumpyExecutor(storage=np.float64))  # type: ignore[arg-type]
-        ex = EmulatingExecutor(hw)
+        ex = EmulatingExecutor(hw, mp)
         emul, ce = forward(w, CFG, chunk, ce, mode=mode, ex=ex)  # type: ignore[arg-type]
         em = logits_of(emul)
         scale = float(np.abs(oracle).max())
@@ -58,7 +65,7 @@ def test_prefill_then_decode_matches_the_plain_forward(params: dict[str, Any], h
         assert err_emul <= 2 * err_plain + U32 * scale, (
             f"step {step} on {hw_name} ({mode}): emulated error {err_emul:.3e} vs plain {err_plain:.3e}; "
             f"reproduce: forward(prepare(random_params(PRESETS['tiny'], seed=3), ...), ex=EmulatingExecutor("
-            f"get_hardware({hw_name!r})))"
+            f"get_hardware({hw_name!r}), map_scenario(...)))"
         )
         assert ex.timeline().makespan > 0
 
@@ -69,19 +76,47 @@ def test_float64_emulation_is_the_oracle_up_to_summation_order(params: dict[str,
     w64 = prepare(params["f64"], CFG, mode)  # type: ignore[arg-type]
     ids = np.stack([np.arange(9) * 3 % CFG.vocab_size, np.arange(9) * 11 % CFG.vocab_size])  # (B, T) = (2, 9)
     oracle, _ = forward(w64, CFG, ids, mode=mode, ex=NumpyExecutor(storage=np.float64))  # type: ignore[arg-type]
-    emul, _ = forward(w64, CFG, ids, mode=mode, ex=EmulatingExecutor(get_hardware(hw_name), storage=np.float64))  # type: ignore[arg-type]
+    ex = EmulatingExecutor(get_hardware(hw_name), mapping_for(hw_name, 9, 2), storage=np.float64)
+    emul, _ = forward(w64, CFG, ids, mode=mode, ex=ex)  # type: ignore[arg-type]
     em = logits_of(emul)
     assert em.dtype == np.float64
     assert float(np.abs(em - oracle).max()) <= 4096 * U64 * float(np.abs(oracle).max())
 
 
 @pytest.mark.parametrize("mode", ["baseline", "fused"])
+def test_a_prefill_in_chunks_is_the_whole_prefill(params: dict[str, Any], mode: str) -> None:
+    """The study issues a prefill in chunks (each a forward call after the previous chunks' cache): the last
+    token's logits are the whole prefill's to rounding (the same bound as above), and the chunks pipeline
+    through the stages of a two-stage mapping (stage 1 works on chunk 1 while stage 0 works on chunk 2)."""
+    hw = get_hardware("toy")
+    mp = map_scenario(Scenario(CFG, "prefill", 24, 1, chunk=8, mapping=MappingPolicy(tp_cards=1, stages=2)), hw)
+    assert len(mp.stages) == 2
+    w, w64 = prepare(params["f32"], CFG, mode), prepare(params["f64"], CFG, mode)  # type: ignore[arg-type]
+    ids = np.arange(24) * 5 % CFG.vocab_size
+    oracle, _ = forward(w64, CFG, ids, mode=mode, ex=NumpyExecutor(storage=np.float64))  # type: ignore[arg-type]
+    whole, _ = forward(w, CFG, ids, mode=mode)  # type: ignore[arg-type]
+    ex = EmulatingExecutor(hw, mp)
+    cache = None
+    for c in range(3):
+        if c:
+            ex.new_pass()
+        last, cache = forward(w, CFG, ids[8 * c : 8 * c + 8], cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+    got = logits_of(last)[-1]
+    err_plain = float(np.abs(whole[-1] - oracle[-1]).max())
+    assert float(np.abs(got - oracle[-1]).max()) <= 2 * err_plain + U32 * float(np.abs(oracle).max())
+    tl = ex.timeline()
+    d0 = [e for e in tl.events if "DIMC@0" in e.resources]
+    d1 = [e for e in tl.events if "DIMC@1" in e.resources]
+    assert any(a.start < b.end and b.start < a.end for a in d0 for b in d1), "the stages never overlap"
+
+
+@pytest.mark.parametrize("mode", ["baseline", "fused"])
 def test_cost_only_times_exactly_what_numeric_times(params: dict[str, Any], mode: str) -> None:
     """The timeline depends on shapes only: numbers or dummies, the events are identical."""
-    hw = get_hardware("toy")
+    hw, mp = get_hardware("toy"), mapping_for("toy", 6)
     w = prepare(params["f32"], CFG, mode)  # type: ignore[arg-type]
     ids = np.arange(6) % CFG.vocab_size
-    a, b = EmulatingExecutor(hw, numeric=True), EmulatingExecutor(hw, numeric=False)
+    a, b = EmulatingExecutor(hw, mp, numeric=True), EmulatingExecutor(hw, mp, numeric=False)
     la, _ = forward(w, CFG, ids, mode=mode, ex=a)  # type: ignore[arg-type]
     lb, _ = forward(w, CFG, ids, mode=mode, ex=b)  # type: ignore[arg-type]
     assert la.shape == lb.shape == (6, CFG.vocab_size)
@@ -90,9 +125,8 @@ def test_cost_only_times_exactly_what_numeric_times(params: dict[str, Any], mode
 
 
 def test_tiles_really_split_the_work_on_toy() -> None:
-    """tiny on toy: d = 64 spans 8 slices of 8, the FFN's K = 176 spans 22 tiles of 8 rows."""
-    hw = get_hardware("toy")
-    ex = EmulatingExecutor(hw)
+    """A K = 176 matmul spans 22 tiles of 8 rows, summed by a binary adder tree; a reduction is per-slice partials."""
+    ex = EmulatingExecutor(get_hardware("toy"))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 176)).astype(np.float32)
     F = rng.standard_normal((176, 5)).astype(np.float32)
@@ -102,7 +136,8 @@ def test_tiles_really_split_the_work_on_toy() -> None:
         parts = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)] + (parts[-1:] if len(parts) % 2 else [])
     np.testing.assert_array_equal(y, parts[0])
     s = np.asarray(ex.reduce(x, "sum", op="t"))
-    chunks = x.reshape(3, 22, 8).sum(-1)
+    chunk = -(-176 // ex.mapping.default_place(0, 176).count)
+    chunks = np.stack([x[:, i : i + chunk].sum(-1) for i in range(0, 176, chunk)], axis=1)
     while chunks.shape[1] > 1:
         k = chunks.shape[1]
         paired = chunks[:, 0 : k - 1 : 2] + chunks[:, 1:k:2]
@@ -125,3 +160,22 @@ def test_every_reduction_kind_matches_the_plain_executor(kind: ReduceKind, hw_na
     )
     assert emulated.shape == plain.shape == (3, 1)
     np.testing.assert_allclose(emulated, plain, rtol=0, atol=2 * 200 * U64 * 600)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "fused"])
+def test_smollm2_emulated_equals_plain(model: Model, mode: str) -> None:  # noqa: F811 (pytest fixture)
+    """The real model on corsair-like, on the mapper's mapping: a prompt then one decode step, logits within the
+    float32 bound of tests/test_model_smollm2.py (only summation orders differ), the same greedy tokens."""
+    cfg, w = model.cfg, model.weights(mode)  # type: ignore[arg-type]
+    hw = get_hardware("corsair-like")
+    ids = np.array([1, 9690, 314, 253, 3575, 30])
+    mp = map_scenario(Scenario(cfg, "prefill", len(ids), 1), hw)
+    plain, cache_p = forward(w, cfg, ids, mode=mode)  # type: ignore[arg-type]
+    emul, cache_e = forward(w, cfg, ids, mode=mode, ex=EmulatingExecutor(hw, mp))  # type: ignore[arg-type]
+    em = logits_of(emul)
+    assert float(np.abs(em - plain).max()) <= smollm2_tol(cfg, plain)
+    assert (em.argmax(-1) == plain.argmax(-1)).all()
+    nxt = np.array([int(plain[-1].argmax())])
+    plain2, _ = forward(w, cfg, nxt, cache_p, mode=mode)  # type: ignore[arg-type]
+    emul2, _ = forward(w, cfg, nxt, cache_e, mode=mode, ex=EmulatingExecutor(hw, mp))  # type: ignore[arg-type]
+    assert float(np.abs(logits_of(emul2) - plain2).max()) <= smollm2_tol(cfg, plain2)

@@ -1,182 +1,42 @@
-"""The emulator's schedule: an analytic closed form of one block, the ordering rule, and the fusion properties.
-
-The closed form below is written from the hardware formulas (normfuse_ref.hw.costs) and the block's dataflow
-(forward.py), without the emulator's scheduler: in the baseline order a decode block is one chain, so its latency
-is the sum of its costs; in the fused order each RMSNorm -> linear site costs max(matmul, reduction) + scale and
-the softmax -> V site costs local + e@V + merge + scale.
-"""
+"""The emulated pass as a whole: the ordering rule on real models, and properties over machine parameters
+(Hypothesis) with the cases where a property does not hold pinned and explained."""
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
-import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from normfuse_ref.hw import costs
 from normfuse_ref.hw.config import (
     PRESETS,
-    ClockConfig,
-    DIMCConfig,
     HardwareConfig,
-    LayoutConfig,
-    MemoryConfig,
+    LevelConfig,
     NetworkConfig,
     SIMDConfig,
+    nested,
     with_overrides,
 )
-from normfuse_ref.hw.study import Scenario, compare, emulate
-from normfuse_ref.hw.timeline import ENGINES, Timeline
-from normfuse_ref.llama.config import PRESETS as MODELS
-from normfuse_ref.llama.config import LlamaConfig
+from normfuse_ref.hw.study import Comparison, Scenario, compare, emulate, map_scenario
+from normfuse_ref.hw.timeline import Timeline
+from normfuse_ref.models.llama.config import PRESETS as MODELS
+from normfuse_ref.models.llama.config import LlamaConfig
+from tests.hw_strategies import levels
 
-# ---------------------------------------------------------------------------------------------------------------
-# The analytic closed form of one decode block (T = 1, B = 1)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def ew(hw: HardwareConfig, op: str, load: int, row_len: int) -> int:
-    elem, row = costs.simd_program(op)
-    rows = -(-load // min(row_len, hw.layout.elems_per_slice))
-    return costs.simd_cycles(hw, load=load, rows=rows, elem_ops=elem, row_ops=row)
-
-
-def weight_mm(hw: HardwareConfig, n: int, m: int) -> int:
-    mp = costs.weight_mapping(hw, n, m)
-    return costs.dimc_cycles(hw, mp, rows=1) + costs.psum_cycles(hw, mp, rows=1, width=min(m, hw.dimc.tile_cols))
-
-
-def rms_reduce(hw: HardwareConfig, d: int) -> int:
-    E, w = hw.layout.elems_per_slice, hw.network.word_bytes
-    load = min(d, E)
-    return (
-        costs.local_reduce_cycles(hw, kind="rms_scale", row_len=d, load=load)
-        + costs.collective_cycles(
-            hw, slices=-(-d // E), rows=1, combine=hw.simd.add_cycles, payload_bytes=w, broadcast=True
-        )
-        + costs.reduce_finish_cycles(hw, kind="rms_scale", rows=1)
-    )
-
-
-def analytic_block(cfg: LlamaConfig, hw: HardwareConfig, S: int) -> dict[str, int]:
-    """Cycles of one decode block (S key positions after the new token) in both orders."""
-    E, tn, w = hw.layout.elems_per_slice, hw.dimc.tile_cols, hw.network.word_bytes
-    d, f, hd, G, Hkv, Hq = cfg.dim, cfg.ffn_dim, cfg.head_dim, cfg.group, cfg.n_kv_heads, cfg.n_heads
-    m_qkv = (Hq + 2 * Hkv) * hd
-    qkv_load = min(m_qkv, E)
-    rope = ew(hw, "rope_q", qkv_load, hd) + ew(hw, "rope_k", qkv_load, hd)
-    kmp = costs.activation_mapping(hw, hd, S, Hkv)
-    scores = costs.dimc_cycles(hw, kmp, rows=G) + costs.psum_cycles(hw, kmp, rows=G, width=min(S, tn))
-    z_load = G * min(S, E)
-    mask = ew(hw, "attn_mask", z_load, S)
-    P = -(-S // E)
-    vmp = costs.activation_mapping(hw, S, hd, Hkv)
-    pv_dimc = costs.dimc_cycles(hw, vmp, rows=G)
-    out = weight_mm(hw, Hq * hd, d)
-    residual = ew(hw, "residual", min(d, E), d)
-    swiglu = ew(hw, "swiglu", min(2 * f, E), f)
-    down = weight_mm(hw, f, d)
-
-    def ar(kind: str, combine: int) -> int:
-        return costs.local_reduce_cycles(hw, kind=kind, row_len=S, load=z_load) + costs.collective_cycles(
-            hw, slices=P, rows=G, combine=combine, payload_bytes=w, broadcast=True
-        )
-
-    s = hw.simd
-    baseline = (
-        rms_reduce(hw, d)
-        + ew(hw, "attn_qkv.norm", min(d, E), d)
-        + weight_mm(hw, d, m_qkv)
-        + rope
-        + scores
-        + mask
-        + ar("max", s.max_cycles)
-        + ew(hw, "softmax.exp", z_load, S)
-        + ar("sum", s.add_cycles)
-        + ew(hw, "softmax.div", z_load, S)
-        + pv_dimc
-        + costs.psum_cycles(hw, vmp, rows=G, width=min(hd, tn))
-        + out
-        + residual
-        + rms_reduce(hw, d)
-        + ew(hw, "ffn_gate_up.norm", min(d, E), d)
-        + weight_mm(hw, d, 2 * f)
-        + swiglu
-        + down
-        + residual
-    )
-    width = min(hd, tn)
-    merge = costs.collective_cycles(
-        hw,
-        slices=P,
-        rows=G,
-        combine=costs.merge_combine_cycles(hw, width=width),
-        payload_bytes=(width + 2) * w,
-        broadcast=False,
-    )
-    fused = (
-        max(weight_mm(hw, d, m_qkv), rms_reduce(hw, d))
-        + ew(hw, "attn_qkv.scale", qkv_load, m_qkv)
-        + rope
-        + scores
-        + mask
-        + costs.softmax_local_cycles(hw, row_len=S, load=z_load)
-        + pv_dimc
-        + merge
-        + ew(hw, "softmax.scale", G * min(hd, E), hd)
-        + out
-        + residual
-        + max(weight_mm(hw, d, 2 * f), rms_reduce(hw, d))
-        + ew(hw, "ffn_gate_up.scale", min(2 * f, E), 2 * f)
-        + swiglu
-        + down
-        + residual
-    )
-    return {"baseline": baseline, "fused": fused}
-
-
-def block_cycles(tl: Timeline, layer: int) -> int:
-    s, e = tl.layer_window(layer)
-    return e - s
-
-
-@pytest.mark.parametrize(
-    ("model", "hw_name", "context"),
-    [
-        ("tiny", "toy", 9),
-        ("tiny", "corsair-like", 40),
-        ("llama2-7b", "corsair-like", 2048),
-        ("llama3-8b", "corsair-like", 777),
-        ("llama3-70b", "corsair-like", 8191),
-    ],
-)
-def test_analytic_block_latency_matches_the_emulator(model: str, hw_name: str, context: int) -> None:
-    cfg, hw = MODELS[model].replace(n_layers=2), PRESETS[hw_name]
-    for w in (
-        costs.weight_mapping(hw, cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim),
-        costs.weight_mapping(hw, cfg.dim, 2 * cfg.ffn_dim),
-    ):
-        assert w.k_split == 1  # the closed form assumes the RMSNorm sites' matmuls need no network partial sums
-    want = analytic_block(cfg, hw, context + 1)
-    c = compare(Scenario(cfg, "decode", context, 1), hw)
-    for layer in (0, 1):
-        assert block_cycles(c.baseline, layer) == want["baseline"], f"baseline block {layer}"
-        assert block_cycles(c.fused, layer) == want["fused"], f"fused block {layer}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The ordering rule
-# ---------------------------------------------------------------------------------------------------------------
+TOY, CORSAIR = PRESETS["toy"], PRESETS["corsair-like"]
+SLOW = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def check_ordering_rule(tl: Timeline) -> None:
     ev = tl.events
-    for engine in ENGINES:  # one sub-event at a time per engine
-        spans = sorted((e.start, e.end) for e in ev if e.engine == engine)
-        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), f"{engine} overlaps"
+    by_resource: dict[str, list[tuple[int, int]]] = {}
+    for e in ev:
+        for r in e.resources:
+            by_resource.setdefault(r, []).append((e.start, e.end))
+    for r, spans in by_resource.items():  # one step at a time per resource
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), f"{r} overlaps"
     for i, e in enumerate(ev):  # every start is caused by its pred's end (or t = 0)
         assert e.end > e.start >= 0
         if e.pred >= 0:
@@ -190,228 +50,230 @@ def check_ordering_rule(tl: Timeline) -> None:
     assert 0 <= tl.collective_exposed <= tl.collective_total
 
 
-def test_ordering_rule_on_a_real_model() -> None:
-    c = compare(Scenario(MODELS["llama3-8b"].replace(n_layers=3), "prefill", 100, 2), PRESETS["corsair-like"])
-    for tl in (c.baseline, c.fused):
+@pytest.mark.parametrize(
+    ("model", "hw", "phase", "context", "batch"),
+    [
+        ("llama3-8b", "corsair-like", "prefill", 100, 2),
+        ("tiny", "toy", "prefill", 40, 1),
+        ("tiny", "toy", "decode", 9, 3),
+    ],
+)
+def test_ordering_rule_and_determinism_on_real_models(
+    model: str, hw: str, phase: str, context: int, batch: int
+) -> None:
+    sc = Scenario(MODELS[model].replace(n_layers=3 if model != "tiny" else 2), phase, context, batch, chunk=16)  # type: ignore[arg-type]
+    c = compare(sc, PRESETS[hw])
+    for tl in (c.baseline, c.fused, c.one_pass, c.baseline_free, c.fused_free, c.one_pass_free):
         check_ordering_rule(tl)
-    again = compare(Scenario(MODELS["llama3-8b"].replace(n_layers=3), "prefill", 100, 2), PRESETS["corsair-like"])
-    assert again.fused.events == c.fused.events  # deterministic
-
-
-def test_back_filling_lets_a_collective_overtake_partial_sums() -> None:
-    """A matmul whose K spans slices reserves the network for its partial sums when it is issued; the fused
-    RMSNorm collective, issued after it but ready earlier, runs in the idle gap before them."""
-    hw = with_overrides(PRESETS["toy"], {"memory": {"sram_bytes_per_cycle": 1}})  # slow tiles: a long gap
-    cfg = LlamaConfig(
-        "wide",
-        dim=512,
-        n_layers=1,
-        n_heads=8,
-        n_kv_heads=8,
-        ffn_dim=64,
-        vocab_size=32,
-        context_length=64,
-        rope_base=1e4,
-        norm_eps=1e-5,
-        tied_embeddings=False,
-    )
-    assert costs.weight_mapping(hw, 512, 3 * 512).k_split > 1
-    tl = emulate(Scenario(cfg, "decode", 4, 1), hw, "fused")
-    check_ordering_rule(tl)
-    net = [e for e in tl.events if e.engine == "NET" and e.layer == 0]
-    first_psum = next(i for i, e in enumerate(net) if e.op == "attn_qkv" and e.step == "psum")
-    ar = next(i for i, e in enumerate(net) if e.op == "attn_qkv.rms")
-    assert ar > first_psum  # issued later ...
-    assert net[ar].end <= net[first_psum].start  # ... but placed earlier
+    again = compare(sc, PRESETS[hw])
+    assert again.fused.events == c.fused.events and again.baseline.events == c.baseline.events  # deterministic
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Properties over machines and shapes (Hypothesis)
+# Properties over machine parameters
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @st.composite
-def machines(draw: st.DrawFn) -> HardwareConfig:
-    """Small machines with every timing parameter free (within bounds that keep runs fast)."""
+def toy_machines(draw: st.DrawFn) -> HardwareConfig:
+    """Toy-sized machines (a 4 x 4 mesh of slices a chiplet) with every network and SIMD timing free."""
 
-    def i(lo: int, hi: int) -> int:
-        return draw(st.integers(lo, hi))
-
-    return HardwareConfig(
-        name="drawn",
-        clock=ClockConfig(ghz=1.0),
-        dimc=DIMCConfig(
-            tile_rows=draw(st.sampled_from([4, 8, 16])),
-            tile_cols=draw(st.sampled_from([4, 8, 16])),
-            macs_per_cycle=draw(st.sampled_from([4, 16, 64])),
-            pipeline_latency_cycles=i(0, 32),
-            adder_level_cycles=i(0, 4),
-        ),
-        simd=SIMDConfig(
-            lanes=draw(st.sampled_from([4, 8, 16])),
-            pipeline_latency_cycles=i(0, 16),
-            add_cycles=i(1, 4),
-            mul_cycles=i(1, 4),
-            max_cycles=i(1, 4),
-            exp_cycles=i(1, 32),
-            rsqrt_cycles=i(1, 32),
-            reciprocal_cycles=i(1, 32),
-        ),
-        layout=LayoutConfig(elems_per_slice=draw(st.sampled_from([4, 8, 16]))),
-        network=NetworkConfig(
-            topology=draw(st.sampled_from(["mesh2d", "ring", "tree"])),
-            hop_latency_cycles=i(0, 256),
-            link_bytes_per_cycle=draw(st.sampled_from([4, 8, 32])),
-            word_bytes=4,
-        ),
-        memory=MemoryConfig(
-            sram_bytes_per_slice=draw(st.sampled_from([1024, 4096, 1 << 16])),
-            sram_bytes_per_cycle=draw(st.sampled_from([4, 16, 64])),
-            weight_fraction=0.75,
-        ),
+    net = NetworkConfig(
+        noc=draw(levels([16], ["mesh2d"], hop_max=200)),
+        d2d=draw(levels([1, 2], ["all-to-all", "switch"], hop_max=200)),
+        bridge=draw(levels([2], ["all-to-all"], hop_max=200)),
+        pcie=draw(levels([1, 2], ["switch"], hop_max=200)),
+        nic=draw(levels([1], ["switch"], hop_max=200)),
+        algorithm=draw(st.sampled_from(["tree", "ring", "gather"])),
     )
+    simd = SIMDConfig(lanes=8, pipeline_latency_cycles=draw(st.integers(0, 8)), exp_cycles=draw(st.integers(1, 16)))
+    return HardwareConfig("drawn", TOY.clock, TOY.dimc, simd, TOY.memory, net)
 
 
 @st.composite
-def models(draw: st.DrawFn, *, min_dim: int = 1) -> LlamaConfig:
-    Hkv, G = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4]))
-    hd = draw(st.sampled_from([4, 8, 16, 32]))
-    assume(Hkv * G * hd >= min_dim)
+def small_models(draw: st.DrawFn) -> LlamaConfig:
+    Hkv, G, hd = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([8, 16]))
     return LlamaConfig(
         "drawn",
         dim=Hkv * G * hd,
-        n_layers=1,
+        n_layers=2,
         n_heads=Hkv * G,
         n_kv_heads=Hkv,
-        ffn_dim=draw(st.sampled_from([8, 24, 64, 96])),
-        vocab_size=48,
-        context_length=1 << 12,
+        ffn_dim=draw(st.sampled_from([16, 48])),
+        vocab_size=32,
+        context_length=512,
         rope_base=1e4,
         norm_eps=1e-5,
         tied_embeddings=False,
     )
 
 
-SLOW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+def compare_or_none(sc: Scenario, hw: HardwareConfig) -> Comparison | None:
+    try:
+        return compare(sc, hw)
+    except ValueError:  # the drawn model does not fit the drawn toy machine
+        return None
 
 
-def site_events(tl: Timeline, layer: int | None, name: str) -> dict[str, list[Any]]:
-    ev = [e for e in tl.events if e.layer == layer]
-    return {
-        "matmul": [e for e in ev if e.op == name],
-        "reduce": [e for e in ev if e.op == f"{name}.rms"],
-        "scale": [e for e in ev if e.op == f"{name}.scale"],
-    }
+ORDERS = ("baseline", "one_pass", "fused")
 
 
-@SLOW
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    hw=machines(),
-    cfg=models(),
-    phase=st.sampled_from(["decode", "prefill"]),
-    context=st.integers(1, 70),
-    batch=st.integers(1, 2),
+    hw=toy_machines(),
+    cfg=small_models(),
+    context=st.integers(0, 120),
+    batch=st.integers(1, 3),
+    level=st.sampled_from(["noc", "d2d", "bridge", "pcie"]),
+    factor=st.floats(1, 8),
 )
-def test_no_scale_before_its_collective_and_the_lower_bound_is_reached(
-    hw: HardwareConfig, cfg: LlamaConfig, phase: str, context: int, batch: int
+def test_latency_is_monotone_in_hop_latency_and_link_bandwidth(
+    hw: HardwareConfig, cfg: LlamaConfig, context: int, batch: int, level: str, factor: float
 ) -> None:
-    """Fused order: every scale op starts after its collective ends; each RMSNorm -> linear site takes exactly
-    max(matmul path, reduction path) + scale when nothing else competes, so when the matmul path is the longer
-    one, none of the site's collective time is on the critical path."""
-    tl = emulate(Scenario(cfg, phase, context, batch), hw, "fused")  # type: ignore[arg-type]
-    check_ordering_rule(tl)
-    crit = {tl.events[i] for i in tl.critical_path()}
-    for layer, name in ((0, "attn_qkv"), (0, "ffn_gate_up"), (None, "output")):
-        s = site_events(tl, layer, name)
-        (scale,) = s["scale"]
-        t0 = min(e.start for e in s["matmul"] + s["reduce"])
-        m_end, r_end = max(e.end for e in s["matmul"]), max(e.end for e in s["reduce"])
-        assert scale.start >= r_end and scale.start >= m_end
-        if s["matmul"][0].start == s["reduce"][0].start == t0 and len(s["matmul"]) == 1:
-            # no partial sums on the network: the two paths run side by side from t0
-            assert scale.start == max(m_end, r_end)
-            if m_end - t0 >= r_end - t0:
-                assert not crit & set(s["reduce"]), "a hidden collective is on the critical path"
-    merge = {e.layer: e for e in tl.events if e.op == "softmax.merge"}  # none when one slice holds every key
-    for f in (e for e in tl.events if e.op == "softmax.scale"):
-        assert f.layer not in merge or f.start >= merge[f.layer].end
+    """On a fixed mapping (`Mapping.on`), a slower hop never makes a decode step faster and a wider link never
+    makes it slower: every order, all three algorithms. (With the mapper re-run, or with a chunked prefill, it
+    can: both pinned below.)"""
+    sc = Scenario(cfg, "decode", context, batch)
+    try:
+        mp = map_scenario(sc, hw)
+    except ValueError:  # the drawn model does not fit the drawn toy machine
+        return
+    lv = getattr(hw.network, level)
+    slower = with_overrides(hw, nested(f"network.{level}.hop_ns", lv.hop_ns * factor + 1))
+    wider = with_overrides(hw, nested(f"network.{level}.link_gbps", lv.link_gbps * factor))
+    for mode, kw in (("baseline", {}), ("baseline", {"one_pass": True}), ("fused", {})):
+        base = emulate(sc, hw, mode, mapping=mp, **kw).makespan
+        assert emulate(sc, slower, mode, mapping=mp.on(slower), **kw).makespan >= base, (mode, kw, "hop")
+        assert emulate(sc, wider, mode, mapping=mp.on(wider), **kw).makespan <= base, (mode, kw, "bandwidth")
+
+
+#: A toy machine stripped to one chiplet per card, two cards, and a fast SIMD unit: where the pinned cases live.
+BARE = HardwareConfig(
+    "bare",
+    TOY.clock,
+    TOY.dimc,
+    SIMDConfig(lanes=8, pipeline_latency_cycles=0, exp_cycles=1),
+    TOY.memory,
+    NetworkConfig(
+        noc=LevelConfig(16, "mesh2d", 1.0, 2.0),
+        d2d=LevelConfig(1, "all-to-all", 0.0, 1.0),
+        bridge=LevelConfig(2, "all-to-all", 0.0, 1.0),
+        pcie=LevelConfig(1, "switch", 0.0, 1.0),
+        nic=LevelConfig(1, "switch", 0.0, 1.0),
+    ),
+)
+NARROW = LlamaConfig("narrow", 8, 2, 1, 1, 16, 32, 512, 1e4, 1e-5, False)
+
+
+def test_pinned_the_mapper_is_a_heuristic() -> None:
+    """Widening the NoC links (2 -> 4 GB/s) makes the mapper's decode step slower. The mapper picks each matrix's
+    grid by that matmul's own cost; on the wider links another grid is cheapest for some matrix, and its output
+    lands on slices that cost the next ops more. On the first mapping the same change is not slower: the
+    emulator is monotone, the mapper's per-matrix choice is not optimal for the whole pass."""
+    sc = Scenario(NARROW, "decode", 0, 1)
+    wider = with_overrides(BARE, {"network": {"noc": {"link_gbps": 4.0}}})
+    first, second = map_scenario(sc, BARE), map_scenario(sc, wider)
+    assert compare(sc, wider).baseline.makespan > compare(sc, BARE).baseline.makespan
+    shapes = [(m.n, m.m) for m in (*first.workload.block, *first.workload.head)]  # type: ignore[union-attr]
+    assert [first.grid(*s) for s in shapes] != [second.grid(*s) for s in shapes]
+    assert (
+        emulate(sc, wider, "baseline", mapping=first.on(wider)).makespan
+        <= emulate(sc, BARE, "baseline", mapping=first).makespan
+    )
+
+
+def test_pinned_list_scheduling_anomaly_in_a_chunked_prefill() -> None:
+    """A prefill of 63 tokens in 4 chunks on a fixed mapping: a slower NoC hop (0 -> 1 ns) makes the pass
+    faster. No step got cheaper (every step's cost is at least what it was); the greedy list scheduler placed
+    steps of different chunks in another order on the shared resources, and that order happens to be shorter:
+    a Graham anomaly of list scheduling, inherent to the ordering rule (schedule.py). Decode steps (one chunk)
+    showed none in the property above."""
+    sc = Scenario(NARROW, "prefill", 63, 1, chunk=16)
+    hw = with_overrides(BARE, {"network": {"noc": {"hop_ns": 0.0}}})
+    slower = with_overrides(BARE, {"network": {"noc": {"hop_ns": 1.0}}})
+    mp = map_scenario(sc, hw)
+    a = emulate(sc, hw, "baseline", mapping=mp)
+    b = emulate(sc, slower, "baseline", mapping=mp.on(slower))
+    assert b.makespan < a.makespan
+    assert len(a.events) == len(b.events)
+    assert all(eb.duration >= ea.duration for ea, eb in zip(a.events, b.events, strict=True))
+    assert [(e.start, e.op) for e in a.events] != [(e.start, e.op) for e in b.events]
 
 
 @SLOW
-@given(hw=machines(), cfg=models(), context=st.integers(1, 70), batch=st.integers(1, 2))
-def test_fused_is_never_slower_in_decode_when_a_hop_outlasts_a_merge_step(
-    hw: HardwareConfig, cfg: LlamaConfig, context: int, batch: int
+@given(hw=toy_machines(), cfg=small_models(), context=st.integers(1, 60))
+def test_the_same_inputs_give_the_same_events(hw: HardwareConfig, cfg: LlamaConfig, context: int) -> None:
+    sc = Scenario(cfg, "decode", context, 1)
+    a, b = compare_or_none(sc, hw), compare_or_none(sc, hw)
+    if a is None or b is None:
+        return
+    for order in ORDERS:
+        assert getattr(a, order).events == getattr(b, order).events
+        check_ordering_rule(getattr(a, order))
+
+
+@st.composite
+def corsair_neighbours(draw: st.DrawFn) -> HardwareConfig:
+    """corsair-like with every network latency, link bandwidth and SIMD timing drawn over its plausible range."""
+
+    def f(lo: float, hi: float) -> float:
+        return draw(st.floats(lo, hi))
+
+    return with_overrides(
+        CORSAIR,
+        {
+            "network": {
+                "noc": {"hop_ns": f(1, 10), "link_gbps": f(16, 128)},
+                "d2d": {"hop_ns": f(5, 100), "link_gbps": f(32, 512)},
+                "bridge": {"hop_ns": f(100, 1000)},
+                "pcie": {"hop_ns": f(500, 2000)},
+                "nic": {"hop_ns": f(1000, 5000)},
+            },
+            "simd": {"exp_cycles": draw(st.integers(1, 16)), "pipeline_latency_cycles": draw(st.integers(0, 16))},
+        },
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    hw=corsair_neighbours(),
+    model=st.sampled_from(["llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b"]),
+    context=st.sampled_from([128, 1024, 4096]),
+    batch=st.sampled_from([1, 8, 64]),
+)
+def test_fused_is_never_slower_than_the_one_pass_baseline_near_corsair(
+    hw: HardwareConfig, model: str, context: int, batch: int
 ) -> None:
-    """fused latency <= baseline latency, for a decode step on any machine where one network hop takes at least
-    as long as one online-softmax merge step on a SIMD unit (costs.merge_combine_cycles). Outside that domain the
-    fused softmax can lose: see test_where_fusion_loses."""
-    width = min(cfg.head_dim, hw.dimc.tile_cols)
-    assume(hw.network.hop_latency_cycles >= costs.merge_combine_cycles(hw, width=width))
-    c = compare(Scenario(cfg, "decode", context, batch), hw)
-    assert c.fused.makespan <= c.baseline.makespan
+    """Decode on a machine near corsair-like (a mesh NoC, tree collectives, latencies and bandwidths within their
+    plausible ranges), two blocks of each preset: the fused order is never slower than the one-pass (m, l)
+    baseline. Outside this domain it can be: the two cases pinned below."""
+    c = compare(Scenario(MODELS[model].replace(n_layers=2), "decode", context, batch), hw)
+    assert c.fused.makespan <= c.one_pass.makespan
 
 
-@SLOW
-@given(hw=machines(), cfg=models(), phase=st.sampled_from(["decode", "prefill"]), context=st.integers(1, 70))
-def test_rms_norm_sites_never_lose(hw: HardwareConfig, cfg: LlamaConfig, phase: str, context: int) -> None:
-    """Each RMSNorm -> linear site on its own: fused (matmul beside the reduction, then scale) is never slower than
-    baseline (reduction, normalise, matmul), on any machine, whenever a row spans at least one full slice."""
-    assume(cfg.dim >= hw.layout.elems_per_slice)
-    c = compare(Scenario(cfg, phase, context, 1), hw)  # type: ignore[arg-type]
-    for layer, name in ((0, "attn_qkv"), (0, "ffn_gate_up"), (None, "output")):
-        sb, sf = site_events(c.baseline, layer, name), site_events(c.fused, layer, name)
-        norm = [e for e in c.baseline.events if e.layer == layer and e.op == f"{name}.norm"]
-        base = max(e.end for e in sb["matmul"]) - min(e.start for e in sb["reduce"] + norm + sb["matmul"])
-        fused = sf["scale"][0].end - min(e.start for e in sf["matmul"] + sf["reduce"])
-        assert fused <= base, f"{name}: fused {fused} > baseline {base}"
+def test_pinned_a_star_noc_makes_one_slice_merge_every_state() -> None:
+    """All-to-all NoC (a star: every slice straight to the root), one head of width 16, a long prefill. The merge's
+    root combines every key slice's state for every packet, each a rescale of m, l and a rescale-and-add of the
+    outputs; the one-pass baseline's root combines (m, l) pairs and adds partial sums. With many rows the root's
+    SIMD work for the merge exceeds what the baseline's collectives cost, and the fused order loses. Mitigation:
+    a mesh (the trees then spread the merging over many slices)."""
+    hw = with_overrides(TOY, {"network": {"noc": {"topology": "all-to-all", "hop_ns": 0.0}}})
+    cfg = LlamaConfig("star", 16, 2, 1, 1, 16, 32, 512, 1e4, 1e-5, False)
+    c = compare(Scenario(cfg, "prefill", 250, 1, chunk=16), hw)
+    assert c.fused.makespan > c.one_pass.makespan
+    baseline_softmax = c.one_pass.op_total("softmax.max") + c.one_pass.op_total("softmax.sum")
+    baseline_psum = sum(e.duration for e in c.one_pass.events if e.op == "attn_pv" and e.kind == "psum")
+    assert c.fused.op_total("softmax.merge") > baseline_softmax + baseline_psum
 
 
-def test_where_fusion_loses() -> None:
-    """The pinned counterexample: a long prefill on a machine whose network hop is cheap and whose exp is slow.
-    The fused softmax keeps one reduction tree (the online-softmax merge) whose every step rescales a row of the
-    output (two exps and 2 (hd + 1) multiplies on a SIMD unit), pipelined over every query row; the baseline's
-    max and sum all-reduces move one number per row. With many rows and cheap hops, the merge's per-row work
-    outweighs the collectives it removes, and the whole forward pass is slower fused.
-    Mitigation: merge fewer, larger slice states (a longer `layout.elems_per_slice`), or keep the baseline order
-    for softmax in long prefills; the RMSNorm sites still gain (test_rms_norm_sites_never_lose)."""
-    hw = HardwareConfig(
-        name="cheap-hops",
-        clock=ClockConfig(ghz=1.0),
-        dimc=DIMCConfig(tile_rows=8, tile_cols=8, macs_per_cycle=64, pipeline_latency_cycles=0, adder_level_cycles=0),
-        simd=SIMDConfig(lanes=4, pipeline_latency_cycles=0, exp_cycles=16),
-        layout=LayoutConfig(elems_per_slice=4),
-        network=NetworkConfig(topology="tree", hop_latency_cycles=1, link_bytes_per_cycle=32),
-        memory=MemoryConfig(sram_bytes_per_slice=1 << 16, sram_bytes_per_cycle=64),
-    )
-    cfg = LlamaConfig(
-        "small",
-        dim=16,
-        n_layers=1,
-        n_heads=2,
-        n_kv_heads=1,
-        ffn_dim=8,
-        vocab_size=16,
-        context_length=128,
-        rope_base=1e4,
-        norm_eps=1e-5,
-        tied_embeddings=False,
-    )
-    c = compare(Scenario(cfg, "prefill", 64, 1), hw)
-    assert c.fused.makespan > c.baseline.makespan
-    merge = sum(e.duration for e in c.fused.events if e.op == "softmax.merge")
-    replaced = sum(
-        e.duration
-        for e in c.baseline.events
-        if e.op in ("softmax.max", "softmax.sum") or (e.op == "attn_pv" and e.step == "psum")
-    )
-    assert merge > replaced
-
-
-def test_matmul_path_longer_hides_everything_on_corsair_like() -> None:
-    """On the calibrated machine a decode step's RMSNorm collectives are fully hidden; what stays exposed in the
-    fused order is the softmax merge, which must follow the local e @ V."""
-    c = compare(Scenario(MODELS["llama2-7b"].replace(n_layers=2), "decode", 2048, 1), PRESETS["corsair-like"])
-    crit = [c.fused.events[i] for i in c.fused.critical_path()]
-    exposed_ops = {e.op for e in crit if e.kind == "collective"}
-    assert exposed_ops == {"softmax.merge"}
-    assert np.isclose(c.fused.collective_exposed, sum(e.duration for e in c.fused.events if e.op == "softmax.merge"))
+def test_pinned_a_slow_noc_makes_moving_the_statistic_cost_more_than_it_saves() -> None:
+    """A NoC of 133 ns hops and 1 GB/s links. The fused order applies s to the matmul's output, which lives on
+    other slices than x: s must be moved there (the baseline applies it where x lives). On such a network that
+    move outlasts the short matmul beside it and costs more than the collective the fused order saves."""
+    hw = with_overrides(BARE, {"network": {"noc": {"hop_ns": 133.0, "link_gbps": 1.0}}})
+    cfg = LlamaConfig("slow-noc", 64, 2, 8, 2, 16, 32, 512, 1e4, 1e-5, False)
+    c = compare(Scenario(cfg, "decode", 0, 1), hw)
+    assert c.fused.makespan > c.one_pass.makespan
+    f = c.fused
+    moves = sum(f.events[i].duration for i in f.critical_path() if f.events[i].norm and f.events[i].step == "deliver")
+    assert moves > f.makespan - c.one_pass.makespan

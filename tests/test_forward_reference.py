@@ -1,6 +1,6 @@
 """The executor-driven Llama forward pass equals a plain composition of the public reference layers.
 
-Two independent implementations: `normfuse_ref.llama.forward` (primitives through an Executor, concatenated
+Two independent implementations: `normfuse_ref.models.llama.forward` (primitives through an Executor, concatenated
 QKV and gate|up, folded gains in fused mode, tiled online softmax) and the textbook composition below (separate
 Q, K, V projections, `layers.attention`, `layers.swiglu`). Compared in float64 so that any structural slip
 (head grouping, causal offset, RoPE layout, a gain folded twice) shows as an O(1) error.
@@ -19,7 +19,7 @@ import pytest
 from numpy.typing import NDArray
 
 from normfuse_ref.layers import attention, linear, rms_norm, rope, swiglu
-from normfuse_ref.llama import LlamaConfig, Mode, forward, get_preset, prepare, random_params
+from normfuse_ref.models.llama import LlamaConfig, Mode, forward, get_preset, prepare, random_params
 from normfuse_ref.ops import NumpyExecutor
 
 Array = NDArray[Any]

@@ -23,7 +23,7 @@ from normfuse_ref.accuracy.equivalence import RuleBounds, compare, row_errors
 from normfuse_ref.fuzz import strategies as s
 from normfuse_ref.fuzz.rules import RULES, Case, evaluate, run
 from normfuse_ref.layers import check_eps
-from normfuse_ref.llama import weights
+from normfuse_ref.models.llama import weights
 from normfuse_ref.precision import DTYPES, Array, accumulation_dtype
 
 from . import test_fuzz_layer_norm_linear as ln_tests

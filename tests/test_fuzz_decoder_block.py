@@ -2,7 +2,7 @@
 
 x -> rms_norm -> Q, K, V (GQA) -> rope -> causal attention -> output projection -> residual -> rms_norm ->
 gate/up -> swiglu -> down -> residual. The reference order composes the reference layers; the fused order is
-`normfuse_ref.llama.forward.decoder_block` in fused mode (the code the model runs: gains folded by
+`normfuse_ref.models.llama.forward.decoder_block` in fused mode (the code the model runs: gains folded by
 `weights.prepare_block`, the three sites through `normfuse_ref.fusion`). The allowance is the block's running
 error bound with the larger of the two orders' bounds carried on at each site (accuracy/equivalence.py); the
 criterion is the same as for the single rules.

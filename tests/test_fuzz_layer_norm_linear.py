@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from normfuse_ref import fusion
 from normfuse_ref.fuzz import strategies as s
-from normfuse_ref.fuzz.campaign import check_cell
+from normfuse_ref.fuzz.campaign import check_cell, run_cell
+from normfuse_ref.fuzz.profiles import active
 from normfuse_ref.fuzz.rules import RULES, Case, assert_no_worse, evaluate, run
 from normfuse_ref.fuzz.strategies import offset_ratio
 from normfuse_ref.precision import DTYPES, Array
@@ -51,9 +52,17 @@ def test_layer_norm_linear_no_worse_than_reference(dtype: str) -> None:
 
 def test_offset_rows_need_the_stated_hazard_in_narrow_storage() -> None:
     """The property above does meet the hazard: offset rows in bfloat16 exceed the plain allowance, each within its
-    centring term; in float32 none does (a property that never met its condition would state nothing)."""
-    narrow = check_cell(RULE, "bfloat16", rows="offset")
-    wide = check_cell(RULE, "float32", rows="offset")
+    centring term; in float32 none does (a property that never met its condition would state nothing).
+
+    Only rows and their stated condition are judged here (no counterexample, hazard rows present), not the cell's
+    statistics: in an offset-only bfloat16 cell most rows are in the hazard's regime, which the scale-bias
+    statistic leaves out by design, so whether 200 examples leave the 16 it needs depends on the draws (and
+    Hypothesis mixes constants from every loaded module into them). The cell statistics of offset rows are judged
+    in the property above, where they are drawn among the other families."""
+    profile = active()
+    narrow = run_cell(RULE, "bfloat16", rows="offset", examples=profile.cell_examples, seed_value=0)
+    wide = run_cell(RULE, "float32", rows="offset", examples=profile.cell_examples, seed_value=0)
+    assert not narrow.found and not wide.found, narrow.explanation or wide.explanation
     assert narrow.stats.hazard_rows > 0
     assert wide.stats.hazard_rows == 0
 

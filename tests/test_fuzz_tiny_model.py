@@ -23,7 +23,7 @@ import numpy as np
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from normfuse_ref.llama import Mode, forward, get_preset, prepare, random_params
+from normfuse_ref.models.llama import Mode, forward, get_preset, prepare, random_params
 from normfuse_ref.ops import NumpyExecutor
 from normfuse_ref.precision import dtype_info
 

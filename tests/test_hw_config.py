@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from normfuse_ref.hw.config import (
-    CALIBRATION,
+    LEVELS,
     PRESETS,
     HardwareConfig,
+    field_value,
     get_hardware,
     load_hardware,
     with_overrides,
@@ -26,50 +28,64 @@ def write(tmp_path: Path, text: str, name: str = "hw.toml") -> str:
     return str(p)
 
 
-def all_fields(hw: HardwareConfig) -> dict[str, object]:
+def all_fields(obj: Any, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
-    for f in dataclasses.fields(hw):
-        part = getattr(hw, f.name)
-        if dataclasses.is_dataclass(part):
-            for g in dataclasses.fields(part):
-                out[f"{f.name}.{g.name}"] = getattr(part, g.name)
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out |= all_fields(v, f"{prefix}{f.name}.")
+        elif prefix:
+            out[f"{prefix}{f.name}"] = v
     return out
 
 
 def test_presets_are_valid_and_named() -> None:
-    assert set(PRESETS) == {"corsair-like", "toy"}
+    assert set(PRESETS) == {"corsair-like", "toy", "corsair-fitted"}
     for name, hw in PRESETS.items():
         assert hw.name == name
-        assert hw.weight_tiles_per_slice >= 1
     assert get_hardware("toy") is PRESETS["toy"]
-    with pytest.raises(ValueError, match="unknown hardware preset 'nope'; known: corsair-like, toy"):
+    with pytest.raises(ValueError, match="unknown hardware preset 'nope'; known: corsair-like, toy, corsair-fitted"):
         get_hardware("nope")
+
+
+def test_nothing_is_fitted_in_the_physical_presets() -> None:
+    assert PRESETS["corsair-like"].fitted == () and PRESETS["toy"].fitted == ()
+    (note,) = PRESETS["corsair-fitted"].fitted
+    assert "fitted" in note and "network.noc.hop_ns" in note
 
 
 def test_corsair_like_derived_figures_match_the_public_numbers() -> None:
     hw = PRESETS["corsair-like"]
-    slices = hw.chip.slices_per_card
-    assert slices == 2048  # [DMPAGE] 256 DIMC cores per chiplet x 8 chiplets
+    assert hw.slices_per_card == 2048  # [DMPAGE] 256 DIMC cores per chiplet x 8 chiplets [HC25]
+    assert hw.cards_per_server == 8 and hw.network.bridge.fanout == 2  # [HC25], [PRESS] bridged pairs
+    ghz = hw.clock.ghz * 1e9
     # 2.4 PFLOPS MXINT8 per card = 2 FLOP/MAC x slices x MACs/cycle x clock, within the rounding of the clock
-    assert 2 * slices * hw.dimc.macs_per_cycle * hw.clock.ghz * 1e9 == pytest.approx(2.4e15, rel=1e-3)
-    # 2 GB of SRAM per card, ~150 TB/s
-    assert slices * hw.memory.sram_bytes_per_slice == 2 * 2**30
-    assert slices * hw.memory.sram_bytes_per_cycle * hw.clock.ghz * 1e9 == pytest.approx(150e12, rel=0.01)
+    assert 2 * hw.slices_per_card * hw.dimc.macs_per_cycle * ghz == pytest.approx(2.4e15, rel=1e-3)
+    # 2 GB of SRAM per card at ~150 TB/s; 256 GB of LPDDR at ~400 GB/s [SC24]
+    assert hw.slices_per_card * hw.memory.sram_bytes_per_slice == 2 * 2**30
+    assert hw.slices_per_card * hw.memory.sram_bytes_per_cycle * ghz == pytest.approx(150e12, rel=0.01)
+    assert hw.memory.lpddr_bytes_per_card == 256e9 and hw.memory.lpddr_gbps_per_card == 400
+    assert hw.network.pcie.link_gbps == pytest.approx(63, abs=1)  # [PCIE5] x16 each way
+    assert hw.network.nic.hop_ns == 2000  # [PRESS] a ~2 us NIC
+    assert hw.network.noc.hop_ns * hw.clock.ghz == pytest.approx(3, abs=0.05)  # "a few cycles"
 
 
 def test_every_field_is_documented() -> None:
     text = DOCS.read_text(encoding="utf-8")
     for name in all_fields(PRESETS["corsair-like"]):
-        assert f"`{name}`" in text, f"docs/hardware.md does not describe {name}"
-    assert CALIBRATION["parameter"] in text
+        leaf = name if not name.startswith("network.") or name.count(".") == 1 else name.split(".")[-1]
+        assert f"`{name}`" in text or f"`{leaf}`" in text, f"docs/hardware.md does not describe {name}"
+    for level in LEVELS:
+        assert f"`network.{level}`" in text
 
 
 def test_toml_partial_override_of_the_default_preset(tmp_path: Path) -> None:
-    hw = load_hardware(write(tmp_path, '[network]\ntopology = "ring"\nhop_latency_cycles = 8\n[clock]\nghz = 2\n'))
+    hw = load_hardware(write(tmp_path, '[network]\nalgorithm = "ring"\n[network.noc]\nhop_ns = 8\n[clock]\nghz = 2\n'))
     base = PRESETS["corsair-like"]
     assert hw.name == "hw"  # the file name, unless `name` says otherwise
-    assert (hw.network.topology, hw.network.hop_latency_cycles, hw.clock.ghz) == ("ring", 8, 2.0)
-    assert hw.dimc == base.dimc and hw.network.link_bytes_per_cycle == base.network.link_bytes_per_cycle
+    assert (hw.network.algorithm, hw.network.noc.hop_ns, hw.clock.ghz) == ("ring", 8, 2.0)
+    assert hw.network.noc.fanout == base.network.noc.fanout and hw.network.d2d == base.network.d2d
+    assert hw.dimc == base.dimc and hw.fitted == ()
 
 
 def test_toml_base_and_name(tmp_path: Path) -> None:
@@ -78,32 +94,42 @@ def test_toml_base_and_name(tmp_path: Path) -> None:
     assert hw.dimc == PRESETS["toy"].dimc
 
 
+def toml_value(v: object) -> str:
+    return f'"{v}"' if isinstance(v, str) else repr(v)
+
+
 def test_toml_full_spec_round_trips(tmp_path: Path) -> None:
     """A file listing every field is a full specification, whatever the base."""
     toy = PRESETS["toy"]
     lines = ['base = "corsair-like"', 'name = "toy"']
-    for section, fields in dataclasses.asdict(toy).items():
-        if section == "name":
-            continue
+    for section in ("clock", "dimc", "simd", "memory"):
         lines.append(f"[{section}]")
-        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in fields.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in dataclasses.asdict(getattr(toy, section)).items()]
+    lines += ["[network]", f'algorithm = "{toy.network.algorithm}"']
+    for level in LEVELS:
+        lines.append(f"[network.{level}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in dataclasses.asdict(getattr(toy.network, level)).items()]
     assert load_hardware(write(tmp_path, "\n".join(lines) + "\n")) == toy
 
 
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("[network]\nhop_latncy_cycles = 3\n", "unknown hardware field 'network.hop_latncy_cycles'"),
-        ("[netwrk]\nhop_latency_cycles = 3\n", "unknown hardware field 'netwrk'"),
+        ("[network.noc]\nhop_nss = 3\n", "unknown hardware field 'network.noc.hop_nss'"),
+        ("[netwrk]\nhop = 3\n", "unknown hardware field 'netwrk'"),
+        ("[network.lan]\nhop_ns = 3\n", "unknown hardware field 'network.lan'"),
         ("[dimc]\nmacs_per_cycle = 0\n", "hardware field dimc.macs_per_cycle must be > 0; got 0"),
         ("[dimc]\ntile_rows = -64\n", "hardware field dimc.tile_rows must be > 0; got -64"),
-        ("[network]\nhop_latency_cycles = -1\n", "hardware field network.hop_latency_cycles must be >= 0; got -1"),
-        ("[simd]\nlanes = 8.5\n", "hardware field simd.lanes must be an integer; got 8.5"),
+        ("[network.pcie]\nhop_ns = -1\n", "hardware field network.pcie.hop_ns must be >= 0; got -1"),
+        ("[network.d2d]\nlink_gbps = 0\n", "hardware field network.d2d.link_gbps must be > 0; got 0"),
+        ("[network.noc]\nfanout = 2.5\n", "hardware field network.noc.fanout must be an integer; got 2.5"),
         ("[simd]\nlanes = true\n", "hardware field simd.lanes must be an integer; got True"),
         ('[clock]\nghz = "fast"\n', "hardware field clock.ghz must be a finite number; got 'fast'"),
-        ("[memory]\nweight_fraction = 1.5\n", "hardware field memory.weight_fraction must be <= 1; got 1.5"),
-        ('[network]\ntopology = "torus"\n', "hardware field network.topology must be one of mesh2d, ring, tree"),
+        ('[network.noc]\ntopology = "torus"\n', "hardware field network.noc.topology must be one of mesh2d"),
+        ('[network]\nalgorithm = "magic"\n', "hardware field network.algorithm must be one of tree, ring, gather"),
         ("network = 3\n", "hardware field network must be a table of fields"),
+        ("[network]\nnoc = 3\n", "hardware field network.noc must be a table of fields"),
+        ("fitted = 3\n", "hardware field fitted must be a list of strings"),
         ('base = "nope"\n', "unknown hardware preset 'nope'"),
         ("[clock\nghz = 1\n", "is not valid TOML"),
     ],
@@ -113,15 +139,32 @@ def test_toml_mistakes_name_the_field(tmp_path: Path, text: str, needle: str) ->
         load_hardware(write(tmp_path, text))
 
 
-def test_unknown_preset_or_missing_file() -> None:
+def test_unknown_preset_missing_binary_or_directory(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown hardware 'warp-drive'; give a preset"):
         load_hardware("warp-drive")
-    with pytest.raises(ValueError, match="cannot read hardware file"):
+    with pytest.raises(ValueError, match=re.escape("cannot read /no/such/dir/hw.toml")):
         load_hardware("/no/such/dir/hw.toml")
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match="is not a UTF-8 text file, so not a TOML hardware description"):
+        load_hardware(str(tmp_path / "bin.toml"))
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        load_hardware(str(tmp_path / "dir.toml"))
 
 
-def test_with_overrides_validates() -> None:
-    hw = with_overrides(PRESETS["toy"], {"network": {"hop_latency_cycles": 0}})
-    assert hw.network.hop_latency_cycles == 0 and hw.dimc == PRESETS["toy"].dimc
-    with pytest.raises(ValueError, match=re.escape("hardware field layout.elems_per_slice must be > 0")):
-        with_overrides(PRESETS["toy"], {"layout": {"elems_per_slice": 0}})
+def test_with_overrides_and_field_value() -> None:
+    hw = with_overrides(PRESETS["toy"], {"network": {"noc": {"hop_ns": 0}}})
+    assert hw.network.noc.hop_ns == 0 and hw.dimc == PRESETS["toy"].dimc
+    assert field_value(hw, "network.noc.hop_ns") == 0 and field_value(hw, "simd.lanes") == 8
+    with pytest.raises(ValueError, match=re.escape("unknown hardware field 'network.noc.hops'")):
+        field_value(hw, "network.noc.hops")
+    with pytest.raises(ValueError, match="is a section"):
+        field_value(hw, "network.noc")
+    with pytest.raises(ValueError, match=re.escape("hardware field simd.lanes must be > 0")):
+        with_overrides(PRESETS["toy"], {"simd": {"lanes": 0}})
+
+
+def test_machines_are_hashable_and_compare_by_value() -> None:
+    a = with_overrides(PRESETS["corsair-like"], {"network": {"noc": {"hop_ns": 3.0}}})
+    b = with_overrides(PRESETS["corsair-like"], {"network": {"noc": {"hop_ns": 3.0}}})
+    assert a == b and hash(a) == hash(b) and isinstance(a, HardwareConfig)

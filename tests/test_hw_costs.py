@@ -1,65 +1,16 @@
-"""The hardware formulas (normfuse_ref.hw.costs) against numbers worked out by hand."""
+"""The cost plans (normfuse_ref.hw.costs) against numbers worked out by hand, and the scaling laws they imply."""
 
 from __future__ import annotations
 
 import pytest
 
-from normfuse_ref.hw import costs
+from normfuse_ref.hw import costs, network
 from normfuse_ref.hw.config import PRESETS, with_overrides
+from normfuse_ref.hw.layout import Grid
+from normfuse_ref.hw.mapping import choose_grid
 
-TOY = PRESETS["toy"]  # tiles 8x8, 16 MACs/cycle, E = 8, 8 lanes, ring, hop 4, links 8 B/cycle
-CORSAIR = PRESETS["corsair-like"]
-
-
-@pytest.mark.parametrize(
-    ("topology", "P", "steps"),
-    [
-        ("ring", 1, 0),
-        ("ring", 2, 1),
-        ("ring", 8, 4),
-        ("ring", 9, 4),  # ceil((P-1)/2)
-        ("tree", 2, 1),
-        ("tree", 8, 3),
-        ("tree", 9, 4),  # ceil(log2 P)
-        ("mesh2d", 2, 1),  # a 2x1 block
-        ("mesh2d", 9, 2),  # 3x3, centre reached in 1 + 1
-        ("mesh2d", 64, 8),  # 8x8: ceil(7/2) + ceil(7/2)
-        ("mesh2d", 128, 11),  # 12 x 11: 6 + 5
-    ],
-)
-def test_topology_steps(topology: str, P: int, steps: int) -> None:
-    hw = with_overrides(TOY, {"network": {"topology": topology}})
-    assert costs.topology_steps(hw, P) == steps
-
-
-def test_all_reduce_on_the_toy_ring() -> None:
-    # 8 slices on a ring: 4 steps to the root, each hop 4 + combine 1 + ser ceil(4 B / 8 B) = 1 -> 6;
-    # 4 steps back, each 4 + 1 -> 5; two more rows pipelined at max(ser, combine, 1) = 1 cycle each.
-    assert (
-        costs.collective_cycles(TOY, slices=8, rows=3, combine=1, payload_bytes=4, broadcast=True) == 4 * 6 + 4 * 5 + 2
-    )
-    assert costs.collective_cycles(TOY, slices=1, rows=3, combine=1, payload_bytes=4, broadcast=True) == 0
-
-
-def test_weight_mapping_dense_packing() -> None:
-    # toy: 4 KiB SRAM x 0.75 / 64 B tiles = 48 tiles per slice
-    assert TOY.weight_tiles_per_slice == 48
-    mp = costs.weight_mapping(TOY, 64, 176)  # kt = 8, nt = 22: 6 whole K columns per slice -> 4 slices
-    assert (mp.slices, mp.tiles, mp.k_split, mp.k_local) == (4, 48, 1, 8)
-    mp = costs.weight_mapping(TOY, 512, 8)  # kt = 64 > 48: a column split over 2 slices of 32 tiles
-    assert (mp.slices, mp.tiles, mp.k_split, mp.k_local) == (2, 32, 2, 32)
-    # corsair-like: 768 KiB / 4 KiB = 192 tiles; llama2-7b's QKV (4096 x 12288): kt = 64 -> 3 columns per slice
-    mp = costs.weight_mapping(CORSAIR, 4096, 12288)
-    assert (mp.slices, mp.tiles, mp.k_split) == (64, 192, 1)
-
-
-def test_dimc_is_the_slower_of_streaming_and_computing() -> None:
-    mp = costs.weight_mapping(CORSAIR, 4096, 12288)  # 192 tiles of 4 KiB per slice
-    stream = 192 * 4096 // 64  # 12288 cycles at 64 B/cycle
-    adder = 6  # log2(64 K tiles) levels of 1 cycle
-    assert costs.dimc_cycles(CORSAIR, mp, rows=1) == 16 + stream + adder
-    compute = 16 * 192 * 8  # 16 rows x 192 tiles x (64*64 / 512) cycles
-    assert costs.dimc_cycles(CORSAIR, mp, rows=16) == 16 + compute + adder
+TOY = PRESETS["toy"]  # tiles 8x8, 16 MACs/cycle, 8 lanes, 4 KiB SRAM at 8 B/cycle a slice
+CORSAIR = PRESETS["corsair-like"]  # tiles 64x64, 512 MACs/cycle, 64 lanes, 1 MiB at 64 B/cycle a slice
 
 
 def test_simd_programs_by_op_name() -> None:
@@ -72,7 +23,90 @@ def test_simd_programs_by_op_name() -> None:
 
 
 def test_local_partials_and_finish() -> None:
-    # rms_scale on a chunk of 8 per row, 2 rows per slice (load 16): 2 vectors x (mul + add + 3 tree levels x add)
-    assert costs.local_reduce_cycles(TOY, kind="rms_scale", row_len=64, load=16) == 2 + 2 * (1 + 1 + 3)
+    # rms_scale on chunks of 8, 2 rows a slice (load 16): 2 vectors x (mul + add + 3 tree levels x add)
+    assert costs.local_reduce_cycles(TOY, kind="rms_scale", chunk=8, load=16) == 2 + 2 * (1 + 1 + 3)
     assert costs.reduce_finish_cycles(TOY, kind="rms_scale", rows=2) == 2 + 1 * (1 + 1 + 6)
     assert costs.reduce_finish_cycles(TOY, kind="max", rows=2) == 0
+
+
+def test_a_slice_streams_a_tile_in_64_cycles_and_turns_compute_bound_past_8_rows() -> None:
+    """corsair-like: a 64 x 64 int8 tile is 4096 B, 64 cycles at 64 B/cycle; one row against it is 4096 MACs,
+    8 cycles at 512 MACs/cycle. So up to 8 rows the slice is bound by SRAM bandwidth, beyond it by compute."""
+    lat = CORSAIR.dimc.pipeline_latency_cycles
+    for rows in (1, 4, 8):
+        assert costs.dimc_cycles(CORSAIR, k_tiles=1, n_tiles=3, rows=rows, tile_bytes=4096) == lat + 3 * 64
+    assert costs.dimc_cycles(CORSAIR, k_tiles=1, n_tiles=3, rows=9, tile_bytes=4096) == lat + 9 * 3 * 8
+    assert costs.dimc_cycles(CORSAIR, k_tiles=1, n_tiles=3, rows=64, tile_bytes=4096) == lat + 64 * 3 * 8
+    # the adder tree over a slice's K tiles: ceil(log2 k_tiles) levels
+    assert costs.dimc_cycles(CORSAIR, k_tiles=5, n_tiles=1, rows=1, tile_bytes=4096) == lat + 5 * 64 + 3
+
+
+def test_matmul_time_scales_with_bytes_per_slice() -> None:
+    """Spread the same weight over twice the slices: the busiest slice streams half the bytes, so the DIMC time
+    (less its fixed pipeline and adder latency) halves; a weight twice as large on the same slices doubles it."""
+    lat = CORSAIR.dimc.pipeline_latency_cycles
+
+    def tiles_time(g: Grid) -> int:
+        (dimc,) = [st for st in costs.matmul_steps(CORSAIR, g, rows=1, src=None) if st.engine == "DIMC"]
+        return dimc.cycles - lat - costs.clog2(g.k_tiles) * CORSAIR.dimc.adder_level_cycles
+
+    a = Grid(4096, 4096, 16, 64, 4, 1)  # 64 x 64 tiles over 1024 slices: 4 a slice
+    b = Grid(4096, 4096, 64, 32, 1, 2)  # over 2048 slices: 2 a slice
+    c = Grid(4096, 8192, 16, 64, 4, 2)  # twice the columns on 1024 slices: 8 a slice
+    assert tiles_time(a) == 4 * 64 and tiles_time(b) == 2 * 64 and tiles_time(c) == 8 * 64
+    # the mapper's grid for a card: every slice busy, 6 tiles each for llama2-7b's QKV (4096 x 12288)
+    g = choose_grid(CORSAIR, 2048, 4096, 12288, 1, "search")
+    assert g.slices <= 2048 and g.k_tiles * g.n_tiles * g.slices >= 64 * 192
+
+
+def test_dense_packing_is_the_old_mapping() -> None:
+    """normfuse 0.1: 75% of 1 MiB holds 192 tiles of 4 KiB; llama2-7b's QKV (64 x 192 tiles) puts 3 whole K
+    columns on a slice: 64 slices of 192 tiles (~12,300 cycles of streaming)."""
+    g = choose_grid(CORSAIR, 2048, 4096, 12288, 1, "dense")
+    assert (g.gk, g.gn, g.k_tiles * g.n_tiles) == (1, 64, 192)
+    assert costs.dimc_cycles(CORSAIR, k_tiles=g.k_tiles, n_tiles=g.n_tiles, rows=1, tile_bytes=4096) > 12288
+
+
+def test_partial_sums_cost_what_the_network_says() -> None:
+    span = network.span_of(CORSAIR, 16, 1)
+    (st,) = costs.psum_steps(CORSAIR, span=span, words=128)
+    add = costs._combine(CORSAIR, CORSAIR.simd.add_cycles)
+    want = network.tree_reduce_ns(CORSAIR, span, 128 * 4, 128, add)
+    assert st.cycles == network.ns_to_cycles(CORSAIR, want) and st.kind == "psum" and not st.norm
+    assert costs.psum_steps(CORSAIR, span=network.span_of(CORSAIR, 1, 1), words=128) == ()
+
+
+def test_the_merge_splits_into_its_partial_sums_and_its_normalisation_overhead() -> None:
+    """The merge carries m, l and the hd outputs and rescales; its partial-sum part is exactly the partial sums of
+    the outputs alone (what the two-pass order's P @ V pays), and the rest is its normalisation overhead."""
+    span = network.span_of(CORSAIR, 64, 1)
+    psum, norm = costs.merge_steps(CORSAIR, span=span, rows=8, width=128)
+    (pv,) = costs.psum_steps(CORSAIR, span=span, words=8 * 128, step="merge psum")
+    assert psum == pv and norm.norm and norm.kind == "collective" and not psum.norm
+    assert norm.cycles > 0
+    gathered = with_overrides(CORSAIR, {"network": {"algorithm": "gather"}})
+    steps = costs.merge_steps(gathered, span=span, rows=8, width=128)
+    assert [s.step for s in steps] == ["merge psum", "merge norm", "merge psum root", "merge norm root"]
+    assert [s.norm for s in steps] == [False, True, False, True]
+
+
+def test_reduce_steps_by_algorithm() -> None:
+    span = network.span_of(CORSAIR, 64, 1)
+    kw = {"kind": "rms_scale", "span": span, "n": 4096, "chunk": 64, "load": 64, "rows": 1}
+    tree = costs.reduce_steps(CORSAIR, **kw)
+    assert [s.step for s in tree] == ["partials", "all-reduce", "finish"] and all(s.norm for s in tree)
+    ring = costs.reduce_steps(with_overrides(CORSAIR, {"network": {"algorithm": "ring"}}), **kw)
+    gather = costs.reduce_steps(with_overrides(CORSAIR, {"network": {"algorithm": "gather"}}), **kw)
+    assert [s.step for s in gather] == ["gather", "root", "broadcast", "finish"]
+    net = {
+        a: sum(s.cycles for s in st if s.engine == "NET")
+        for a, st in (("tree", tree), ("ring", ring), ("gather", gather))
+    }
+    assert net["tree"] < net["ring"] and net["tree"] < net["gather"]  # one word a row: the tree's latency wins
+    one = costs.reduce_steps(CORSAIR, **{**kw, "kind": "max"}, one_pass=True)
+    assert [(s.step, s.norm) for s in one] == [
+        ("local max", True),
+        ("local exp", False),
+        ("local sum", True),
+        ("all-reduce", True),
+    ]

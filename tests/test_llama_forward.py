@@ -11,9 +11,18 @@ import numpy as np
 import pytest
 
 from normfuse_ref.layers import RopeLayout, rope, rotate_pairs
-from normfuse_ref.llama import KVCache, Mode, empty_cache, forward, get_preset, prepare, prepared_shapes, random_params
-from normfuse_ref.llama.forward import rope_tables
-from normfuse_ref.llama.weights import convert_rope_layout, pack_blocks
+from normfuse_ref.models.llama import (
+    KVCache,
+    Mode,
+    empty_cache,
+    forward,
+    get_preset,
+    prepare,
+    prepared_shapes,
+    random_params,
+)
+from normfuse_ref.models.llama.forward import rope_tables
+from normfuse_ref.models.llama.weights import convert_rope_layout, pack_blocks
 from normfuse_ref.ops import NumpyExecutor
 from normfuse_ref.precision import dtype_info
 from tests.tolerances import decode_tol

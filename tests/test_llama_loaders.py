@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from normfuse_ref.llama import LlamaConfig, get_preset, random_params
-from normfuse_ref.llama.fetch import find_model
-from normfuse_ref.llama.gguf_loader import read_gguf
-from normfuse_ref.llama.hf_loader import hf_name, read_hf_dir
-from normfuse_ref.llama.model import load_model
-from normfuse_ref.llama.tokenizer import GGUFTokenizer, StreamDecoder, UnsupportedTokenizer
-from normfuse_ref.llama.weights import convert_rope_layout
+from normfuse_ref.models.llama import LlamaConfig, get_preset, random_params
+from normfuse_ref.models.llama.fetch import find_model
+from normfuse_ref.models.llama.gguf_loader import read_gguf
+from normfuse_ref.models.llama.hf_loader import hf_name, read_hf_dir
+from normfuse_ref.models.llama.model import load_model
+from normfuse_ref.models.llama.tokenizer import GGUFTokenizer, StreamDecoder, UnsupportedTokenizer
+from normfuse_ref.models.llama.weights import convert_rope_layout
 from tests.tolerances import decode_tol
 
 Array = NDArray[Any]

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from normfuse_ref.llama.fetch import fetch
-from normfuse_ref.llama.model import Model, generate, load_model, prompt_ids
+from normfuse_ref.models.llama.fetch import fetch
+from normfuse_ref.models.llama.model import Model, generate, load_model, prompt_ids
 from tests.hf_support import require
 from tests.tolerances import U32, smollm2_tol
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normfuse_ref.llama.fetch import fetch, find_model
-from normfuse_ref.llama.gguf_loader import read_gguf_file
-from normfuse_ref.llama.model import Model, compare_modes, generate, load_model, prompt_ids
-from normfuse_ref.llama.weights import Mode, convert_rope_layout
+from normfuse_ref.models.llama.fetch import fetch, find_model
+from normfuse_ref.models.llama.gguf_loader import read_gguf_file
+from normfuse_ref.models.llama.model import Model, compare_modes, generate, load_model, prompt_ids
+from normfuse_ref.models.llama.weights import Mode, convert_rope_layout
 from tests.tolerances import smollm2_tol
 
 PROMPTS = [

@@ -19,7 +19,8 @@ first catching test; the `dev` and `thorough` profiles run every listed catcher.
 | a fused block returning NaN           | fuzz.rules.fused_decoder_block     | block cells e5m2, float16                   |
 | a 1% scale bias                       | ops.NumpyExecutor.reduce           | rms cell float32; block cell bfloat16       |
 | RoPE off by one in decode             | llama.forward.rope_tables          | decode vs recompute (plain and HF-free)     |
-| a site copy rounding y to storage     | llama.forward._norm_linear         | site == rule, float16                       |
+| a site copy rounding y to storage     | models.sites.rms_norm_linear       | site == rule, float16                       |
+| a LayerNorm site rounding before bias | models.sites.layer_norm_linear     | BERT site == rule, bfloat16                 |
 | compensating with zero column sums    | fusion.fold_column_sums            | compensate property bf16; fold-error tie    |
 | a LayerNorm fold ignoring its dtype   | fusion.fold_layer_norm             | wide-fold property bf16                     |
 | an RMSNorm fold ignoring its dtype    | fusion.fold_rms_norm               | wide-fold property e4m3fn                   |
@@ -51,8 +52,10 @@ from . import test_layers as layer_tests
 from . import test_llama_forward as llama_tests
 from . import test_precision as precision_tests
 from . import test_rule_sites as site_tests
+from . import test_rule_sites_bert as bert_site_tests
 
-forward_module = importlib.import_module("normfuse_ref.llama.forward")  # the package re-exports `forward`
+forward_module = importlib.import_module("normfuse_ref.models.llama.forward")  # the package re-exports `forward`
+sites_module = importlib.import_module("normfuse_ref.models.sites")
 
 
 def plant(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, wrong: Any) -> None:
@@ -160,6 +163,28 @@ def _site_rounding_y(ex: Any, x: Any, g: Any, F: Any, eps: float, mode: Any, op:
     y = ex.matmul(x, F, op=op)  # the old site: y rounded to storage before the scale
     s = ex.reduce(x, "rms_scale", op=f"{op}.rms", eps=eps)
     return ex.elementwise(lambda y, s: y * s, y, s, op=f"{op}.scale")
+
+
+def _ln_site_rounding_before_bias(
+    ex: Any,
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    F: Any,
+    b: Any,
+    eps: float,
+    mode: Any,
+    op: str,
+    *,
+    norm: bool,
+    centring: Any = "fold",
+    r: Any = None,
+) -> Any:
+    if mode == "fused":
+        return fusion.layer_norm_linear_folded(x, F, b, eps, ex=ex, op=op, norm=(gamma, beta) if norm else None)
+    y, h = fusion.layer_norm_linear_reference(x, gamma, beta, F, eps, ex=ex, op=op, return_norm=True)
+    y = ex.elementwise(lambda y, b: y + b, y, b, op=f"{op}.bias")  # the product rounded to storage, then the bias
+    return (y, h) if norm else y
 
 
 def _column_sums_of_the_exact_fold(F_prime: Any) -> Array:
@@ -329,8 +354,8 @@ MUTANTS = [
     ),
     Mutant(
         "a site copy rounding y to storage",
-        forward_module,
-        "_norm_linear",
+        sites_module,
+        "rms_norm_linear",
         _site_rounding_y,
         (
             (
@@ -373,6 +398,20 @@ MUTANTS = [
             (
                 "wide-fold property e4m3fn",
                 lambda: rms_tests.test_wide_fold_is_no_worse_even_for_subnormal_weights("float8_e4m3fn"),
+            ),
+        ),
+    ),
+    Mutant(
+        "a LayerNorm site rounding before bias",
+        sites_module,
+        "layer_norm_linear",
+        _ln_site_rounding_before_bias,
+        (
+            (
+                "BERT site == rule bfloat16",
+                lambda: bert_site_tests.test_the_models_baseline_layer_norm_site_is_the_reference_layers(
+                    "bfloat16", "attn_qkv"
+                ),
             ),
         ),
     ),

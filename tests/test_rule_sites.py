@@ -19,7 +19,7 @@ import pytest
 
 from normfuse_ref import fusion, layers
 from normfuse_ref.hw import EmulatingExecutor, get_hardware
-from normfuse_ref.llama import Mode, forward, get_preset, prepare, random_params
+from normfuse_ref.models.llama import Mode, forward, get_preset, prepare, random_params
 from normfuse_ref.ops import NumpyExecutor, ReduceKind, SoftmaxTiles
 from normfuse_ref.precision import DTYPES, Array
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from normfuse_ref.fuzz import strategies as s
 from normfuse_ref.fuzz.rules import LITERAL_MAX, RULES, Case, array_literal, block_weight_shapes
-from normfuse_ref.llama.config import LlamaConfig
+from normfuse_ref.models.llama.config import LlamaConfig
 from normfuse_ref.precision import DTYPES, dtype_info
 
 ALL = list(DTYPES)

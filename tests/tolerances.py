@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from normfuse_ref.llama import LlamaConfig
+from normfuse_ref.accuracy.bounds import forward_bound
+from normfuse_ref.models.llama import LlamaConfig
 from normfuse_ref.precision import Array, dtype_info
 
 U32 = dtype_info("float32").unit_roundoff
@@ -48,20 +49,15 @@ def decode_tol(cfg: LlamaConfig, logits: Array, S: int) -> float:
 
 
 def smollm2_tol(cfg: LlamaConfig, logits: Array) -> float:
-    """A probabilistic float32 bound on the difference of two computations of a real model's logits.
+    """A probabilistic float32 bound on the difference of two computations of a real model's logits:
+    `normfuse_ref.accuracy.bounds.forward_bound` (derived there) with K = 5 (L + 1) products in series and
+    n_max = max(d, f).
 
     The worst-case `decode_tol` with L = 30 blocks and n_max = 1536 (SmolLM2's FFN width) is 0.014 max|logit|: true,
-    but loose enough to hide a real slip. Rounding errors of a length-n dot product behave like a sum of n
-    independent zero-mean terms, so with probability >= 1 - 2 exp(-lambda^2 / 2) each is within lambda sqrt(n) u of
-    the magnitude of its terms (Higham & Mary 2019, "A new approach to probabilistic rounding error analysis",
-    Thm 2.4); the K = 5 (L + 1) products in series add in the same way. Hence
-
-        |a - b| <= 2 lambda sqrt(n_max K) u max|logit|,  lambda = 4  (factor 2: both computations err)
-
-    which is 2.3e-4 max|logit|, about 7e-3 for SmolLM2's logits of magnitude ~30. It assumes the network does not
-    amplify a perturbation of its residual stream by more than the factor already counted per product; measured
-    differences are 4e-5 to 7e-5 (fused vs baseline, decode vs recompute), a hundred times inside it, while an
-    off-by-one position, a gain applied twice or a wrong RoPE pairing gives differences of order max|logit|.
+    but loose enough to hide a real slip. The probabilistic bound is 2.3e-4 max|logit|, about 7e-3 for SmolLM2's
+    logits of magnitude ~30; measured differences are 4e-5 to 7e-5 (fused vs baseline, decode vs recompute), a
+    hundred times inside it, while an off-by-one position, a gain applied twice or a wrong RoPE pairing gives
+    differences of order max|logit|.
     """
-    n_max, K = max(cfg.dim, cfg.ffn_dim), 5 * (cfg.n_layers + 1)
-    return 2 * 4 * float(np.sqrt(n_max * K)) * U32 * float(np.abs(logits).max())
+    scale = float(np.abs(logits).max())
+    return forward_bound(n_max=max(cfg.dim, cfg.ffn_dim), products=5 * (cfg.n_layers + 1), dtype="float32", scale=scale)

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normfuse_ref import fusion, layers
-from normfuse_ref.llama import forward, get_preset, prepare, random_params
+from normfuse_ref.models.llama import forward, get_preset, prepare, random_params
 from normfuse_ref.ops import NumpyExecutor
 from normfuse_ref.precision import DTYPES
 

@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from normfuse_ref.llama.model import compare_modes, load_model, prompt_ids
+from normfuse_ref.models.llama.model import compare_modes, load_model, prompt_ids
 
 console = Console(width=100)
 model = load_model("smollm2-135m")  # float32; raises with "run: normfuse fetch smollm2-135m" if missing

@@ -32,7 +32,7 @@ from normfuse_ref.accuracy.metrics import Reference, ScoreAccumulator
 from normfuse_ref.accuracy.report import document_of_page, dtype_table, studies_from_document, verdict_sentence
 from normfuse_ref.accuracy.smollm2 import LlamaRuns, _Runner, corpus_windows
 from normfuse_ref.accuracy.study import ORACLE, Order, RunSpec, StudyConfig, Summation
-from normfuse_ref.llama.model import load_model
+from normfuse_ref.models.llama.model import load_model
 from normfuse_ref.precision import DTYPES
 
 console = Console(width=100)
@@ -40,7 +40,9 @@ page = Path(__file__).resolve().parents[1] / "docs" / "accuracy.md"
 studies = studies_from_document(document_of_page(page.read_text(encoding="utf-8")))  # verdicts recomputed
 for s in studies:
     c = s.corpus
-    console.print(f"{s.model}: {len(s.runs)} runs, corpus {c.chars} characters (Python {c.python}), sha256 {c.sha256[:16]}...")
+    console.print(
+        f"{s.model}: {len(s.runs)} runs, corpus {c.chars} characters (Python {c.python}), sha256 {c.sha256[:16]}..."
+    )
 
 # %% [markdown]
 # ## How to read a row: the spread

@@ -29,6 +29,11 @@ The model of rounding (Higham, "Accuracy and Stability of Numerical Algorithms",
 
 The oracle itself is float64 arithmetic, so its own error is bounded by the same functions with
 Precision.of("float64") and added to the allowance (see `equivalence`).
+
+Whole models (the last section) get a probabilistic bound instead: chaining the rigorous bounds through a real
+model is true but too loose to catch a slip, so two roundings of one forward pass (fused vs baseline, normfuse vs
+HF transformers, decode vs recompute, a text padded in a batch vs alone) are judged by `forward_bound`, and sentence
+embeddings by `pooled_bound` and `cosine_bound`.
 """
 
 from __future__ import annotations
@@ -46,18 +51,22 @@ from ..layers import rope_angles
 from ..precision import F64, accumulation_dtype, dtype_info, resolve_dtype
 
 __all__ = [
+    "LAMBDA",
     "Bounded",
     "Precision",
     "add",
     "attention_scores",
+    "cosine_bound",
     "exact",
     "fold",
+    "forward_bound",
     "layer_norm_acc",
     "layer_norm_stats",
     "load",
     "matmul",
     "matmul_may_overflow",
     "mul",
+    "pooled_bound",
     "quiet",
     "rms_norm_acc",
     "rms_scale",
@@ -548,3 +557,49 @@ def attention_scores(Q: Bounded, K: Bounded, P: Precision) -> Bounded:
     r = math.sqrt(hd)
     k3 = _expm1(3 * P.l_a)
     return Bounded(dot.v / r, dot.b / r * (1 + k3) + np.abs(dot.v / r) * k3 + P.eta_a)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole models: two roundings of one forward pass (probabilistic)
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Standard deviations of the probabilistic bounds below: each fails with probability <= 2 exp(-8) = 7e-4 per
+#: product.
+LAMBDA = 4
+
+
+def forward_bound(*, n_max: int, products: int, dtype: DTypeLike | str, scale: float) -> float:
+    """How far apart two roundings in storage `dtype` of the same forward pass may be, in the units of `scale` (the
+    largest magnitude of the output compared: max|logit|, max|h|).
+
+    The rounding errors of a length-n dot product behave like a sum of n independent zero-mean terms, so with
+    probability >= 1 - 2 exp(-lambda^2 / 2) each is within lambda sqrt(n) u of the magnitude of its terms (Higham &
+    Mary 2019, "A new approach to probabilistic rounding error analysis", Thm 2.4), and the K = `products` products
+    in series (n <= `n_max`) add in the same way. Hence
+
+        |a - b| <= 2 lambda sqrt(n_max K) u scale,    lambda = LAMBDA   (factor 2: both computations err)
+
+    It assumes the network does not amplify a perturbation of its residual stream by more than the factor already
+    counted per product (a post-LN encoder keeps the stream's scale fixed; a pre-norm decoder's stream grows
+    slowly). A slip (an off-by-one position, a wrong mask, a misplaced bias or gain) moves outputs by order `scale`.
+    """
+    u = dtype_info(dtype).unit_roundoff
+    return 2 * LAMBDA * math.sqrt(n_max * products) * u * scale
+
+
+def pooled_bound(delta: float, norm: float) -> float:
+    """Bound on every component of |e_a - e_b| for the unit vectors e = m / |m| of two means m of rows that differ
+    by at most `delta` each (`forward_bound`), `norm` the smallest |m| among them.
+
+    A mean errs by no more than its rows, |dm_j| <= delta, and to first order de_j = (dm_j - e_j (e . dm)) / |m|.
+    The projection e . dm = Sum_j e_j dm_j is again a sum of independent zero-mean rounding terms weighted by a unit
+    vector, so |e . dm| <= lambda delta with the same probability (a coherent part, a common relative error of the
+    whole row, scales m and cancels in the normalisation). Hence |e_a - e_b|_j <= (1 + lambda) delta / |m|.
+    """
+    return (1 + LAMBDA) * delta / norm
+
+
+def cosine_bound(width: int, tol: float) -> float:
+    """Bound on 1 - cos(e_a, e_b) for unit vectors of `width` components that differ by at most `tol` each:
+    1 - cos = |e_a - e_b|^2 / 2 <= width tol^2 / 2."""
+    return width * tol**2 / 2

@@ -109,7 +109,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from ..llama.config import LlamaConfig
+from ..models.llama.config import LlamaConfig
 from ..precision import F64, dtype_info, resolve_dtype
 from . import bounds as bd
 from .bounds import Bounded, Precision
@@ -335,7 +335,7 @@ def softmax_linear_bounds(
 # ---------------------------------------------------------------------------------------------------------------
 #
 # The block's reference order is the composition of the reference layers; its fused order is the model's own
-# decoder block (`normfuse_ref.llama.forward.decoder_block` in fused mode). Both run the same operations
+# decoder block (`normfuse_ref.models.llama.forward.decoder_block` in fused mode). Both run the same operations
 # everywhere but at the three sites (RMSNorm -> QKV, softmax -> V, RMSNorm -> gate/up), except that the model also
 # stores the SwiGLU hidden layer h (a DIMC operand) where `layers.swiglu` keeps it in acc. So the block's allowance
 # is the running error bound of the reference order in which, at each site, the larger of the two orders' bounds

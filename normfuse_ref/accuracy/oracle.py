@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 if TYPE_CHECKING:
-    from ..llama.config import LlamaConfig
+    from ..models.llama.config import LlamaConfig
 
 __all__ = [
     "attention",

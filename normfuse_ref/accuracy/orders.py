@@ -9,7 +9,7 @@ spread of a figure between the two runs is what rounding alone moves it by: the 
 than baseline" (`normfuse_ref.accuracy.study`). On a machine this is the same model mapped onto the tiles with its
 channels in another order.
 
-Llama (GGUF names, row-vector orientation (n_in, n_out), `normfuse_ref.llama.weights.param_shapes`):
+Llama (GGUF names, row-vector orientation (n_in, n_out), `normfuse_ref.models.llama.weights.param_shapes`):
 
     token_embd (V, d): columns by pi          attn_norm, ffn_norm, output_norm (d,): by pi
     attn_q, attn_k, attn_v (d, .): rows by pi attn_output (Hq hd, d): columns by pi
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..llama.config import LlamaConfig
 from ..models.bert.config import BertConfig
+from ..models.llama.config import LlamaConfig
 
 __all__ = ["PERMUTATION_SEED", "channel_permutations", "permute_bert", "permute_llama", "unpermute_hidden"]
 

@@ -12,7 +12,7 @@ def study_model(name: str, corpus: Corpus, config: StudyConfig, *, progress: Pro
     """The study of registry model `name` (one of MODELS). FileNotFoundError when it is not fetched (the message
     names the `normfuse fetch` command), ValueError for a damaged file or a corpus too short for `config`."""
     if name == "smollm2-135m":
-        from ..llama.model import load_model
+        from ..models.llama.model import load_model
         from .smollm2 import study_llama
 
         return study_llama(load_model(name, "float32"), corpus, config, name=name, progress=progress)

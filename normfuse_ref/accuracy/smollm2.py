@@ -27,11 +27,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..fusion import fold_rms_norm
-from ..llama.config import LlamaConfig
-from ..llama.forward import empty_cache, forward
-from ..llama.model import Model
-from ..llama.tokenizer import TextTokenizer
-from ..llama.weights import Fold, Mode, pack_blocks_inplace, prepare, prepared_shapes
+from ..models.llama.config import LlamaConfig
+from ..models.llama.forward import empty_cache, forward
+from ..models.llama.model import Model
+from ..models.llama.tokenizer import TextTokenizer
+from ..models.llama.weights import Fold, Mode, pack_blocks_inplace, prepare, prepared_shapes
 from ..ops import Executor, NumpyExecutor, step_blas_threads
 from ..precision import resolve_dtype
 from .corpus import Corpus

@@ -61,7 +61,7 @@ Array = NDArray[Any]
 Order = Literal["baseline", "fused", "float64"]
 Summation = Literal["plain", "permuted"]
 
-#: The models of the study (registry names, `normfuse_ref.llama.fetch.SOURCES`).
+#: The models of the study (registry names, `normfuse_ref.models.llama.fetch.SOURCES`).
 MODELS = ("smollm2-135m", "all-minilm-l6-v2")
 #: Storage dtypes studied, widest first; float32 accumulation in each (the policy for 16/8-bit storage).
 DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")

@@ -18,7 +18,7 @@ from ..accuracy.corpus import EmptyCorpus, load_corpus
 from ..accuracy.report import UNITS, dtype_table, markdown, study_document, verdict_sentence
 from ..accuracy.study import DTYPES, MODELS, ModelStudy, StudyConfig
 from ..extras import MissingExtra
-from ..llama.fetch import CorruptModel
+from ..models.llama.fetch import CorruptModel
 from .args import integer
 from .console import Console, UsageError, json_record
 from .outputs import OutputFiles

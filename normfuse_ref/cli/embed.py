@@ -5,7 +5,7 @@ For each text: its token count ([CLS] and [SEP] included) and the norm of its em
 embeddings are L2-normalised); then the pairwise cosine similarities. With `--mode both` both orders embed the
 same tokens in the same groups, and the output says how far apart they are: the largest difference of an
 embedding component, the smallest cosine between a text's two embeddings, the largest difference of a last hidden
-state, and whether that is within what rounding alone explains (`normfuse_ref.models.bert.bounds`).
+state, and whether that is within what rounding alone explains (`normfuse_ref.models.bert.embedding_bound`).
 
 A text longer than the model's positions (512 for all-MiniLM-L6-v2) is an error; `--truncate` embeds its first
 512 tokens instead, and the output says which texts were cut and from how many tokens.
@@ -76,9 +76,9 @@ def add_parser(subparsers: Any) -> None:
 
 def _load(args: argparse.Namespace, console: Console) -> BertModel:
     """The model, with a progress bar while its weights are read; a model of another family is refused."""
-    from ..llama.fetch import CorruptModel
     from ..models import family_of, load_model
     from ..models.bert import BertModel
+    from ..models.llama.fetch import CorruptModel
 
     try:
         family = family_of(args.model)

@@ -1,6 +1,6 @@
 """`normfuse fetch MODEL ...`: download real models into the user cache and check their pinned SHA-256.
 
-The registry, the download and the checks are `normfuse_ref.llama.fetch` (docs/models.md). Fetching needs only
+The registry, the download and the checks are `normfuse_ref.models.llama.fetch` (docs/models.md). Fetching needs only
 the standard library; running a fetched model needs the model readers (`pip install 'normfuse[model]'`), which
 `fetch` mentions when they are missing.
 """
@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from ..extras import missing
-from ..llama.fetch import SOURCES, CorruptModel, FetchError, FetchResult, cache_dir, fetch, source
+from ..models.llama.fetch import SOURCES, CorruptModel, FetchError, FetchResult, cache_dir, fetch, source
 from .console import Col, Console, UsageError, json_record
 
 

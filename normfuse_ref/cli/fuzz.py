@@ -149,7 +149,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print("Paste into a test (import numpy as np; from normfuse_ref.precision import DTYPES;", markup=False)
         console.print(
             "from normfuse_ref.fuzz.rules import Case, RULES, evaluate; from normfuse_ref.fuzz.strategies import "
-            "MergeStep; from normfuse_ref.llama.config import LlamaConfig), then "
+            "MergeStep; from normfuse_ref.models.llama.config import LlamaConfig), then "
             f"print(evaluate(RULES[{cell.rule!r}], case).explain()):",
             markup=False,
         )

@@ -1,9 +1,10 @@
-"""Terminal pictures of emulated timelines: a Gantt chart of one decoder block, and horizontal bars.
+"""Terminal pictures of emulated timelines: a Gantt chart of one decoder block, horizontal bars, a 2-D table.
 
-A lane is one engine (DIMC, SIMD, NET); a column is a slice of time; each cell shows the kind of work that fills
-most of it. Under the lanes of each mode, the `path` row marks the critical path: ▲ where a collective is on it
-(exposed collective time), ─ for any other work on it. Characters differ by kind, so the picture reads without
-colour too (NO_COLOR).
+A lane is one engine of the block's stage (DIMC, SIMD) or one level of the network (NET.noc, NET.d2d, ...; a
+step crossing two levels shows on both); a column is a slice of time; each cell shows the kind of work that fills
+most of it. Under the lanes of each mode, the `path` row marks the critical path: ▲ where a normalisation
+statistic is on it (exposed time), ─ for any other work on it. Characters differ by kind, so the picture reads
+without colour too (NO_COLOR).
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from ..hw.timeline import ENGINES, KINDS, Timeline
+from ..hw.config import LEVELS
+from ..hw.timeline import KINDS, Timeline, lane_of
 
-__all__ = ["LEGEND", "bars", "block_gantt"]
+__all__ = ["LEGEND", "bars", "block_gantt", "lanes_of"]
 
-GLYPH = {"matmul": "█", "vector": "▒", "collective": "▓", "psum": "░"}
-STYLE = {"matmul": "blue", "vector": "green", "collective": "bold red", "psum": "cyan"}
+GLYPH = {"matmul": "█", "vector": "▒", "collective": "▓", "psum": "░", "move": "~"}
+STYLE = {"matmul": "blue", "vector": "green", "collective": "bold red", "psum": "cyan", "move": "magenta"}
 EXPOSED, ON_PATH = "▲", "─"
 
 LEGEND = (
-    f"{GLYPH['matmul']} matmul (DIMC)  {GLYPH['vector']} vector work (SIMD)  {GLYPH['collective']} collective "
-    f"(reduce, softmax merge)  {GLYPH['psum']} partial sums (NET)\n"
-    f"path = the critical path:  {EXPOSED} a collective on it (exposed time)  {ON_PATH} other work on it"
+    f"{GLYPH['matmul']} matmul  {GLYPH['vector']} vector work  {GLYPH['collective']} normalisation statistic  "
+    f"{GLYPH['psum']} partial sums  {GLYPH['move']} moving activations\n"
+    f"path = the critical path:  {EXPOSED} a normalisation statistic on it (exposed)  {ON_PATH} other work on it"
 )
 
 _LABEL = 16  # "baseline  DIMC " + border
@@ -62,6 +64,13 @@ def _axis(span_us: float, width: int) -> Text:
     return Text(" " * _LABEL + "".join(line))
 
 
+def lanes_of(timelines: Sequence[Timeline], layer: int) -> list[str]:
+    """The lanes a block uses in any of the timelines: DIMC, SIMD, then the network levels innermost first."""
+    used = {lane_of(r) for tl in timelines for e in tl.events if e.layer == layer for r in e.resources}
+    nets = [f"NET.{lv}" for lv in LEVELS if f"NET.{lv}" in used]
+    return ["DIMC", "SIMD", *nets]
+
+
 def block_gantt(timelines: dict[str, Timeline], layer: int, width: int) -> Text:
     """Both modes' lanes for one decoder block on one time axis (each mode starts at its block's start)."""
     bar_w = max(20, width - _LABEL - 1)
@@ -69,6 +78,7 @@ def block_gantt(timelines: dict[str, Timeline], layer: int, width: int) -> Text:
     span = max(1, max(e - s for s, e in windows.values()))
     dt = span / bar_w
     any_tl = next(iter(timelines.values()))
+    lanes = lanes_of(list(timelines.values()), layer)
     text = _axis(any_tl.us(span), bar_w)
     for mode, tl in timelines.items():
         s0, e0 = windows[mode]
@@ -76,12 +86,12 @@ def block_gantt(timelines: dict[str, Timeline], layer: int, width: int) -> Text:
         crit = set(tl.critical_path())
         exposed = sum(e.duration for i, e in events if i in crit and e.kind == "collective")
         text.append(
-            f"\n{mode}: block {layer} takes {tl.us(e0 - s0):.4g} µs, collectives exposed {tl.us(exposed):.4g} µs",
+            f"\n{mode}: block {layer} takes {tl.us(e0 - s0):.4g} µs, normalisation exposed {tl.us(exposed):.4g} µs",
             style="bold",
         )
-        for engine in ENGINES:
-            spans = [(e.start - s0, e.end - s0, e.kind) for _, e in events if e.engine == engine]
-            text.append(f"\n  {engine:<5s}" + " " * (_LABEL - 8) + "│")
+        for lane in lanes:
+            spans = [(e.start - s0, e.end - s0, e.kind) for _, e in events if lane in {lane_of(r) for r in e.resources}]
+            text.append(f"\n  {lane:<{_LABEL - 3}}│")
             for kind in _cells(spans, bar_w, dt):
                 if kind is None:
                     text.append(" ")

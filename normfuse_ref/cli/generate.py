@@ -17,8 +17,8 @@ import argparse
 from typing import Any
 
 from ..extras import MissingExtra
-from ..llama.fetch import CorruptModel
-from ..llama.model import (
+from ..models.llama.fetch import CorruptModel
+from ..models.llama.model import (
     MODEL_DTYPES,
     Generation,
     ModeComparison,
@@ -28,7 +28,7 @@ from ..llama.model import (
     load_model,
     prompt_ids,
 )
-from ..llama.weights import Mode
+from ..models.llama.weights import Mode
 from .args import integer, number
 from .console import Console, UsageError, json_record
 

@@ -1,11 +1,15 @@
-"""`normfuse sweep`: how the fused order's saving moves with one parameter, as a table and a bar chart.
+"""`normfuse sweep`: where fusion pays, over one or two parameters, as a table (2-D for two) and bars.
 
-    normfuse sweep --param context 128..8192      cached positions (decode) or prompt tokens (prefill)
-    normfuse sweep --param batch 1..64            sequences decoded together
-    normfuse sweep --param net-latency 4..512     network.hop_latency_cycles, in cycles (or 5ns..500ns)
+    normfuse sweep --param noc-hop 1..64 --param batch 1..64       NoC hop latency (ns) x batch
+    normfuse sweep --param algorithm tree,ring,gather --param context 512..8192
+    normfuse sweep --param context 128..8192                        one parameter: a table and a bar chart
 
-A range `a..b` doubles from a up to b (b itself is included); `a,b,c` lists values. Every point runs the same
-forward pass cost-only in both orders (see `normfuse timeline`).
+Parameters: context, batch, chunk (prefill tokens a chunk), tp-cards, mapping (search, dense), algorithm (tree,
+ring, gather), the hop latencies noc-hop, d2d-hop, bridge-hop, pcie-hop, nic-hop (ns), noc-bw (GB/s), or any
+numeric hardware field by its dotted name (network.d2d.link_gbps, simd.exp_cycles, ...). VALUES: `a..b` doubles
+from a up to b (b included), `a,b,c` lists them. Every point runs the same comparison as `normfuse timeline`
+(six passes on the mapping the mapper picks for that point), each in its own task on a process pool (`--workers`,
+default all cores; the library's `sweep` takes any concurrent.futures.Executor, e.g. a Dask or Ray cluster's).
 """
 
 from __future__ import annotations
@@ -13,143 +17,225 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..hw.study import SWEEP_PARAMS, sweep
-from .console import Console, UsageError
+from ..hw.config import ALGORITHMS, field_value
+from ..hw.study import SCENARIO_PARAMS, SWEEP_SHORTCUTS, local_pool, sweep, units_of
+from .args import integer
+from .console import Console, UsageError, json_record
 from .gantt import bars
-from .timeline import add_scenario_args, calibration_note, resolve_hw, resolve_scenario
+from .timeline import add_scenario_args, fitted_note, resolve_hw, resolve_scenario
 
-UNITS = {"context": "tokens", "batch": "sequences", "net-latency": "cycles"}
+METRICS: dict[str, tuple[str, str]] = {
+    "reduction": ("reduction", "fused vs two-pass baseline latency"),
+    "reduction-one-pass": ("reduction_vs_one_pass", "fused vs one-pass baseline latency"),
+    "share": ("normalisation_share_baseline", "normalisation cost / two-pass baseline latency"),
+    "hidden": ("hidden_fraction", "share of the baseline's normalisation cost the fused order hides"),
+}
+CHOICES = {"algorithm": ALGORITHMS, "mapping": ("search", "dense")}
+UNITS = {
+    "context": "tokens",
+    "batch": "sequences",
+    "chunk": "tokens",
+    "tp-cards": "cards",
+    "noc-hop": "ns",
+    "d2d-hop": "ns",
+    "bridge-hop": "ns",
+    "pcie-hop": "ns",
+    "nic-hop": "ns",
+    "noc-bw": "GB/s",
+}
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sweep",
-        help="how the fused order's saving moves with context, batch or network latency",
+        help="where fusion pays: the comparison over one or two parameters (a 2-D table)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument(
         "--param",
         nargs=2,
+        action="append",
         metavar=("NAME", "VALUES"),
         required=True,
-        help=f"NAME in {', '.join(SWEEP_PARAMS)}; VALUES as a..b (doubling) or a,b,c",
+        help="a parameter and its values (give --param once or twice; see `normfuse sweep --help`)",
+    )
+    p.add_argument(
+        "--metric", choices=tuple(METRICS), default="reduction", help="what the table and bars show (default reduction)"
+    )
+    p.add_argument(
+        "--workers", type=integer(minimum=1), default=None, metavar="N", help="processes (default: all cores; 1: here)"
     )
     add_scenario_args(p)
     p.add_argument("--json", action="store_true", help="print the points as JSON")
     p.set_defaults(func=run)
 
 
-def parse_values(text: str, *, ns_per_cycle: float | None = None) -> tuple[list[int], list[str]]:
-    """Values and their labels. `ns_per_cycle` set: values may end in "ns" (converted to whole cycles) or "cycles"."""
+def _number(tok: str, integer: bool) -> float:
+    t = tok.strip().lower()
+    for suffix in ("ns", "gb/s"):
+        if t.endswith(suffix):
+            t = t[: -len(suffix)].strip()
+    try:
+        v = float(t)
+    except ValueError:
+        raise UsageError(f"not a number in --param values: {tok!r}") from None
+    if v < 0 or (integer and v != int(v)):
+        raise UsageError(f"--param values must be non-negative {'integers' if integer else 'numbers'}; got {tok!r}")
+    return v
 
-    def one(tok: str) -> tuple[float, str]:
-        t = tok.strip().lower()
-        unit = ""
-        for suffix in ("cycles", "cycle", "ns"):
-            if ns_per_cycle is not None and t.endswith(suffix):
-                t, unit = t[: -len(suffix)].strip(), suffix
-                break
-        try:
-            v = float(t)
-        except ValueError:
-            raise UsageError(f"not a number in --param values: {tok!r}") from None
-        if v < 0 or (v != int(v) and unit != "ns"):
-            raise UsageError(f"--param values must be non-negative integers; got {tok!r}")
-        return v, unit
 
+def parse_values(text: str, *, integer: bool = True, choices: tuple[str, ...] | None = None) -> list[Any]:
+    """Values from `a..b` (doubling, b included) or `a,b,c`; words from `choices` when given."""
+    if choices is not None:
+        words = [w.strip() for w in text.split(",") if w.strip()]
+        bad = [w for w in words if w not in choices]
+        if not words or bad:
+            raise UsageError(f"--param values must be among {', '.join(choices)}; got {text!r}")
+        return words
     if ".." in text:
         lo_s, hi_s = text.split("..", 1)
-        (lo, u1), (hi, u2) = one(lo_s), one(hi_s)
-        unit = u1 or u2
-        if lo < 1 or hi < lo:
-            raise UsageError(f"a range a..b needs 1 <= a <= b; got {text!r}")
+        lo, hi = _number(lo_s, integer), _number(hi_s, integer)
+        if lo <= 0 or hi < lo:
+            raise UsageError(f"a range a..b needs 0 < a <= b; got {text!r}")
         raw = []
         v = lo
         while v < hi:
             raw.append(v)
             v *= 2
         raw.append(hi)
-        units = [unit] * len(raw)
     else:
-        pairs = [one(t) for t in text.split(",") if t.strip()]
-        if not pairs:
+        raw = [_number(t, integer) for t in text.split(",") if t.strip()]
+        if not raw:
             raise UsageError("--param needs at least one value")
-        raw, units = [p[0] for p in pairs], [p[1] for p in pairs]
-    values, labels = [], []
-    for v, unit in zip(raw, units, strict=True):
-        if unit == "ns":
-            assert ns_per_cycle is not None
-            values.append(round(v / ns_per_cycle))
-            labels.append(f"{v:g} ns")
-        else:
-            values.append(int(v))
-            labels.append(f"{int(v)}")
-    return values, labels
+    return [int(v) if integer else v for v in raw]
+
+
+def _kind(name: str, hw: Any) -> tuple[bool, tuple[str, ...] | None]:
+    """(integer?, choices) of a parameter; UsageError for an unknown one."""
+    if name in CHOICES:
+        return False, CHOICES[name]
+    if name in SCENARIO_PARAMS:
+        return True, None
+    dotted = SWEEP_SHORTCUTS.get(name, name)
+    try:
+        current = field_value(hw, dotted)
+    except ValueError:
+        known = ", ".join([*SCENARIO_PARAMS, *SWEEP_SHORTCUTS])
+        raise UsageError(f"unknown --param {name!r}; use one of {known} or a dotted hardware field") from None
+    if isinstance(current, bool) or not isinstance(current, (int, float)):
+        raise UsageError(f"--param {name} is not a numeric hardware field")
+    return isinstance(current, int), None
+
+
+def _label(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    name, text = args.param
-    if name not in SWEEP_PARAMS:
-        raise UsageError(f"unknown --param {name!r}; choose from {', '.join(SWEEP_PARAMS)}")
-    hw = resolve_hw(args.hw)
-    values, labels = parse_values(text, ns_per_cycle=hw.clock.ns_per_cycle if name == "net-latency" else None)
-    if name == "batch" and min(values) < 1:
-        raise UsageError("batch values must be >= 1")
-    if name == "context" and args.phase == "prefill" and min(values) < 1:
-        raise UsageError("prefill needs a context (prompt) of at least 1 token")
+    if len(args.param) > 2:
+        raise UsageError("--param may be given at most twice")
+    hw = resolve_hw(args)
+    params: list[tuple[str, list[Any]]] = []
+    for name, text in args.param:
+        if any(name == n for n, _ in params):
+            raise UsageError(f"--param {name} is given twice")
+        integer, choices = _kind(name, hw)
+        values = parse_values(text, integer=integer, choices=choices)
+        if name in ("batch", "chunk", "tp-cards") and min(values) < 1:
+            raise UsageError(f"{name} values must be >= 1")
+        if name == "context" and args.phase == "prefill" and min(values) < 1:
+            raise UsageError("prefill needs a context (prompt) of at least 1 token")
+        params.append((name, values))
     sc = resolve_scenario(args, console)
-    if name == "context" and max(values) + (1 if sc.phase == "decode" else 0) > sc.model.context_length:
-        console.warning(
-            f"values beyond {sc.model.name}'s trained context of {sc.model.context_length} are timed anyway"
-        )
-    points = sweep(sc, hw, name, values)
-    for p, label in zip(points, labels, strict=True):
-        p["label"] = label
-    if args.json:
-        out: dict[str, Any] = {
-            "param": name,
-            "unit": UNITS[name],
-            "model": sc.model.name,
-            "hardware": hw.name,
-            "phase": sc.phase,
-            "context": sc.context,
-            "batch": sc.batch,
-            "points": points,
-            "units": {
-                "baseline_latency": "us",
-                "fused_latency": "us",
-                "reduction": "fraction of baseline latency",
-                "collective_share_baseline": "fraction of baseline latency",
-                "collective_exposed_fused": "us",
-            },
-        }
-        console.json(out)
-        return 0
-    fixed = {
-        "context": f"batch {sc.batch}",
-        "batch": f"context {sc.context}",
-        "net-latency": f"context {sc.context}, batch {sc.batch}",
-    }[name]
-    console.print(
-        f"[bold]normfuse sweep[/]: {name} ({UNITS[name]}), {sc.model.name}, {sc.phase}, {fixed}, on {hw.name}"
-    )
-    console.table(
-        None,
-        [name, "baseline µs", "fused µs", "reduction", "collectives (baseline)"],
-        [
-            (
-                p["label"] + (" *" if p["beyond_context"] else ""),
-                f"{p['baseline_latency']:.1f}",
-                f"{p['fused_latency']:.1f}",
-                f"{100 * p['reduction']:.1f}%",
-                f"{100 * p['collective_share_baseline']:.1f}%",
+    if any(n == "context" for n, _ in params):
+        top = max(v for n, vs in params if n == "context" for v in vs)
+        if top + (1 if sc.phase == "decode" else 0) > sc.model.context_length:
+            console.warning(
+                f"values beyond {sc.model.name}'s trained context of {sc.model.context_length} are timed anyway"
             )
-            for p in points
-        ],
+    npoints = 1
+    for _, vs in params:
+        npoints *= len(vs)
+    workers = args.workers or 0
+    pool = local_pool(workers or None) if workers != 1 and npoints > 1 else None
+    try:
+        with console.progress() as progress:
+            task = progress.add_task("emulating", total=npoints)
+            points = sweep(sc, hw, params, executor=pool, on_step=lambda: progress.advance(task))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    key, meaning = METRICS[args.metric]
+    if args.json:
+        units = units_of(*(p for p in points if "error" not in p))
+        console.json(
+            json_record(
+                "sweep",
+                units,
+                params=[{"name": n, "unit": UNITS.get(n, ""), "values": vs} for n, vs in params],
+                metric=key,
+                model=sc.model.name,
+                hardware=hw.name,
+                calibrated=list(hw.fitted) if hw.fitted else False,
+                phase=sc.phase,
+                context=sc.context,
+                batch=sc.batch,
+                points=points,
+            )
+        )
+        return 0
+    names = " x ".join(f"{n} ({UNITS[n]})" if n in UNITS else n for n, _ in params)
+    console.heading(
+        f"normfuse sweep: {names}; {sc.model.name}, {sc.phase}, context {sc.context}, batch {sc.batch}, on {hw.name}"
     )
-    console.print("reduction (fused vs baseline latency):")
-    console.print(bars([p["label"] for p in points], [p["reduction"] for p in points], console.out.width))
-    if any(p["beyond_context"] for p in points):
-        console.print(f"* beyond {sc.model.name}'s trained context", style="dim")
-    console.print(calibration_note(hw) + ".", style="dim")
+
+    def cell(p: dict[str, Any]) -> str:
+        if "error" in p:
+            return "n/f"
+        return f"{100 * p[key]:.1f}%" + (" *" if p.get("beyond_context") else "")
+
+    if len(params) == 1:
+        console.table(
+            None,
+            [params[0][0], "cards", "µs", "fused µs", "share", "hidden", "saves", "vs 1p"],
+            [
+                (_label(p["params"][params[0][0]]), "n/f", "", "", "", "", "", "")
+                if "error" in p
+                else (
+                    _label(p["params"][params[0][0]]) + (" *" if p["beyond_context"] else ""),
+                    str(p["cards"]),
+                    f"{p['baseline_latency']:.0f}",
+                    f"{p['fused_latency']:.0f}",
+                    f"{100 * p['normalisation_share_baseline']:.1f}%",
+                    f"{100 * p['hidden_fraction']:.1f}%",
+                    f"{100 * p['reduction']:.1f}%",
+                    f"{100 * p['reduction_vs_one_pass']:.1f}%",
+                )
+                for p in points
+            ],
+        )
+        ok = [p for p in points if "error" not in p]
+        if ok:
+            console.text(f"{args.metric} ({meaning}):")
+            console.print(bars([_label(p["params"][params[0][0]]) for p in ok], [p[key] for p in ok], console.width))
+    else:
+        (n1, v1), (n2, v2) = params
+        console.table(
+            f"{args.metric}: {meaning}",
+            [f"{n1} \\ {n2}", *(_label(v) for v in v2)],
+            [(_label(a), *(cell(points[i * len(v2) + j]) for j in range(len(v2)))) for i, a in enumerate(v1)],
+        )
+    if len(params) == 1:
+        console.note(
+            "µs = two-pass baseline latency; share = its normalisation cost / its latency; hidden = 1 - fused "
+            "cost / baseline cost; saves = fused vs two-pass baseline; vs 1p = fused vs one-pass baseline."
+        )
+    if any("error" in p for p in points):
+        first = next(p["error"] for p in points if "error" in p)
+        console.note(f"n/f: the model does not fit that machine or mapping ({first})")
+    if any(p.get("beyond_context") for p in points):
+        console.note(f"* beyond {sc.model.name}'s trained context")
+    console.note(fitted_note(hw) + ".")
     return 0

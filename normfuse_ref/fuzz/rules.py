@@ -36,9 +36,9 @@ from hypothesis import strategies as st
 from .. import fusion, layers
 from ..accuracy import equivalence as eq
 from ..accuracy import oracle
-from ..llama.config import LlamaConfig
-from ..llama.forward import decoder_block, empty_cache
-from ..llama.weights import param_shapes, prepare_block
+from ..models.llama.config import LlamaConfig
+from ..models.llama.forward import decoder_block, empty_cache
+from ..models.llama.weights import param_shapes, prepare_block
 from ..ops import NumpyExecutor
 from ..precision import DTYPES, Array, accumulation_dtype, resolve_dtype
 from . import strategies as s
@@ -201,7 +201,7 @@ def assert_no_worse(
     note(
         "reproduce: import numpy as np; from normfuse_ref.precision import DTYPES; from normfuse_ref.fuzz.rules "
         "import Case, RULES, evaluate; from normfuse_ref.fuzz.strategies import MergeStep; from "
-        "normfuse_ref.llama.config import LlamaConfig; "
+        "normfuse_ref.models.llama.config import LlamaConfig; "
         f"print(evaluate(RULES[{case.rule!r}], <the Case drawn above>).explain())"
     )
     event(f"rows: {case.family}")

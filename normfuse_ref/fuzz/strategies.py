@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import DTypeLike
 
-from ..llama.config import LlamaConfig
+from ..models.llama.config import LlamaConfig
 from ..precision import F64, Array, dtype_info, resolve_dtype
 
 __all__ = [

@@ -1,24 +1,34 @@
-"""The SIMD/DIMC machine: hardware configuration, cost formulas, the tile emulator and its timeline.
+"""The SIMD/DIMC machine: its configuration, network, mapping, cost plans, scheduler, kernels and executor.
 
-config     one frozen dataclass per part of the machine, presets, TOML loading
-costs      the hardware formulas (cycles from shapes and parameters)
-emulator   EmulatingExecutor: the forward pass run slice by slice, numeric or cost-only; the ordering rule
-timeline   events, critical path, collective time exposed vs hidden, Chrome trace
-study      baseline vs fused on a model: compare, the paper check, calibration, sweeps
+config     one frozen dataclass per part of the machine (five network levels), presets, TOML loading
+network    where a group of slices sits in the hierarchy (Span) and the closed-form costs of collectives and moves
+netsim     a message-by-message simulation of one collective: the oracle for network's closed forms
+layout     plain records of where things live: Place (activations), Grid (a weight), KVLayout (a layer's cache)
+workload   the one seam to a model family: what the mapper must know, and one forward call
+mapping    the capacity model and the mapper's search for the latency-optimal mapping
+costs      pure cost plans: the steps each primitive takes, from shapes, layouts and the machine
+schedule   the scheduler over plain step records and its ordering rule
+tiled      the numeric kernels, tile by tile, slice by slice
+emulator   EmulatingExecutor: the thin executor joining the above, numeric or cost-only
+timeline   events, critical path, exposure, Chrome trace
+study      the comparison (six passes, the counterfactual accounting), roofline, published figures, the paper
+           table, calibration on request, sweeps on any concurrent.futures.Executor
 """
 
-from .config import CALIBRATION, PRESETS, HardwareConfig, get_hardware, load_hardware, with_overrides
+from .config import PRESETS, HardwareConfig, get_hardware, load_hardware, with_overrides
 from .emulator import EmulatingExecutor, Value, dummy
+from .mapping import Mapping, MappingPolicy
 from .timeline import ENGINES, KINDS, Event, Timeline, chrome_trace
 
 __all__ = [
-    "CALIBRATION",
     "ENGINES",
     "KINDS",
     "PRESETS",
     "EmulatingExecutor",
     "Event",
     "HardwareConfig",
+    "Mapping",
+    "MappingPolicy",
     "Timeline",
     "Value",
     "chrome_trace",

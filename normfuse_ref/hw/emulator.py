@@ -1,62 +1,55 @@
-"""The emulated SIMD/DIMC machine: an Executor that runs the forward pass slice by slice and records a timeline.
+"""The emulated SIMD/DIMC machine: an Executor that runs the forward pass on a mapping and records a timeline.
 
-`EmulatingExecutor(hw)` implements `normfuse_ref.ops.Executor`. Each primitive the forward pass issues becomes one
-or more timed sub-events on the machine's engines (formulas in `costs.py`):
+`EmulatingExecutor(hw, mapping)` implements `normfuse_ref.ops.Executor`. It is thin: for each primitive it finds
+where the inputs live and where the work runs (the `Mapping`), asks `costs` for the steps, places them with the
+`schedule.Scheduler` on the resources of the stage that runs them, and, in numeric mode, computes the values with
+the `tiled` kernels. Where work runs:
 
-    matmul         DIMC "tiles" (stream / compute the weight tiles, adder tree)  [+ NET "psum" when K spans slices]
-    elementwise    SIMD "vector" on every slice holding the output
-    reduce         SIMD "partials" (each slice's chunk)  ->  NET "all-reduce"  ->  SIMD "rsqrt" (rms_scale only)
-    softmax_tiles  SIMD "local max,exp,sum" (each slice's keys)  ->  DIMC "e@V" (each slice's e_j @ V_j)
-    softmax_merge  NET "merge" (the online-softmax merge of the slice states, a reduction tree)
-    layout         free: no event, the output is ready when its inputs are
+    matmul (weight)  on the stage of the current block: deliver x to the grid's slices, DIMC tiles, partial sums;
+                     the output lives on the grid's roots
+    matmul (other)   on the KV layout of the current block's stage (the matrix is a KV-cache operand): the operand
+                     already spread over the key axis (the scores, for P @ V) decides which axis is the key axis
+    elementwise      on the slices of its latest-ready full-size input; every other input lives there or is
+                     moved there (a move starts as soon as that input is ready)
+    reduce           on its input's slices: local partials, the collective over their span, the finish
+    softmax_tiles    on the KV layout: local max, exp and sum, then e @ V (no communication)
+    softmax_merge    the online-softmax merge over the key slices, split into its partial-sum part and its
+                     normalisation overhead (`costs.merge_steps`)
+    layout           free (addressing); the output lives where its largest input lives
+A value produced on another stage first crosses to this one (`costs.stage_transfer_step`), once.
 
-Two ways to run the same forward pass:
-  numeric=True   real numbers, computed the way the machine splits them: a matmul's K axis in DIMC tiles of
-                 `dimc.tile_rows`, whose partial products are summed by a balanced binary adder tree; a reduction
-                 as per-slice partials (chunks of `layout.elems_per_slice`) combined by a binary tree; softmax_tiles
-                 per slice of the key axis, merged by a binary tree of online-softmax merges. Equal to
-                 `NumpyExecutor` up to rounding (only summation orders differ); the same dtype rule.
-  numeric=False  cost only: values are zero-byte, zero-stride arrays (`dummy`) that carry shapes, so `layout`
-                 callables still run for free; matmul, elementwise and reduce shapes are computed, not evaluated.
+Flags (each a separate pass of the same forward): `free_normalisation` makes every normalisation-statistic step
+cost nothing (every `reduce`, the normalisation part of the merge, and moving a statistic): the counterfactual
+of the accounting. `one_pass_softmax` costs the two-pass order's max and sum as one (m, l) all-reduce: a `max`
+reduction pays the one-pass local work and a collective of (m, l) pairs, and the `sum` over values derived from
+it is then free.
 
-Values come back as `Value` handles (`.shape`, `.ndim`, `.dtype`; `np.asarray(v)` gives the array) that carry
-the cycle at which they are ready, the event that produced them, and how many elements one slice holds. Weights
-and cache arrays passed in as plain arrays are resident and ready at cycle 0, and so are Values returned by an
-earlier run of another executor (e.g. the KV cache of the previous step).
-
-ORDERING RULE (dataflow, list scheduling in issue order):
-  1. Sub-events are scheduled one at a time, in the order the forward pass issues the primitives, and within a
-     primitive in the order listed above.
-  2. A sub-event is ready at the latest end among its inputs: for the first sub-event of a primitive, the
-     primitive's input values; for a later one, the sub-event before it.
-  3. It starts at the earliest cycle t >= ready at which its engine (DIMC, SIMD or NET; each runs one sub-event
-     at a time) is idle for its whole duration [t, t + cost). It may fill an idle gap left before sub-events issued
-     earlier (back-filling: a collective issued after a matmul may run on the network before that matmul's
-     partial sums, if it fits), but never moves a sub-event already placed. Costs are whole cycles; a zero-cost
-     sub-event is not recorded.
-  4. Ties are broken deterministically: among inputs ready at the same cycle, the first argument is the cause;
-     when an input and the engine's previous sub-event end at the same cycle, the input is. The cause is recorded
-     as the event's `pred`, which the critical path follows.
-The same forward pass on the same machine always gives the same events.
+Two ways to run: numeric=True computes real numbers (equal to NumpyExecutor up to rounding); numeric=False is
+cost-only: values are zero-byte `dummy` arrays that carry shapes. Values come back as `Value` handles (`.shape`,
+`.ndim`, `.dtype`; `np.asarray(v)` gives the array). Plain arrays passed in (weights, a cache), and Values of
+another executor, are resident and ready at cycle 0. The ordering rule is `schedule.py`'s.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import math
-import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..fusion import SoftmaxState, online_softmax_merge
-from ..ops import NumpyExecutor, ReduceKind, SoftmaxTiles
+from ..ops import ReduceKind, SoftmaxTiles
 from ..precision import accumulation_dtype, resolve_dtype
-from . import costs
+from . import costs, network
 from .config import HardwareConfig
+from .costs import Step
+from .layout import Place, cdiv
+from .mapping import Mapping, adhoc_mapping
+from .schedule import Scheduler
+from .tiled import TiledKernels
 from .timeline import Event, Timeline
 
 __all__ = ["EmulatingExecutor", "Value", "dummy"]
@@ -65,7 +58,7 @@ Array = NDArray[Any]
 
 _NOTHING = np.dtype([])  # a structured dtype with no fields: itemsize 0, so arrays of it take no memory
 
-#: Detail events list at most this many slices of one sub-event (the others do the same work at the same time).
+#: Detail events list at most this many slices of one step (the others do the same work at the same time).
 DETAIL_SLICES = 64
 
 
@@ -76,16 +69,50 @@ def dummy(shape: tuple[int, ...]) -> Array:
 
 
 class Value:
-    """An activation on the emulated machine: its array (or a `dummy`), when it is ready, and its layout."""
+    """An activation on the emulated machine: its array (or a `dummy`), when it is ready, and where it lives."""
 
-    __slots__ = ("data", "load", "owner", "ready", "src")
+    __slots__ = (
+        "copies",
+        "data",
+        "epoch",
+        "fresh",
+        "norm",
+        "on_kv",
+        "owner",
+        "pair",
+        "place",
+        "ready",
+        "replicated",
+        "src",
+    )
 
-    def __init__(self, data: Array, ready: int, src: int, load: int, owner: object = None) -> None:
+    def __init__(
+        self,
+        data: Array,
+        ready: int,
+        src: int,
+        place: Place,
+        owner: object,
+        epoch: int,
+        *,
+        fresh: int | None = None,
+        norm: bool = False,
+        on_kv: bool = False,
+        pair: int = 0,
+        replicated: bool = False,
+    ) -> None:
         self.data = data
         self.ready = ready  # cycle at which the value exists
-        self.src = src  # index of the event that produced it (-1: an input, ready at 0)
-        self.load = load  # elements of it held by one slice (the busiest)
+        self.src = src  # index of the event that produced it (-1: ready at 0)
+        self.place = place  # where it lives
         self.owner = owner  # the executor whose timeline `ready` and `src` refer to
+        self.epoch = epoch  # the forward call (of a chunked prefill) that made it
+        self.fresh = math.prod(data.shape) if fresh is None else fresh  # elements made in that call
+        self.norm = norm  # a normalisation statistic (moving it is a normalisation step)
+        self.on_kv = on_kv  # spread over a KV layout's key axis
+        self.pair = pair  # one-pass softmax: the (m, l) collective this value derives from (0: none)
+        self.replicated = replicated  # every slice of its place holds all of it (an all-reduce's result)
+        self.copies: dict[int, Value] = {}  # copies sent to other stages
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -106,178 +133,120 @@ class Value:
         return np.asarray(self.data, dtype=dtype)
 
     def __repr__(self) -> str:
-        return f"Value(shape={self.shape}, dtype={self.dtype}, ready={self.ready})"
+        return f"Value(shape={self.shape}, dtype={self.dtype}, ready={self.ready}, stage={self.place.stage})"
 
 
-class _Step(NamedTuple):
-    """One sub-event of a primitive, before it is placed in time."""
+#: Plans by mapping, then by signature: every block repeats the same shapes and places.
+_PLANS: dict[Mapping, dict[tuple[Any, ...], Any]] = {}
 
-    engine: str
-    step: str
-    kind: str
-    dur: int  # cycles
-    flops: int
-    nbytes: int
-    slices: int = 0  # for detail events: slices doing the same work side by side
-    net: tuple[int, int, int] | None = None  # for detail events: (slices, cycles per reduce step, per broadcast step)
-
-
-class _Plan(NamedTuple):
-    steps: tuple[_Step, ...]
-    load: int  # elements per slice of the (main) output
-    extra: int = 0  # a second output load (softmax_tiles' o), or 0
-
-
-#: Cost plans by machine, then by signature (primitive, shapes, layout): every block repeats the same shapes, and a
-#: new executor for the same machine reuses them.
-_PLANS: weakref.WeakKeyDictionary[HardwareConfig, dict[tuple[Any, ...], _Plan]] = weakref.WeakKeyDictionary()
-
-
-def _plans_for(hw: HardwareConfig) -> dict[tuple[Any, ...], _Plan]:
-    plans = _PLANS.get(hw)
-    if plans is None:
-        plans = _PLANS[hw] = {}
-    return plans
-
-
-def _tree(p: Array, combine: np.ufunc) -> Array:
-    """Combine p[0], p[1], ... along axis 0 by a balanced binary tree: pairs, then pairs of pairs; an odd last one
-    waits a level. Works in place in p (which the caller owns)."""
-    k = p.shape[0]
-    while k > 1:
-        h = k // 2
-        combine(p[0 : 2 * h : 2], p[1 : 2 * h : 2], out=p[:h])  # numpy buffers the overlapping operands
-        if k % 2:
-            p[h] = p[k - 1]
-        k = h + k % 2
-    return p[0]
-
-
-def _tree_list(parts: list[Array]) -> Array:
-    """The same tree over a list of arrays the caller owns (added in place)."""
-    while len(parts) > 1:
-        paired = [np.add(parts[i], parts[i + 1], out=parts[i]) for i in range(0, len(parts) - 1, 2)]
-        parts = paired + parts[len(parts) - 1 :] if len(parts) % 2 else paired
-    return parts[0]
-
-
-def _pad(a: Array, to: int, value: float, axis: int) -> Array:
-    n = a.shape[axis]
-    if n == to:
-        return a
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (0, to - n)
-    return np.pad(a, widths, constant_values=value)
-
-
-def _last_first(a: Array) -> Array:
-    """Move the last axis to the front (a view)."""
-    return a.transpose((a.ndim - 1, *range(a.ndim - 1)))
+Plan = tuple[tuple[Step, tuple[str, ...]], ...]
 
 
 class EmulatingExecutor:
-    """The tile emulator; see the module docstring for what each primitive costs and the ordering rule.
+    """The machine emulator; see the module docstring.
 
-    hw: the machine. numeric: compute real numbers (True) or shapes only (False).
-    storage, acc: as in NumpyExecutor (numeric mode). detail_layer: a decoder block to record detail events for
-    (one per slice or network step), besides the aggregated events.
+    hw: the machine. mapping: where everything lives (default: one card, grids chosen on first use).
+    numeric: compute real numbers (True) or shapes only (False). storage, acc: as in NumpyExecutor.
+    detail_layer: a decoder block to record detail events for (per slice or per network level).
+    free_normalisation, one_pass_softmax: see the module docstring.
     """
 
     def __init__(
         self,
         hw: HardwareConfig,
+        mapping: Mapping | None = None,
         *,
         numeric: bool = True,
         storage: DTypeLike = np.float32,
         acc: DTypeLike | None = None,
         detail_layer: int | None = None,
+        free_normalisation: bool = False,
+        one_pass_softmax: bool = False,
     ) -> None:
         self.hw = hw
+        self.mapping = mapping if mapping is not None else adhoc_mapping(hw)
+        if self.mapping.hw != hw:
+            raise ValueError("the mapping was made for another machine")
         self.numeric = numeric
+        self.free = free_normalisation
+        self.one_pass = one_pass_softmax
         self._st = resolve_dtype(storage)
         self._acc = accumulation_dtype(self._st, acc)
         self.detail_layer = detail_layer
-        self._E = hw.layout.elems_per_slice
         self._events: list[tuple[Any, ...]] = []  # Event fields as plain tuples; Events are built by timeline()
         self._detail: list[Event] = []
-        # each engine's busy time as disjoint blocks sorted by time: starts, ends, and the event ending each block
-        self._busy: dict[str, tuple[list[int], list[int], list[int]]] = {
-            e: ([], [], []) for e in ("DIMC", "SIMD", "NET")
-        }
+        self._sched = Scheduler()
         self._layer: int | None = None
-        self._plans = _plans_for(hw)
-        # one tile's product, summed in `acc` and kept in `acc` (NumpyExecutor's matmul)
-        self._tile = NumpyExecutor(storage=self._acc, acc=self._acc)
+        self._stage = 0
+        self._seen_block = False
+        self._epoch = 0
+        self._pairs = 0
+        # plans do not depend on the flags (a free step is skipped when run; the one-pass choices are in the keys),
+        # so every pass on one mapping shares them
+        if self.mapping not in _PLANS and len(_PLANS) > 256:
+            _PLANS.clear()
+        self._plans = _PLANS.setdefault(self.mapping, {})
+        self._kernels = TiledKernels(self._acc, hw.dimc.tile_rows)
+
+    def new_pass(self) -> None:
+        """Start the next forward call of a chunked prefill: values made before are no longer fresh."""
+        self._epoch += 1
+        self._seen_block = False
 
     def timeline(self, mode: str = "") -> Timeline:
         """The events recorded so far."""
         return Timeline((Event(*e) for e in self._events), ghz=self.hw.clock.ghz, mode=mode, detail=self._detail)
 
-    # -- scheduling (the ordering rule) ----------------------------------------------------------------------------
+    # -- placing steps -------------------------------------------------------------------------------------------
 
-    def _run(self, op: str, plan: _Plan, ready: int, src: int) -> tuple[int, int]:
-        """Place the plan's sub-events one after another (ordering rule 2-4); returns (end, index of the last)."""
-        events, layer = self._events, self._layer
-        for st in plan.steps:
-            dur = st.dur
-            if dur <= 0:
+    def _resources(self, st: Step, stage: int) -> tuple[str, ...]:
+        if st.engine == "NET":  # the highest level it crosses: its scarcest links (see schedule.py)
+            return (f"NET.{st.levels[-1]}@{stage}",)
+        return (f"{st.engine}@{stage}",)
+
+    def _plan(self, steps: tuple[Step, ...], stage: int) -> Plan:
+        return tuple((st, self._resources(st, stage)) for st in steps if st.cycles > 0)
+
+    def _run(self, op: str, plan: Plan, ready: int, src: int, stage: int) -> tuple[int, int]:
+        """Place the plan's steps one after another (ordering rule 2-4); returns (end, index of the last)."""
+        events, layer, free = self._events, self._layer, self.free
+        for st, res in plan:
+            if free and st.norm:
                 continue
-            starts, ends, lasts = self._busy[st.engine]
             idx = len(events)
-            if not ends or ready >= ends[-1]:  # the engine is idle from `ready` on: the common case
-                start, pred = ready, src
-                if ends and start == ends[-1]:
-                    ends[-1], lasts[-1] = start + dur, idx  # extends the last busy block
-                else:
-                    starts.append(start)
-                    ends.append(start + dur)
-                    lasts.append(idx)
-            else:  # the first idle gap at or after `ready` that fits (back-filling)
-                pos = bisect.bisect_right(ends, ready)  # the first busy block ending after `ready`
-                start, pred = ready, src
-                while pos < len(starts) and start + dur > starts[pos]:
-                    if ends[pos] > start:
-                        start, pred = ends[pos], lasts[pos]
-                    pos += 1
-                self._occupy(st.engine, pos, start, start + dur, idx)
-            end = start + dur
-            events.append((st.engine, "all", layer, op, st.step, st.kind, start, end, st.flops, st.nbytes, pred))
+            start, pred = self._sched.place(res, st.cycles, ready, src, idx)
+            end = start + st.cycles
+            events.append(
+                (
+                    st.engine,
+                    "all",
+                    layer,
+                    op,
+                    st.step,
+                    st.kind,
+                    start,
+                    end,
+                    st.flops,
+                    st.nbytes,
+                    pred,
+                    stage,
+                    res,
+                    st.norm,
+                )
+            )
             if self.detail_layer is not None and layer == self.detail_layer:
                 self._add_detail(Event(*events[idx]), st)
             ready, src = end, idx
         return ready, src
 
-    def _occupy(self, engine: str, pos: int, start: int, end: int, idx: int) -> None:
-        """Insert [start, end) as busy block `pos`, merged with a neighbour it touches."""
-        starts, ends, lasts = self._busy[engine]
-        if pos > 0 and ends[pos - 1] == start:
-            pos -= 1
-            ends[pos], lasts[pos] = end, idx
-        else:
-            starts.insert(pos, start)
-            ends.insert(pos, end)
-            lasts.insert(pos, idx)
-        if pos + 1 < len(starts) and starts[pos + 1] == end:
-            ends[pos], lasts[pos] = ends[pos + 1], lasts[pos + 1]
-            del starts[pos + 1], ends[pos + 1], lasts[pos + 1]
-
-    def _add_detail(self, e: Event, st: _Step) -> None:
-        parts: list[tuple[str, int, int]] = []
-        if st.net is not None:
-            P, up, down = st.net
-            steps, t = costs.topology_steps(self.hw, P), 0
-            for s in range(steps):
-                parts.append((f"reduce step {s + 1}", t, up))
-                t += up
-            for s in range(steps if down else 0):
-                parts.append((f"broadcast step {s + 1}", t, down))
-                t += down
-            if e.duration > t:
-                parts.append(("further rows", t, e.duration - t))
-        else:
-            parts = [(f"slice {s}", 0, e.duration) for s in range(min(max(1, st.slices), DETAIL_SLICES))]
-        n = max(1, len(parts))
-        for unit, off, dur in parts:
+    def _add_detail(self, e: Event, st: Step) -> None:
+        units = (
+            list(st.levels)
+            if st.engine == "NET"
+            else [f"slice {s}" for s in range(min(max(1, st.slices), DETAIL_SLICES))]
+        )
+        n = max(1, len(units))
+        for unit in units:
             self._detail.append(
                 Event(
                     e.engine,
@@ -286,12 +255,72 @@ class EmulatingExecutor:
                     e.op,
                     e.step,
                     e.kind,
-                    e.start + off,
-                    e.start + off + dur,
+                    e.start,
+                    e.end,
                     e.flops // n,
                     e.bytes // n,
+                    -1,
+                    e.stage,
+                    e.resources,
+                    e.norm,
                 )
             )
+
+    def _join(self, op: str, branches: list[tuple[Plan, int, int]], stage: int) -> tuple[int, int]:
+        """Run independent branches (each from its own ready time), then return when all are done and the cause
+        (the branch ending last; the first wins ties)."""
+        ready, src = 0, -1
+        for plan, r, s in branches:
+            end, idx = self._run(op, plan, r, s, stage) if plan else (r, s)
+            if end > ready:
+                ready, src = end, idx
+        return ready, src
+
+    # -- where values live ---------------------------------------------------------------------------------------
+
+    def _mine(self, x: Any) -> bool:
+        return type(x) is Value and x.owner is self
+
+    def _here(self, x: Any) -> Any:
+        """x on the current stage: a value made on another stage crosses over once (then the copy is reused)."""
+        if not self._mine(x) or x.place.stage == self._stage:
+            return x
+        stage = self._stage
+        copy = x.copies.get(stage)
+        if copy is not None:
+            return copy
+        a, b = x.place.stage, stage
+        level = self.mapping.crossing(min(a, b), max(a, b))
+        width = self.hw.memory.word_bytes if x.norm else self.hw.memory.act_bits / 8
+        key = ("xfer", a, b, x.shape, x.norm)
+        plan = self._plans.get(key)
+        if plan is None:
+            st = costs.stage_transfer_step(self.hw, level, math.prod(x.shape) * width, norm=x.norm)
+            plan = self._plans[key] = ((st, (f"NET.{level}@{a}>{b}",)),)
+        end, idx = self._run("stage transfer", plan, x.ready, x.src, b)
+        copy = Value(
+            x.data,
+            end,
+            idx,
+            replace(x.place, stage=b),
+            self,
+            x.epoch,
+            fresh=x.fresh,
+            norm=x.norm,
+            on_kv=x.on_kv,
+            pair=x.pair,
+            replicated=x.replicated,
+        )
+        x.copies[stage] = copy
+        return copy
+
+    def _fresh(self, x: Any) -> int:
+        return x.fresh if self._mine(x) and x.epoch == self._epoch else 0
+
+    def _place_of(self, x: Any, shape: tuple[int, ...]) -> Place:
+        if self._mine(x):
+            return x.place
+        return self.mapping.default_place(self._stage, shape[-1] if shape else 1)
 
     def _ready(self, xs: tuple[Any, ...]) -> tuple[int, int]:
         """Latest ready cycle among the inputs and the event behind it (the first argument wins ties)."""
@@ -301,42 +330,16 @@ class EmulatingExecutor:
                 ready, src = x.ready, x.src
         return ready, src
 
-    # -- layout helpers ----------------------------------------------------------------------------------------------
-
-    def _default_load(self, shape: tuple[int, ...]) -> int:
-        """Elements per slice by the layout rule: last axis in chunks of E, leading axes as rows."""
-        if not shape:
-            return 1
-        return math.prod(shape[:-1]) * min(shape[-1], self._E)
-
-    def _rows(self, load: int, n: int) -> int:
-        """Serial rows one slice holds: its load over its chunk of one row."""
-        return max(1, -(-load // max(1, min(n, self._E))))
-
     @staticmethod
     def _data(x: Any) -> Array:
         return x.data if type(x) is Value else x
 
     def _a(self, x: Any) -> Array:
-        d = x.data if type(x) is Value else x
+        d = np.asarray(x.data if type(x) is Value else x)
         return d if d.dtype == self._acc else d.astype(self._acc)
 
-    # -- primitives ----------------------------------------------------------------------------------------------
-
-    def matmul(self, x: Any, F: Any, *, op: str, keep_acc: bool = False) -> Value:
-        xd, Fd = self._data(x), self._data(F)
-        weight = Fd.ndim == 2 and type(F) is not Value
-        key = ("mm", xd.shape, Fd.shape, weight)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self._plan_matmul(xd.shape, Fd.shape, weight)
-        ready, src = self._ready((x, F))
-        end, idx = self._run(op, plan, ready, src)
-        if self.numeric:
-            data = self._tiled_matmul(self._a(x), self._a(F)).astype(self._acc if keep_acc else self._st, copy=False)
-        else:
-            data = dummy(self._matmul_shape(xd.shape, Fd.shape))
-        return Value(data, end, idx, plan.load, self)
+    def _value(self, data: Array, end: int, idx: int, place: Place, **kw: Any) -> Value:
+        return Value(data, end, idx, place, self, self._epoch, **kw)
 
     @staticmethod
     def _matmul_shape(xs: tuple[int, ...], Fs: tuple[int, ...]) -> tuple[int, ...]:
@@ -344,57 +347,103 @@ class EmulatingExecutor:
             return (*xs[:-1], Fs[-1])
         return (*np.broadcast_shapes(xs[:-2], Fs[:-2]), xs[-2], Fs[-1])
 
-    def _plan_matmul(self, xs: tuple[int, ...], Fs: tuple[int, ...], weight: bool) -> _Plan:
+    def _act_bytes(self) -> float:
+        return self.hw.memory.act_bits / 8
+
+    # -- primitives ----------------------------------------------------------------------------------------------
+
+    def matmul(self, x: Any, F: Any, *, op: str, keep_acc: bool = False) -> Value:
+        x, F = self._here(x), self._here(F)
+        xd, Fd = self._data(x), self._data(F)
+        out_shape = self._matmul_shape(xd.shape, Fd.shape)
+        stage = self._stage
+        if Fd.ndim == 2 and type(F) is not Value:
+            out_place, end, idx, on_kv = self._weight_matmul(op, x, xd.shape, Fd.shape, stage)
+        else:
+            out_place, end, idx, on_kv = self._kv_matmul(op, x, F, xd.shape, Fd.shape, stage)
+        if self.numeric:
+            data = self._kernels.matmul(self._a(x), self._a(F)).astype(self._acc if keep_acc else self._st, copy=False)
+        else:
+            data = dummy(out_shape)
+        return self._value(data, end, idx, out_place, on_kv=on_kv)
+
+    def _weight_matmul(
+        self, op: str, x: Any, xs: tuple[int, ...], Fs: tuple[int, ...], stage: int
+    ) -> tuple[Place, int, int, bool]:
+        n, m = Fs
+        grid = self.mapping.grid(n, m)
+        src = x.place if self._mine(x) else None
+        key = ("mm", stage, xs, n, m, src)
+        plan = self._plans.get(key)
+        if plan is None:
+            rows = math.prod(xs[:-1])
+            span = src.footprint(self.hw) if src is not None else None
+            plan = self._plans[key] = self._plan(costs.matmul_steps(self.hw, grid, rows=rows, src=span), stage)
+        ready, src_ev = self._ready((x,))
+        end, idx = self._run(op, plan, ready, src_ev, stage)
+        return grid.roots(stage, math.prod(xs[:-1])), end, idx, False
+
+    def _kv_matmul(
+        self, op: str, x: Any, F: Any, xs: tuple[int, ...], Fs: tuple[int, ...], stage: int
+    ) -> tuple[Place, int, int, bool]:
         hw = self.hw
+        d = hw.dimc
+        pv = self._mine(x) and x.on_kv  # P @ V: x is spread over the key axis already, which is F's K axis
         n, m = Fs[-2], Fs[-1]
-        out = self._matmul_shape(xs, Fs)
-        groups = math.prod(Fs[:-2])
-        rows_total = math.prod(out[:-1])
-        r = max(1, -(-rows_total // groups))
-        mp = costs.weight_mapping(hw, n, m) if weight else costs.activation_mapping(hw, n, m, groups)
-        width = min(m, hw.dimc.tile_cols)
-        net = hw.network
-        steps = [
-            _Step(
-                "DIMC",
-                "tiles",
-                "matmul",
-                costs.dimc_cycles(hw, mp, rows=r),
-                2 * rows_total * n * m,
-                mp.slices * mp.tiles * mp.tile_bytes,
-                slices=mp.slices,
-            ),
-        ]
-        ps = costs.psum_cycles(hw, mp, rows=r, width=width)
-        if ps:
-            ser = costs.cdiv(width * net.word_bytes, net.link_bytes_per_cycle)
-            comb = costs.cdiv(width, hw.simd.lanes) * hw.dimc.adder_level_cycles
-            moved = rows_total * m * (mp.k_split - 1)
+        groups = math.prod(Fs[:-2]) or 1
+        S = n if pv else m
+        rows_pg = math.prod(xs[:-1]) // groups  # query rows of one group (G T)
+        kv = self.mapping.kv(stage, groups, S, rows_pg)
+        keys = kv.keys_per_slice(S)
+        used = cdiv(S, keys)
+        rows = cdiv(rows_pg * kv.groups_per_slice, kv.row_sets)  # rows a slice processes
+        fresh = self._fresh(F)
+        x_place = x.place if self._mine(x) and not pv else None
+        key = ("kv", stage, xs, Fs, pv, fresh, x_place)
+        plan = self._plans.get(key)
+        if plan is None:
+            kv_place = kv.place(stage)
+            per_dest = fresh * hw.memory.act_bits / 8 / max(1, used * kv_place.groups)
+            span = kv_place.footprint(hw)
+            if x_place is not None:  # q travels to its group's key slices (its share of the rows, to each copy)
+                per_dest += rows * n * self._act_bytes()
+                span = network.union(x_place.footprint(hw), span)
+            steps: list[Step] = []
+            mv = costs.move_step(hw, span, per_dest) if per_dest > 0 else None
+            if mv is not None:
+                steps.append(mv)
+            k_tiles, n_tiles = (
+                (cdiv(keys, d.tile_rows), cdiv(m, d.tile_cols))
+                if pv
+                else (cdiv(n, d.tile_rows), cdiv(keys, d.tile_cols))
+            )
+            total_bytes = groups * n * m * hw.memory.kv_bits / 8
+            off = costs.lpddr_cycles(hw, nbytes=kv.offchip * total_bytes, cards=self.mapping.tp_cards)
             steps.append(
-                _Step(
-                    "NET",
-                    "psum",
-                    "psum",
-                    ps,
-                    moved,
-                    moved * net.word_bytes,
-                    net=(mp.k_split, net.hop_latency_cycles + comb + ser, 0),
+                Step(
+                    "DIMC",
+                    "tiles",
+                    "matmul",
+                    costs.dimc_cycles(
+                        hw, k_tiles=k_tiles, n_tiles=n_tiles, rows=rows, tile_bytes=hw.kv_tile_bytes, offchip_cycles=off
+                    ),
+                    2 * math.prod(xs[:-1]) * n * m,
+                    int(total_bytes),
+                    (),
+                    False,
+                    used * kv_place.groups,
                 )
             )
-        return _Plan(tuple(steps), r * min(m, self._E))
-
-    def _tiled_matmul(self, xa: Array, Fa: Array) -> Array:
-        """x @ F with K cut into DIMC tiles of tile_rows rows; the tiles' partial products summed by a binary
-        adder tree (pairs of tiles, then pairs of pairs)."""
-        tk = self.hw.dimc.tile_rows
-        n = Fa.shape[-2]
-        if n <= tk:  # one tile: the plain product (and NumpyExecutor's BLAS thread policy)
-            return self._tile.matmul(xa, Fa, op="tile")
-        mm = self._tile.matmul
-        parts = [mm(xa[..., j : j + tk], Fa[..., j : j + tk, :], op="tile") for j in range(0, n, tk)]  # (..., m)
-        return _tree_list(parts)
+            if pv:
+                span = network.span_of(hw, min(kv.key_slices, costs.pow2_ceil(used)), 1)
+                steps += costs.psum_steps(hw, span=span, words=rows * n_tiles * d.tile_cols)
+            plan = self._plans[key] = self._plan(tuple(steps), stage)
+        ready, src = self._ready((x, F))
+        end, idx = self._run(op, plan, ready, src, stage)
+        return (kv.root(stage) if pv else kv.place(stage)), end, idx, not pv
 
     def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, keep_acc: bool = False) -> Value:
+        xs = tuple(self._here(x) for x in xs)
         if self.numeric:
             data = np.asarray(fn(*[self._a(x) for x in xs])).astype(self._acc if keep_acc else self._st, copy=False)
             out_shape = data.shape
@@ -402,237 +451,198 @@ class EmulatingExecutor:
             shapes = [x.data.shape if type(x) is Value else np.shape(x) for x in xs]
             out_shape = shapes[0] if all(s == shapes[0] for s in shapes) else np.broadcast_shapes(*shapes)
             data = dummy(out_shape)
-        load, ready, src = 0, 0, -1  # the output's layout follows its full-size inputs; readiness as in _ready
+        anchor: Value | None = None  # the latest-ready full-size input: the op runs where it lives
+        pair, on_kv, rescale = 0, False, False
         for x in xs:
-            if type(x) is Value:
-                if x.load > load and x.data.shape == out_shape:
-                    load = x.load
-                if x.owner is self and x.ready > ready:
-                    ready, src = x.ready, x.src
-            elif np.shape(x) == out_shape:
-                load = max(load, self._default_load(out_shape))
-        if not load:
-            load = self._default_load(out_shape)
-        key = ("ew", op, out_shape, load)
+            if self._mine(x):
+                pair = pair or x.pair
+                rescale = rescale or (self.one_pass and x.norm and x.pair > 0)
+                if x.data.shape == out_shape and (anchor is None or x.ready > anchor.ready):
+                    anchor = x
+        stage = self._stage
+        place = (
+            anchor.place if anchor is not None else self.mapping.default_place(stage, out_shape[-1] if out_shape else 1)
+        )
+        on_kv = anchor.on_kv if anchor is not None else False
+        branches: list[tuple[Plan, int, int]] = []
+        for x in xs:
+            if not self._mine(x):
+                continue
+            if x is anchor or x.place == place:
+                branches.append(((), x.ready, x.src))
+                continue
+            mv_key = ("mv", x.place, place, x.shape, out_shape, x.norm)
+            plan = self._plans.get(mv_key)
+            if plan is None:
+                width = self.hw.memory.word_bytes if x.norm else self._act_bytes()
+                per_dest = cdiv(math.prod(x.shape), place.slices) * width
+                src_span, dst_span = x.place.footprint(self.hw), place.footprint(self.hw)
+                if x.replicated:  # every slice of its place holds all of it: no need to cross what it covers
+                    span = network.replicated_move(src_span, dst_span)
+                else:
+                    span = network.union(src_span, dst_span)
+                mv = costs.move_step(self.hw, span, per_dest, norm=x.norm)
+                plan = self._plans[mv_key] = self._plan((mv,) if mv else (), stage)
+            branches.append((plan, x.ready, x.src))
+        ready, src = self._join(op, branches, stage)
+        key = ("ew", op, out_shape, place, rescale)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._plan_elementwise(op, out_shape, load)
-        end, idx = self._run(op, plan, ready, src)
-        return Value(data, end, idx, load, self)
-
-    def _plan_elementwise(self, op: str, shape: tuple[int, ...], load: int) -> _Plan:
-        n = shape[-1] if shape else 1
-        elem_ops, row_ops = costs.simd_program(op)
-        dur = costs.simd_cycles(self.hw, load=load, rows=self._rows(load, n), elem_ops=elem_ops, row_ops=row_ops)
-        size = math.prod(shape)
-        step = _Step(
-            "SIMD",
-            "vector",
-            "vector",
-            dur,
-            size * len(elem_ops),
-            size * self.hw.memory.act_bits // 8,
-            slices=-(-size // max(1, load)),
-        )
-        return _Plan((step,), load)
+            n = out_shape[-1] if out_shape else 1
+            size = math.prod(out_shape)
+            load = cdiv(size, place.slices)
+            rows = cdiv(load, max(1, min(n, cdiv(n, place.count))))
+            step = costs.elementwise_step(
+                self.hw, op=op, load=load, rows=rows, size=size, slices=place.slices, rescale=rescale
+            )
+            plan = self._plans[key] = self._plan((step,), stage)
+        end, idx = self._run(op, plan, ready, src, stage)
+        return self._value(data, end, idx, place, on_kv=on_kv, pair=pair)
 
     def reduce(self, x: Any, kind: ReduceKind, *, op: str, eps: float = 0.0) -> Value:
         if kind not in costs.REDUCE_OPS:
             raise ValueError(f"unknown reduction kind {kind!r}")
+        x = self._here(x)
         xd = self._data(x)
-        load = x.load if type(x) is Value else self._default_load(xd.shape)
-        key = ("red", kind, xd.shape, load)
+        shape = xd.shape
+        stage = self._stage
+        place = self._place_of(x, shape)
+        n = shape[-1]
+        count = min(place.count, costs.pow2_ceil(n))
+        pair = 0
+        free_sum = self.one_pass and kind == "sum" and self._mine(x) and x.pair
+        one_pass = self.one_pass and kind == "max"
+        if one_pass:
+            self._pairs += 1
+            pair = self._pairs
+        key = ("red", kind, shape, place, one_pass, free_sum)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._plan_reduce(kind, xd.shape, load)
+            if free_sum:  # its l came with the (m, l) collective of the max
+                plan = ()
+            else:
+                chunk = cdiv(n, count)
+                load = cdiv(math.prod(shape), count * place.groups * place.rows)
+                span = network.span_of(self.hw, count, place.stride)
+                steps = costs.reduce_steps(
+                    self.hw,
+                    kind=kind,
+                    span=span,
+                    n=n,
+                    chunk=chunk,
+                    load=load,
+                    rows=cdiv(load, chunk),
+                    one_pass=one_pass,
+                )
+                plan = self._plan(steps, stage)
+            self._plans[key] = plan
         ready, src = self._ready((x,))
-        end, idx = self._run(op, plan, ready, src)
-        data = self._tiled_reduce(self._a(x), kind, eps) if self.numeric else dummy((*xd.shape[:-1], 1))
-        return Value(data, end, idx, plan.load, self)
-
-    def _plan_reduce(self, kind: str, shape: tuple[int, ...], load: int) -> _Plan:
-        hw, net = self.hw, self.hw.network
-        n = shape[-1]
-        P = costs.slices_for(hw, n)
-        r = self._rows(load, n)
-        size = math.prod(shape)
-        rows_total = size // max(1, n)
-        combine = hw.simd.op_cycles(costs.REDUCE_OPS[kind][1])
-        ser = costs.cdiv(net.word_bytes, net.link_bytes_per_cycle)
-        moved = rows_total * max(0, P - 1)
-        steps = (
-            _Step(
-                "SIMD",
-                "partials",
-                "collective",
-                costs.local_reduce_cycles(hw, kind=kind, row_len=n, load=load),
-                2 * size,
-                size * hw.memory.act_bits // 8,
-                slices=P,
-            ),
-            _Step(
-                "NET",
-                "all-reduce",
-                "collective",
-                costs.collective_cycles(
-                    hw, slices=P, rows=r, combine=combine, payload_bytes=net.word_bytes, broadcast=True
-                ),
-                moved,
-                2 * moved * net.word_bytes,
-                net=(P, net.hop_latency_cycles + combine + ser, net.hop_latency_cycles + ser),
-            ),
-            _Step(
-                "SIMD",
-                "rsqrt",
-                "collective",
-                costs.reduce_finish_cycles(hw, kind=kind, rows=r),
-                3 * rows_total,
-                0,
-                slices=P,
-            ),
-        )
-        return _Plan(steps, r)
-
-    def _tiled_reduce(self, xa: Array, kind: str, eps: float) -> Array:
-        """Per-slice partials over chunks of E, combined by a binary tree (the network's reduction order)."""
-        n, E = xa.shape[-1], self._E
-        P = -(-n // E)
-        if P <= 1:
-            if kind == "max":
-                return np.max(xa, axis=-1, keepdims=True)
-            tot = np.sum(xa * xa if kind == "rms_scale" else xa, axis=-1, keepdims=True)  # (..., 1)
+        end, idx = self._run(op, plan, ready, src, stage)
+        if self.numeric:
+            data = self._kernels.reduce(self._a(x), kind, eps, cdiv(n, count))
         else:
-            ident = -np.inf if kind == "max" else 0.0
-            xr = _pad(xa, P * E, ident, -1).reshape(*xa.shape[:-1], P, E)  # (..., P, E)  one row chunk per slice
-            if kind == "max":
-                return _tree(_last_first(np.max(xr, axis=-1)), np.maximum)[..., None]  # (..., 1)  exact in any order
-            part = np.sum(xr * xr if kind == "rms_scale" else xr, axis=-1)  # (..., P)  each slice's partial
-            tot = _tree(_last_first(part), np.add)[..., None]  # (..., 1)
-        if kind == "sum":
-            return tot
-        if kind == "mean":
-            return (tot / self._acc.type(n)).astype(self._acc)  # (..., 1)
-        return (1 / np.sqrt(tot / self._acc.type(n) + self._acc.type(eps))).astype(self._acc)  # (..., 1)
+            data = dummy((*shape[:-1], 1))
+        out = replace(place, count=count)
+        return self._value(
+            data,
+            end,
+            idx,
+            out,
+            norm=True,
+            on_kv=self._mine(x) and x.on_kv,
+            pair=pair or (x.pair if self._mine(x) else 0),
+            replicated=True,
+        )
 
     def softmax_tiles(self, z: Any, V: Any, *, op: str) -> SoftmaxTiles:
+        z, V = self._here(z), self._here(V)
         zd, Vd = self._data(z), self._data(V)
+        hw, d = self.hw, self.hw.dimc
+        stage = self._stage
         S, hd = zd.shape[-1], Vd.shape[-1]
-        k = -(-S // self._E)
-        E = self._E if k > 1 else S  # keys per slice
-        load = z.load if type(z) is Value else self._default_load(zd.shape)
-        key = ("st", zd.shape, Vd.shape, load)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self._plan_softmax_tiles(zd.shape, Vd.shape, load)
-        ready, src = self._ready((z, V))
-        end, idx = self._run(op, plan, ready, src)
-        lead = zd.shape[:-1]  # (..., GT)
-        if self.numeric:
-            za, Va = self._a(z), self._a(V)
-            za = _pad(za, k * E, -np.inf, -1).reshape(*lead, k, E)  # (..., GT, k, E)  slice j holds keys j*E..
-            Vr = _pad(Va, k * E, 0.0, -2).reshape(*Va.shape[:-2], k, E, hd)  # (..., k, E, hd)
-            m = np.max(za, axis=-1, keepdims=True)  # (..., GT, k, 1)  local max only
-            m_shift = np.where(np.isneginf(m), 0, m)  # an all-masked slice shifts by 0: its e^z are all 0
-            with np.errstate(invalid="ignore"):
-                p = np.exp(za - m_shift)  # (..., GT, k, E)
-            l = np.sum(p, axis=-1, keepdims=True)  # (..., GT, k, 1)
-            pk = np.moveaxis(p, -2, -3)  # (..., k, GT, E)
-            gap = pk.ndim - Vr.ndim
-            if gap > 0:
-                Vr = Vr.reshape(*(1,) * gap, *Vr.shape)
-            o = np.moveaxis(self._tile.matmul(pk, Vr, op="tile"), -3, -2)  # (..., GT, k, hd)  each slice's e_j @ V_j
-        else:
-            m, l, o = dummy((*lead, k, 1)), dummy((*lead, k, 1)), dummy((*lead, k, hd))
-        return SoftmaxTiles(
-            Value(m, end, idx, plan.load, self),
-            Value(l, end, idx, plan.load, self),
-            Value(o, end, idx, plan.extra, self),
-        )
-
-    def _plan_softmax_tiles(self, zs: tuple[int, ...], Vs: tuple[int, ...], load: int) -> _Plan:
-        hw = self.hw
-        S, hd = zs[-1], Vs[-1]
-        r = self._rows(load, S)
-        rows_total = math.prod(zs[:-1])
-        groups = math.prod(Vs[:-2])
-        mp = costs.activation_mapping(hw, S, hd, groups)
-        steps = (
-            _Step(
-                "SIMD",
-                "local max,exp,sum",
-                "vector",
-                costs.softmax_local_cycles(hw, row_len=S, load=load),
-                4 * rows_total * S,
-                rows_total * S * hw.memory.act_bits // 8,
-                slices=groups * costs.slices_for(hw, S),
-            ),
-            _Step(
+        groups = math.prod(Vd.shape[:-2]) or 1
+        rows_pg = math.prod(zd.shape[:-1]) // groups
+        kv = self.mapping.kv(stage, groups, S, rows_pg)
+        keys = kv.keys_per_slice(S)
+        used = cdiv(S, keys)
+        rows = cdiv(rows_pg * kv.groups_per_slice, kv.row_sets)
+        fresh = self._fresh(V)
+        kv_place = kv.place(stage)
+        key = ("st", stage, zd.shape, Vd.shape, fresh)
+        plans = self._plans.get(key)
+        if plans is None:
+            local = costs.softmax_local_steps(hw, chunk=keys, load=rows * keys, slices=kv_place.slices)
+            per_dest = fresh * hw.memory.act_bits / 8 / max(1, used * kv_place.groups)
+            mv = costs.move_step(hw, kv_place.footprint(hw), per_dest) if per_dest > 0 else None
+            total_bytes = groups * S * hd * hw.memory.kv_bits / 8
+            off = costs.lpddr_cycles(hw, nbytes=kv.offchip * total_bytes, cards=self.mapping.tp_cards)
+            dimc = Step(
                 "DIMC",
                 "e@V",
                 "matmul",
-                costs.dimc_cycles(hw, mp, rows=r),
-                2 * rows_total * S * hd,
-                mp.slices * mp.tile_bytes,
-                slices=mp.slices,
-            ),
+                costs.dimc_cycles(
+                    hw,
+                    k_tiles=cdiv(keys, d.tile_rows),
+                    n_tiles=cdiv(hd, d.tile_cols),
+                    rows=rows,
+                    tile_bytes=hw.kv_tile_bytes,
+                    offchip_cycles=off,
+                ),
+                2 * math.prod(zd.shape) * hd,
+                int(total_bytes),
+                (),
+                False,
+                kv_place.slices,
+            )
+            plans = self._plans[key] = (
+                self._plan((mv,) if mv else (), stage),
+                self._plan(local, stage),
+                self._plan((dimc,), stage),
+            )
+        deliver, local_plan, dimc_plan = plans
+        # the local max, then the exponentials; e @ V needs only those, so the local sum runs beside it
+        (max_st, exp_st, sum_st) = local_plan
+        z_ready, z_src = self._ready((z,))
+        m_end, m_idx = self._run(op, (max_st,), z_ready, z_src, stage)
+        e_end, e_idx = self._run(op, (exp_st,), m_end, m_idx, stage)
+        l_end, l_idx = self._run(op, (sum_st,), e_end, e_idx, stage)
+        ready, src = self._join(op, [(deliver, *self._ready((V,))), ((), e_end, e_idx)], stage)
+        end, idx = self._run(op, dimc_plan, ready, src, stage)
+        lead = zd.shape[:-1]  # (..., GT)
+        if self.numeric:
+            m, l, o = self._kernels.softmax_tiles(self._a(z), self._a(V), keys)
+        else:
+            m, l, o = dummy((*lead, used, 1)), dummy((*lead, used, 1)), dummy((*lead, used, hd))
+        return SoftmaxTiles(
+            self._value(m, m_end, m_idx, kv_place, norm=True, on_kv=True),
+            self._value(l, l_end, l_idx, kv_place, norm=True, on_kv=True),
+            self._value(o, end, idx, kv_place, on_kv=True),
         )
-        return _Plan(steps, r, r * min(hd, self._E))
 
     def softmax_merge(self, t: SoftmaxTiles, *, op: str) -> SoftmaxTiles:
-        md, od = self._data(t.m), self._data(t.o)
-        r = t.m.load if type(t.m) is Value else 1
-        key = ("sm", md.shape, od.shape, r)
+        m0, l0, o0 = self._here(t.m), self._here(t.l), self._here(t.o)
+        md, od = self._data(m0), self._data(o0)
+        stage = self._stage
+        k, hd = md.shape[-2], od.shape[-1]
+        place = self._place_of(m0, md.shape)
+        rows = cdiv(math.prod(md.shape[:-2]), place.groups * place.rows)  # rows one set of key slices merges
+        key = ("sm", stage, md.shape, od.shape, place)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._plan_merge(md.shape, od.shape, r)
-        ready, src = self._ready((t.m, t.l, t.o))
-        end, idx = self._run(op, plan, ready, src)
+            span = network.span_of(self.hw, min(place.count, costs.pow2_ceil(k)) if self._mine(m0) else k, 1)
+            plan = self._plans[key] = self._plan(costs.merge_steps(self.hw, span=span, rows=rows, width=hd), stage)
+        ready, src = self._ready((m0, l0, o0))
+        end, idx = self._run(op, plan, ready, src, stage)
         if self.numeric:
-            m, l, o = self._data(t.m), self._data(t.l), self._data(t.o)
-            while m.shape[-2] > 1:  # a binary tree over the slice axis: pairs, then pairs of pairs
-                kk = m.shape[-2]
-                a, b = slice(0, kk - 1, 2), slice(1, kk, 2)
-                s = online_softmax_merge(
-                    SoftmaxState(m[..., a, :], l[..., a, :], o[..., a, :]),
-                    SoftmaxState(m[..., b, :], l[..., b, :], o[..., b, :]),
-                )
-                if kk % 2:
-                    m = np.concatenate((s.m, m[..., kk - 1 :, :]), axis=-2)
-                    l = np.concatenate((s.l, l[..., kk - 1 :, :]), axis=-2)
-                    o = np.concatenate((s.o, o[..., kk - 1 :, :]), axis=-2)
-                else:
-                    m, l, o = s.m, s.l, s.o
+            m, l, o = self._kernels.softmax_merge(self._a(m0), self._a(l0), self._a(o0))
         else:
-            m, l, o = (
-                dummy((*md.shape[:-2], 1, 1)),
-                dummy((*md.shape[:-2], 1, 1)),
-                dummy((*od.shape[:-2], 1, od.shape[-1])),
-            )
+            m, l, o = dummy((*md.shape[:-2], 1, 1)), dummy((*md.shape[:-2], 1, 1)), dummy((*od.shape[:-2], 1, hd))
+        root = replace(place, count=1)
         return SoftmaxTiles(
-            Value(m, end, idx, plan.load, self),
-            Value(l, end, idx, plan.load, self),
-            Value(o, end, idx, plan.extra, self),
+            self._value(m, end, idx, root, norm=True),
+            self._value(l, end, idx, root, norm=True),
+            self._value(o, end, idx, root),
         )
-
-    def _plan_merge(self, ms: tuple[int, ...], os_: tuple[int, ...], r: int) -> _Plan:
-        hw, net = self.hw, self.hw.network
-        k, hd = ms[-2], os_[-1]
-        width = min(hd, hw.dimc.tile_cols)
-        combine = costs.merge_combine_cycles(hw, width=width)
-        payload = (width + 2) * net.word_bytes
-        ser = costs.cdiv(payload, net.link_bytes_per_cycle)
-        rows_total = math.prod(ms[:-2])
-        dur = costs.collective_cycles(hw, slices=k, rows=r, combine=combine, payload_bytes=payload, broadcast=False)
-        step = _Step(
-            "NET",
-            "merge",
-            "collective",
-            dur,
-            rows_total * (k - 1) * (2 * hd + 8),
-            rows_total * (k - 1) * (hd + 2) * net.word_bytes,
-            net=(k, net.hop_latency_cycles + combine + ser, 0),
-        )
-        return _Plan((step,), r, r * min(hd, self._E))
 
     def layout(self, fn: Callable[..., Array], *xs: Any, op: str) -> Value:
         if self.numeric:
@@ -641,17 +651,34 @@ class EmulatingExecutor:
             out = fn(*(x.data if type(x) is Value else dummy(np.shape(x)) for x in xs))
         if not self.numeric and isinstance(out, np.ndarray) and out.nbytes:
             out = dummy(out.shape)  # a materialised copy (e.g. a gather from real arrays): keep the shape only
+        xs = tuple(self._here(x) for x in xs)
         ready, src = self._ready(xs)
-        load = 0
+        biggest: Value | None = None
+        fresh, norm, on_kv, pair = 0, False, False, 0
         for x in xs:
-            if type(x) is Value and x.load > load:
-                load = x.load
-        return Value(out, ready, src, load or self._default_load(np.shape(out)), self)
+            if self._mine(x):
+                fresh += self._fresh(x)
+                norm, on_kv, pair = norm or x.norm, on_kv or x.on_kv, pair or x.pair
+                if biggest is None or math.prod(x.shape) > math.prod(biggest.shape):
+                    biggest = x
+        shape = np.shape(out)
+        place = (
+            biggest.place if biggest is not None else self.mapping.default_place(self._stage, shape[-1] if shape else 1)
+        )
+        return self._value(
+            out, ready, src, place, fresh=min(fresh, math.prod(shape)), norm=norm, on_kv=on_kv, pair=pair
+        )
 
     @contextlib.contextmanager
     def scope(self, *, layer: int | None) -> Iterator[None]:
-        previous, self._layer = self._layer, layer
+        previous, prev_stage = self._layer, self._stage
+        self._layer = layer
+        if layer is not None:
+            self._seen_block = True
+            self._stage = self.mapping.stage_of_layer(layer)
+        else:
+            self._stage = self.mapping.head_stage if self._seen_block else 0
         try:
             yield
         finally:
-            self._layer = previous
+            self._layer, self._stage = previous, prev_stage

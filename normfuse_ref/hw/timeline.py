@@ -1,28 +1,28 @@
 """Timed events of one emulated forward pass, and what they tell: makespan, busy time, critical path, exposure.
 
-An `Event` is one piece of work on one engine: DIMC (matrix tiles), SIMD (vector units) or NET (the
-network-on-chip). Times are integer clock cycles from the start of the pass. Aggregated events cover every slice
+An `Event` is one step on one or more resources (`schedule.py`): the DIMC or SIMD units of a stage, or the network
+levels it crosses. Times are integer clock cycles from the start of the pass. Aggregated events cover every slice
 that takes part (unit "all"); for one chosen layer the emulator also records *detail* events, one per slice or per
-network step (unit "slice 3", "reduce step 2", ...), which are for display only.
+network level (unit "slice 3", "noc", ...), which are for display only.
 
 Kinds:
-    matmul      DIMC work: a matmul, or the local e @ V of fused softmax
-    psum        partial sums of a matmul whose K tiles span several slices, added over the network
-    vector      SIMD work that needs no communication: elementwise ops, the local part of fused softmax
-    collective  every sub-event of a normalisation statistic: a `reduce` (SIMD partials, NET all-reduce, SIMD
-                finish) or the online-softmax `softmax_merge` (NET)
+    matmul      DIMC work: a matmul, or the local e @ V of the one-pass softmax
+    vector      SIMD work that needs no communication: elementwise ops, the local part of the one-pass softmax
+    psum        partial sums of a matmul whose K tiles span several slices, and the partial-sum part of the
+                softmax merge (the same reduction of the outputs alone)
+    move        moving an activation to the slices of the next op, within a stage or to the next stage
+    collective  every step of a normalisation statistic: a `reduce` (partials, network, finish), the
+                normalisation part of the softmax merge, and moving a statistic to where it is applied
 
 Critical path: start from the event that ends last (ties: the one issued last) and follow, event by event, the
-predecessor that determined its start (`Event.pred`: the producer of its latest input, or the previous event on
-its engine when the engine was the later of the two). Because every event starts exactly when its predecessor
-ends, the path covers [0, makespan] without gaps.
+predecessor that determined its start (`Event.pred`: the producer of its latest input, or the step whose busy
+block on one of its resources ended exactly at its start). Every event starts exactly when its predecessor ends,
+so the path covers [0, makespan] without gaps.
 
-Collective time:
-    total    = sum of the durations of all collective events
-    exposed  = sum of the durations of the collective events on the critical path (time the pass waits for
-               collectives: removing them would shorten it by that much, other things equal)
-    hidden   = total - exposed (collective time overlapped by work on the critical path)
-The baseline share of collectives is exposed(baseline) / latency(baseline).
+Two views of what normalisation costs (`study.Comparison` has the first, the counterfactual):
+    exposed  = the durations of the `collective` events on the critical path: time the pass waits for
+               normalisation statistics. `psum` and `move` are counted apart, alike in both orders.
+    hidden   = collective total - exposed: statistic work that ran beside the critical path.
 """
 
 from __future__ import annotations
@@ -31,31 +31,39 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ENGINES", "KINDS", "Event", "Timeline", "chrome_trace"]
+__all__ = ["ENGINES", "KINDS", "Event", "Timeline", "chrome_trace", "lane_of"]
 
 ENGINES: tuple[str, ...] = ("DIMC", "SIMD", "NET")
-KINDS: tuple[str, ...] = ("matmul", "psum", "vector", "collective")
+KINDS: tuple[str, ...] = ("matmul", "vector", "psum", "move", "collective")
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One piece of work. start/end in cycles; flops and bytes are the work it does and the bytes it moves."""
+    """One step. start/end in cycles; flops and bytes are the work it does and the bytes it moves."""
 
     engine: str  # DIMC, SIMD or NET
-    unit: str  # "all" (aggregated over the slices taking part) or a slice / network step in detail events
-    layer: int | None  # decoder block, None outside the blocks (embedding, final norm, lm_head)
-    op: str  # the op name forward.py issued (e.g. "attn_qkv", "attn_qkv.rms", "softmax.merge")
-    step: str  # the sub-step of the op on this engine (e.g. "tiles", "partials", "all-reduce", "rsqrt")
+    unit: str  # "all" (aggregated over the slices taking part) or a slice / network level in detail events
+    layer: int | None  # decoder block, None outside the blocks (embedding, final norm, lm head)
+    op: str  # the op name the forward pass issued (e.g. "attn_qkv", "attn_qkv.rms", "softmax.merge")
+    step: str  # the sub-step (e.g. "deliver", "tiles", "psum", "partials", "all-reduce", "finish", "merge norm")
     kind: str  # one of KINDS
     start: int  # cycles
     end: int  # cycles
     flops: int  # arithmetic operations (a MAC counts 2)
     bytes: int  # bytes read from SRAM (DIMC), moved on links (NET) or touched (SIMD)
     pred: int = -1  # index of the event whose end determined the start (-1: none, started at t = 0)
+    stage: int = 0  # the pipeline stage whose resources it uses
+    resources: tuple[str, ...] = ()  # the resources it occupies ("DIMC@0", "NET.noc@0", "NET.pcie@0>1", ...)
+    norm: bool = False  # a normalisation-statistic event (made free in the counterfactual pass)
 
     @property
     def duration(self) -> int:
         return self.end - self.start
+
+
+def lane_of(resource: str) -> str:
+    """The Gantt lane of a resource: its engine, or for the network its level ("DIMC", "SIMD", "NET.noc")."""
+    return resource.split("@", 1)[0]
 
 
 class Timeline:
@@ -77,12 +85,16 @@ class Timeline:
         return max((e.end for e in self.events), default=0)
 
     def busy(self, engine: str) -> int:
-        """Cycles the engine works (its events never overlap: one engine runs one event at a time)."""
-        return sum(e.duration for e in self.events if e.engine == engine)
+        """Cycles of work on the engine's resources, summed over them (each resource runs one event at a time)."""
+        return sum(e.duration * sum(lane_of(r).split(".")[0] == engine for r in e.resources) for e in self.events)
+
+    def resources(self, engine: str) -> set[str]:
+        return {r for e in self.events for r in e.resources if lane_of(r).split(".")[0] == engine}
 
     def utilisation(self, engine: str) -> float:
-        span = self.makespan
-        return self.busy(engine) / span if span else 0.0
+        """Busy time / (latency x the engine's resources the pass used): the mean occupancy of its resources."""
+        span, n = self.makespan, len(self.resources(engine))
+        return self.busy(engine) / (span * n) if span and n else 0.0
 
     def critical_path(self) -> tuple[int, ...]:
         """Indices of the critical-path events, first to last."""
@@ -97,26 +109,33 @@ class Timeline:
             self._critical = tuple(reversed(path))
         return self._critical
 
+    def total(self, kind: str) -> int:
+        return sum(e.duration for e in self.events if e.kind == kind)
+
+    def exposed(self, kind: str) -> int:
+        return sum(self.events[i].duration for i in self.critical_path() if self.events[i].kind == kind)
+
     @property
     def collective_total(self) -> int:
-        return sum(e.duration for e in self.events if e.kind == "collective")
+        return self.total("collective")
 
     @property
     def collective_exposed(self) -> int:
-        return sum(self.events[i].duration for i in self.critical_path() if self.events[i].kind == "collective")
+        return self.exposed("collective")
 
     @property
     def collective_hidden(self) -> int:
         return self.collective_total - self.collective_exposed
 
+    def op_total(self, op: str, step: str | None = None) -> int:
+        return sum(e.duration for e in self.events if e.op == op and (step is None or e.step == step))
+
     def layer_window(self, layer: int) -> tuple[int, int]:
-        """(start, end) of one decoder block: from the end of everything issued before it to its last event."""
-        idx = [i for i, e in enumerate(self.events) if e.layer == layer]
-        if not idx:
+        """(start, end) of one decoder block: its first event's start to its last event's end."""
+        ev = [e for e in self.events if e.layer == layer]
+        if not ev:
             raise ValueError(f"no events for layer {layer}")
-        first = idx[0]
-        start = max((e.end for e in self.events[:first]), default=0)
-        return start, max(self.events[i].end for i in idx)
+        return min(e.start for e in ev), max(e.end for e in ev)
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers, times in microseconds."""
@@ -132,43 +151,57 @@ class Timeline:
 
 
 def chrome_trace(timelines: Mapping[str, Timeline], *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A Chrome trace (the JSON Perfetto and chrome://tracing open): one process per mode, one thread per engine
-    and unit, complete ("X") events with ts/dur in microseconds; critical-path events carry args.critical."""
+    """A Chrome trace (the JSON Perfetto and chrome://tracing open): one process per mode, one thread per resource
+    (and per detail unit), complete ("X") events with ts/dur in microseconds; critical-path events carry
+    args.critical. An event on several resources (a collective crossing two network levels) is drawn on each."""
     out: list[dict[str, Any]] = []
     for pid, (mode, tl) in enumerate(timelines.items(), start=1):
         out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": mode}})
         out.append({"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0, "args": {"sort_index": pid}})
-        tids: dict[tuple[str, str], int] = {}
-        for engine in ENGINES:  # the aggregated lanes first, in a fixed order
-            tids[(engine, "all")] = len(tids) + 1
+        tids: dict[str, int] = {}
+        for e in tl.events:
+            for r in e.resources:
+                tids.setdefault(r, 0)
+        names = sorted(
+            tids, key=lambda r: (int(r.rsplit("@", 1)[1].split(">")[0]), ENGINES.index(r[:4].rstrip(".")), r)
+        )
+        tids = {r: i + 1 for i, r in enumerate(names)}
         for e in tl.detail:
-            tids.setdefault((e.engine, e.unit), len(tids) + 1)
-        for (engine, unit), tid in tids.items():
-            name = engine if unit == "all" else f"{engine} {unit}"
+            tids.setdefault(f"{e.engine} {e.unit}", len(tids) + 1)
+        for name, tid in tids.items():
             out.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
             out.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
         critical = set(tl.critical_path())
-        for group, events in (("aggregated", tl.events), ("detail", tl.detail)):
-            for i, e in enumerate(events):
-                out.append(
-                    {
-                        "name": f"{e.op} {e.step}",
-                        "cat": e.kind,
-                        "ph": "X",
-                        "ts": tl.us(e.start),
-                        "dur": tl.us(e.duration),
-                        "pid": pid,
-                        "tid": tids[(e.engine, e.unit)],
-                        "args": {
-                            "layer": e.layer,
-                            "op": e.op,
-                            "step": e.step,
-                            "flops": e.flops,
-                            "bytes": e.bytes,
-                            "start_cycles": e.start,
-                            "end_cycles": e.end,
-                            "critical": group == "aggregated" and i in critical,
-                        },
-                    }
-                )
+        rows: list[tuple[str, int, Event]] = []
+        for i, e in enumerate(tl.events):
+            rows += [("aggregated", i, e) for _ in e.resources]
+        for i, e in enumerate(tl.detail):
+            rows.append(("detail", i, e))
+        seen: dict[tuple[str, int], int] = {}
+        for group, i, e in rows:
+            k = seen[(group, i)] = seen.get((group, i), -1) + 1
+            tid = tids[e.resources[k]] if group == "aggregated" else tids[f"{e.engine} {e.unit}"]
+            out.append(
+                {
+                    "name": f"{e.op} {e.step}",
+                    "cat": e.kind,
+                    "ph": "X",
+                    "ts": tl.us(e.start),
+                    "dur": tl.us(e.duration),
+                    "pid": pid,
+                    "tid": tid,
+                    "args": {
+                        "layer": e.layer,
+                        "stage": e.stage,
+                        "op": e.op,
+                        "step": e.step,
+                        "flops": e.flops,
+                        "bytes": e.bytes,
+                        "start_cycles": e.start,
+                        "end_cycles": e.end,
+                        "normalisation": e.norm,
+                        "critical": group == "aggregated" and i in critical,
+                    },
+                }
+            )
     return {"traceEvents": out, "displayTimeUnit": "ns", "otherData": dict(metadata or {})}

@@ -2,7 +2,7 @@
 
 | family | package | normalisation | real model |
 |---|---|---|---|
-| Llama | `normfuse_ref.llama` (to join this package as `models.llama`) | RMSNorm, pre-norm decoder | smollm2-135m |
+| Llama | `normfuse_ref.models.llama` | RMSNorm, pre-norm decoder | smollm2-135m |
 | BERT | `normfuse_ref.models.bert` | LayerNorm, post-norm encoder | all-minilm-l6-v2 |
 
 `load_model(name_or_path)` finds the family of a model by its name or by what its path holds, and calls that
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 from numpy.typing import DTypeLike
 
 if TYPE_CHECKING:
-    from ..llama.model import Model as LlamaModel
     from .bert.model import BertModel
+    from .llama.model import Model as LlamaModel
 
 __all__ = ["MODEL_TYPES", "UnsupportedArchitecture", "family_of", "load_model", "model_names"]
 
@@ -37,9 +37,9 @@ class UnsupportedArchitecture(ValueError):
 
 def model_names() -> dict[str, str]:
     """Every model name `load_model` accepts (fetched models and random-weight presets) -> its family."""
-    from ..llama.fetch import SOURCES
-    from ..llama.model import RANDOM_PRESETS as LLAMA_RANDOM
     from .bert.model import RANDOM_PRESETS as BERT_RANDOM
+    from .llama.fetch import SOURCES
+    from .llama.model import RANDOM_PRESETS as LLAMA_RANDOM
 
     return {
         **{name: src.family for name, src in SOURCES.items()},
@@ -50,9 +50,9 @@ def model_names() -> dict[str, str]:
 
 def family_of(name_or_path: str | Path) -> str:
     """ "llama" or "bert": the family a model name or path belongs to (see the module docstring)."""
-    from ..llama.config import PRESETS as LLAMA_PRESETS
     from .bert.config import PRESETS as BERT_PRESETS
     from .checkpoint import read_config
+    from .llama.config import PRESETS as LLAMA_PRESETS
 
     name = str(name_or_path)
     known = model_names()
@@ -91,6 +91,6 @@ def load_model(
         from .bert.model import load_model as load_bert
 
         return load_bert(name_or_path, dtype, seed=seed, on_tensor=on_tensor)
-    from ..llama.model import load_model as load_llama
+    from .llama.model import load_model as load_llama
 
     return load_llama(name_or_path, dtype, seed=seed, on_tensor=on_tensor)

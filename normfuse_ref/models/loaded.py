@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from ..ops import NumpyExecutor
 
 if TYPE_CHECKING:
-    from ..llama.weights import Mode  # annotations only: llama.model imports this module
+    from .llama.weights import Mode  # annotations only: llama.model imports this module
 
 __all__ = ["LoadedModel"]
 

@@ -4,7 +4,7 @@ forward pass in textbook or fused order (post-LayerNorm sites folded), and sente
 
 from .config import PRESETS, BertConfig, UnsupportedArchitecture, config_from_hf, get_preset
 from .forward import forward
-from .model import BertModel, ModeComparison, compare_modes, load_model, mean_pool
+from .model import BertModel, ModeComparison, compare_modes, embedding_bound, hidden_bound, load_model, mean_pool
 from .tokenizer import Batch, TextTooLong, WordPieceTokenizer
 from .weights import param_shapes, prepare, prepared_shapes, random_params
 
@@ -19,8 +19,10 @@ __all__ = [
     "WordPieceTokenizer",
     "compare_modes",
     "config_from_hf",
+    "embedding_bound",
     "forward",
     "get_preset",
+    "hidden_bound",
     "load_model",
     "mean_pool",
     "param_shapes",

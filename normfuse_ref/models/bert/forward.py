@@ -10,7 +10,7 @@ normalised value is both the input of the next linear layer and the residual car
               x  = LN_out(x' + y)
     hidden states = x after the last block: ([B,] T, d)
 
-Every LayerNorm except the last is followed by a linear layer: a LayerNorm -> linear site, three per block
+Every LayerNorm except the last is followed by a linear layer: a LayerNorm -> linear site, two per block
 (LN_emb or the previous block's LN_out -> Q|K|V, LN_attn -> FFN up). The schedule of one site, z the residual sum:
 
     mode="baseline"  mu = mean(z)             collective 1
@@ -24,10 +24,13 @@ Every LayerNorm except the last is followed by a linear layer: a LayerNorm -> li
                      x = d s gamma + beta          LN(z) for the residual branch, from the same mu and s
 
 so the matmul no longer waits for either collective; the residual branch needs LN(z) only at the residual add
-after the sublayer, long after the statistics are done. Softmax -> V is deferred exactly as in the Llama forward
-(`normfuse_ref.llama.forward.softmax_v_site`: local maxima per slice, merged by the online-softmax collective,
-divided after P V). The block-level identity (both orders give the same next residual sum, for any n) is
-`proofs/post_layer_norm_block.py`; docs/models.md, "BERT", has the schedule with the paper's notation.
+after the sublayer, long after the statistics are done. Every site calls the one rule of `normfuse_ref.fusion`
+through `normfuse_ref.models.sites` (`fusion.layer_norm_linear_folded` with `norm=`, `layer_norm_linear_reference`
+with `return_norm=` and the linear layer's bias), and softmax -> V is deferred exactly as in the Llama forward
+(`fusion.softmax_linear`: local maxima per slice, merged by the online-softmax collective, divided after P V); the
+last LayerNorm feeds no linear layer (`fusion.layer_norm_alone`). The block-level identity (both orders give the
+same next residual sum, for any n) is `proofs/post_layer_norm_block.py`; docs/models.md, "BERT", has the schedule
+with the paper's notation.
 
 Cost-only emulation: activations are touched only through the executor, and everything computed outside it
 (positions, the padding mask) depends on the token ids and the mask alone, so `prepared_shapes` weights can stand
@@ -46,10 +49,12 @@ from scipy.special import erf
 
 from ... import fusion
 from ...ops import Executor, NumpyExecutor
+from .. import sites
+from ..inputs import check_ids
 from .config import BertConfig
 from .weights import Mode
 
-__all__ = ["check_inputs", "forward", "gelu", "layer_norm_linear_site", "layer_norm_site"]
+__all__ = ["attention", "check_inputs", "forward", "gelu"]
 
 Array = NDArray[Any]
 
@@ -57,21 +62,13 @@ Array = NDArray[Any]
 def check_inputs(
     ids: ArrayLike, attention_mask: ArrayLike | None, token_type_ids: ArrayLike | None, cfg: BertConfig
 ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]:
-    """Token ids ([B,] T), the keep-mask (True = a real token) and the segment ids, checked; ValueError otherwise.
+    """Token ids ([B,] T) (`models.inputs.check_ids`), the keep-mask (True = a real token) and the segment ids,
+    checked; ValueError otherwise.
 
     attention_mask: 1/True for a real token, 0/False for padding (HF's convention); default all ones.
     token_type_ids: segment of each token (0 for a single text); default all zeros.
     """
-    a = np.asarray(ids)
-    if a.dtype.kind not in "iu" or a.ndim not in (1, 2) or a.size == 0:
-        raise ValueError(
-            f"ids must be a non-empty (T,) or (B, T) integer array; got dtype {a.dtype.name}, shape {a.shape}"
-        )
-    bad = a[(a < 0) | (a >= cfg.vocab_size)]
-    if bad.size:
-        raise ValueError(f"token id {int(bad[0])} is out of range for a vocabulary of {cfg.vocab_size}")
-    if a.shape[-1] > cfg.max_positions:
-        raise ValueError(f"{a.shape[-1]} tokens exceed the model's {cfg.max_positions} positions")
+    a = check_ids(ids, cfg.vocab_size, cfg.max_positions)
     if attention_mask is None:
         keep = np.ones(a.shape, dtype=bool)  # ([B,] T)
     else:
@@ -91,57 +88,7 @@ def check_inputs(
                 f"got dtype {t.dtype.name}, shape {t.shape}"
             )
         types = t.astype(np.int64)
-    return a.astype(np.int64), keep, types
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# LayerNorm and the LayerNorm -> linear site: the rules of `normfuse_ref.fusion`, wired for a post-LN block
-# ---------------------------------------------------------------------------------------------------------------
-
-
-# reference: layer_norm(z, gamma, beta, eps)
-def layer_norm_site(ex: Executor, z: Any, gamma: Any, beta: Any, eps: float, name: str) -> Any:
-    """A LayerNorm that feeds no linear layer (the encoder's output): the same in both orders."""
-    return fusion.layer_norm_alone(z, gamma, beta, eps, ex=ex, op=name)  # (.., n)
-
-
-# reference: y = linear(layer_norm(z, gamma, beta, eps), F) + b    and LN(z) for the residual branch
-# fused:     y = s * (z @ F') + b',  F' = (I - E/n) Gamma F, b' = beta F + b (folded by weights.prepare)
-def layer_norm_linear_site(
-    ex: Executor,
-    z: Any,
-    gamma: Any,
-    beta: Any,
-    F: Any,
-    b: Any,
-    eps: float,
-    mode: Mode,
-    name: str,
-    *,
-    centring: fusion.Centring = "fold",
-    r: Any = None,
-) -> tuple[Any, Any]:
-    """One post-LN LayerNorm -> linear site in either order: (y, LN(z)). `F`, `b` are raw in baseline mode and
-    folded (F', b') in fused mode (`fusion.layer_norm_linear_folded`, with LN(z) from the same statistics;
-    `centring` and `r` its mitigation options)."""
-    if mode == "baseline":
-        return fusion.layer_norm_linear_reference(z, gamma, beta, F, eps, ex=ex, op=name, return_norm=True, b=b)
-    return fusion.layer_norm_linear_folded(z, F, b, eps, ex=ex, op=name, norm=(gamma, beta), centring=centring, r=r)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Linear layers without a LayerNorm in front, GELU, attention
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _add(a: Array, b: Array) -> Array:
-    return a + b
-
-
-def linear_site(ex: Executor, x: Any, F: Any, b: Any, name: str) -> Any:
-    """x F + b (the same in both orders): the product waits in acc for its bias, rounded once with it."""
-    y = ex.matmul(x, F, op=name, keep_acc=True)  # (.., m)
-    return ex.elementwise(_add, y, b, op=f"{name}.bias")  # (.., m)
+    return a, keep, types
 
 
 _SQRT1_2 = 1 / math.sqrt(2)
@@ -206,7 +153,7 @@ def gelu(t: Array) -> Array:
     return out
 
 
-def attention_site(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertConfig, mode: Mode) -> Any:
+def attention(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertConfig, mode: Mode) -> Any:
     """Bidirectional multi-head attention over one batch: qkv ([B,] T, 3d) -> ([B,] T, d).
 
     Every query sees every key whose keep-mask entry is True (padding keys get a score of -inf), in both orders;
@@ -232,10 +179,7 @@ def attention_site(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertCon
         return out
 
     z = ex.elementwise(mask, z, op="attn_mask", keep_acc=True)  # (.., H, T, T)
-    if mode == "fused":  # (e^{z - m_slice} @ V merged across slices) / l
-        o = fusion.softmax_linear(z, v, ex=ex, op="attn_pv")  # (.., H, T, hd)
-    else:  # softmax(z) @ V
-        o = fusion.softmax_linear_reference(z, v, ex=ex, op="attn_pv")  # (.., H, T, hd)
+    o = sites.softmax_linear(ex, z, v, mode, "attn_pv")  # (.., H, T, hd)
 
     def merge_heads(a: Array) -> Array:  # (.., H, T, hd) -> (.., T, H, hd) -> (.., T, d)
         return np.swapaxes(a.reshape(*lead, H, T, hd), -3, -2).reshape(*lead, T, d)
@@ -283,20 +227,24 @@ def forward(
     for i in range(cfg.n_layers):
         L = f"layer.{i}"
         with ex.scope(layer=i):
-            qkv, x = layer_norm_linear_site(
+            qkv, x = sites.layer_norm_linear(
                 ex, z, w[f"{ln}.gamma"], w[f"{ln}.beta"], w[f"{L}.qkv"], w[f"{L}.qkv_bias"], eps, mode, "attn_qkv",
-                centring=centring, r=w.get(f"{L}.qkv_colsum"),
+                norm=True, centring=centring, r=w.get(f"{L}.qkv_colsum"),
             )  # fmt: skip  # ([B,] T, 3d), ([B,] T, d)
-            o = attention_site(ex, qkv, keep, cfg, mode)  # ([B,] T, d)
-            a = linear_site(ex, o, w[f"{L}.attn_output"], w[f"{L}.attn_output_bias"], "attn_output")  # ([B,] T, d)
+            o = attention(ex, qkv, keep, cfg, mode)  # ([B,] T, d)
+            a = sites.linear(ex, o, w[f"{L}.attn_output"], w[f"{L}.attn_output_bias"], "attn_output")  # ([B,] T, d)
             z = ex.elementwise(_add, x, a, op="residual")  # ([B,] T, d)
-            h, x = layer_norm_linear_site(
+            h, x = sites.layer_norm_linear(
                 ex, z, w[f"{L}.attn_ln.gamma"], w[f"{L}.attn_ln.beta"], w[f"{L}.ffn_up"], w[f"{L}.ffn_up_bias"],
-                eps, mode, "ffn_up", centring=centring, r=w.get(f"{L}.ffn_up_colsum"),
+                eps, mode, "ffn_up", norm=True, centring=centring, r=w.get(f"{L}.ffn_up_colsum"),
             )  # fmt: skip  # ([B,] T, f), ([B,] T, d)
             g = ex.elementwise(gelu, h, op="gelu")  # ([B,] T, f)
-            y = linear_site(ex, g, w[f"{L}.ffn_down"], w[f"{L}.ffn_down_bias"], "ffn_down")  # ([B,] T, d)
+            y = sites.linear(ex, g, w[f"{L}.ffn_down"], w[f"{L}.ffn_down_bias"], "ffn_down")  # ([B,] T, d)
             z = ex.elementwise(_add, x, y, op="residual")  # ([B,] T, d)
         ln = f"{L}.ffn_ln"
     with ex.scope(layer=None):
-        return layer_norm_site(ex, z, w[f"{ln}.gamma"], w[f"{ln}.beta"], eps, "output_ln")  # ([B,] T, d)
+        return fusion.layer_norm_alone(z, w[f"{ln}.gamma"], w[f"{ln}.beta"], eps, ex=ex, op="output_ln")  # ([B,] T, d)
+
+
+def _add(a: Array, b: Array) -> Array:
+    return a + b

@@ -7,7 +7,7 @@
 
 `load_model` here accepts
 - "all-minilm-l6-v2" (any BERT-family name of the fetch registry): the fetched directory, found and checked
-  (size and SHA-256 of every file) by `normfuse_ref.llama.fetch.find_model`;
+  (size and SHA-256 of every file) by `normfuse_ref.models.llama.fetch.find_model`;
 - "tiny-bert": the `tiny-bert` preset with seeded random weights and a character-level WordPiece tokenizer, for
   tests and demos without a download (its embeddings mean nothing, deterministically);
 - a path to an HF BERT directory (config.json + *.safetensors [+ tokenizer.json]; `hf_loader`).
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from ...accuracy.bounds import forward_bound, pooled_bound
 from ...extras import require
 from ...precision import resolve_dtype
 from ..loaded import LoadedModel
-from .bounds import embedding_bound
 from .config import PRESETS, BertConfig, get_preset
 from .forward import forward
 from .tokenizer import Batch, WordPieceTokenizer, tiny_wordpiece
@@ -46,7 +46,9 @@ __all__ = [
     "BertModel",
     "ModeComparison",
     "compare_modes",
+    "embedding_bound",
     "fetched_names",
+    "hidden_bound",
     "load_model",
     "mean_pool",
 ]
@@ -62,7 +64,7 @@ RANDOM_PRESETS = ("tiny-bert",)
 
 def fetched_names() -> tuple[str, ...]:
     """The BERT-family models of the fetch registry (`normfuse fetch NAME` installs them)."""
-    from ...llama.fetch import SOURCES
+    from ..llama.fetch import SOURCES
 
     return tuple(name for name, src in SOURCES.items() if src.family == "bert")
 
@@ -76,6 +78,29 @@ def mean_pool(hidden: ArrayLike, attention_mask: ArrayLike) -> NDArray[np.float6
         raise ValueError("a sequence has no real tokens (its attention mask is all zeros); it has no embedding")
     mean = (h * m).sum(axis=-2) / count  # (B, d)
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)  # (B, d)
+
+
+def hidden_bound(cfg: BertConfig, hidden: ArrayLike, dtype: DTypeLike = "float32") -> float:
+    """How far apart two roundings in storage `dtype` of the same hidden states may be (`accuracy.bounds.forward_bound`)
+    given the real tokens' rows `hidden` (their largest magnitude sets the scale).
+
+    BERT has K = 6 L + 1 products in series (Q|K|V, q k^T, p V, the attention output, FFN up and down per block, and
+    the embedding sum's LayerNorm counted as one more) of length at most max(d, f). For all-MiniLM-L6-v2 in float32
+    this is 6.9e-4 max|h| (max|h| ~ 6); measured differences are ~3e-6 (docs/models.md, "BERT")."""
+    scale = float(np.abs(np.asarray(hidden, dtype=np.float64)).max())
+    return forward_bound(n_max=max(cfg.dim, cfg.ffn_dim), products=6 * cfg.n_layers + 1, dtype=dtype, scale=scale)
+
+
+def embedding_bound(
+    cfg: BertConfig, hidden: ArrayLike, attention_mask: ArrayLike, dtype: DTypeLike = "float32"
+) -> float:
+    """Bound on every component of |e_a - e_b| for the sentence embeddings of hidden states (B, T, d) with mask
+    (B, T): `accuracy.bounds.pooled_bound` of `hidden_bound`, at the smallest mean of the batch."""
+    h = np.asarray(hidden, dtype=np.float64)  # (B, T, d)
+    keep = np.asarray(attention_mask, dtype=np.float64)[..., None]  # (B, T, 1)
+    m = (h * keep).sum(axis=-2) / keep.sum(axis=-2)  # (B, d)
+    delta = hidden_bound(cfg, h[keep[..., 0] > 0], dtype)
+    return pooled_bound(delta, float(np.linalg.norm(m, axis=-1).min()))
 
 
 @dataclass(frozen=True)
@@ -151,7 +176,7 @@ def load_model(
         models = ", ".join((*fetched_names(), *RANDOM_PRESETS))
         raise ValueError(f"preset {name!r} is shape-only (no weights); models: {models}, or an HF BERT directory")
     if name in fetched_names():
-        from ...llama.fetch import find_model
+        from ..llama.fetch import find_model
 
         ck = read_bert_dir(find_model(name), dtype=dt, name=name, on_tensor=on_tensor)
     else:
@@ -178,7 +203,7 @@ class ModeComparison:
     max_abs_diff: float  # max over texts and components of |fused - baseline| (embeddings)
     min_cosine: float  # min over texts of cos(fused_i, baseline_i), computed in float64
     max_hidden_diff: float  # max over real tokens of |fused - baseline| (last hidden states)
-    bound: float  # `bounds.embedding_bound` of the baseline hidden states: what rounding alone can explain
+    bound: float  # `embedding_bound` of the baseline hidden states: what rounding alone can explain
 
     @property
     def checked(self) -> bool:
@@ -189,7 +214,7 @@ class ModeComparison:
 
     @property
     def within_bound(self) -> bool:
-        """The embeddings differ by no more than two roundings of the same computation can (`bounds`)."""
+        """The embeddings differ by no more than two roundings of the same computation can (`embedding_bound`)."""
         return self.max_abs_diff <= self.bound
 
 

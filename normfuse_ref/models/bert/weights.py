@@ -32,8 +32,8 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ...fusion import Centring, fold_column_sums, fold_layer_norm
-from ...llama.weights import Mode  # one vocabulary of orders for every family
 from ...precision import resolve_dtype
+from ..llama.weights import Mode  # one vocabulary of orders for every family
 from .config import BertConfig
 
 __all__ = [

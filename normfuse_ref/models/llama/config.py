@@ -1,6 +1,6 @@
 """Llama-architecture hyper-parameters: one frozen dataclass and the named presets.
 
-Shape letters used across normfuse_ref.llama (defined once, here):
+Shape letters used across normfuse_ref.models.llama (defined once, here):
     T   tokens in this call          S   key/value positions (cache + T)
     d   model width (dim)            f   FFN hidden width (ffn_dim)
     Hq  query heads (n_heads)        Hkv key/value heads (n_kv_heads)      G = Hq / Hkv   hd = d / Hq

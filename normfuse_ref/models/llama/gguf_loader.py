@@ -12,7 +12,7 @@ What comes out:
 - the parameters under their GGUF names in normfuse's row-vector orientation (n_in, n_out), the transpose of the
   file's (out, in) rows. The Q|K|V and gate|up weights of a block are column views of one contiguous buffer, so
   `weights.prepare` can hand them to the baseline forward pass without another copy.
-- the metadata (`tokenizer.*` feeds `normfuse_ref.llama.tokenizer`).
+- the metadata (`tokenizer.*` feeds `normfuse_ref.models.llama.tokenizer`).
 
 A missing file, a file that is not GGUF or is cut short, and a GGUF of another architecture each raise one
 error with a message a user can act on (FileNotFoundError or ValueError).
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .. import fields
-from ..precision import resolve_dtype
+from ... import fields
+from ...precision import resolve_dtype
 from .config import LlamaConfig
 from .weights import pack_blocks_inplace, param_shapes
 

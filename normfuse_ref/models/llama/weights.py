@@ -28,8 +28,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ..fusion import fold_rms_norm
-from ..precision import Array, resolve_dtype
+from ...fusion import fold_rms_norm
+from ...precision import Array, resolve_dtype
 from .config import LlamaConfig
 
 __all__ = [

@@ -1,0 +1,134 @@
+"""The tiled numeric kernels: each primitive computed the way the machine splits it, to compare with NumpyExecutor.
+
+    matmul          K cut into DIMC tiles of `tile_rows` rows; the tiles' partial products summed by a balanced
+                    binary tree (a slice's adder tree, then the network's partial-sum tree; both binary, so one
+                    tree over the tiles in order)
+    reduce          each slice's partial over its chunk of the row, combined by a binary tree (the network's order)
+    softmax_tiles   one online-softmax state per slice of the key axis (`fusion.softmax_tile_state`)
+    softmax_merge   a binary tree of `fusion.online_softmax_merge` over the slice axis
+
+Only summation orders differ from the plain executor, so results agree to rounding (tests/test_emulator_numeric.py).
+Every function works in the arrays' own (accumulation) dtype and never writes to its inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
+from ..ops import NumpyExecutor
+
+__all__ = ["TiledKernels", "tree_list", "tree_reduce"]
+
+Array = NDArray[Any]
+
+
+def tree_reduce(p: Array, combine: np.ufunc) -> Array:
+    """Combine p[0], p[1], ... along axis 0 by a balanced binary tree: pairs, then pairs of pairs; an odd last one
+    waits a level. Works in place in p (which the caller owns)."""
+    k = p.shape[0]
+    while k > 1:
+        h = k // 2
+        combine(p[0 : 2 * h : 2], p[1 : 2 * h : 2], out=p[:h])  # numpy buffers the overlapping operands
+        if k % 2:
+            p[h] = p[k - 1]
+        k = h + k % 2
+    return p[0]
+
+
+def tree_list(parts: list[Array]) -> Array:
+    """The same tree over a list of arrays the caller owns (added in place)."""
+    while len(parts) > 1:
+        paired = [np.add(parts[i], parts[i + 1], out=parts[i]) for i in range(0, len(parts) - 1, 2)]
+        parts = paired + parts[len(parts) - 1 :] if len(parts) % 2 else paired
+    return parts[0]
+
+
+def _pad(a: Array, to: int, value: float, axis: int) -> Array:
+    n = a.shape[axis]
+    if n == to:
+        return a
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, to - n)
+    return np.pad(a, widths, constant_values=value)
+
+
+def _last_first(a: Array) -> Array:
+    """Move the last axis to the front (a view)."""
+    return a.transpose((a.ndim - 1, *range(a.ndim - 1)))
+
+
+class TiledKernels:
+    """The kernels for one accumulation dtype and one DIMC tile height."""
+
+    def __init__(self, acc: np.dtype, tile_rows: int) -> None:
+        self.acc = acc
+        self.tile_rows = tile_rows
+        # one tile's product, summed in `acc` and kept in `acc` (NumpyExecutor's matmul)
+        self._tile = NumpyExecutor(storage=acc, acc=acc)
+
+    def matmul(self, xa: Array, Fa: Array) -> Array:
+        """x @ F with K cut into tiles, their partial products summed by a binary adder tree."""
+        tk = self.tile_rows
+        n = Fa.shape[-2]
+        if n <= tk:  # one tile: the plain product (and NumpyExecutor's BLAS thread policy)
+            return self._tile.matmul(xa, Fa, op="tile")
+        mm = self._tile.matmul
+        parts = [mm(xa[..., j : j + tk], Fa[..., j : j + tk, :], op="tile") for j in range(0, n, tk)]  # (..., m)
+        return tree_list(parts)
+
+    def reduce(self, xa: Array, kind: str, eps: float, chunk: int) -> Array:
+        """Per-slice partials over chunks of `chunk` elements, combined by a binary tree; then the kind's finish."""
+        n = xa.shape[-1]
+        P = -(-n // chunk)
+        if P <= 1:
+            if kind == "max":
+                return np.max(xa, axis=-1, keepdims=True)
+            tot = np.sum(xa * xa if kind == "rms_scale" else xa, axis=-1, keepdims=True)  # (..., 1)
+        else:
+            ident = -np.inf if kind == "max" else 0.0
+            xr = _pad(xa, P * chunk, ident, -1).reshape(*xa.shape[:-1], P, chunk)  # (..., P, chunk) one per slice
+            if kind == "max":
+                return tree_reduce(_last_first(np.max(xr, axis=-1)), np.maximum)[..., None]  # (..., 1)
+            part = np.sum(xr * xr if kind == "rms_scale" else xr, axis=-1)  # (..., P)  each slice's partial
+            tot = tree_reduce(_last_first(part), np.add)[..., None]  # (..., 1)
+        if kind == "sum":
+            return tot
+        if kind == "mean":
+            return (tot / self.acc.type(n)).astype(self.acc)  # (..., 1)
+        return (1 / np.sqrt(tot / self.acc.type(n) + self.acc.type(eps))).astype(self.acc)  # (..., 1)
+
+    def softmax_tiles(self, za: Array, Va: Array, keys: int) -> tuple[Array, Array, Array]:
+        """One online-softmax state per slice of `keys` keys: z (..., GT, S), V (..., S, hd) ->
+        m, l (..., GT, k, 1) and o (..., GT, k, hd), k = ceil(S / keys)."""
+        S, hd = za.shape[-1], Va.shape[-1]
+        k = -(-S // keys)
+        lead = za.shape[:-1]  # (..., GT)
+        zk = np.swapaxes(_pad(za, k * keys, -np.inf, -1).reshape(*lead, k, keys), -2, -3)  # (..., k, GT, keys)
+        Vr = _pad(Va, k * keys, 0.0, -2).reshape(*Va.shape[:-2], k, keys, hd)  # (..., k, keys, hd)
+        gap = zk.ndim - Vr.ndim
+        if gap > 0:
+            Vr = Vr.reshape(*(1,) * gap, *Vr.shape)
+        st = softmax_tile_state(zk, Vr)  # m, l (..., k, GT, 1), o (..., k, GT, hd): each slice on its own keys
+        return tuple(np.swapaxes(a, -2, -3) for a in st)  # type: ignore[return-value]
+
+    @staticmethod
+    def softmax_merge(m: Array, l: Array, o: Array) -> tuple[Array, Array, Array]:
+        """A binary tree of online-softmax merges over the slice axis (-2): pairs, then pairs of pairs."""
+        while m.shape[-2] > 1:
+            kk = m.shape[-2]
+            a, b = slice(0, kk - 1, 2), slice(1, kk, 2)
+            s = online_softmax_merge(
+                SoftmaxState(m[..., a, :], l[..., a, :], o[..., a, :]),
+                SoftmaxState(m[..., b, :], l[..., b, :], o[..., b, :]),
+            )
+            if kk % 2:
+                m = np.concatenate((s.m, m[..., kk - 1 :, :]), axis=-2)
+                l = np.concatenate((s.l, l[..., kk - 1 :, :]), axis=-2)
+                o = np.concatenate((s.o, o[..., kk - 1 :, :]), axis=-2)
+            else:
+                m, l, o = s.m, s.l, s.o
+        return m, l, o

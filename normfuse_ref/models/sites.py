@@ -1,0 +1,82 @@
+"""The rule sites every family shares: each normalisation -> linear and softmax -> linear of a forward pass, in the
+order `mode` asks for, by calling the one rule of `normfuse_ref.fusion` (a family writes no rule of its own).
+
+    mode="fused"     the paper's order: the matmul on the raw row with the normalisation folded into the weight
+                     (`weights.prepare` folded it, offline), the scale after it; softmax -> V per slice, merged
+                     by the online-softmax collective, divided after
+    mode="baseline"  the textbook order: the normalisation's collectives, then the matmul on the normalised row
+
+`op` names the linear layer; the rule names its own primitives after it (`{op}.rms`, `{op}.mean`, ...), which is how
+the emulator prices them (`normfuse_ref.hw.costs.SIMD_PROGRAMS`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import fusion
+from ..ops import Executor
+from .llama.weights import Mode
+
+__all__ = ["Mode", "layer_norm_linear", "linear", "rms_norm_linear", "softmax_linear"]
+
+
+# reference: linear(rms_norm(x, g, eps), F)
+def rms_norm_linear(ex: Executor, x: Any, g: Any, F: Any, eps: float, mode: Mode, op: str) -> Any:
+    """RMSNorm -> linear in `mode`, with the weights prepared for it (F = g ⊙ F in fused mode, g unused)."""
+    if mode == "fused":
+        return fusion.rms_norm_linear_folded(x, F, eps, ex=ex, op=op)  # s * (x @ (g ⊙ F))
+    return fusion.rms_norm_linear_reference(x, g, F, eps, ex=ex, op=op)  # linear(rms_norm(x, g), F)
+
+
+# reference: linear(layer_norm(x, gamma, beta, eps), F) + b
+def layer_norm_linear(
+    ex: Executor,
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    F: Any,
+    b: Any,
+    eps: float,
+    mode: Mode,
+    op: str,
+    *,
+    norm: bool,
+    centring: fusion.Centring = "fold",
+    r: Any = None,
+) -> Any:
+    """LayerNorm -> linear (with the linear layer's own bias b) in `mode`, with the weights prepared for it: F and
+    b as stored in baseline mode, folded in fused mode (F' = (I - E/n) Gamma F, b' = beta F + b).
+
+    With `norm=True` the pair (y, LN(x)), both orders computing LN(x) from the statistics of the site itself (a
+    post-LN block carries it in the residual stream): the fused order starts the matmul on raw x and forms LN(x)
+    beside it, from the same mu and s (docs/models.md, "The post-LN schedule").
+
+    `centring` and `r` are the fused rule's mitigations of the centring hazard (`fusion.layer_norm_linear_folded`;
+    `r` the stored fold's column sums for "compensate"); the baseline order has no fold and ignores them."""
+    if mode == "fused":
+        folded_norm = (gamma, beta) if norm else None
+        out = fusion.layer_norm_linear_folded(x, F, b, eps, ex=ex, op=op, norm=folded_norm, centring=centring, r=r)
+    else:
+        out = fusion.layer_norm_linear_reference(x, gamma, beta, F, eps, ex=ex, op=op, return_norm=norm, b=b)
+    return out
+
+
+# reference: softmax(z) @ V
+def softmax_linear(ex: Executor, z: Any, V: Any, mode: Mode, op: str) -> Any:
+    """Softmax -> V in `mode`: (e^{z - m_slice} @ V merged across slices) / l, or softmax(z) @ V."""
+    if mode == "fused":
+        return fusion.softmax_linear(z, V, ex=ex, op=op)
+    return fusion.softmax_linear_reference(z, V, ex=ex, op=op)
+
+
+# reference: x @ F + b
+def linear(ex: Executor, x: Any, F: Any, b: Any, op: str) -> Any:
+    """A linear layer with a bias and no normalisation in front (the same in both orders): the product waits in
+    acc for its bias and is rounded once with it, as the LayerNorm rule rounds its biased output."""
+    y = ex.matmul(x, F, op=op, keep_acc=True)  # (..., m)
+    return ex.elementwise(_add, y, b, op=f"{op}.bias")  # (..., m)
+
+
+def _add(a: Any, b: Any) -> Any:
+    return a + b

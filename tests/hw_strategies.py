@@ -1,0 +1,20 @@
+"""Hypothesis strategies for machine parameters, shared by the network and the emulator property tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypothesis import strategies as st
+
+from normfuse_ref.hw.config import LevelConfig
+
+
+def levels(fanouts: Sequence[int], topologies: Sequence[str], *, hop_max: float) -> st.SearchStrategy[LevelConfig]:
+    """One network level: a fan-out and a topology from the lists, a hop of 0..hop_max ns, links of 1..64 GB/s."""
+    return st.builds(
+        LevelConfig,
+        st.sampled_from(list(fanouts)),
+        st.sampled_from(list(topologies)),
+        st.floats(0, hop_max, allow_nan=False),
+        st.floats(1, 64, allow_nan=False),
+    )

@@ -1,0 +1,95 @@
+"""docs/hardware.md and the README quote numbers the code prints: they are checked here against the code.
+
+One paper check (the ten rows of `normfuse timeline --paper`) and one validation (the published figures) are run
+for the whole module; every quoted number must equal the code's to the digits printed (half a unit of the last
+digit: a rounding, never a tolerance on the model)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from normfuse_ref.hw.config import PRESETS
+from normfuse_ref.hw.study import paper_check, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = (ROOT / "docs" / "hardware.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+CORSAIR = PRESETS["corsair-like"]
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, Any]]:
+    return paper_check(CORSAIR, context=2048, prefill_tokens=2048)
+
+
+def table_after(text: str, marker: str) -> list[list[str]]:
+    """The markdown table following an HTML comment containing `marker`, as rows of cells (header dropped)."""
+    start = text.index(marker)
+    lines = text[start:].splitlines()[1:]
+    body: list[list[str]] = []
+    for line in lines:
+        if not line.startswith("|"):
+            if body:
+                break
+            continue
+        body.append([c.strip() for c in line.strip("|").split("|")])
+    return body[2:]  # header and rule
+
+
+def close(quoted: str, value: float) -> bool:
+    """The quoted number is `value` rounded to the digits it shows."""
+    q = quoted.rstrip("%")
+    digits = len(q.split(".")[1]) if "." in q else 0
+    return abs(float(q) - value) <= 0.5 * 10**-digits + 1e-9
+
+
+def test_the_paper_table_in_the_docs_is_what_the_code_prints(rows: list[dict[str, Any]]) -> None:
+    quoted = table_after(DOCS, "paper-table:")
+    assert [(q[0], q[1]) for q in quoted] == [(r["model"], r["phase"]) for r in rows]
+    for q, r in zip(quoted, rows, strict=True):
+        _, _, cards, us, roof, share, hidden, saves, vs1 = q
+        assert int(cards) == r["cards"], q
+        assert close(us, r["baseline_latency"]), q
+        assert close(roof, r["baseline_latency"] / r["roofline_latency"]), q
+        assert close(share, 100 * r["normalisation_share_baseline"]), q
+        assert close(hidden, 100 * r["hidden_fraction"]), q
+        assert close(saves, 100 * r["reduction"]), q
+        assert close(vs1, 100 * r["reduction_vs_one_pass"]), q
+
+
+def test_the_published_table_in_the_docs_is_what_the_code_prints() -> None:
+    quoted = table_after(DOCS, "published-table:")
+    got = validate(CORSAIR)
+    assert [q[0] for q in quoted] == [g["name"] for g in got]
+    for q, g in zip(quoted, got, strict=True):
+        assert close(q[1], g["latency_us"]) and close(q[2], g["baseline_latency"]) and close(q[3], g["fused_latency"])
+        assert close(q[4], g["ratio_fused"]) and int(q[5]) == g["cards"]
+
+
+def test_the_readme_quotes_the_same_numbers(rows: list[dict[str, Any]]) -> None:
+    quoted = table_after(README, "readme-table:")
+    by_key = {(r["model"], r["phase"]): r for r in rows}
+    assert quoted, "the README has no generated table"
+    for q in quoted:
+        r = by_key[(q[0], q[1])]
+        share, hidden, saves = q[2:5]
+        assert close(share, 100 * r["normalisation_share_baseline"]), q
+        assert close(hidden, 100 * r["hidden_fraction"]), q
+        assert close(saves, 100 * r["reduction"]), q
+
+
+def test_the_decode_ranges_quoted_in_prose_hold(rows: list[dict[str, Any]]) -> None:
+    """The prose of "What comes out" quotes ranges over the decode rows; they must bracket the table."""
+    decode = [r for r in rows if r["phase"] == "decode"]
+    share = [100 * r["normalisation_share_baseline"] for r in decode]
+    saves = [100 * r["reduction"] for r in decode]
+    m = re.search(r"normalisation costs the two-pass baseline (\d+)-(\d+)% of a decode step", DOCS)
+    assert m and int(m.group(1)) <= min(share) + 0.5 and max(share) <= int(m.group(2)) + 0.5  # rounded to %
+    m = re.search(r"hides ~(\d+)% of it and saves (\d+)-(\d+)%", DOCS)
+    assert m and int(m.group(2)) <= min(saves) + 0.5 and max(saves) <= int(m.group(3)) + 0.5
+    hidden = [100 * r["hidden_fraction"] for r in decode]
+    assert all(abs(h - int(m.group(1))) <= 2 for h in hidden)
