@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from normfuse_ref.accuracy.corpus import load_corpus
-from normfuse_ref.accuracy.costs import bert_latencies
+from normfuse_ref.accuracy.costs import LARGE_SITES, VARIANTS, SiteCost, bert_sites, site_costs
 from normfuse_ref.accuracy.hazard import HazardReport
 from normfuse_ref.accuracy.minilm import BertRuns, embed, sentence_groups, study_bert
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
@@ -61,7 +61,7 @@ def test_the_tiny_bert_study(tiny_bert_study: ModelStudy) -> None:
     assert {"bfloat16 fused+compensate", "bfloat16 fused+subtract permuted", "bfloat16 fused+wide-fold"} <= labels
     assert isinstance(s.hazard, HazardReport) and s.hazard.sites and s.hazard.cells
     assert {c.dtype for c in s.hazard.cells} == {"bfloat16"}  # float32 storage has no centring hazard to measure
-    assert [r["variant"] for r in s.costs["latency"]][:4] == ["baseline", "fused", "compensate", "subtract"]
+    assert [r["variant"] for r in s.costs["sites"]][:5] == list(VARIANTS)
 
 
 def test_the_hazard_prediction_holds_where_it_says_the_fold_breaks(tiny_bert_study: ModelStudy) -> None:
@@ -81,17 +81,34 @@ def test_the_page_carries_the_hazard_and_costs(tiny_bert_study: ModelStudy) -> N
     page = markdown([tiny_bert_study], doc)
     again = studies_from_document(document_of_page(page))
     assert markdown(again, study_document(again)) == page
-    assert "The LayerNorm centring hazard on real activations" in page and "exposed collectives us" in page
+    assert (
+        "The LayerNorm centring hazard on real activations" in page
+        and "One LayerNorm -> linear site" in page
+        and "| opt-66b ffn_up | 9216 x 36864 | 8 | 1 |" in page
+    )
 
 
 def test_what_the_mitigations_cost_on_the_machine() -> None:
-    """Compensation adds SIMD work after the matmul and no collective on its path; subtracting the mean first puts
-    one back: its exposed collective time is above the fused order's."""
-    lat = {r.variant: r for r in bert_latencies(get_preset("all-minilm-l6-v2"), 1)}
-    assert lat["fused"].latency_us < lat["baseline"].latency_us
-    assert lat["compensate"].collective_exposed_us == lat["fused"].collective_exposed_us
-    assert lat["fused"].latency_us <= lat["compensate"].latency_us < lat["subtract"].latency_us
-    assert lat["subtract"].collective_exposed_us > lat["fused"].collective_exposed_us
+    """At MiniLM's and OPT-66B's sites, one token and 128, 8- and 16-bit weights: the fused order exposes no
+    collective and beats baseline; compensation adds SIMD work after the matmul (slower than fused, strictly) and
+    no collective on its path, and costs less than subtracting the mean first, which puts the mean's collective
+    back in front of the matmul; the wide fold streams twice the weight bytes, which a one-token step (bound by
+    weight streaming) pays for and 128 tokens (bound by multiply-accumulates) do not. Extra memory: r is one
+    float32 a column, the wide fold the matrix again at the weights' width."""
+    costs = site_costs((*bert_sites(get_preset("all-minilm-l6-v2")), *LARGE_SITES))
+    by: dict[tuple[object, ...], dict[str, SiteCost]] = {}
+    for c in costs:
+        by.setdefault((c.model, c.op, c.tokens, c.weight_bits), {})[c.variant] = c
+    assert len(by) == 16 and all(set(v) == set(VARIANTS) for v in by.values())
+    for key, v in by.items():
+        base, fused, comp, sub, wide = (v[k] for k in ("baseline", "fused", "compensate", "subtract", "wide-fold"))
+        assert fused.latency_us < base.latency_us and fused.collective_exposed_us == 0, key
+        assert comp.collective_exposed_us == 0 and fused.latency_us < comp.latency_us < sub.latency_us, key
+        assert sub.collective_exposed_us > 0, key
+        if key[2] == 1:
+            assert wide.latency_us > fused.latency_us, key
+        assert comp.extra_weight_bytes == 4 * comp.m and sub.extra_weight_bytes == 0, key
+        assert wide.extra_weight_bytes == comp.n * comp.m * comp.weight_bits // 8, key
 
 
 def test_minilm_float32_orders_agree_with_float64(minilm: BertModel) -> None:  # noqa: F811

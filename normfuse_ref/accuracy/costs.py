@@ -1,77 +1,149 @@
 """What the mitigations of the fused rules cost on the emulated machine (normfuse_ref.hw), and in weight memory.
 
-Each mitigation is an option of the rule (`normfuse_ref.fusion`, "Mitigations"), so its cost comes out of the same
-forward pass the emulator times, cost-only, in the order it issues:
+Each mitigation is an option of the rule (`normfuse_ref.fusion`, "Mitigations"), so it is priced where it acts:
+one LayerNorm -> linear site (`models.sites.layer_norm_linear`, the site BERT's forward calls, with LN(x) for the
+residual branch as a post-LN block needs it) run cost-only through `hw.EmulatingExecutor` in both orders, with and
+without each mitigation, at a small model's shapes (all-minilm-l6-v2) and a large one's (OPT-66B):
 
 - `centring="compensate"`: one more multiply-add per output element inside the scale-and-shift the fused order
-  does anyway (`{op}.compensate_scale_shift`: (y - mu r) s + b), on the SIMD units, after the matmul; mu comes from
-  the collective the variance needs anyway. No collective on the matmul's path.
-- `centring="subtract"`: the mean collective and a subtraction (`{op}.subtract_mean`) *before* the matmul: the
-  matmul waits for one collective again (the variance stays beside it).
-- the wide fold (`fold_dtype=`): the same operations; the folded matrices are stored in a wider format. The
-  emulator prices a DIMC product by its multiply-accumulates and does not model the weight format, so this cost is
-  given as the extra weight memory (what a tile holds), not as latency; modelling it needs a per-format MAC rate
-  and tile capacity in `hw.config` (a DIMC that multiplies wider weights more slowly, or holds fewer of them).
+  does anyway (`{op}.compensate_scale_shift`: (y - mu r) s + b, hw/costs.py), on the SIMD units after the matmul;
+  mu comes from the collective the variance needs anyway, so no collective enters the matmul's path. Memory: r,
+  one float32 per output column (`memory.word_bytes`).
+- `centring="subtract"`: a subtraction (`{op}.subtract_mean`) that waits for the mean collective *before* the
+  matmul: the matmul waits for one collective again (the variance stays beside it). Memory: none.
+- the wide fold (`fold_dtype=`, "wide-fold"): the same operations on a folded matrix stored twice as wide. The
+  machine streams weights at `memory.sram_bytes_per_cycle` per slice and sizes its tiles by `memory.weight_bits`,
+  so the site runs on the same machine with `weight_bits` doubled (8 -> 16: fp8 weights folded in bfloat16; 16 ->
+  32: bfloat16 weights folded in float32). Memory: the folded matrix again at the extra width.
 
-`bert_latencies` times all-MiniLM-L6-v2's forward pass (one sequence of `tokens` tokens) per variant on a preset
-machine; `wide_fold_bytes` counts the folded matrices of a model and what a wider format adds.
+`site_costs` gives every (site, tokens, weight format, variant); `wide_fold_bytes` counts what a wider format adds
+to all the folded matrices of a model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..fusion import Centring
-from ..hw import EmulatingExecutor, dummy, get_hardware
+from ..hw import EmulatingExecutor, HardwareConfig, dummy, get_hardware, with_overrides
+from ..models import sites
 from ..models.bert.config import BertConfig
-from ..models.bert.forward import forward as bert_forward
-from ..models.bert.weights import prepared_shapes as bert_shapes
+from ..models.llama.weights import Mode
 from ..precision import resolve_dtype
 
-__all__ = ["HARDWARE", "Latency", "bert_latencies", "wide_fold_bytes"]
+__all__ = [
+    "HARDWARE",
+    "LARGE_SITES",
+    "TIMED_TOKENS",
+    "VARIANTS",
+    "WEIGHT_BITS",
+    "SiteCost",
+    "SiteShape",
+    "bert_sites",
+    "site_cost",
+    "site_costs",
+    "study_costs",
+    "wide_fold_bytes",
+]
 
 #: The machine the costs are given on (docs/hardware.md): the Corsair-like preset, nothing fitted.
 HARDWARE = "corsair-like"
 
-#: (order, centring) of each timed variant, by the study's name.
-VARIANTS: dict[str, tuple[str, Centring]] = {
-    "baseline": ("baseline", "fold"),
-    "fused": ("fused", "fold"),
-    "compensate": ("fused", "compensate"),
-    "subtract": ("fused", "subtract"),
+#: Rows through the site: 1 (one token: a decode step, where streaming the weights dominates) and 128 (a
+#: sentence or a prefill chunk, where the multiply-accumulates dominate).
+TIMED_TOKENS = (1, 128)
+
+#: Weight formats priced, in bits: 8 (the machine's own MXINT8, and the study's fp8 rows) and 16 (bfloat16 or
+#: float16 weights).
+WEIGHT_BITS = (8, 16)
+
+
+@dataclass(frozen=True)
+class SiteShape:
+    """One LayerNorm -> linear site: x (tokens, n) @ F (n, m)."""
+
+    model: str  # whose shapes these are
+    op: str  # the linear layer after the LayerNorm: attn_qkv (Q|K|V together) or ffn_up
+    n: int  # input width d, elements
+    m: int  # output width, elements
+    source: str  # where the shapes come from
+
+
+def bert_sites(cfg: BertConfig) -> tuple[SiteShape, ...]:
+    """A BERT model's two LayerNorm -> linear sites per block."""
+    return (
+        SiteShape(cfg.name, "attn_qkv", cfg.dim, 3 * cfg.dim, "its config: hidden_size, 3 hidden_size"),
+        SiteShape(cfg.name, "ffn_up", cfg.dim, cfg.ffn_dim, "its config: hidden_size, intermediate_size"),
+    )
+
+
+#: A large LayerNorm model: OPT-66B (pre-LN decoder; Zhang et al. 2022, "OPT", Table 1: d_model 9216, and
+#: d_ff = 4 d_model). Chosen as the largest LayerNorm model whose widest site still fits one card of the
+#: corsair-like preset with its fold in float32 (GPT-3 175B's 12288 x 49152 does not: the site would need a mapping
+#: over cards, which a single-site costing leaves out).
+LARGE_SITES = (
+    SiteShape("opt-66b", "attn_qkv", 9216, 3 * 9216, "OPT paper, Table 1 (d_model 9216)"),
+    SiteShape("opt-66b", "ffn_up", 9216, 4 * 9216, "OPT paper, Table 1 (d_model 9216, d_ff = 4 d_model)"),
+)
+
+#: Each priced variant: (order, centring, factor on the weights' width).
+VARIANTS: dict[str, tuple[Mode, Centring, int]] = {
+    "baseline": ("baseline", "fold", 1),
+    "fused": ("fused", "fold", 1),
+    "compensate": ("fused", "compensate", 1),
+    "subtract": ("fused", "subtract", 1),
+    "wide-fold": ("fused", "fold", 2),
 }
 
 
 @dataclass(frozen=True)
-class Latency:
-    """One variant's emulated forward pass."""
+class SiteCost:
+    """One variant of one site on the emulated machine."""
 
-    variant: str
-    tokens: int
-    latency_us: float
-    collective_exposed_us: float  # collective time on the critical path
+    model: str
+    op: str
+    n: int  # elements
+    m: int  # elements
+    tokens: int  # rows through the site
+    weight_bits: int  # bits per weight of the (unfolded) weights; the wide fold stores twice as many
+    variant: str  # a key of VARIANTS
+    latency_us: float  # us, the site's makespan
+    collective_exposed_us: float  # us of collective time on the critical path
+    extra_weight_bytes: int  # bytes stored beyond the fused order's F' (r for compensate, the wider F' for wide-fold)
 
 
-def bert_latencies(cfg: BertConfig, tokens: int, hardware: str = HARDWARE) -> list[Latency]:
-    """Each variant of VARIANTS timed cost-only: one sequence of `tokens` tokens through the whole encoder."""
+def site_cost(site: SiteShape, variant: str, tokens: int, weight_bits: int, hw: HardwareConfig) -> SiteCost:
+    """Run one site cost-only on `hw` (weights of `weight_bits` bits) in `variant`."""
+    mode, centring, widen = VARIANTS[variant]
+    bits = weight_bits * widen
+    ex = EmulatingExecutor(with_overrides(hw, {"memory": {"weight_bits": bits}}), numeric=False)
+    n, m = site.n, site.m
+    r = dummy((m,)) if centring == "compensate" else None  # (m,)   stored offline beside the bias
+    sites.layer_norm_linear(
+        ex, dummy((tokens, n)), dummy((n,)), dummy((n,)), dummy((n, m)), dummy((m,)), 1e-12, mode, site.op,
+        norm=True, centring=centring, r=r,
+    )  # fmt: skip
+    tl = ex.timeline(mode)
+    extra = m * hw.memory.word_bytes if centring == "compensate" else n * m * (bits - weight_bits) // 8
+    return SiteCost(
+        site.model, site.op, n, m, tokens, weight_bits, variant, tl.us(tl.makespan), tl.us(tl.collective_exposed), extra
+    )
+
+
+def site_costs(
+    shapes: Sequence[SiteShape],
+    hardware: str = HARDWARE,
+    tokens: Sequence[int] = TIMED_TOKENS,
+    weight_bits: Sequence[int] = WEIGHT_BITS,
+) -> list[SiteCost]:
+    """Every variant of every site, for each row count and weight format."""
     hw = get_hardware(hardware)
-    out = []
-    for name, (mode, centring) in VARIANTS.items():
-        w: dict[str, Any] = {k: dummy(s) for k, s in bert_shapes(cfg).items()}
-        if centring == "compensate":  # the stored column sums, as prepare(..., centring="compensate") adds them
-            for i in range(cfg.n_layers):
-                w[f"layer.{i}.qkv_colsum"] = dummy((3 * cfg.dim,))
-                w[f"layer.{i}.ffn_up_colsum"] = dummy((cfg.ffn_dim,))
-        ex = EmulatingExecutor(hw, numeric=False)
-        ids = np.zeros((1, tokens), dtype=np.int64)  # (1, T)
-        bert_forward(w, cfg, ids, np.ones_like(ids), mode=mode, ex=ex, centring=centring)  # type: ignore[arg-type]
-        tl = ex.timeline(mode)
-        out.append(Latency(name, tokens, tl.us(tl.makespan), tl.us(tl.collective_exposed)))
-    return out
+    return [
+        site_cost(s, v, t, b, hw) for s in shapes for t in tokens for b in weight_bits for v in VARIANTS
+    ]  # fmt: skip
 
 
 def wide_fold_bytes(folded_shapes: Mapping[str, tuple[int, ...]], weights: str, wide: str) -> tuple[int, int]:
@@ -81,16 +153,13 @@ def wide_fold_bytes(folded_shapes: Mapping[str, tuple[int, ...]], weights: str, 
     return n * narrow, n * (wider - narrow)
 
 
-#: Tokens of the timed BERT passes: one (a decode-sized step) and 128 (a typical sentence batch row).
-TIMED_TOKENS = (1, 128)
-
-
 def study_costs(
     folded_shapes: Mapping[str, tuple[int, ...]], wide: Mapping[str, str], bert: BertConfig | None
-) -> dict[str, Any]:
-    """The costs a study reports (plain data, for its JSON): the wide fold's extra weight bytes per storage dtype
-    (`wide`: dtype -> the fold's wider format) and, for a BERT model, the emulated latency of each variant."""
-    out: dict[str, Any] = {
+) -> dict[str, object]:
+    """The costs a study reports (plain data, for its JSON): the wide fold's extra weight bytes of the whole model
+    per storage dtype (`wide`: dtype -> the fold's wider format) and, for a BERT (LayerNorm) model, `sites`: the
+    site costs at its shapes and at LARGE_SITES'."""
+    out: dict[str, object] = {
         "hardware": HARDWARE,
         "wide_fold": {
             d: dict(zip(("weights_bytes", "extra_bytes"), wide_fold_bytes(folded_shapes, d, w), strict=True), format=w)
@@ -98,6 +167,5 @@ def study_costs(
         },
     }
     if bert is not None:
-        tokens = dict.fromkeys(min(t, bert.max_positions) for t in TIMED_TOKENS)  # a small model takes fewer
-        out["latency"] = [vars(lat) for t in tokens for lat in bert_latencies(bert, t)]
+        out["sites"] = [asdict(c) for c in site_costs((*bert_sites(bert), *LARGE_SITES))]
     return out

@@ -327,23 +327,9 @@ def _mitigations_section(studies: Sequence[ModelStudy]) -> str:
                 )
                 lines.append(f"- {s.model}, {v.dtype}, {v.mitigation}: {state}")
     for s in studies:
-        lat = s.costs.get("latency")
-        if lat:
-            hw = s.costs.get("hardware", "")
-            lines += [
-                "",
-                f"{s.model} on the emulated {hw} machine (normfuse_ref/hw, cost-only, one sequence):",
-                "",
-                "| tokens | variant | latency us | vs fused | exposed collectives us |",
-                "|---|---|---|---|---|",
-            ]
-            fused = {r["tokens"]: r["latency_us"] for r in lat if r["variant"] == "fused"}
-            for r in lat:
-                rel = r["latency_us"] / fused[r["tokens"]] - 1
-                lines.append(
-                    f"| {r['tokens']} | {r['variant']} | {r['latency_us']:.2f} | {100 * rel:+.2f}% | "
-                    f"{r['collective_exposed_us']:.2f} |"
-                )
+        costed = s.costs.get("sites")
+        if costed:
+            lines += ["", _site_costs_table(costed, str(s.costs.get("hardware", "")))]
         wide = s.costs.get("wide_fold")
         if wide:
             parts = [
@@ -353,10 +339,42 @@ def _mitigations_section(studies: Sequence[ModelStudy]) -> str:
             ]
             lines += [
                 "",
-                f"{s.model}, the wide fold's weight memory: " + "; ".join(parts) + ". The emulator does not "
-                "model the weight format (it prices multiply-accumulates), so this cost is memory, not latency.",
+                f"{s.model}, the wide fold's weight memory (all its folded matrices): " + "; ".join(parts) + ".",
             ]
     return "\n".join(lines)
+
+
+def _site_costs_table(costed: Sequence[Mapping[str, Any]], hardware: str) -> str:
+    """One LayerNorm -> linear site per row (costs.site_costs): each variant's latency, and the mitigations' change
+    against the fused order's latency and what they add to the weights."""
+    by: dict[tuple[Any, ...], dict[str, Mapping[str, Any]]] = {}
+    for c in costed:
+        by.setdefault((c["model"], c["op"], c["n"], c["m"], c["weight_bits"], c["tokens"]), {})[c["variant"]] = c
+    head = (
+        f"One LayerNorm -> linear site (with LN(x) for the residual, as in a post-LN block) on the emulated {hardware} "
+        "machine, cost-only (normfuse_ref/accuracy/costs.py): latency in us; for each mitigation its change against "
+        "the fused order and the weight bytes it adds (compensate: r, one float32 a column; wide fold: the folded "
+        "matrix at twice the weights' width). Exposed collective time: baseline and subtract only (the fused order "
+        "and compensation expose none)."
+    )
+    rows = [
+        "| site | n x m | weight bits | tokens | baseline | fused | compensate | subtract | wide fold |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(c: Mapping[str, Any], fused: float) -> str:
+        extra = c["extra_weight_bytes"]
+        size = f"{extra / 2**20:.1f} MiB" if extra >= 2**20 else f"{extra / 2**10:.1f} KiB"
+        return f"{c['latency_us']:.3f} ({100 * (c['latency_us'] / fused - 1):+.1f}%; +{size})"
+
+    for (model, op, n, m, bits, tokens), v in by.items():
+        fused = v["fused"]["latency_us"]
+        rows.append(
+            f"| {model} {op} | {n} x {m} | {bits} | {tokens} | {v['baseline']['latency_us']:.3f} "
+            f"(exposed {v['baseline']['collective_exposed_us']:.3f}) | {fused:.3f} | {cell(v['compensate'], fused)} | "
+            f"{cell(v['subtract'], fused)} (exposed {v['subtract']['collective_exposed_us']:.3f}) | {cell(v['wide-fold'], fused)} |"
+        )
+    return head + "\n\n" + "\n".join(rows)
 
 
 def _claim(studies: Sequence[ModelStudy]) -> str:

@@ -96,10 +96,8 @@ SIMD_PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "softmax.div": (("mul", "max"), ("recip",)),  # e * (1/l), select l == 0; one reciprocal per row
     "softmax.scale": (("mul", "max"), ("recip",)),  # o * (1/l) after the merge
     "swiglu": (("exp", "add", "recip", "mul", "mul"), ()),  # g / (1 + e^-g) * u
-    # BERT (models/bert/forward.py) and the LayerNorm rule's reference bias and mitigations (fusion.py)
-    "embed_sum": (("add", "add"), ()),  # word + type + position embeddings
+    # the LayerNorm rule's reference bias and its mitigations (fusion.py; priced in accuracy/costs.py)
     "bias": (("add",), ()),  # y + b                                  (a linear layer's own bias)
-    "gelu": (("mul", "exp", "mul", "add", "mul", "mul"), ()),  # t/2 (1 + erf(t / sqrt 2)), erf by one exp and a fit
     "subtract_mean": (("add",), ()),  # x - mu, stored as the DIMC operand    (centring="subtract")
     "compensate_scale_shift": (("mul", "add", "mul", "add"), ()),  # (y - mu r) s + b   (centring="compensate")
 }
