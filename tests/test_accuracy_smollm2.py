@@ -16,7 +16,7 @@ import pytest
 
 from normfuse_ref.accuracy.corpus import load_corpus
 from normfuse_ref.accuracy.metrics import Reference, ScoreAccumulator, log_softmax
-from normfuse_ref.accuracy.smollm2 import LlamaRuns, _Runner, corpus_windows
+from normfuse_ref.accuracy.smollm2 import LlamaRuns, Runner, corpus_windows
 from normfuse_ref.accuracy.study import ORACLE, RunSpec, StudyConfig
 from normfuse_ref.models.llama.model import Model
 from tests.tolerances import smollm2_tol
@@ -34,13 +34,13 @@ def window(model: Model) -> np.ndarray:  # noqa: F811
 
 def test_float32_orders_agree_with_each_other_and_with_float64(model: Model, window: np.ndarray) -> None:  # noqa: F811
     runs = LlamaRuns(model.params, model.cfg)
-    z64 = _Runner(runs, ORACLE).logits(window)[:-1].astype(np.float64)  # (T-1, V)
+    z64 = Runner(runs, ORACLE).logits(window)[:-1].astype(np.float64)  # (T-1, V)
     ref = Reference.of(z64)
     targets = window[1:]
     lp64 = log_softmax(z64)
     nll64 = -lp64[np.arange(targets.size), targets]
     margin = np.sort(z64, axis=-1)[:, -1] - np.sort(z64, axis=-1)[:, -2]  # (T-1,) float64 top-2 gap
-    z = {o: _Runner(runs, RunSpec("float32", o)).logits(window)[:-1].astype(np.float64) for o in ("baseline", "fused")}
+    z = {o: Runner(runs, RunSpec("float32", o)).logits(window)[:-1].astype(np.float64) for o in ("baseline", "fused")}
     tol = smollm2_tol(model.cfg, z64)
     assert np.max(np.abs(z["fused"] - z["baseline"])) <= tol
     for order, zo in z.items():

@@ -30,7 +30,7 @@ from normfuse_ref import fusion
 from normfuse_ref.accuracy.corpus import load_corpus
 from normfuse_ref.accuracy.metrics import Reference, ScoreAccumulator
 from normfuse_ref.accuracy.report import document_of_page, dtype_table, studies_from_document, verdict_sentence
-from normfuse_ref.accuracy.smollm2 import LlamaRuns, _Runner, corpus_windows
+from normfuse_ref.accuracy.smollm2 import LlamaRuns, Runner, corpus_windows
 from normfuse_ref.accuracy.study import ORACLE, Order, RunSpec, StudyConfig, Summation
 from normfuse_ref.models.llama.model import load_model
 from normfuse_ref.precision import DTYPES
@@ -73,13 +73,13 @@ model = load_model("smollm2-135m")  # run `normfuse fetch smollm2-135m` first
 assert model.tokenizer is not None
 window = corpus_windows(model.tokenizer.encode(load_corpus().text), StudyConfig(tokens=96, window=96))[0]
 runs = LlamaRuns(model.params, model.cfg)
-ref = Reference.of(_Runner(runs, ORACLE).logits(window)[:-1])
+ref = Reference.of(Runner(runs, ORACLE).logits(window)[:-1])
 orders: tuple[Order, ...] = ("baseline", "fused")
 summations: tuple[Summation, ...] = ("plain", "permuted")
 for order in orders:
     for summation in summations:
         acc = ScoreAccumulator()
-        acc.add(_Runner(runs, RunSpec("bfloat16", order, summation)).logits(window)[:-1], ref, window[1:])
+        acc.add(Runner(runs, RunSpec("bfloat16", order, summation)).logits(window)[:-1], ref, window[1:])
         console.print(f"bfloat16 {order:>8} {summation:>8}: KL mean {acc.result().kl_mean:.3e} nats")
 
 # %% [markdown]

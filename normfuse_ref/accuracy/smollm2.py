@@ -41,7 +41,7 @@ from .metrics import Reference, ScoreAccumulator, agreement_length
 from .orders import permute_llama
 from .study import ORACLE, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
 
-__all__ = ["LLAMA_MITIGATIONS", "WIDE_FOLD", "LlamaRuns", "corpus_prompts", "corpus_windows", "study_llama"]
+__all__ = ["LLAMA_MITIGATIONS", "WIDE_FOLD", "LlamaRuns", "Runner", "corpus_prompts", "corpus_windows", "study_llama"]
 
 Array = NDArray[Any]
 
@@ -108,7 +108,7 @@ def _cast(params: Mapping[str, Array], dt: np.dtype) -> dict[str, Array]:
     return {k: np.asarray(v).astype(dt) for k, v in params.items()}
 
 
-class _Runner:
+class Runner:
     """One run's forward passes: whole windows (teacher forcing) and a batch of greedy continuations."""
 
     def __init__(self, runs: LlamaRuns, spec: RunSpec) -> None:
@@ -186,7 +186,7 @@ def study_llama(
     def run(spec: RunSpec, what: str) -> RunRecord:
         report(what, 0, steps)
         t_run = time.perf_counter()
-        runner = _Runner(runs, spec)
+        runner = Runner(runs, spec)
         acc = ScoreAccumulator()
         for j, w in enumerate(windows):
             z = runner.logits(w)[:-1]  # (T-1, V)   position t predicts token t + 1
