@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from normfuse_ref.accuracy.figure import CAP, spread_ratio
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
 from normfuse_ref.accuracy.study import ModelStudy, StudyConfig
 
@@ -92,3 +93,34 @@ def test_markdown_page(fake: list[tuple[str, StudyConfig]], capsys: pytest.Captu
     assert page.read_text() == text
     code, _, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--markdown", str(page), "--force")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("suffix", ["png", "svg"])
+def test_figure(
+    fake: list[tuple[str, StudyConfig]], capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
+) -> None:
+    pytest.importorskip("matplotlib")
+    fig = tmp_path / f"accuracy.{suffix}"
+    code, out, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--figure", str(fig))
+    assert code == 0, err
+    data = fig.read_bytes()
+    assert data.startswith(b"\x89PNG") if suffix == "png" else b"<svg" in data[:2000]
+    assert f"wrote {fig}" in out.replace("\n", "")
+
+
+def test_figure_without_the_plot_extra_fails_before_the_study(
+    fake: list[tuple[str, StudyConfig]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("normfuse_ref.extras.missing", lambda extra: ["matplotlib"] if extra == "plot" else [])
+    code, _, err = run(capsys, "accuracy", "--figure", str(tmp_path / "f.png"), "--markdown", str(tmp_path / "p.md"))
+    assert code == 2 and "pip install 'normfuse[plot]'" in err and len(err.strip().splitlines()) == 1
+    assert fake == [] and list(tmp_path.iterdir()) == []  # nothing studied, nothing written
+
+
+def test_spread_ratio() -> None:
+    """worse_by in units of the spread; a change where two summation orders agree exactly is drawn at the cap."""
+    assert spread_ratio(3.0, 2.0) == 1.5 and spread_ratio(-1e9, 1.0) == -CAP
+    assert spread_ratio(0.0, 0.0) == 0.0 and spread_ratio(1e-9, 0.0) == CAP and spread_ratio(-1e-9, 0.0) == -CAP

@@ -171,6 +171,8 @@ MISTAKES: list[Mistake] = [
             files={"page.md": b"mine"}),
     Mistake("acc-markdown-dir", ("accuracy", "--markdown", "d.md"), "--markdown d.md is a directory", files={"d.md": None}),
     Mistake("acc-markdown-no-parent", ("accuracy", "--markdown", "nowhere/page.md"), "directory nowhere does not exist"),
+    Mistake("acc-figure-suffix", ("accuracy", "--figure", "fig.pdf"), "--figure fig.pdf: the file name must end in .png or .svg"),
+    Mistake("acc-figure-markdown-suffix", ("accuracy", "--markdown", "a.md", "--figure", "a.md"), "--figure a.md: the file name must end in .png or .svg"),
     # -- embed -----------------------------------------------------------------------------------------------------
     Mistake("embed-no-text", ("embed",), "the following arguments are required: TEXT"),
     Mistake("embed-batch-zero", ("embed", "hi", "--batch-size", "0"), "argument --batch-size: must be an integer >= 1; got '0'"),
