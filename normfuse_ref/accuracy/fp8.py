@@ -9,7 +9,7 @@ vector units work in wider formats. So the fp8 rows of the study mean:
 | value | stored as |
 |---|---|
 | weights of every linear layer (and the tied embedding table) | e4m3fn, one power-of-two scale per output column (per channel), set offline so the column's largest entry lands in (224, 448] |
-| the folded weights of the fused order | the same: g ⊙ F re-quantised to e4m3fn with its own per-column scales (the rule's default: the fold is stored in the weight's format); mitigation "fold-bfloat16" keeps g ⊙ F in bfloat16 instead |
+| the folded weights of the fused order | the same: g ⊙ F re-quantised to e4m3fn with its own per-column scales (the rule's default: the fold is stored in the weight's format); mitigation "wide-fold" keeps g ⊙ F in bfloat16 instead (`smollm2.WIDE_FOLD`) |
 | the activation operand of every matmul (the DIMC input: x in the fused order, the normalised h in baseline, attention's q, k, p or e^{z-m}, v) | e4m3fn, one power-of-two scale per row (per token, chosen at run time the same way), the second operand of attention's products per column |
 | everything the SIMD units write (residual stream, KV cache, norm outputs, logits) | bfloat16 (the executor's storage dtype) |
 | per-row statistics and accumulators | float32 (the accumulation dtype) |
