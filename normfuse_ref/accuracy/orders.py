@@ -78,13 +78,25 @@ def _permute(a: Array, axes: tuple[str | None, ...], perms: Mapping[str, NDArray
 def permute_llama(params: Mapping[str, Array], cfg: LlamaConfig, seed: int = PERMUTATION_SEED) -> dict[str, Array]:
     """The Llama weights with the d residual channels and the f FFN channels permuted (see the module docstring).
     A new dict of new arrays; `params` is not modified."""
-    perms = channel_permutations({"d": cfg.dim, "f": cfg.ffn_dim}, seed)
+    return _permute_params(params, r"^blk\.\d+\.", _LLAMA_AXES, "Llama", {"d": cfg.dim, "f": cfg.ffn_dim}, seed)
+
+
+def _permute_params(
+    params: Mapping[str, Array],
+    block_prefix: str,
+    axes: Mapping[str, tuple[str | None, ...]],
+    family: str,
+    sizes: Mapping[str, int],
+    seed: int,
+) -> dict[str, Array]:
+    """Every weight permuted along its axes (`axes`: its name without the block prefix -> each axis' channels)."""
+    perms = channel_permutations(sizes, seed)
     out: dict[str, Array] = {}
     for key, a in params.items():
-        name = re.sub(r"^blk\.\d+\.", "", key)
-        if name not in _LLAMA_AXES:
-            raise ValueError(f"no channel permutation is known for the Llama weight {key!r}")
-        out[key] = np.ascontiguousarray(_permute(a, _LLAMA_AXES[name], perms))
+        name = re.sub(block_prefix, "", key)
+        if name not in axes:
+            raise ValueError(f"no channel permutation is known for the {family} weight {key!r}")
+        out[key] = np.ascontiguousarray(_permute(a, axes[name], perms))
     return out
 
 
@@ -116,14 +128,8 @@ _BERT_AXES: dict[str, tuple[str | None, ...]] = {
 
 def permute_bert(params: Mapping[str, Array], cfg: BertConfig, seed: int = PERMUTATION_SEED) -> dict[str, Array]:
     """The BERT weights with the d residual channels and the f FFN channels permuted (module docstring)."""
-    perms = channel_permutations({"d": cfg.dim, "f": cfg.ffn_dim}, seed)
-    out: dict[str, Array] = {}
-    for key, a in params.items():
-        name = re.sub(r"^encoder\.layer\.\d+\.", "", key)
-        if name not in _BERT_AXES:
-            raise ValueError(f"no channel permutation is known for the BERT weight {key!r}")
-        out[key] = np.ascontiguousarray(_permute(a, _BERT_AXES[name], perms))
-    return out
+    sizes = {"d": cfg.dim, "f": cfg.ffn_dim}
+    return _permute_params(params, r"^encoder\.layer\.\d+\.", _BERT_AXES, "BERT", sizes, seed)
 
 
 def unpermute_hidden(hidden: Array, d: int, seed: int = PERMUTATION_SEED, *, f: int) -> Array:
