@@ -364,7 +364,7 @@ def _site_costs_table(costed: Sequence[Mapping[str, Any]], hardware: str) -> str
 
     def cell(c: Mapping[str, Any], fused: float) -> str:
         extra = c["extra_weight_bytes"]
-        size = f"{extra / 2**20:.1f} MiB" if extra >= 2**20 else f"{extra / 2**10:.1f} KiB"
+        size = f"{extra / 2**20:.1f} MiB" if extra >= 2**20 else f"{extra / 2**10:.1f} KiB" if extra else "0 B"
         return f"{c['latency_us']:.3f} ({100 * (c['latency_us'] / fused - 1):+.1f}%; +{size})"
 
     for (model, op, n, m, bits, tokens), v in by.items():
