@@ -127,6 +127,10 @@ class Console:
     def success(self, msg: str) -> None:
         self.out.print(Text.assemble(("✓ ", "bold green"), msg))
 
+    def wrote(self, path: object) -> None:
+        """Say on stderr that an output file was written (stdout stays the command's result, e.g. its JSON)."""
+        self.err.print(Text(f"wrote {path}"), soft_wrap=True)
+
     def warning(self, msg: str) -> None:
         self.err.print(Text.assemble(("warning: ", "bold yellow"), _one_line(msg)), soft_wrap=True)
 

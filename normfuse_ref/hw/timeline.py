@@ -31,7 +31,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ENGINES", "KINDS", "Event", "Timeline", "chrome_trace", "lane_of"]
+from .config import LEVELS
+
+__all__ = ["ENGINES", "KINDS", "Event", "Timeline", "block_lanes", "chrome_trace", "lane_of"]
 
 ENGINES: tuple[str, ...] = ("DIMC", "SIMD", "NET")
 KINDS: tuple[str, ...] = ("matmul", "vector", "psum", "move", "collective")
@@ -64,6 +66,13 @@ class Event:
 def lane_of(resource: str) -> str:
     """The Gantt lane of a resource: its engine, or for the network its level ("DIMC", "SIMD", "NET.noc")."""
     return resource.split("@", 1)[0]
+
+
+def block_lanes(timelines: Iterable[Timeline], layer: int) -> list[str]:
+    """The lanes a block uses in any of the timelines, as pictures draw them: DIMC, SIMD, then the network levels
+    innermost first ("NET.noc", "NET.d2d", ...)."""
+    used = {lane_of(r) for tl in timelines for e in tl.events if e.layer == layer for r in e.resources}
+    return ["DIMC", "SIMD", *(f"NET.{lv}" for lv in LEVELS if f"NET.{lv}" in used)]
 
 
 class Timeline:
