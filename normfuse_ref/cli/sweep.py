@@ -251,6 +251,7 @@ def _print(
                 context=sc.context,
                 batch=sc.batch,
                 points=points,
+                hardware_parameters=hw.to_dict(),
             )
         )
         return

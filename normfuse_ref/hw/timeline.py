@@ -85,6 +85,14 @@ class Timeline:
         self.mode = mode
         self._critical: tuple[int, ...] | None = None
 
+    def __repr__(self) -> str:
+        """One line for a notebook: the mode, the events, the latency and the normalisation time exposed."""
+        mode = f" {self.mode}" if self.mode else ""
+        return (
+            f"<Timeline{mode}: {len(self.events)} events, latency {self.us(self.makespan):.4g} µs "
+            f"({self.makespan} cycles at {self.ghz:g} GHz), normalisation exposed {self.us(self.collective_exposed):.4g} µs>"
+        )
+
     def us(self, cycles: float) -> float:
         """Cycles to microseconds."""
         return cycles / (self.ghz * 1e3)
