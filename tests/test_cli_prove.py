@@ -77,6 +77,25 @@ def test_verbose_shows_each_derivation_after_the_verdicts(capsys: pytest.Capture
     assert any(line.startswith("  negative control, WRONG: ") and line.endswith("rejected ✓") for line in lines)
 
 
+def test_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["schema_version"], data["command"], data["passed"]) == (1, "prove", True)
+    assert set(data["units"]) == {"steps_held", "rejected", "max_difference"}
+    records = data["proofs"]
+    assert [r["name"] for r in records] == NAMES
+    for r in records:
+        assert set(r) == {"name", "title", "passed", "n", "steps", "negative_controls", "dimensions"}
+        assert r["passed"] is True and r["n"] == "symbolic"
+        assert r["steps"] and all(s["symbolic"] is True and s["numeric"] is True for s in r["steps"])
+        assert all(set(s) == {"name", "symbolic", "numeric", "equation", "comment"} for s in r["steps"])
+        assert r["negative_controls"] and all(c["rejected"] is True for c in r["negative_controls"])
+        assert all({"name", "rejected"} <= set(c) for c in r["negative_controls"])
+        assert [d["n"] for d in r["dimensions"]] == ["symbolic", *CONCRETE_N]
+        assert all(d["passed"] and d["steps_held"] == d["steps"] for d in r["dimensions"])
+
+
 def test_latex(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "softmax_linear", "--n", "symbolic", "--latex")
     assert code == 0

@@ -86,11 +86,11 @@ def _number(tok: str, integer: bool) -> float:
     try:
         v = float(t)
     except ValueError:
-        raise UsageError(f"not a number in --param values: {tok!r}") from None
+        raise UsageError(f"not a number: {tok!r}") from None
     if not math.isfinite(v):
-        raise UsageError(f"--param values must be finite numbers; got {tok!r}")
+        raise UsageError(f"values must be finite numbers; got {tok!r}")
     if v < 0 or (integer and v != int(v)):
-        raise UsageError(f"--param values must be non-negative {'integers' if integer else 'numbers'}; got {tok!r}")
+        raise UsageError(f"values must be non-negative {'integers' if integer else 'numbers'}; got {tok!r}")
     return v
 
 
@@ -100,7 +100,7 @@ def parse_values(text: str, *, integer: bool = True, choices: tuple[str, ...] | 
         words = [w.strip() for w in text.split(",") if w.strip()]
         bad = [w for w in words if w not in choices]
         if not words or bad:
-            raise UsageError(f"--param values must be among {', '.join(choices)}; got {text!r}")
+            raise UsageError(f"values must be among {', '.join(choices)}; got {text!r}")
         return words
     if ".." in text:
         lo_s, hi_s = text.split("..", 1)
@@ -116,7 +116,7 @@ def parse_values(text: str, *, integer: bool = True, choices: tuple[str, ...] | 
     else:
         raw = [_number(t, integer) for t in text.split(",") if t.strip()]
         if not raw:
-            raise UsageError("--param needs at least one value")
+            raise UsageError("give at least one value (a,b,c or a..b)")
     return [int(v) if integer else v for v in raw]
 
 
@@ -164,9 +164,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
             if any(name == n for n, _ in params):
                 raise UsageError(f"--param {name} is given twice")
             integer, choices = _kind(name, hw)
-            values = parse_values(text, integer=integer, choices=choices)
+            try:
+                values = parse_values(text, integer=integer, choices=choices)
+            except UsageError as exc:
+                raise UsageError(f"--param {name}: {exc}") from None
             if name in ("batch", "chunk", "tp-cards") and min(values) < 1:
-                raise UsageError(f"{name} values must be >= 1")
+                raise UsageError(f"--param {name}: values must be >= 1")
             params.append((name, values))
         swept = dict(params)
         for context, chunk in itertools.product(swept.get("context", [args.context]), swept.get("chunk", [args.chunk])):

@@ -170,7 +170,7 @@ def resolve_hw(args: argparse.Namespace) -> HardwareConfig:
         if getattr(args, "algorithm", None):
             hw = with_overrides(hw, {"network": {"algorithm": args.algorithm}})
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--hw: {exc}") from None
     spec = getattr(args, "calibrate", None)
     if spec:
         param, _, point = spec.partition("=")
