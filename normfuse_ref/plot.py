@@ -75,14 +75,17 @@ def _title(fig: Figure, text: str) -> str:
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:
-    """Write `fig` to `path` in the format its suffix names (FIGURE_SUFFIXES); dates left out of SVG and PDF so that
-    the same figure gives the same bytes."""
+    """Write `fig` to `path` in the format its suffix names (FIGURE_SUFFIXES); dates and random ids left out of SVG
+    and PDF so that the same figure gives the same bytes (the README's figures change only when the code does)."""
     p = Path(path)
     fmt = p.suffix.lower().lstrip(".")
     if f".{fmt}" not in FIGURE_SUFFIXES:
         raise ValueError(f"{p}: a figure's file name must end in {' or '.join(FIGURE_SUFFIXES)}")
     metadata: dict[str, Any] = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt, {})
-    fig.savefig(p, format=fmt, dpi=150, metadata=metadata)
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "normfuse"}):  # SVG element ids from a fixed salt, not at random
+        fig.savefig(p, format=fmt, dpi=150, metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------------
