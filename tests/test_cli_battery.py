@@ -85,7 +85,7 @@ def read_only(directory: str) -> Callable[[pytest.MonkeyPatch], None]:
         def mkstemp(*args: Any, dir: Any = None, **kw: Any) -> Any:
             if dir is not None and Path(dir).resolve() == (Path.cwd() / directory).resolve():
                 raise OSError(30, "Read-only file system")
-            return real(*args, dir=dir, **kw)
+            return real(*args, dir=dir, **kw)  # type: ignore[call-overload]
 
         mp.setattr("normfuse_ref.cli.outputs.tempfile.mkstemp", mkstemp)
 

@@ -92,11 +92,12 @@ def test_a_sweep_figure_draws_the_points_it_is_given() -> None:
     points = sweep(sc, hw, params)
     fig = sweep_figure(points, params)
     lines = fig.axes[0].get_lines()
-    curves = {line.get_label().split(":")[0]: line for line in lines if not line.get_label().startswith("_")}
+    curves = {str(line.get_label()).split(":")[0]: line for line in lines if not str(line.get_label()).startswith("_")}
     assert set(curves) == {"reduction", "reduction-one-pass", "share", "hidden"}
     for metric, (key, _) in SWEEP_METRICS.items():
-        np.testing.assert_allclose(curves[metric].get_ydata(), [100 * p[key] for p in points], err_msg=metric)
-    np.testing.assert_allclose(curves["reduction"].get_xdata(), [1, 2, 4])
+        ys = np.asarray(curves[metric].get_ydata(), dtype=float)
+        np.testing.assert_allclose(ys, [100 * p[key] for p in points], err_msg=metric)
+    np.testing.assert_allclose(np.asarray(curves["reduction"].get_xdata(), dtype=float), [1, 2, 4])
     params2: list[tuple[str, list[Any]]] = [("batch", [1, 2]), ("algorithm", ["tree", "ring", "gather"])]
     points2 = sweep(sc, hw, params2)
     fig = sweep_figure(points2, params2, "hidden")
@@ -116,7 +117,7 @@ def test_a_fuzz_figure_has_a_panel_per_rule_and_a_box_per_dtype() -> None:
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["rms_norm_linear", "softmax_linear"]
     for ax in fig.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["float32", "bfloat16"]
-        medians = [line.get_ydata()[0] for line in ax.lines if line.get_label() == "_nolegend_"]
+        medians = [np.asarray(line.get_ydata())[0] for line in ax.lines if line.get_label() == "_nolegend_"]
         assert medians  # boxes were drawn from the cells' ratios
 
 
