@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
 from ..accuracy.equivalence import C
-from ..extras import require
 from ..fuzz.campaign import CellResult, run_cell
 from ..fuzz.rules import RULES
-from ..plot import FIGURE_SUFFIXES
 from ..precision import DTYPES
 from .args import integer, refuse
 from .console import Col, Console, UsageError, json_record
-from .outputs import OutputFiles
+from .outputs import OutputFiles, add_figure_argument
 
 DEFAULT_EXAMPLES = 100
 
@@ -55,13 +52,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--acc", help="accumulation dtype (default: the policy, float32 for 16/8-bit storage)")
     p.add_argument("--strict", action="store_true", help="count the stated hazards as counterexamples (find them)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (docs/cli.md)")
-    p.add_argument(
-        "--figure",
-        type=Path,
-        metavar="FILE.png|svg|pdf",
-        help="draw the error-ratio distributions per rule and dtype with matplotlib (the [plot] extra)",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite an existing --figure file")
+    add_figure_argument(p, "the error-ratio distributions per rule and dtype")
     p.set_defaults(func=run)
 
 
@@ -115,15 +106,13 @@ def _result(r: CellResult) -> str:
 def run(args: argparse.Namespace, console: Console) -> int:
     rules, dtypes = _validate(args)
     with OutputFiles(force=args.force) as outputs:
-        figure_path = outputs.add("--figure", args.figure, suffixes=FIGURE_SUFFIXES)
-        if figure_path is not None:
-            require("plot", "--figure")
+        figure_path = outputs.add_figure(args.figure)
         results = _campaigns(args, console, rules, dtypes)
         if figure_path is not None:
-            from ..plot import fuzz_figure, save_figure
+            from ..plot import fuzz_figure
 
             fig = fuzz_figure(results, title=_heading(args))
-            outputs.write_with(figure_path, lambda tmp: save_figure(fig, tmp))
+            outputs.write_figure(figure_path, fig)
         code = _report(args, console, results)
         outputs.commit()
     if figure_path is not None:

@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-from pathlib import Path
 from typing import Any
 
-from ..extras import require
 from ..hw.config import ALGORITHMS, field_value
 from ..hw.study import SCENARIO_PARAMS, SWEEP_SHORTCUTS, local_pool, sweep, units_of
-from ..plot import FIGURE_SUFFIXES, SWEEP_METRICS
+from ..plot import SWEEP_METRICS
 from .args import integer, refuse
 from .console import Col, Console, UsageError, json_record
 from .gantt import bars
-from .outputs import OutputFiles
+from .outputs import OutputFiles, add_figure_argument
 from .timeline import add_scenario_args, check_timeable, fitted_note, resolve_hw, resolve_scenario
 
 METRICS = SWEEP_METRICS  # --metric NAME -> (JSON key, meaning); one table for the terminal and the figures
@@ -68,13 +66,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_scenario_args(p)
     p.add_argument("--json", action="store_true", help="print the points as JSON")
-    p.add_argument(
-        "--figure",
-        type=Path,
-        metavar="FILE.png|svg|pdf",
-        help="draw the sweep with matplotlib (the [plot] extra): curves for one parameter, a heatmap for two",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite an existing --figure file")
+    add_figure_argument(p, "the sweep: curves for one parameter, a heatmap for two")
     p.set_defaults(func=run)
 
 
@@ -155,9 +147,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.figure is None:
         refuse(given, ("--force",), "without --figure")
     with OutputFiles(force=args.force) as outputs:
-        figure_path = outputs.add("--figure", args.figure, suffixes=FIGURE_SUFFIXES)
-        if figure_path is not None:
-            require("plot", "--figure")
+        figure_path = outputs.add_figure(args.figure)
         hw = resolve_hw(args)
         params: list[tuple[str, list[Any]]] = []
         for name, text in args.param:
@@ -177,10 +167,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
             check_timeable(args.phase, context, chunk, what=what)
         points, sc = _points(args, console, hw, params)
         if figure_path is not None:
-            from ..plot import save_figure, sweep_figure
+            from ..plot import sweep_figure
 
             fig = sweep_figure(points, params, args.metric, units=UNITS, title=_heading(params, sc, hw.name))
-            outputs.write_with(figure_path, lambda tmp: save_figure(fig, tmp))
+            outputs.write_figure(figure_path, fig)
         _print(args, console, hw, params, points, sc)
         outputs.commit()
     if figure_path is not None:

@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..extras import require
 from ..hw.config import ALGORITHMS, PRESETS, HardwareConfig, load_hardware, with_overrides
 from ..hw.mapping import MappingPolicy
 from ..hw.study import (
@@ -45,11 +44,10 @@ from ..hw.study import (
 from ..hw.timeline import ENGINES, chrome_trace
 from ..models.llama.config import PRESETS as MODELS
 from ..models.llama.config import LlamaConfig, get_preset
-from ..plot import FIGURE_SUFFIXES
 from .args import integer, refuse
 from .console import Col, Console, UsageError, json_record
 from .gantt import LEGEND, block_gantt
-from .outputs import OutputFiles
+from .outputs import OutputFiles, add_figure_argument
 
 DEFAULT_MODEL, DEFAULT_HW, DEFAULT_CONTEXT = "llama2-7b", "corsair-like", 2048
 #: Prompt length of the prefill rows of --paper.
@@ -98,13 +96,8 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--trace", type=Path, metavar="FILE.json", help="write a Chrome trace (Perfetto)")
     p.add_argument("--svg", type=Path, metavar="FILE.svg", help="save the terminal picture as SVG")
-    p.add_argument(
-        "--figure",
-        type=Path,
-        metavar="FILE.png|svg|pdf",
-        help="draw the block's Gantt chart with matplotlib (the [plot] extra), format by extension",
-    )
     p.add_argument("--force", action="store_true", help="overwrite existing --trace / --svg / --figure files")
+    add_figure_argument(p, "the block's Gantt chart (--block)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -262,9 +255,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with OutputFiles(force=args.force) as outputs:
         trace_path = outputs.add("--trace", args.trace, suffixes=(".json",))
         svg_path = outputs.add("--svg", args.svg, suffixes=(".svg",))
-        figure_path = outputs.add("--figure", args.figure, suffixes=FIGURE_SUFFIXES)
-        if figure_path is not None:
-            require("plot", "--figure")
+        figure_path = outputs.add_figure(args.figure)
         hw = resolve_hw(args)
         if svg_path is not None:
             console.out.record = True
@@ -273,10 +264,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
         else:
             c = run_one(args, hw, console, outputs, trace_path)
             if figure_path is not None:
-                from ..plot import gantt_figure, save_figure
+                from ..plot import gantt_figure
 
                 fig = gantt_figure(c, args.block)
-                outputs.write_with(figure_path, lambda tmp: save_figure(fig, tmp))
+                outputs.write_figure(figure_path, fig)
         if svg_path is not None:
             outputs.write_with(svg_path, lambda tmp: console.out.save_svg(str(tmp), title="normfuse timeline"))
         outputs.commit()
@@ -296,8 +287,9 @@ def run_one(
         raise UsageError(f"--block must be between 0 and {sc.model.n_layers - 1}; got {args.block}")
     if args.detail_layer is not None and not 0 <= args.detail_layer < sc.model.n_layers:
         raise UsageError(f"--detail-layer must be between 0 and {sc.model.n_layers - 1}; got {args.detail_layer}")
-    c = run_compare(sc, hw, args.detail_layer)
-    summary = c.summary()
+    with console.status(f"emulating the six passes of {sc.describe()} on {hw.name}"):  # a long prefill takes ~20 s
+        c = run_compare(sc, hw, args.detail_layer)
+        summary = c.summary()  # runs the passes
     summary.pop("units")
     summary["block"] = block_summary(c, args.block)
     if trace_path is not None:
