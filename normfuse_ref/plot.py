@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .extras import require
-from .hw.timeline import KINDS, Timeline, block_lanes, lane_of
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used, so that `--figure`'s checks cost nothing before the work
     from matplotlib.figure import Figure
 
     from .fuzz.campaign import CellResult
     from .hw.study import Comparison
+    from .hw.timeline import Timeline
 
 __all__ = ["FIGURE_SUFFIXES", "fuzz_figure", "gantt_figure", "save_figure", "sweep_figure"]
 
@@ -102,6 +102,7 @@ def gantt_figure(
     "critical path": the events on it, red where a normalisation statistic is exposed. Accepts a `Comparison`
     (baseline and fused) or any {mode: Timeline}."""
     from .hw.study import Comparison
+    from .hw.timeline import KINDS, block_lanes, lane_of
 
     if isinstance(comparison, Comparison):
         timelines: Mapping[str, Timeline] = {"baseline": comparison.baseline, "fused": comparison.fused}
