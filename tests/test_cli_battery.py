@@ -207,6 +207,8 @@ MISTAKES: list[Mistake] = [
     Mistake("tl-context-word", ("timeline", "--context", "long"), "argument --context: must be an integer >= 0; got 'long'"),
     Mistake("tl-prefill-empty", ("timeline", "--phase", "prefill", "--context", "0"), "--context must be >= 1 for prefill; got 0"),
     Mistake("tl-too-big", ("timeline", "--model", "llama2-70b", "--max-cards", "8"), "llama2-70b does not fit on corsair-like within 8 cards"),
+    Mistake("tl-too-big-beyond-context", ("timeline", "--model", "llama2-70b", "--max-cards", "8", "--context", "5000"),
+            "llama2-70b does not fit on corsair-like within 8 cards"),  # the warning about the context is not printed
     Mistake("tl-tp-cards-too-many", ("timeline", "--tp-cards", "128"), "a stage of 128 cards is more than the 64 cards available"),
     Mistake("tl-stages-too-many", ("timeline", "--tp-cards", "8", "--stages", "9"), "9 stages of 8 cards need 72 cards; corsair-like has 64"),
     # -- timeline: flags and names -----------------------------------------------------------------------------

@@ -194,8 +194,9 @@ def _points(
     args: argparse.Namespace, console: Console, hw: Any, params: list[tuple[str, list[Any]]]
 ) -> tuple[list[dict[str, Any]], Any]:
     """Every point of the sweep, on a process pool unless --workers 1, with a progress bar."""
-    sc = resolve_scenario(args, console)
-    if any(n == "context" for n, _ in params):
+    swept = {n for n, _ in params}
+    sc = resolve_scenario(args, console, warn="context" not in swept)  # a swept context is judged value by value
+    if "context" in swept:
         top = max(v for n, vs in params if n == "context" for v in vs)
         if top + (1 if sc.phase == "decode" else 0) > sc.model.context_length:
             console.warning(

@@ -181,7 +181,9 @@ def resolve_policy(args: argparse.Namespace) -> MappingPolicy:
         raise UsageError(f"--{exc}") from None
 
 
-def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "all") -> Scenario:
+def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "all", *, warn: bool = True) -> Scenario:
+    """The scenario the flags describe; with `warn`, a warning when it is beyond the model's trained context (pass
+    False and call `warn_beyond_context` after the work, so that a mistake found later stays the only line)."""
     try:
         cfg: LlamaConfig = get_preset(args.model)
     except ValueError as exc:
@@ -196,11 +198,17 @@ def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "
         cfg = cfg.replace(n_layers=n)
     check_timeable(args.phase, args.context, args.chunk)
     sc = Scenario(cfg, args.phase, args.context, args.batch, args.chunk, resolve_policy(args))
+    if warn:
+        warn_beyond_context(sc, console)
+    return sc
+
+
+def warn_beyond_context(sc: Scenario, console: Console) -> None:
     if sc.beyond_context:
         console.warning(
-            f"{sc.positions} positions exceed {cfg.name}'s trained context of {cfg.context_length}; timed anyway"
+            f"{sc.positions} positions exceed {sc.model.name}'s trained context of {sc.model.context_length}; "
+            "timed anyway"
         )
-    return sc
 
 
 def check_timeable(phase: str, context: int, chunk: int, *, what: str = "--context") -> None:
@@ -282,7 +290,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 def run_one(
     args: argparse.Namespace, hw: HardwareConfig, console: Console, outputs: OutputFiles, trace_path: Path | None
 ) -> Comparison:
-    sc = resolve_scenario(args, console, args.layers)
+    sc = resolve_scenario(args, console, args.layers, warn=False)
     if not 0 <= args.block < sc.model.n_layers:
         raise UsageError(f"--block must be between 0 and {sc.model.n_layers - 1}; got {args.block}")
     if args.detail_layer is not None and not 0 <= args.detail_layer < sc.model.n_layers:
@@ -290,6 +298,7 @@ def run_one(
     with console.status(f"emulating the six passes of {sc.describe()} on {hw.name}"):  # a long prefill takes ~20 s
         c = run_compare(sc, hw, args.detail_layer)
         summary = c.summary()  # runs the passes
+    warn_beyond_context(sc, console)
     summary.pop("units")
     summary["block"] = block_summary(c, args.block)
     if trace_path is not None:
