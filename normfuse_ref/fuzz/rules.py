@@ -527,7 +527,7 @@ RULES: dict[str, Rule] = {
         ),
         Rule(
             "decoder_block",
-            "Llama block, fused at rms_norm->QKV, softmax->V, rms_norm->gate/up == reference order",
+            "Llama block with rms_norm_linear at QKV and gate/up, softmax_linear at V == reference order",
             decoder_block_cases,
             reference_decoder_block,
             lambda **k: fused_decoder_block(**k),
