@@ -6,7 +6,8 @@ the stated hazards allowed (`--strict`: without them, which is how to find the h
 run, the worst error ratio fused/reference, the worst absolute error, the worst share of the allowance used, the
 share of rows the allowance cannot check (unchecked: its bound is infinite or at least the result) and how many
 rows needed a stated hazard, and the shrunk counterexample if one was found, printed as a `Case(...)` to paste
-into a test.
+into a test. One table per rule (each fits 80 columns); `result` reads `pass` or `FOUND`. `--figure
+FILE.png|svg|pdf` draws the distribution of the error ratio per rule and dtype with matplotlib.
 
 Reproducible: Hypothesis drives the strategies with `@seed(--seed)` and no example database (see
 normfuse_ref/fuzz/campaign.py); the same seed, code and Hypothesis version give the same examples.

@@ -10,6 +10,8 @@ numeric hardware field by its dotted name (network.d2d.link_gbps, simd.exp_cycle
 from a up to b (b included), `a,b,c` lists them. Every point runs the same comparison as `normfuse timeline`
 (six passes on the mapping the mapper picks for that point), each in its own task on a process pool (`--workers`,
 default all cores; the library's `sweep` takes any concurrent.futures.Executor, e.g. a Dask or Ray cluster's).
+`--figure FILE.png|svg|pdf` draws the curves (one parameter) or the heatmap (two) with matplotlib. Sweeping a
+parameter that is also a flag (`--param batch ... --batch 4`) is refused, as are values that are not finite.
 """
 
 from __future__ import annotations

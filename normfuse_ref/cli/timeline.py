@@ -12,8 +12,13 @@ normalisation share, the hidden fraction and the reduction beside the paper's ~2
 d-Matrix figures beside the emulated latencies.
 
 `--json` prints the summary for scripts (docs/cli.md); times are in microseconds and every key's unit is in its
-"units" entry. `--trace FILE.json` writes a Chrome trace (open it in https://ui.perfetto.dev), `--svg FILE` the
-terminal picture; both are checked before any work and written all-or-nothing, never over a file without --force.
+"units" entry. `--trace FILE.json` writes a Chrome trace (open it in https://ui.perfetto.dev), `--svg FILE.svg` the
+terminal picture, `--figure FILE.png|svg|pdf` the block's Gantt chart drawn with matplotlib (normfuse_ref.plot); all
+are checked before any work and written all-or-nothing, never over a file without --force.
+
+Refused rather than ignored (one line, exit status 2): the flags that choose one pass together with --paper,
+--workers without it, --force without an output file, and a context that cannot be timed (MAX_CONTEXT,
+MAX_PREFILL_CHUNKS).
 """
 
 from __future__ import annotations
