@@ -90,7 +90,10 @@ def add_parser(subparsers: Any) -> None:
         help="also record per-slice / per-network-level events of block N (in --trace)",
     )
     p.add_argument(
-        "--paper", action="store_true", help="the paper check: 5 models x decode/prefill, and the published figures"
+        "--paper",
+        action="store_true",
+        help="the paper check: 5 models x decode/prefill, and the published figures (--context sets the decode rows' "
+        "context; --batch, --hw and the mapping flags apply to every row)",
     )
     p.add_argument(
         "--workers",
