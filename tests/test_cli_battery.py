@@ -383,7 +383,9 @@ def test_a_mistake_is_one_line_and_touches_nothing(
     assert snapshot(work) == before
 
 
-@pytest.mark.parametrize("mistake_id", ["demo-seed-negative", "gen-model-markup", "hf-heads-0"])
+@pytest.mark.parametrize(
+    "mistake_id", ["demo-seed-negative", "gen-model-markup", "hf-heads-0", "tl-hw-binary", "sw-nan"]
+)
 def test_the_installed_command_agrees(mistake_id: str, tmp_path: Path) -> None:
     """The same mistakes through `python -m normfuse_ref` in a fresh process: the entry point users run."""
     mistake = next(m for m in MISTAKES if m.id == mistake_id)
