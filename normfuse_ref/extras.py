@@ -7,7 +7,7 @@ demo. The rest:
 |---|---|---|
 | `model` | gguf, tokenizers, safetensors, jinja2, scipy | reading real models: `generate`, `embed`, `load_model`, the BERT loader |
 | `fuzz` | hypothesis | `normfuse fuzz` and `normfuse_ref.fuzz` |
-| `plot` | matplotlib | figures (`--figure`: `normfuse accuracy`) |
+| `plot` | matplotlib | figures (`--figure`) |
 
 `require("model", "normfuse generate")` raises `MissingExtra` (an ImportError) naming the missing packages and
 the command that installs them; the CLI prints it as its one-line error. tests/test_packaging.py checks that this

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from normfuse_ref.accuracy.figure import CAP, spread_ratio
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
 from normfuse_ref.accuracy.study import ModelStudy, StudyConfig
+from normfuse_ref.plot import SPREAD_CAP, spread_ratio
 
 from .cli_support import pinned_width, run  # noqa: F401
 from .test_accuracy_study import tiny_study  # noqa: F401
@@ -95,7 +95,7 @@ def test_markdown_page(fake: list[tuple[str, StudyConfig]], capsys: pytest.Captu
     assert code == 0, err
 
 
-@pytest.mark.parametrize("suffix", ["png", "svg"])
+@pytest.mark.parametrize("suffix", ["png", "svg", "pdf"])
 def test_figure(
     fake: list[tuple[str, StudyConfig]], capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
 ) -> None:
@@ -104,7 +104,7 @@ def test_figure(
     code, out, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--figure", str(fig))
     assert code == 0, err
     data = fig.read_bytes()
-    assert data.startswith(b"\x89PNG") if suffix == "png" else b"<svg" in data[:2000]
+    assert data.startswith({"png": b"\x89PNG", "svg": b"<?xml", "pdf": b"%PDF"}[suffix])
     assert f"wrote {fig}" in out.replace("\n", "")
 
 
@@ -122,5 +122,9 @@ def test_figure_without_the_plot_extra_fails_before_the_study(
 
 def test_spread_ratio() -> None:
     """worse_by in units of the spread; a change where two summation orders agree exactly is drawn at the cap."""
-    assert spread_ratio(3.0, 2.0) == 1.5 and spread_ratio(-1e9, 1.0) == -CAP
-    assert spread_ratio(0.0, 0.0) == 0.0 and spread_ratio(1e-9, 0.0) == CAP and spread_ratio(-1e-9, 0.0) == -CAP
+    assert spread_ratio(3.0, 2.0) == 1.5 and spread_ratio(-1e9, 1.0) == -SPREAD_CAP
+    assert (
+        spread_ratio(0.0, 0.0) == 0.0
+        and spread_ratio(1e-9, 0.0) == SPREAD_CAP
+        and spread_ratio(-1e-9, 0.0) == -SPREAD_CAP
+    )

@@ -6,8 +6,8 @@ fused, the spread of the figure between two equivalent summation orders, and eac
 worse than baseline by more than that spread in both summation orders. The verdicts follow in words.
 
 `--markdown FILE` also writes the page docs/accuracy.md is (generated, with the data it was made from);
-`--figure FILE` (.png or .svg; the `plot` extra) draws how far the fused order is from baseline in units of the
-spread (`accuracy.figure`); `--json` prints one record per model x dtype x order (docs/cli.md). Output files are
+`--figure FILE` (the `plot` extra) draws how far the fused order is from baseline in units of the spread
+(`plot.accuracy_figure`); `--json` prints one record per model x dtype x order (docs/cli.md). Output files are
 checked, and the plot extra is looked for, before the long run starts.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 from ..accuracy.corpus import EmptyCorpus, load_corpus
 from ..accuracy.report import UNITS, dtype_table, markdown, study_document, verdict_sentence
 from ..accuracy.study import DTYPES, MODELS, ModelStudy, StudyConfig
-from ..extras import MissingExtra, require
+from ..extras import MissingExtra
 from ..models.llama.fetch import CorruptModel
 from .args import integer
 from .console import Console, UsageError, json_record
-from .outputs import OutputFiles
+from .outputs import OutputFiles, add_figure_argument
 
 
 def add_parser(subparsers: Any) -> None:
@@ -43,10 +43,8 @@ def add_parser(subparsers: Any) -> None:
         help=f"corpus tokens SmolLM2 is scored on (default {StudyConfig.tokens}; 512 is a quick profile)",
     )
     p.add_argument("--markdown", metavar="FILE", help="also write the results as a Markdown page (docs/accuracy.md)")
-    p.add_argument(
-        "--figure", metavar="FILE", help="also draw the verdicts as a figure (.png or .svg; needs normfuse[plot])"
-    )
     p.add_argument("--force", action="store_true", help="overwrite the --markdown / --figure file if it exists")
+    add_figure_argument(p, "each figure's loss against baseline in units of its spread")
     p.add_argument("--json", action="store_true", help="print the results as JSON (docs/cli.md)")
     p.set_defaults(func=run)
 
@@ -57,9 +55,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config = StudyConfig(tokens=args.tokens, window=min(StudyConfig.window, args.tokens), dtypes=dtypes)
     with OutputFiles(force=args.force) as outputs:
         md = outputs.add("--markdown", args.markdown, suffixes=(".md",))
-        fig = outputs.add("--figure", args.figure, suffixes=(".png", ".svg"))
-        if fig is not None:
-            require("plot", "normfuse accuracy --figure")  # before the long run, not after it
+        fig = outputs.add_figure(args.figure)  # the plot extra required before the long run, not after it
         try:
             corpus = load_corpus()
         except EmptyCorpus as exc:
@@ -69,9 +65,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if md is not None:
             outputs.write_text(md, markdown(studies, doc))
         if fig is not None:
-            from ..accuracy.figure import figure_bytes
+            from ..plot import accuracy_figure
 
-            outputs.write_bytes(fig, figure_bytes(studies, fig.suffix.lower()[1:]))
+            outputs.write_figure(fig, accuracy_figure(studies))
         if md is not None or fig is not None:
             outputs.commit()
     if args.json:
