@@ -1,0 +1,157 @@
+"""Row blocks on worker threads: how the plain executor (`normfuse_ref.ops.NumpyExecutor`) uses the machine.
+
+An elementwise op, a reduction over the last axis and the local part of a softmax compute each row of their output
+from the same row of their inputs. The plain executor therefore cuts such work into blocks of rows and hands the
+blocks to worker threads (NumPy's ufuncs and BLAS release the GIL while they work on an array). Two rules keep the
+numbers independent of the machinery:
+
+- Blocks are cut from the shape alone (`row_blocks`: about BLOCK_ELEMENTS output elements each), never from the
+  number of threads, and each block is computed by the same NumPy calls whichever thread runs it. So a result is
+  bit for bit the same for any thread count (tests/test_parallel.py: 1 and 2 threads, the tiny model and
+  SmolLM2, both orders), and equal to computing the whole array at once (also tested, primitive by primitive).
+- Work is split only where every array it reads is an argument: `reads_only_arguments` refuses a callable that
+  captured an array (a closure over a mask or a RoPE table would not be cut with the block). Such a callable, and
+  any op smaller than two blocks (a decode step's), is computed whole, on the calling thread.
+
+Blocks of ~64K elements also keep a multi-pass callable's temporaries (shifted_exp, normalise_rows, silu_gate each
+make 2-4 passes) in the core's L2 cache instead of streaming them through memory on every pass.
+
+The one setting: the thread count, `NumpyExecutor(threads=...)`, default the environment variable NORMFUSE_THREADS,
+else the CPUs this process may run on. It counts the executor's worker threads and the BLAS threads of a step that
+is not decode-sized (`ops.step_blas_threads`); inside a threaded block BLAS runs on one thread (the workers already
+occupy the cores). Only speed depends on it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import math
+import os
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "THREADS_ENV",
+    "blas_threads",
+    "block_of",
+    "reads_only_arguments",
+    "row_blocks",
+    "run_blocks",
+    "threads_setting",
+]
+
+#: The environment variable that sets the thread count when the executor is given none.
+THREADS_ENV = "NORMFUSE_THREADS"
+
+#: Output elements a block holds (at least one row of the last axis). 64K float32 elements are 256 KB: with the
+#: block's inputs and a callable's one or two temporaries it stays within a 1-2 MB L2 cache; fewer, larger
+#: blocks make the per-block Python overhead (~5 us) smaller still but spill the temporaries to memory.
+BLOCK_ELEMENTS = 1 << 16
+
+Block = tuple[slice, ...]
+
+
+def threads_setting(threads: int | None) -> int:
+    """The thread count: `threads`, else $NORMFUSE_THREADS, else the CPUs this process may run on; ValueError
+    (one line naming the setting) for anything but a positive integer."""
+    if threads is None:
+        text = os.environ.get(THREADS_ENV, "").strip()
+        if not text:
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        try:
+            threads = int(text)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer; got {text!r}") from None
+        if threads < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer; got {text!r}")
+        return threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer; got {threads!r}")
+    return threads
+
+
+def reads_only_arguments(fn: Callable[..., Any]) -> bool:
+    """True when `fn` is a plain function that holds no array of its own (in a closure or a default): then a block
+    of its output is computed from the same block of its arguments, and its work may be cut into blocks."""
+    if not isinstance(fn, types.FunctionType):
+        return False
+    held = [c.cell_contents for c in fn.__closure__ or ()] + list(fn.__defaults__ or ())
+    return not any(isinstance(v, np.ndarray) for v in held)
+
+
+def row_blocks(shape: tuple[int, ...]) -> list[Block] | None:
+    """Blocks of rows covering an output of `shape` (index tuples over its leading axes), or None when it is
+    smaller than two blocks (computed whole).
+
+    The split axis is the outermost one whose rows (everything after it) fit in a block; the axes before it are
+    taken one index at a time and the split axis in ranges of as many rows as fit in BLOCK_ELEMENTS.
+    """
+    if len(shape) < 2 or math.prod(shape) < 2 * BLOCK_ELEMENTS:
+        return None
+    a = 0
+    while a < len(shape) - 2 and math.prod(shape[a + 1 :]) > BLOCK_ELEMENTS:
+        a += 1
+    step = max(1, BLOCK_ELEMENTS // math.prod(shape[a + 1 :]))
+    blocks: list[Block] = []
+    for lead in np.ndindex(*shape[:a]):
+        for r in range(0, shape[a], step):
+            blocks.append((*(slice(i, i + 1) for i in lead), slice(r, r + step)))
+    return blocks
+
+
+def block_of(x: Any, b: Block, ndim: int) -> Any:
+    """The part of an input that block `b` of an `ndim`-dimensional output reads, under broadcasting (inputs are
+    right-aligned; an axis of length 1, or one the input lacks, is read whole)."""
+    shape = np.shape(x)
+    offset = ndim - len(shape)  # input axis i is output axis offset + i
+    index = tuple(b[offset + i] if shape[i] != 1 else slice(None) for i in range(max(0, len(b) - offset)))
+    return x[index] if index else x
+
+
+@functools.cache
+def _blas() -> Any:
+    """The BLAS libraries loaded in this process, as a threadpoolctl controller (inspected once: its `limit` then
+    costs ~10 us). Imported when first needed."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def blas_threads(limit: int | None) -> contextlib.AbstractContextManager[object]:
+    """At most `limit` BLAS threads for the code inside the block (threadpoolctl); None leaves the BLAS default.
+
+    Only speed depends on this, never the numbers. Meant around a whole step or a whole threaded op, not each
+    product.
+    """
+    if limit is None:
+        return contextlib.nullcontext()
+    return _blas().limit(limits=limit, user_api="blas")
+
+
+@functools.cache
+def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """One pool of worker threads per thread count, shared by every executor (created when first needed)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="normfuse")
+
+
+def run_blocks(work: Callable[[Block], None], blocks: Sequence[Block], threads: int) -> None:
+    """work(b) for every block: on the calling thread when threads == 1, else `threads` workers each take every
+    threads-th block (one task per worker), with BLAS held to one thread meanwhile."""
+    if threads == 1 or len(blocks) == 1:
+        for b in blocks:
+            work(b)
+        return
+
+    def share(i: int) -> None:
+        for b in blocks[i::threads]:
+            work(b)
+
+    with blas_threads(1):
+        for f in [_pool(threads).submit(share, i) for i in range(min(threads, len(blocks)))]:
+            f.result()
