@@ -86,7 +86,7 @@ def profile(model: Model, mode: Any, threads: int | None) -> None:
     ids = prompt_ids(model, "What is the capital of France?")
 
     def run(ex: Any, tokens: Any, cache: Any) -> Any:
-        with step_blas_threads(np.shape(tokens)[-1]):
+        with step_blas_threads():
             return forward(w, model.cfg, tokens, cache, mode=mode, ex=ex)
 
     plain = NumpyExecutor(storage=model.dtype, **({} if threads is None else {"threads": threads}))

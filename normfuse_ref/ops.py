@@ -56,6 +56,7 @@ from .parallel import (
     BLOCK_ELEMENTS,
     blas_threads,
     block_of,
+    matmul_blocks,
     reads_only_arguments,
     row_blocks,
     run_blocks,
@@ -117,19 +118,19 @@ class Executor(Protocol):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-#: A forward step over fewer new rows than this (per sequence) is decode-sized: its products are matrix-vector.
-DECODE_ROWS = 16
-#: BLAS threads for a decode-sized step. One, the robust choice: matrix-vector products are memory-bound, so on an
-#: idle 2-core machine a second thread adds only ~20% bandwidth (24 vs 20 GB/s), while when another process keeps a
-#: core busy OpenBLAS's waiting threads make a 2-thread gemv 2-75x slower than a 1-thread one (measured on the
-#: 2-core test machine; bench/README.md). Larger steps (prefill) take the executor's thread count.
-DECODE_BLAS_THREADS = 1
+def step_blas_threads() -> contextlib.AbstractContextManager[object]:
+    """BLAS on one thread around a whole forward step (threadpoolctl; ~10 us, so once a step, not once a product).
 
-
-def step_blas_threads(rows: int, threads: int | None = None) -> contextlib.AbstractContextManager[object]:
-    """The BLAS thread limit for one forward step over `rows` new positions per sequence: DECODE_BLAS_THREADS for a
-    decode-sized step (see DECODE_ROWS), else `threads` (an executor's `thread_count`; None: the BLAS default)."""
-    return blas_threads(DECODE_BLAS_THREADS if rows < DECODE_ROWS else threads)
+    The executor's own workers run the parallel work: a large product is cut into blocks of rows
+    (`parallel.matmul_blocks`), each one single-threaded BLAS call. Two reasons, both measured on the 2-core test
+    machine (bench/README.md): OpenBLAS cuts a product by its thread count, and 1 and 2 OpenBLAS threads gave
+    different bits for some shapes (300 x 700 x 50 float32, not SmolLM2's), which would break the executor's
+    promise of the same bits for any thread count; and OpenBLAS's idle threads spin, so when another process keeps
+    a core busy a 2-thread product ran 2-75x slower than a 1-thread one. A decode step's matrix-vector products
+    are memory-bound and gain only ~20% bandwidth from a second thread on an idle machine (24 vs 20 GB/s).
+    Products inside a threaded block run on one BLAS thread whoever calls them (`parallel.run_blocks`).
+    """
+    return blas_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,7 +183,16 @@ class NumpyExecutor:
         return y.astype(self._acc if keep_acc else self._st, copy=False)
 
     def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
-        return self._out(matmul_acc(x, F, self._acc), keep_acc)
+        blocks = matmul_blocks(x.shape) if F.ndim in (2, x.ndim) else None
+        if blocks is None:  # a decode step's product (or a broadcast batch of F): one BLAS call
+            return self._out(matmul_acc(x, F, self._acc), keep_acc)
+        out = np.empty((*x.shape[:-1], F.shape[-1]), self._acc if keep_acc else self._st)  # (..., m)
+
+        def work(b: tuple[slice, ...]) -> None:  # a batched F's leading axes are x's (not its rows): sliced alike
+            out[b] = matmul_acc(x[b], F if F.ndim == 2 else block_of(F, b[:-1], F.ndim), self._acc)
+
+        run_blocks(work, blocks, self._threads)
+        return out
 
     def elementwise(self, fn: Callable[..., Array], *xs: Array, op: str, keep_acc: bool = False) -> Array:
         xa = [self._a(x) for x in xs]
@@ -226,7 +236,7 @@ class NumpyExecutor:
 
     def softmax_tiles(self, z: Array, V: Array, *, op: str) -> SoftmaxTiles:
         za, Va = self._a(z), self._a(V)
-        blocks = row_blocks(za.shape)
+        blocks = row_blocks(za.shape) if Va.ndim in (2, za.ndim) else None
         if blocks is None:
             return self._tiles(za, Va)
         n = za.shape[-1]
@@ -239,7 +249,7 @@ class NumpyExecutor:
         )
 
         def work(b: tuple[slice, ...]) -> None:  # V's leading axes are z's (not its rows): sliced alike
-            s = self._tiles(za[b], Va[b[: za.ndim - 2]] if Va.ndim > 2 else Va)
+            s = self._tiles(za[b], Va if Va.ndim == 2 else block_of(Va, b[: za.ndim - 2], Va.ndim))
             t.m[b], t.l[b], t.o[b] = s.m, s.l, s.o
 
         run_blocks(work, blocks, self._threads)

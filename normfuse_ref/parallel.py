@@ -37,9 +37,11 @@ import numpy as np
 
 __all__ = [
     "BLOCK_ELEMENTS",
+    "MATMUL_ROWS",
     "THREADS_ENV",
     "blas_threads",
     "block_of",
+    "matmul_blocks",
     "reads_only_arguments",
     "row_blocks",
     "run_blocks",
@@ -53,6 +55,11 @@ THREADS_ENV = "NORMFUSE_THREADS"
 #: block's inputs and a callable's one or two temporaries it stays within a 1-2 MB L2 cache; fewer, larger
 #: blocks make the per-block Python overhead (~5 us) smaller still but spill the temporaries to memory.
 BLOCK_ELEMENTS = 1 << 16
+
+#: Rows of x a block of a matrix product x @ F holds. Each block is one BLAS call on one thread; 128 rows keep
+#: OpenBLAS's kernels efficient (on the 2-core test machine a 512-row product cut into blocks of 128 rows on two
+#: workers ran about as fast as OpenBLAS's own two threads, and far faster under load: bench/README.md).
+MATMUL_ROWS = 128
 
 Block = tuple[slice, ...]
 
@@ -97,12 +104,24 @@ def row_blocks(shape: tuple[int, ...]) -> list[Block] | None:
     a = 0
     while a < len(shape) - 2 and math.prod(shape[a + 1 :]) > BLOCK_ELEMENTS:
         a += 1
-    step = max(1, BLOCK_ELEMENTS // math.prod(shape[a + 1 :]))
-    blocks: list[Block] = []
-    for lead in np.ndindex(*shape[:a]):
-        for r in range(0, shape[a], step):
-            blocks.append((*(slice(i, i + 1) for i in lead), slice(r, r + step)))
-    return blocks
+    return _ranges(shape[: a + 1], max(1, BLOCK_ELEMENTS // math.prod(shape[a + 1 :])))
+
+
+def matmul_blocks(x_shape: tuple[int, ...]) -> list[Block] | None:
+    """Blocks of MATMUL_ROWS rows of x (..., rows, n) for x @ F (index tuples over x's leading axes and rows; the
+    output's are the same), or None when x has fewer than 2 MATMUL_ROWS rows (a decode step's product)."""
+    if len(x_shape) < 2 or math.prod(x_shape[:-1]) < 2 * MATMUL_ROWS:
+        return None
+    return _ranges(x_shape[:-1], MATMUL_ROWS)
+
+
+def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:
+    """The axes of `lead` but its last one index at a time, its last one in ranges of `step`."""
+    return [
+        (*(slice(i, i + 1) for i in index), slice(r, r + step))
+        for index in np.ndindex(*lead[:-1])
+        for r in range(0, lead[-1], step)
+    ]
 
 
 def block_of(x: Any, b: Block, ndim: int) -> Any:
@@ -141,17 +160,20 @@ def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 def run_blocks(work: Callable[[Block], None], blocks: Sequence[Block], threads: int) -> None:
-    """work(b) for every block: on the calling thread when threads == 1, else `threads` workers each take every
-    threads-th block (one task per worker), with BLAS held to one thread meanwhile."""
-    if threads == 1 or len(blocks) == 1:
-        for b in blocks:
-            work(b)
-        return
+    """work(b) for every block, with BLAS held to one thread: on the calling thread when threads == 1, else on
+    `threads` workers, each taking every threads-th block (one task per worker).
 
-    def share(i: int) -> None:
-        for b in blocks[i::threads]:
-            work(b)
-
+    BLAS is held to one thread on one thread too: OpenBLAS cuts a product by its own thread count, which would make
+    a block's bits depend on it (ops.step_blas_threads)."""
     with blas_threads(1):
+        if threads == 1 or len(blocks) == 1:
+            for b in blocks:
+                work(b)
+            return
+
+        def share(i: int) -> None:
+            for b in blocks[i::threads]:
+                work(b)
+
         for f in [_pool(threads).submit(share, i) for i in range(min(threads, len(blocks)))]:
             f.result()
