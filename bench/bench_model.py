@@ -175,7 +175,7 @@ def main() -> int:
     print(f"SmolLM2-135M-Instruct float32, {machine['cpus']} cores, Python {machine['python']}, "
           f"load average {machine['load_average_before'][0]} -> {machine['load_average_after'][0]}, "
           f"{args.repeats} alternating rounds; best (median)")  # fmt: skip
-    head = f"{'implementation':22} {'decode tok/s':>14} {'x HF':>11} {'prefill 512 s':>14} {'x HF':>11} {'peak RSS MB':>11}"
+    head = f"{'implementation':22} {'decode tok/s':>13} {'x HF':>13} {'prefill 512 s':>13} {'x HF':>11} {'peak RSS MB':>11}"
     print(head)
     print("-" * len(head))
 
@@ -183,8 +183,8 @@ def main() -> int:
         return "-" if d is None else f"{d['best']:{fmt}} ({d['median']:{fmt}})"
 
     for r in rows:
-        print(f"{r['impl']:22} {pair(r['decode_tok_s'], '.1f'):>14} {pair(r['decode_vs_hf'], '.2f'):>11} "
-              f"{pair(r['prefill'], '.2f'):>14} {pair(r['prefill_vs_hf'], '.2f'):>11} {r['peak_rss_mb']:11.0f}")  # fmt: skip
+        print(f"{r['impl']:22} {pair(r['decode_tok_s'], '.1f'):>13} {pair(r['decode_vs_hf'], '.2f'):>13} "
+              f"{pair(r['prefill'], '.2f'):>13} {pair(r['prefill_vs_hf'], '.2f'):>11} {r['peak_rss_mb']:11.0f}")  # fmt: skip
     print(
         "x HF: normfuse speed / HF speed (decode tokens/s ratio; prefill HF time / normfuse time), of the best runs "
         "and of the medians; >= 1 is as fast or faster."

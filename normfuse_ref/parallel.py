@@ -154,26 +154,27 @@ def blas_threads(limit: int | None) -> contextlib.AbstractContextManager[object]
 
 
 @functools.cache
-def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
-    """One pool of worker threads per thread count, shared by every executor (created when first needed)."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="normfuse")
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """One pool of `workers` threads per count, shared by every executor (created when first needed)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normfuse")
 
 
 def run_blocks(work: Callable[[Block], None], blocks: Sequence[Block], threads: int) -> None:
-    """work(b) for every block, with BLAS held to one thread: on the calling thread when threads == 1, else on
-    `threads` workers, each taking every threads-th block (one task per worker).
+    """work(b) for every block, on the calling thread and threads - 1 workers, each taking the next block not yet
+    taken (so a thread slowed by another process takes fewer blocks); BLAS held to one thread meanwhile.
 
-    BLAS is held to one thread on one thread too: OpenBLAS cuts a product by its own thread count, which would make
-    a block's bits depend on it (ops.step_blas_threads)."""
+    Which thread runs a block changes nothing in it. BLAS is held to one thread on one thread too: OpenBLAS cuts a
+    product by its own thread count, which would make a block's bits depend on it (ops.step_blas_threads)."""
+    todo = iter(blocks)  # shared by the threads: next() on a list iterator is atomic under the GIL
+
+    def drain() -> None:
+        for b in todo:
+            work(b)
+
     with blas_threads(1):
-        if threads == 1 or len(blocks) == 1:
-            for b in blocks:
-                work(b)
-            return
-
-        def share(i: int) -> None:
-            for b in blocks[i::threads]:
-                work(b)
-
-        for f in [_pool(threads).submit(share, i) for i in range(min(threads, len(blocks)))]:
-            f.result()
+        helpers = [_pool(threads - 1).submit(drain) for _ in range(min(threads, len(blocks)) - 1)]
+        try:
+            drain()
+        finally:
+            for f in helpers:
+                f.result()
