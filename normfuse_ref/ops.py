@@ -54,6 +54,7 @@ from numpy.typing import DTypeLike
 from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
 from .parallel import (
     BLOCK_ELEMENTS,
+    Block,
     blas_threads,
     block_of,
     matmul_blocks,
@@ -183,13 +184,14 @@ class NumpyExecutor:
         return y.astype(self._acc if keep_acc else self._st, copy=False)
 
     def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
-        blocks = matmul_blocks(x.shape) if F.ndim in (2, x.ndim) else None
+        blocks = matmul_blocks(x.shape, F.shape) if F.ndim in (2, x.ndim) else None
         if blocks is None:  # a decode step's product (or a broadcast batch of F): one BLAS call
             return self._out(matmul_acc(x, F, self._acc), keep_acc)
         out = np.empty((*x.shape[:-1], F.shape[-1]), self._acc if keep_acc else self._st)  # (..., m)
 
-        def work(b: tuple[slice, ...]) -> None:  # a batched F's leading axes are x's (not its rows): sliced alike
-            out[b] = matmul_acc(x[b], F if F.ndim == 2 else block_of(F, b[:-1], F.ndim), self._acc)
+        def work(b: tuple[Block, Block, Block]) -> None:  # a batched F's leading axes are x's: sliced alike
+            bx, bF, bo = b
+            out[bo] = matmul_acc(x[bx], F[bF] if F.ndim == 2 else block_of(F, bF, F.ndim), self._acc)
 
         run_blocks(work, blocks, self._threads)
         return out

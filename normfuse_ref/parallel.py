@@ -31,12 +31,14 @@ import math
 import os
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 __all__ = [
     "BLOCK_ELEMENTS",
+    "MATMUL_COLUMNS",
+    "MATMUL_MIN_ROWS",
     "MATMUL_ROWS",
     "THREADS_ENV",
     "blas_threads",
@@ -56,12 +58,20 @@ THREADS_ENV = "NORMFUSE_THREADS"
 #: blocks make the per-block Python overhead (~5 us) smaller still but spill the temporaries to memory.
 BLOCK_ELEMENTS = 1 << 16
 
-#: Rows of x a block of a matrix product x @ F holds. Each block is one BLAS call on one thread; 128 rows keep
-#: OpenBLAS's kernels efficient (on the 2-core test machine a 512-row product cut into blocks of 128 rows on two
-#: workers ran about as fast as OpenBLAS's own two threads, and far faster under load: bench/README.md).
+#: How a matrix product x (rows, n) @ F (n, m) is cut, each block one BLAS call on one BLAS thread. A BLAS call
+#: packs (copies) both operands into its kernel's layout, so a block should re-pack only the smaller one: a wide
+#: product (rows < m: every weight product of a prefill, the logits above all) is cut into blocks of
+#: MATMUL_COLUMNS columns of F (each column of F packed once, x re-packed per block); a tall one (rows >= m: the
+#: attention scores of a long prompt, q (G T, hd) @ k^T (hd, S)) into blocks of MATMUL_ROWS rows of x. Measured
+#: single-threaded on the 2-core test machine (under load, medians of 5; bench/README.md): the 512 x 576 x 49152
+#: logits product took 470 ms whole, 516 ms in blocks of 256 columns and 709 ms in blocks of 128 rows.
 MATMUL_ROWS = 128
+MATMUL_COLUMNS = 256
+#: Products of fewer rows are matrix-vector-like (a decode step's): memory-bound, one BLAS call.
+MATMUL_MIN_ROWS = 16
 
 Block = tuple[slice, ...]
+B = TypeVar("B")  # a block, or a tuple of blocks (a product's operands and output)
 
 
 def threads_setting(threads: int | None) -> int:
@@ -107,12 +117,20 @@ def row_blocks(shape: tuple[int, ...]) -> list[Block] | None:
     return _ranges(shape[: a + 1], max(1, BLOCK_ELEMENTS // math.prod(shape[a + 1 :])))
 
 
-def matmul_blocks(x_shape: tuple[int, ...]) -> list[Block] | None:
-    """Blocks of MATMUL_ROWS rows of x (..., rows, n) for x @ F (index tuples over x's leading axes and rows; the
-    output's are the same), or None when x has fewer than 2 MATMUL_ROWS rows (a decode step's product)."""
-    if len(x_shape) < 2 or math.prod(x_shape[:-1]) < 2 * MATMUL_ROWS:
+def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tuple[Block, Block, Block]] | None:
+    """How x (..., rows, n) @ F ((n, m), or (..., n, m) with x's leading axes) is cut: (x's block, F's block, the
+    output's block) index triples, or None for one call (a product of fewer than MATMUL_MIN_ROWS rows, or too
+    small to cut). See MATMUL_ROWS."""
+    rows, m = math.prod(x_shape[:-1]), F_shape[-1]
+    if len(x_shape) < 2 or rows < MATMUL_MIN_ROWS:
         return None
-    return _ranges(x_shape[:-1], MATMUL_ROWS)
+    if rows < m and len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS:  # wide: blocks of columns of F
+        lead = (slice(None),) * (len(x_shape) - 1)
+        columns = [slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS)]
+        return [((), (slice(None), c), (*lead, c)) for c in columns]
+    if rows < 2 * MATMUL_ROWS:
+        return None
+    return [(b, b[:-1], b) for b in _ranges(x_shape[:-1], MATMUL_ROWS)]  # tall: blocks of rows of x
 
 
 def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:
@@ -159,7 +177,7 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normfuse")
 
 
-def run_blocks(work: Callable[[Block], None], blocks: Sequence[Block], threads: int) -> None:
+def run_blocks(work: Callable[[B], None], blocks: Sequence[B], threads: int) -> None:
     """work(b) for every block, on the calling thread and threads - 1 workers, each taking the next block not yet
     taken (so a thread slowed by another process takes fewer blocks); BLAS held to one thread meanwhile.
 

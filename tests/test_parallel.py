@@ -32,7 +32,7 @@ def _whole(call: functools.partial[Any]) -> Any:
     """What `call` gives when the executor computes every primitive whole (its path for small arrays)."""
     with pytest.MonkeyPatch.context() as m:
         m.setattr(ops, "row_blocks", lambda shape: None)
-        m.setattr(ops, "matmul_blocks", lambda shape: None)
+        m.setattr(ops, "matmul_blocks", lambda x_shape, F_shape: None)
         return call()
 
 
@@ -160,12 +160,14 @@ def test_elementwise_and_reductions_cut_into_blocks_equal_the_whole(dtype: str) 
 def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: bool) -> None:
     rng = np.random.default_rng(2)
     P = bd.Precision.of(dtype)
-    x = rng.standard_normal((300, 700)).astype(dtype)  # (T, n): 3 blocks of rows (128, 128, 44)
+    x = rng.standard_normal((300, 700)).astype(dtype)  # (T, n): a tall product, 3 blocks of rows (128, 128, 44)
     F = rng.standard_normal((700, 50)).astype(dtype)  # (n, m)
     q = rng.standard_normal((3, 400, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
     kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S)
-    for a, b in ((x, F), (q, kT)):
-        assert parallel.matmul_blocks(a.shape) is not None
+    w = rng.standard_normal((40, 64)).astype(dtype)  # (T, n): a wide product, cut into blocks of columns
+    W = rng.standard_normal((64, 1100)).astype(dtype)  # (n, m): 256, 256, 256, 256, 76 columns
+    for a, b in ((x, F), (q, kT), (w, W)):
+        assert parallel.matmul_blocks(a.shape, b.shape) is not None
         one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
         two = NumpyExecutor(dtype, threads=2).matmul(a, b, op="mm", keep_acc=keep_acc)
         whole = _whole(functools.partial(NumpyExecutor(dtype).matmul, a, b, op="mm", keep_acc=keep_acc))
