@@ -130,7 +130,8 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
         return [((), (slice(None), c), (*lead, c)) for c in columns]
     if rows < 2 * MATMUL_ROWS:
         return None
-    return [(b, b[:-1], b) for b in _ranges(x_shape[:-1], MATMUL_ROWS)]  # tall: blocks of rows of x
+    batched = len(F_shape) > 2  # F's leading axes are x's: sliced with them; a matrix F is read whole
+    return [(b, b[:-1] if batched else (), b) for b in _ranges(x_shape[:-1], MATMUL_ROWS)]  # tall: rows of x
 
 
 def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:

@@ -166,7 +166,8 @@ def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: boo
     kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S)
     w = rng.standard_normal((40, 64)).astype(dtype)  # (T, n): a wide product, cut into blocks of columns
     W = rng.standard_normal((64, 1100)).astype(dtype)  # (n, m): 256, 256, 256, 256, 76 columns
-    for a, b in ((x, F), (q, kT), (w, W)):
+    xb = rng.standard_normal((2, 150, 64)).astype(dtype)  # (B, T, n) @ (n, m): rows of each sequence
+    for a, b in ((x, F), (q, kT), (w, W), (xb, F[:64])):
         assert parallel.matmul_blocks(a.shape, b.shape) is not None
         one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
         two = NumpyExecutor(dtype, threads=2).matmul(a, b, op="mm", keep_acc=keep_acc)
