@@ -21,7 +21,7 @@ from normfuse_ref import ops, parallel
 from normfuse_ref.accuracy import bounds as bd
 from normfuse_ref.layers import normalise_rows, shifted_exp, silu_gate
 from normfuse_ref.models.llama.fetch import fetch
-from normfuse_ref.models.llama.forward import causal_keep, forward
+from normfuse_ref.models.llama.forward import causal_keep, empty_cache, forward
 from normfuse_ref.models.llama.model import Model, load_model
 from normfuse_ref.ops import NumpyExecutor
 
@@ -243,3 +243,18 @@ def smollm2() -> Model:
 def test_smollm2_is_bit_identical_on_any_thread_count(smollm2: Model, mode: str) -> None:
     ids = np.random.default_rng(0).integers(100, 40000, 300)  # products (300 rows), scores (3, 900, 300): all cut
     _check_threads(smollm2, mode, ids)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "fused"])
+def test_a_batch_is_bit_identical_on_any_thread_count(mode: str) -> None:
+    """(B, T) ids: every product has a batch axis before its rows (a matrix F is read whole by each block)."""
+    model = load_model("tiny")
+    ids = np.arange(2 * 150).reshape(2, 150) % 256  # (B, T)
+    w, outs = model.weights(mode), []  # type: ignore[arg-type]
+    for threads in (1, 2):
+        ex = NumpyExecutor(model.dtype, threads=threads)
+        with ops.step_blas_threads():
+            logits, cache = forward(w, model.cfg, ids, empty_cache(model.cfg, batch=2, capacity=151), mode=mode, ex=ex)  # type: ignore[arg-type]
+            step, _ = forward(w, model.cfg, np.argmax(logits[:, -1:], -1), cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        outs.append((logits, step))
+    assert same(outs[0], outs[1]), "1 and 2 threads differ"
