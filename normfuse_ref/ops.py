@@ -152,8 +152,8 @@ class NumpyExecutor:
     tile_size: how many entries of a softmax row one slice holds in `softmax_tiles` (None: the whole row is one
         slice); slices are merged left to right. The emulator uses its own slice size; any value gives the same
         result up to rounding.
-    threads: worker threads for elementwise ops, reductions and the local softmax, cut into blocks of rows
-        (`normfuse_ref.parallel`), and the BLAS threads of a step that is not decode-sized (`step_blas_threads`).
+    threads: worker threads for products, elementwise ops, reductions and the local softmax, cut into blocks
+        (`normfuse_ref.parallel`; BLAS itself runs on one thread).
         None: $NORMFUSE_THREADS, else the CPUs this process may use. Only speed depends on it, never a bit of a
         result.
     """

@@ -1,7 +1,7 @@
 """Row blocks on worker threads: how the plain executor (`normfuse_ref.ops.NumpyExecutor`) uses the machine.
 
-An elementwise op, a reduction over the last axis and the local part of a softmax compute each row of their output
-from the same row of their inputs. The plain executor therefore cuts such work into blocks of rows and hands the
+A matrix product, an elementwise op, a reduction over the last axis and the local part of a softmax compute each
+row (a product: each row and each column) of their output from the same part of their inputs. The plain executor therefore cuts such work into blocks of rows and hands the
 blocks to worker threads (NumPy's ufuncs and BLAS release the GIL while they work on an array). Two rules keep the
 numbers independent of the machinery:
 
@@ -17,9 +17,8 @@ Blocks of ~64K elements also keep a multi-pass callable's temporaries (shifted_e
 make 2-4 passes) in the core's L2 cache instead of streaming them through memory on every pass.
 
 The one setting: the thread count, `NumpyExecutor(threads=...)`, default the environment variable NORMFUSE_THREADS,
-else the CPUs this process may run on. It counts the executor's worker threads and the BLAS threads of a step that
-is not decode-sized (`ops.step_blas_threads`); inside a threaded block BLAS runs on one thread (the workers already
-occupy the cores). Only speed depends on it.
+else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them);
+BLAS runs on one thread throughout (`run_blocks`, `ops.step_blas_threads`). Only speed depends on it.
 """
 
 from __future__ import annotations
