@@ -1,14 +1,15 @@
 """Row blocks on worker threads: how the plain executor (`normfuse_ref.ops.NumpyExecutor`) uses the machine.
 
 A matrix product, an elementwise op, a reduction over the last axis and the local part of a softmax compute each
-row (a product: each row and each column) of their output from the same part of their inputs. The plain executor therefore cuts such work into blocks of rows and hands the
-blocks to worker threads (NumPy's ufuncs and BLAS release the GIL while they work on an array). Two rules keep the
-numbers independent of the machinery:
+row of their output (a product: each block of rows or of columns) from the same part of their inputs. The plain
+executor therefore cuts such work into blocks and hands them to worker threads (NumPy's ufuncs and BLAS release
+the GIL while they work on an array). Two rules keep the numbers independent of the machinery:
 
-- Blocks are cut from the shape alone (`row_blocks`: about BLOCK_ELEMENTS output elements each), never from the
-  number of threads, and each block is computed by the same NumPy calls whichever thread runs it. So a result is
-  bit for bit the same for any thread count (tests/test_parallel.py: 1 and 2 threads, the tiny model and
-  SmolLM2, both orders), and equal to computing the whole array at once (also tested, primitive by primitive).
+- Blocks are cut from the shape alone (`row_blocks`: about BLOCK_ELEMENTS output elements each; `matmul_blocks`),
+  never from the number of threads, and each block is computed by the same NumPy calls whichever thread runs it.
+  So a result is bit for bit the same for any thread count (tests/test_parallel.py: 1 and 2 threads, the tiny
+  model and SmolLM2, both orders). Against computing the whole array at once: elementwise ops and reductions are
+  bit for bit the same, a product within its rounding bound (docs/numerics.md, "Threads and blocks").
 - Work is split only where every array it reads is an argument: `reads_only_arguments` refuses a callable that
   captured an array (a closure over a mask or a RoPE table would not be cut with the block). Such a callable, and
   any op smaller than two blocks (a decode step's), is computed whole, on the calling thread.
