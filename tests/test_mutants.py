@@ -21,6 +21,8 @@ first catching test; the `dev` and `thorough` profiles run every listed catcher.
 | RoPE off by one in decode             | llama.forward.rope_tables          | decode vs recompute (plain and HF-free)     |
 | a site copy rounding y to storage     | models.sites.rms_norm_linear       | site == rule, float16                       |
 | a LayerNorm site rounding before bias | models.sites.layer_norm_linear     | BERT site == rule, bfloat16                 |
+| a product's last column block dropped | parallel.matmul_blocks             | blocked products == whole, float32          |
+| threads dropping the last block       | parallel.run_blocks                | tiny model on 1 == 2 threads                |
 | compensating with zero column sums    | fusion.fold_column_sums            | compensate property bf16; fold-error tie    |
 | a LayerNorm fold ignoring its dtype   | fusion.fold_layer_norm             | wide-fold property bf16                     |
 | an RMSNorm fold ignoring its dtype    | fusion.fold_rms_norm               | wide-fold property e4m3fn                   |
@@ -38,7 +40,7 @@ import numpy as np
 import pytest
 
 import proofs
-from normfuse_ref import fusion, layers, ops, precision
+from normfuse_ref import fusion, layers, ops, parallel, precision
 from normfuse_ref.fuzz import rules as fuzz_rules
 from normfuse_ref.fuzz.profiles import active
 from normfuse_ref.precision import Array
@@ -50,6 +52,7 @@ from . import test_fuzz_rms_norm_linear as rms_tests
 from . import test_fuzz_softmax_linear as sm_tests
 from . import test_layers as layer_tests
 from . import test_llama_forward as llama_tests
+from . import test_parallel as parallel_tests
 from . import test_precision as precision_tests
 from . import test_rule_sites as site_tests
 from . import test_rule_sites_bert as bert_site_tests
@@ -126,6 +129,20 @@ def _exp_unshifted(z: Array, m: Array) -> Array:
 
 def _matmul_wide(x: Array, F: Array, acc: np.dtype) -> Array:
     return np.matmul(x.astype(acc), F.astype(acc))  # numpy's float16 matmul sums in float32: the silent widening
+
+
+_matmul_blocks, _run_blocks = parallel.matmul_blocks, parallel.run_blocks  # the originals, for the mutants
+
+
+def _matmul_blocks_drop_last_column(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> Any:
+    blocks = _matmul_blocks(x_shape, F_shape)
+    if blocks is not None and blocks[0][0] == ():  # cut by columns of F
+        return blocks[:-1]
+    return blocks
+
+
+def _run_blocks_drops_last(work: Callable[[Any], None], blocks: Any, threads: int) -> None:
+    _run_blocks(work, blocks[:-1] if threads > 1 else blocks, threads)
 
 
 def _tree_drops_odd(x: Array, axis: int = -1) -> Array:
@@ -412,6 +429,30 @@ MUTANTS = [
                 lambda: bert_site_tests.test_the_models_baseline_layer_norm_site_is_the_reference_layers(
                     "bfloat16", "attn_qkv"
                 ),
+            ),
+        ),
+    ),
+    Mutant(
+        "a product's last column block dropped",
+        parallel,
+        "matmul_blocks",
+        _matmul_blocks_drop_last_column,
+        (
+            (
+                "blocked products == whole float32",
+                lambda: parallel_tests.test_products_cut_into_blocks_agree_with_the_whole("float32", False),
+            ),
+        ),
+    ),
+    Mutant(
+        "threads dropping the last block",
+        parallel,
+        "run_blocks",
+        _run_blocks_drops_last,
+        (
+            (
+                "tiny 1 == 2 threads",
+                lambda: parallel_tests.test_tiny_model_is_bit_identical_on_any_thread_count("fused", "float32"),
             ),
         ),
     ),
