@@ -135,6 +135,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if len(args.param) > 2:
         raise UsageError("--param may be given at most twice")
     hw = resolve_hw(args)
+    sc = resolve_scenario(args, console)
     params: list[tuple[str, list[Any]]] = []
     for name, text in args.param:
         if any(name == n for n, _ in params):
@@ -143,10 +144,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         values = parse_values(text, integer=integer, choices=choices)
         if name in ("batch", "chunk", "tp-cards") and min(values) < 1:
             raise UsageError(f"{name} values must be >= 1")
-        if name == "context" and args.phase == "prefill" and min(values) < 1:
+        if name == "context" and sc.phase == "prefill" and min(values) < 1:
             raise UsageError("prefill needs a context (prompt) of at least 1 token")
         params.append((name, values))
-    sc = resolve_scenario(args, console)
     if any(n == "context" for n, _ in params):
         top = max(v for n, vs in params if n == "context" for v in vs)
         if top + (1 if sc.phase == "decode" else 0) > sc.model.context_length:

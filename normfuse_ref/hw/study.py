@@ -5,7 +5,8 @@ for the scenario (`mapping.search`), with weight-free dummy weights and a dummy 
 
     phase "decode"   one new token per sequence after `context` cached positions
     phase "prefill"  a prompt of `context` tokens per sequence, issued in chunks of `chunk` tokens that pipeline
-                     through the stages (each chunk is one forward call after the previous chunks' cache)
+                     through the stages (each chunk is one forward call after the previous chunks' cache); an
+                     encoder (BERT) has no decode phase and takes its prompt in one call (`workload.is_encoder`)
 
 A comparison is five passes of the same forward on the same mapping:
 
@@ -35,16 +36,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..models.llama.config import LlamaConfig, get_preset
+from ..models.shapes import shape_config
 from . import costs
 from .config import HardwareConfig, field_value, nested, with_overrides
 from .emulator import EmulatingExecutor
 from .mapping import Mapping, MappingPolicy, Stage, search
 from .timeline import ENGINES, Timeline
-from .workload import Workload, run_pass, with_context, with_layers, workload_of
+from .workload import Workload, is_encoder, run_pass, with_context, with_layers, workload_of
 
 __all__ = [
     "CALIBRATION_POINTS",
+    "LAYERNORM_MODELS",
     "PAPER",
     "PAPER_MODELS",
     "PUBLISHED",
@@ -69,14 +71,18 @@ PAPER = {
     "reduction": "15-20%",  # "reduces the total latency ... by approximately 15-20%" (Llama2, Llama3 on Corsair)
 }
 PAPER_MODELS: tuple[str, ...] = ("llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b")
+#: The LayerNorm models of `normfuse timeline --paper --models layernorm`: the real encoder, a larger encoder, a
+#: GPT-2-family decoder and a large LayerNorm decoder (configs and their sources in normfuse_ref.models).
+LAYERNORM_MODELS: tuple[str, ...] = ("all-minilm-l6-v2", "bert-large", "gpt2-xl", "opt-66b")
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """What is timed: a model, a phase, the context (cached positions or prompt length), the batch, the prefill
-    chunk (tokens per sequence a forward call issues), and how the mapping is chosen."""
+    """What is timed: a model (a config of any family registered in `workload.FAMILIES`), a phase, the context
+    (cached positions or prompt length), the batch, the prefill chunk (tokens per sequence a forward call issues;
+    an encoder's prompt is one call whatever the chunk), and how the mapping is chosen."""
 
-    model: LlamaConfig
+    model: Any
     phase: Phase = "decode"
     context: int = 2048
     batch: int = 1
@@ -96,12 +102,19 @@ class Scenario:
             raise ValueError(
                 f"context must be >= {0 if self.phase == 'decode' else 1} for {self.phase}; got {self.context}"
             )
+        if self.phase == "decode" and is_encoder(self.model):
+            raise ValueError(
+                f"{self.model.name} is an encoder (bidirectional attention, no KV cache): it has no decode phase; "
+                "time its prefill (--phase prefill)"
+            )
 
     @property
     def chunks(self) -> tuple[int, ...]:
         """Tokens per sequence of each forward call."""
         if self.phase == "decode":
             return (1,)
+        if is_encoder(self.model):
+            return (self.context,)
         full, rest = divmod(self.context, self.chunk)
         return (self.chunk,) * full + ((rest,) if rest else ())
 
@@ -126,6 +139,7 @@ class Scenario:
     def describe(self) -> str:
         what = f"context {self.context}" if self.phase == "decode" else f"prompt {self.context}"
         chunks = f" in chunks of {self.chunk}" if self.phase == "prefill" and len(self.chunks) > 1 else ""
+        chunks += " in one pass (an encoder)" if self.phase == "prefill" and is_encoder(self.model) else ""
         return f"{self.model.name}, {self.phase}, {what}{chunks}, batch {self.batch}, {self.model.n_layers} layers"
 
 
@@ -556,14 +570,21 @@ def paper_check(
     policy: MappingPolicy | None = None,
     executor: concurrent.futures.Executor | None = None,
     on_step: Callable[[], None] | None = None,
+    fit_context: bool = False,
 ) -> list[dict[str, Any]]:
-    """For each model, decode (after `context` cached positions) and prefill (a prompt of `prefill_tokens`,
-    default `context`): both baselines, the normalisation share, the hidden fraction and the reduction."""
+    """For each model (a preset name or a config.json), decode (after `context` cached positions) and prefill (a
+    prompt of `prefill_tokens`, default `context`): both baselines, the normalisation share, the hidden fraction
+    and the reduction. An encoder has a prefill row only. With `fit_context`, a model trained on fewer positions is
+    timed at its own: decode after (its positions - 1), a prefill of its positions (the row's `context` says so)."""
     scs = []
     for name in models:
-        for phase in ("decode", "prefill"):
+        cfg = shape_config(name)
+        phases: tuple[Phase, ...] = ("prefill",) if is_encoder(cfg) else ("decode", "prefill")
+        for phase in phases:
             ctx = context if phase == "decode" or prefill_tokens is None else prefill_tokens
-            scs.append(Scenario(get_preset(name), phase, ctx, batch, mapping=policy or MappingPolicy()))
+            if fit_context:
+                ctx = min(ctx, cfg.context_length - (phase == "decode"))
+            scs.append(Scenario(cfg, phase, ctx, batch, mapping=policy or MappingPolicy()))
     return list(_map(_paper_task, [(sc, hw) for sc in scs], executor, on_step))
 
 
@@ -577,7 +598,7 @@ def validate(hw: HardwareConfig, *, policy: MappingPolicy | None = None) -> list
     out = []
     for pub in PUBLISHED:
         pol = dataclasses.replace(policy or MappingPolicy(), max_cards=pub["max_cards"])
-        sc = Scenario(get_preset(pub["model"]), "decode", pub["context"], pub["batch"], mapping=pol)
+        sc = Scenario(shape_config(pub["model"]), "decode", pub["context"], pub["batch"], mapping=pol)
         c = compare(sc, hw)
         b, f = c.baseline.us(c.baseline.makespan), c.fused.us(c.fused.makespan)
         out.append(
@@ -619,7 +640,7 @@ CALIBRATION_POINTS: dict[str, dict[str, Any]] = {
 def _measure(hw: HardwareConfig, point: dict[str, Any], policy: MappingPolicy) -> float:
     name, phase, ctx, batch = point["scenario"]
     pol = dataclasses.replace(policy, max_cards=point.get("max_cards"))
-    c = compare(Scenario(get_preset(name), phase, ctx, batch, mapping=pol), hw)
+    c = compare(Scenario(shape_config(name), phase, ctx, batch, mapping=pol), hw)
     if point["measure"] == "normalisation_share_baseline":
         return c.normalisation_share
     return c.baseline.us(c.baseline.makespan)

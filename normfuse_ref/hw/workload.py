@@ -4,7 +4,12 @@ forward call of it through an executor.
 The machine itself is family-agnostic: it prices elementwise ops by name (`costs.SIMD_PROGRAMS`), reductions by
 kind, and matmuls by shapes and by whether the matrix is a stationary weight (a plain 2-D array) or an activation
 (a value the pass produced, e.g. the KV cache). A family plugs in by registering a `Family` for its config type in
-`FAMILIES`: today Llama (`normfuse_ref.models.llama`).
+`FAMILIES`: Llama (`normfuse_ref.models.llama`, RMSNorm decoders), BERT (`normfuse_ref.models.bert`, a post-LayerNorm
+encoder) and GPT (`normfuse_ref.models.gpt`, pre-LayerNorm decoders: GPT-2, OPT).
+
+An encoder attends bidirectionally and keeps no KV cache: it has no decode phase, and a prompt is one forward call
+(cutting it into chunks would hide the later tokens from the earlier ones). Its K and V still live on the KV
+layout while attention runs, so the mapper places and sizes them as it does a decoder's cache of the prompt.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from ..models.bert.config import BertConfig
+from ..models.gpt.config import GptConfig
 from ..models.llama.config import LlamaConfig
 from ..ops import Executor
 
-__all__ = ["FAMILIES", "Family", "Matrix", "Workload", "run_pass", "with_layers", "workload_of"]
+__all__ = ["FAMILIES", "Family", "Matrix", "Workload", "is_encoder", "run_pass", "with_layers", "workload_of"]
 
 
 @dataclass(frozen=True)
@@ -59,27 +66,24 @@ class Family:
     run: Callable[[Any, Executor, str, int, int, int, Any], Any]
     with_layers: Callable[[Any, int], Any]
     with_context: Callable[[Any, int], Any]
+    encoder: bool = False  # bidirectional, no KV cache: prefill only, in one forward call
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Llama
+# The families
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _llama_workload(cfg: LlamaConfig) -> Workload:
-    from ..models.llama.weights import prepared_shapes
-
-    shapes = prepared_shapes(cfg.replace(n_layers=1))
-    block = tuple(Matrix(k.split(".", 2)[2], *s) for k, s in shapes.items() if k.startswith("blk.0.") and len(s) == 2)
-    head = tuple(
-        Matrix(k, *s) for k, s in shapes.items() if not k.startswith("blk.") and k != "token_embd" and len(s) == 2
-    )
+def _workload(cfg: Any, shapes: dict[str, tuple[int, ...]], block: str, embeddings: tuple[str, ...]) -> Workload:
+    """A Workload from a family's prepared weight shapes (of a one-block config): the matrices whose names start
+    with `block` are one block's, the other matrices but the embedding tables are the head's."""
+    mats = {k: s for k, s in shapes.items() if len(s) == 2 and k not in embeddings}
     return Workload(
         cfg.name,
         cfg.n_layers,
         cfg.dim,
-        block,
-        head,
+        tuple(Matrix(k.removeprefix(block), *s) for k, s in mats.items() if k.startswith(block)),
+        tuple(Matrix(k, *s) for k, s in mats.items() if not k.startswith(block)),
         cfg.n_heads,
         cfg.n_kv_heads,
         cfg.head_dim,
@@ -87,33 +91,92 @@ def _llama_workload(cfg: LlamaConfig) -> Workload:
     )
 
 
+def _llama_workload(cfg: LlamaConfig) -> Workload:
+    return _workload(cfg, _shapes(cfg.replace(n_layers=1)), "blk.0.", ("token_embd",))
+
+
+def _gpt_workload(cfg: GptConfig) -> Workload:
+    return _workload(cfg, _shapes(cfg.replace(n_layers=1)), "blk.0.", ("wte", "wpe"))
+
+
+def _bert_workload(cfg: BertConfig) -> Workload:
+    # no head: the sentence embedding (a masked mean of the last hidden states) is not a matrix
+    tables = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    return _workload(cfg, _shapes(cfg.replace(n_layers=1)), "layer.0.", tables)
+
+
+def _shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
+    """The family's `prepared_shapes` of a config (for a decoder, the union of both modes' weights)."""
+    if isinstance(cfg, LlamaConfig):
+        from ..models.llama.weights import prepared_shapes as llama_shapes
+
+        return llama_shapes(cfg)
+    if isinstance(cfg, GptConfig):
+        from ..models.gpt.weights import prepared_shapes as gpt_shapes
+
+        return gpt_shapes(cfg)
+    from ..models.bert.weights import prepared_shapes as bert_shapes
+
+    return bert_shapes(cfg)
+
+
 @functools.lru_cache(maxsize=16)
-def _llama_dummies(cfg: LlamaConfig) -> dict[str, Any]:
-    from ..models.llama.weights import prepared_shapes
+def _dummies(cfg: Any) -> dict[str, Any]:
+    """Shape-only weights of a config (any family)."""
     from .emulator import dummy
 
-    return {k: dummy(s) for k, s in prepared_shapes(cfg).items()}
+    return {k: dummy(s) for k, s in _shapes(cfg).items()}
 
 
-def _llama_run(cfg: LlamaConfig, ex: Executor, mode: str, batch: int, tokens: int, past: int, cache: Any) -> Any:
-    from ..models.llama.forward import KVCache, forward
+def _decoder_run(cfg: Any, ex: Executor, mode: str, batch: int, tokens: int, past: int, cache: Any) -> Any:
+    """One forward call of a decoder (Llama or GPT) after `past` positions of a dummy KV cache."""
+    from ..models.llama.forward import KVCache
     from .emulator import dummy
 
+    if isinstance(cfg, LlamaConfig):
+        from ..models.llama.forward import forward
+    else:
+        from ..models.gpt.forward import forward  # type: ignore[assignment]
     lead = () if batch == 1 else (batch,)
     if cache is None:
         kv = dummy((cfg.n_layers, *lead, past + tokens, cfg.n_kv_heads, cfg.head_dim))  # (L, [B,] S, Hkv, hd)
         cache = KVCache(k=kv, v=kv, length=past)
     ids = np.zeros((*lead, tokens), dtype=np.int64)  # ([B,] T)
-    _, cache = forward(_llama_dummies(cfg), cfg, ids, cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+    _, cache = forward(_dummies(cfg), cfg, ids, cache, mode=mode, ex=ex)  # type: ignore[arg-type]
     return cache
+
+
+def _bert_run(cfg: BertConfig, ex: Executor, mode: str, batch: int, tokens: int, past: int, cache: Any) -> Any:
+    """One forward call of the encoder over a whole prompt (no cache: `past` must be 0)."""
+    from ..models.bert.forward import forward
+
+    if past or cache is not None:
+        raise ValueError(f"{cfg.name} is an encoder: it keeps no KV cache, so a forward call cannot follow another")
+    lead = () if batch == 1 else (batch,)
+    ids = np.zeros((*lead, tokens), dtype=np.int64)  # ([B,] T)
+    forward(_dummies(cfg), cfg, ids, mode=mode, ex=ex)  # type: ignore[arg-type]
+    return None
 
 
 FAMILIES: dict[type, Family] = {
     LlamaConfig: Family(
         workload=_llama_workload,
-        run=_llama_run,
+        run=_decoder_run,
         with_layers=lambda cfg, n: cfg.replace(n_layers=n),
         with_context=lambda cfg, n: cfg.replace(context_length=n),
+    ),
+    GptConfig: Family(
+        workload=_gpt_workload,
+        run=_decoder_run,
+        with_layers=lambda cfg, n: cfg.replace(n_layers=n),
+        with_context=lambda cfg, n: cfg.replace(context_length=n),
+    ),
+    BertConfig: Family(
+        workload=_bert_workload,
+        run=_bert_run,
+        with_layers=lambda cfg, n: cfg.replace(n_layers=n),
+        with_context=lambda cfg, n: cfg.replace(max_positions=n),
+        encoder=True,
     ),
 }
 
@@ -125,6 +188,11 @@ def _family(model: Any) -> Family:
         raise ValueError(
             f"no machine seam for models of type {type(model).__name__}; register one in FAMILIES"
         ) from None
+
+
+def is_encoder(model: Any) -> bool:
+    """Whether the model is an encoder (no KV cache, no decode phase, a prompt in one forward call)."""
+    return _family(model).encoder
 
 
 def workload_of(model: Any) -> Workload:
