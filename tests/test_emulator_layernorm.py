@@ -105,7 +105,7 @@ def test_cost_only_times_exactly_what_numeric_times(mode: Mode) -> None:
 
 def test_an_encoder_has_no_decode_and_takes_its_prompt_in_one_call() -> None:
     cfg = bert.get_preset("all-minilm-l6-v2")
-    with pytest.raises(ValueError, match="is an encoder .* no decode phase"):
+    with pytest.raises(ValueError, match=r"is an encoder .* no decode phase"):
         Scenario(cfg, "decode", 128)
     sc = Scenario(cfg, "prefill", 512, chunk=64)
     assert sc.chunks == (512,)  # bidirectional: chunks would hide later tokens from earlier ones
