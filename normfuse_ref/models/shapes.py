@@ -51,6 +51,8 @@ def shape_config(name_or_path: str | Path) -> Any:
         return presets[name]
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} has no config.json (is it a Hugging Face checkpoint directory?)")
         path = path / "config.json"
     if not path.is_file():
         raise ValueError(
