@@ -417,13 +417,15 @@ class Comparison:
         us = b.us
         roof = roofline(sc, hw, mp)
         weight_slices = mp.cards * hw.slices_per_card
+        # tokens a forward call issues: an encoder's whole prompt, whatever the chunk asked for
+        chunk = None if sc.phase == "decode" else sc.context if is_encoder(sc.model) else sc.chunk
         out: dict[str, Any] = {
             "model": sc.model.name,
             "hardware": hw.name,
             "phase": sc.phase,
             "context": sc.context,
             "batch": sc.batch,
-            "chunk": sc.chunk if sc.phase == "prefill" else None,
+            "chunk": chunk,
             "layers": sc.model.n_layers,
             "algorithm": hw.network.algorithm,
             "calibrated": calibrated(hw),
