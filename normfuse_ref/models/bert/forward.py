@@ -170,15 +170,7 @@ def attention(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertConfig, 
     v = ex.layout(heads(2), qkv, op="split_v")  # (.., H, T, hd)
     z = ex.matmul(q, kT, op="attn_scores", keep_acc=True)  # (.., H, T, T)   scores stay in acc for the softmax
     drop = None if keep.all() else ~keep[..., None, None, :]  # ([B,] 1, 1, T): padded keys
-    scale = 1 / math.sqrt(hd)  # a Python float: the product stays in z's (accumulation) dtype
-
-    def mask(z: Array) -> Array:  # where(keep, z * scale, -inf)
-        out = z * scale  # (.., H, T, T)
-        if drop is not None:
-            np.copyto(out, -np.inf, where=drop)
-        return out
-
-    z = ex.elementwise(mask, z, op="attn_mask", keep_acc=True)  # (.., H, T, T)
+    z = sites.masked_scores(ex, z, drop, hd)  # (.., H, T, T)
     o = sites.softmax_linear(ex, z, v, mode, "attn_pv")  # (.., H, T, hd)
 
     def merge_heads(a: Array) -> Array:  # (.., H, T, hd) -> (.., T, H, hd) -> (.., T, d)

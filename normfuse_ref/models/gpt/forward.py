@@ -84,15 +84,7 @@ def attention(ex: Executor, qkv: Any, cache: KVCache, layer: int, cfg: GptConfig
     z = ex.matmul(qh, kT, op="attn_scores", keep_acc=True)  # (.., H, T, S)   scores stay in acc for the softmax
     keep = causal_keep(T, S, 1)  # (T, S) or None: query t sees keys j <= t + S - T
     drop = None if keep is None else ~keep  # (T, S)
-    scale = 1 / math.sqrt(hd)  # a Python float: the product stays in z's (accumulation) dtype
-
-    def mask(z: Array) -> Array:  # where(keep, z * scale, -inf)
-        out = z * scale  # (.., H, T, S)
-        if drop is not None:
-            np.copyto(out, -np.inf, where=drop)
-        return out
-
-    z = ex.elementwise(mask, z, op="attn_mask", keep_acc=True)  # (.., H, T, S)
+    z = sites.masked_scores(ex, z, drop, hd)  # (.., H, T, S)
     o = sites.softmax_linear(ex, z, vh, mode, "attn_pv")  # (.., H, T, hd)
     return ex.layout(lambda a: np.swapaxes(a, -3, -2).reshape(*lead, T, d), o, op="merge_heads")  # (.., T, d)
 
