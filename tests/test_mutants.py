@@ -179,7 +179,7 @@ def _ln_site_rounding_before_bias(
 _SCORES = sites_module.masked_scores
 
 
-def _scores_unmasked(ex: Any, z: Any, drop: Any, hd: int) -> Any:
+def _scores_unmasked(ex: Any, z: Any, keep: Any, hd: int) -> Any:
     return _SCORES(ex, z, None, hd)  # every key visible: the causal and padding masks forgotten
 
 

@@ -51,18 +51,14 @@ def layer_norm_linear(
 
 
 # reference: where(keep, z / sqrt(hd), -inf)
-def masked_scores(ex: Executor, z: Any, drop: NDArray[np.bool_] | None, hd: int) -> Any:
-    """The attention scores ready for softmax -> V, the same in both orders: z / sqrt(hd), -inf where `drop`
-    (broadcast against z) is True (None: every key visible), kept in acc for the softmax."""
+def masked_scores(ex: Executor, z: Any, keep: NDArray[np.bool_] | None, hd: int) -> Any:
+    """The attention scores ready for softmax -> V, the same in both orders: z / sqrt(hd), -inf where `keep`
+    (broadcast against z) is False (None: every key visible), kept in acc for the softmax. The mask is an argument
+    of the elementwise op, not held in a closure, so an executor may cut the op into blocks of rows."""
     scale = 1 / math.sqrt(hd)  # a Python float: the product stays in z's (accumulation) dtype
-
-    def mask(z: Any) -> Any:  # where(keep, z * scale, -inf)
-        out = z * scale
-        if drop is not None:
-            np.copyto(out, -np.inf, where=drop)
-        return out
-
-    return ex.elementwise(mask, z, op="attn_mask", keep_acc=True)
+    if keep is None:
+        return ex.elementwise(lambda z: z * scale, z, op="attn_mask", keep_acc=True)
+    return ex.elementwise(lambda z, keep: np.where(keep, z * scale, -np.inf), z, keep, op="attn_mask", keep_acc=True)
 
 
 # reference: softmax(z) @ V

@@ -83,8 +83,7 @@ def attention(ex: Executor, qkv: Any, cache: KVCache, layer: int, cfg: GptConfig
     vh = ex.layout(lambda a: np.swapaxes(a, -3, -2), v_all, op="heads")  # (.., H, S, hd)
     z = ex.matmul(qh, kT, op="attn_scores", keep_acc=True)  # (.., H, T, S)   scores stay in acc for the softmax
     keep = causal_keep(T, S, 1)  # (T, S) or None: query t sees keys j <= t + S - T
-    drop = None if keep is None else ~keep  # (T, S)
-    z = sites.masked_scores(ex, z, drop, hd)  # (.., H, T, S)
+    z = sites.masked_scores(ex, z, keep, hd)  # (.., H, T, S)
     o = sites.softmax_linear(ex, z, vh, mode, "attn_pv")  # (.., H, T, hd)
     return ex.layout(lambda a: np.swapaxes(a, -3, -2).reshape(*lead, T, d), o, op="merge_heads")  # (.., T, d)
 
