@@ -85,3 +85,17 @@ def test_a_composed_gpt_decode_pass_is_the_full_pass(model: str, context: int) -
     assert len(c.mapping.stages) == 2
     for name, (mode, free, one_pass) in PASSES.items():
         assert compose(sc, hw, c.mapping, mode, free=free, one_pass=one_pass) == getattr(c, name).makespan, name
+
+
+def test_the_paper_note_states_the_default_context(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--context defaults per model now (None on the command line): the paper table still says what it used."""
+    from normfuse_ref.cli import timeline
+
+    monkeypatch.setattr(timeline, "PAPER_MODELS", ("tiny",))
+    monkeypatch.setattr(timeline, "PAPER_PREFILL", 64)
+    monkeypatch.setattr(timeline, "validate", lambda *a, **k: [])  # the published figures are another test's
+    code, out, err = run(capsys, "timeline", "--paper", "--workers", "1")
+    assert code == 0, err
+    assert "Decode at context 2048," in " ".join(out.split())

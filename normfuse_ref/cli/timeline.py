@@ -371,6 +371,8 @@ def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) ->
     policy = resolve_policy(args)
     workers = args.workers or os.cpu_count() or 1
     pool = local_pool(workers) if workers > 1 else None
+    if args.context is None:  # decode rows at DEFAULT_CONTEXT (with --models: or a model's positions, if fewer)
+        args.context = DEFAULT_CONTEXT
     models = PAPER_MODELS  # module globals, so tests can shorten them
     if args.models is not None:
         names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -381,7 +383,7 @@ def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) ->
             resolve_model(m)
     try:
         kw: dict[str, Any] = {
-            "context": DEFAULT_CONTEXT if args.context is None else args.context,
+            "context": args.context,
             "fit_context": args.models is not None,
             "batch": args.batch,
             "prefill_tokens": PAPER_PREFILL,
