@@ -59,9 +59,13 @@ class Workload:
 
 @dataclass(frozen=True)
 class Family:
-    """How the machine reaches one model family."""
+    """How the machine reaches one model family: its prepared weights' shapes (the matrices of one block are those
+    named with `block`, the other matrices but the embedding `tables` the head's), one forward call, and how to
+    change a config's depth and context."""
 
-    workload: Callable[[Any], Workload]
+    shapes: Callable[[Any], dict[str, tuple[int, ...]]]  # the family's `weights.prepared_shapes`
+    block: str  # the name prefix of block 0's prepared weights
+    tables: tuple[str, ...]  # prepared names of the embedding tables (looked up, not multiplied)
     # one forward call: (config, executor, mode, batch, tokens, past, cache or None) -> the new cache
     run: Callable[[Any, Executor, str, int, int, int, Any], Any]
     with_layers: Callable[[Any, int], Any]
@@ -70,54 +74,26 @@ class Family:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The families
+# The families (their modules imported when first used: the machine needs none of them to load)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _workload(cfg: Any, shapes: dict[str, tuple[int, ...]], block: str, embeddings: tuple[str, ...]) -> Workload:
-    """A Workload from a family's prepared weight shapes (of a one-block config): the matrices whose names start
-    with `block` are one block's, the other matrices but the embedding tables are the head's."""
-    mats = {k: s for k, s in shapes.items() if len(s) == 2 and k not in embeddings}
-    return Workload(
-        cfg.name,
-        cfg.n_layers,
-        cfg.dim,
-        tuple(Matrix(k.removeprefix(block), *s) for k, s in mats.items() if k.startswith(block)),
-        tuple(Matrix(k, *s) for k, s in mats.items() if not k.startswith(block)),
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        cfg.head_dim,
-        cfg.context_length,
-    )
+def _llama_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    from ..models.llama.weights import prepared_shapes
+
+    return prepared_shapes(cfg)
 
 
-def _llama_workload(cfg: LlamaConfig) -> Workload:
-    return _workload(cfg, _shapes(cfg.replace(n_layers=1)), "blk.0.", ("token_embd",))
+def _gpt_shapes(cfg: GptConfig) -> dict[str, tuple[int, ...]]:
+    from ..models.gpt.weights import prepared_shapes
+
+    return prepared_shapes(cfg)
 
 
-def _gpt_workload(cfg: GptConfig) -> Workload:
-    return _workload(cfg, _shapes(cfg.replace(n_layers=1)), "blk.0.", ("wte", "wpe"))
+def _bert_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
+    from ..models.bert.weights import prepared_shapes
 
-
-def _bert_workload(cfg: BertConfig) -> Workload:
-    # no head: the sentence embedding (a masked mean of the last hidden states) is not a matrix
-    tables = ("word_embeddings", "position_embeddings", "token_type_embeddings")
-    return _workload(cfg, _shapes(cfg.replace(n_layers=1)), "layer.0.", tables)
-
-
-def _shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
-    """The family's `prepared_shapes` of a config (for a decoder, the union of both modes' weights)."""
-    if isinstance(cfg, LlamaConfig):
-        from ..models.llama.weights import prepared_shapes as llama_shapes
-
-        return llama_shapes(cfg)
-    if isinstance(cfg, GptConfig):
-        from ..models.gpt.weights import prepared_shapes as gpt_shapes
-
-        return gpt_shapes(cfg)
-    from ..models.bert.weights import prepared_shapes as bert_shapes
-
-    return bert_shapes(cfg)
+    return prepared_shapes(cfg)
 
 
 @functools.lru_cache(maxsize=16)
@@ -125,11 +101,12 @@ def _dummies(cfg: Any) -> dict[str, Any]:
     """Shape-only weights of a config (any family)."""
     from .emulator import dummy
 
-    return {k: dummy(s) for k, s in _shapes(cfg).items()}
+    return {k: dummy(s) for k, s in _family(cfg).shapes(cfg).items()}
 
 
 def _decoder_run(cfg: Any, ex: Executor, mode: str, batch: int, tokens: int, past: int, cache: Any) -> Any:
-    """One forward call of a decoder (Llama or GPT) after `past` positions of a dummy KV cache."""
+    """One forward call of a decoder (Llama or GPT: the same `forward` signature and KV cache) after `past`
+    positions of a dummy KV cache."""
     from ..models.llama.forward import KVCache
     from .emulator import dummy
 
@@ -160,19 +137,26 @@ def _bert_run(cfg: BertConfig, ex: Executor, mode: str, batch: int, tokens: int,
 
 FAMILIES: dict[type, Family] = {
     LlamaConfig: Family(
-        workload=_llama_workload,
+        shapes=_llama_shapes,
+        block="blk.0.",
+        tables=("token_embd",),
         run=_decoder_run,
         with_layers=lambda cfg, n: cfg.replace(n_layers=n),
         with_context=lambda cfg, n: cfg.replace(context_length=n),
     ),
     GptConfig: Family(
-        workload=_gpt_workload,
+        shapes=_gpt_shapes,
+        block="blk.0.",
+        tables=("wte", "wpe"),
         run=_decoder_run,
         with_layers=lambda cfg, n: cfg.replace(n_layers=n),
         with_context=lambda cfg, n: cfg.replace(context_length=n),
     ),
     BertConfig: Family(
-        workload=_bert_workload,
+        shapes=_bert_shapes,
+        block="layer.0.",
+        # no head: the sentence embedding (a masked mean of the last hidden states) is not a matrix
+        tables=("word_embeddings", "position_embeddings", "token_type_embeddings"),
         run=_bert_run,
         with_layers=lambda cfg, n: cfg.replace(n_layers=n),
         with_context=lambda cfg, n: cfg.replace(max_positions=n),
@@ -196,7 +180,22 @@ def is_encoder(model: Any) -> bool:
 
 
 def workload_of(model: Any) -> Workload:
-    return _family(model).workload(model)
+    """What the mapper must know of the model: one block's stationary weights (from the prepared weights of a
+    one-block config), the head's, and the attention shape."""
+    fam = _family(model)
+    shapes = fam.shapes(fam.with_layers(model, 1))
+    mats = {k: s for k, s in shapes.items() if len(s) == 2 and k not in fam.tables}
+    return Workload(
+        model.name,
+        model.n_layers,
+        model.dim,
+        tuple(Matrix(k.removeprefix(fam.block), *s) for k, s in mats.items() if k.startswith(fam.block)),
+        tuple(Matrix(k, *s) for k, s in mats.items() if not k.startswith(fam.block)),
+        model.n_heads,
+        model.n_kv_heads,
+        model.head_dim,
+        model.context_length,
+    )
 
 
 def run_pass(model: Any, ex: Executor, mode: str, *, batch: int, tokens: int, past: int, cache: Any = None) -> Any:
