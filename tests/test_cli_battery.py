@@ -111,6 +111,9 @@ MISTAKES: list[Mistake] = [
     # -- generate: which model -------------------------------------------------------------------------------------
     Mistake("gen-model-markup", ("generate", "--model", "a[/]b", *HELLO), "model not found: 'a[/]b' is neither"),
     Mistake("gen-model-shape-only", ("generate", "--model", "llama2-7b", *HELLO), "preset 'llama2-7b' is shape-only"),
+    Mistake("gen-model-gpt", ("generate", "--model", "gpt2-xl", *HELLO), "gpt2-xl is a preset of another family (GPT: GPT-2 and OPT)"),
+    Mistake("gen-model-bert-large", ("generate", "--model", "bert-large", *HELLO), "bert-large is a preset of another family (BERT)"),
+    Mistake("embed-model-gpt", ("embed", "--model", "tiny-gpt", "hi"), "tiny-gpt is a preset of the GPT family (GPT-2, OPT)"),
     Mistake("gen-model-bert", ("generate", "--model", "all-minilm-l6-v2", *HELLO), "all-minilm-l6-v2 is a BERT model"),
     Mistake("gen-not-fetched", ("generate", *HELLO), "run: normfuse fetch smollm2-135m"),
     Mistake("gen-cached-truncated", ("generate", *HELLO), "has 13 bytes, expected 98362432 (incomplete or changed); run: normfuse fetch smollm2-135m --force",

@@ -55,6 +55,7 @@ def family_of(name_or_path: str | Path) -> str:
     """ "llama" or "bert": the family a model name or path belongs to (see the module docstring)."""
     from .bert.config import PRESETS as BERT_PRESETS
     from .checkpoint import read_config
+    from .gpt.config import PRESETS as GPT_PRESETS
     from .llama.config import PRESETS as LLAMA_PRESETS
 
     name = str(name_or_path)
@@ -65,6 +66,11 @@ def family_of(name_or_path: str | Path) -> str:
         return "llama"
     if name in BERT_PRESETS:
         return "bert"
+    if name in GPT_PRESETS:
+        raise UnsupportedArchitecture(
+            f"{name} is a preset of the GPT family (GPT-2, OPT), which has no loaded model: run it with "
+            "normfuse_ref.models.gpt (random weights) or time it with normfuse timeline --model"
+        )
     path = Path(name).expanduser()
     if path.is_dir():
         kind = read_config(path).get("model_type")
