@@ -107,7 +107,7 @@ def _dummies(cfg: Any) -> dict[str, Any]:
 def _decoder_run(cfg: Any, ex: Executor, mode: str, batch: int, tokens: int, past: int, cache: Any) -> Any:
     """One forward call of a decoder (Llama or GPT: the same `forward` signature and KV cache) after `past`
     positions of a dummy KV cache."""
-    from ..models.llama.forward import KVCache
+    from ..models.kvcache import KVCache
     from .emulator import dummy
 
     if isinstance(cfg, LlamaConfig):

@@ -14,7 +14,7 @@ LayerNorm -> linear site of the paper's formula, called through `normfuse_ref.mo
     mode="fused"     the matmul on raw x with F' = (I - E/n) Gamma F (folded offline), mu and s beside it,
                      y = s y~ + b' after (b' = beta F + b)
 
-and softmax -> V is deferred as in the Llama forward (`fusion.softmax_linear`). The KV cache is the Llama family's
+and softmax -> V is deferred as in the Llama forward (`fusion.softmax_linear`). The KV cache is the decoders' shared
 `KVCache` (preallocated buffers and a length, passed in and returned). Shape letters: see
 `normfuse_ref.models.gpt.config`.
 """
@@ -33,7 +33,7 @@ from ...precision import Array
 from .. import sites
 from ..bert.forward import gelu
 from ..inputs import check_ids
-from ..llama.forward import KVCache, _allocate, _room_for, causal_keep
+from ..kvcache import KVCache, allocate, causal_keep, room_for
 from .config import GptConfig
 from .weights import Mode
 
@@ -122,7 +122,7 @@ def forward(
     ex: Executor | None = None,
 ) -> tuple[Any, KVCache]:
     """Logits ([B,] T, V) for the new tokens `ids` ((T,) or (B, T)) after the cached positions, and the cache
-    extended by them (the Llama family's `KVCache` contract: its buffers are written past its length). `w` is
+    extended by them (the `models.kvcache.KVCache` contract: its buffers are written past its length). `w` is
     `weights.prepare(params, cfg, mode)`; `ex` defaults to a float32 NumpyExecutor."""
     if mode not in ("baseline", "fused"):
         raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
@@ -132,10 +132,10 @@ def forward(
     T = ids_.shape[-1]
     if cache is None:
         shape = (cfg.n_layers, *ids_.shape[:-1], T, cfg.n_heads, cfg.head_dim)  # (L, [B,] T, H, hd)
-        cache = KVCache(_allocate(shape, w["wte"].dtype, T), _allocate(shape, w["wte"].dtype, T), 0)
+        cache = KVCache(allocate(shape, w["wte"].dtype, T), allocate(shape, w["wte"].dtype, T), 0)
     if cache.k.shape[0] != cfg.n_layers or cache.batch != ids_.shape[:-1]:
         raise ValueError(f"the cache holds shape {tuple(cache.k.shape)}; it does not fit ids of shape {ids_.shape}")
-    cache = _room_for(cache, past + T, cfg)  # type: ignore[arg-type]  # reads cfg.context_length only
+    cache = room_for(cache, past + T, cfg)
     pos = cfg.position_offset + past + np.arange(T)  # (T,)
 
     with ex.scope(layer=None):
