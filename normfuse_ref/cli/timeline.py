@@ -2,8 +2,8 @@
 
 With no arguments: llama2-7b, the corsair-like machine, one decode step at context 2048, on the mapping the mapper
 picks. `--model` takes any preset of the three families (Llama; BERT, an encoder: prefill only; GPT-2/OPT) or an HF
-config.json of one of them (shape-only: `normfuse_ref.models.shapes`). Prints a Gantt chart of one decoder block (both orders on one time axis, lanes per engine and network
-level), and a table for the whole model: the latency of both baselines (two-pass softmax, one-pass (m, l)
+config.json of one of them (shape-only: `normfuse_ref.models.shapes`). Prints a Gantt chart of one decoder block
+(both orders on one time axis, lanes per engine and network level), and a table for the whole model: the latency of both baselines (two-pass softmax, one-pass (m, l)
 all-reduce) and of the fused order, each without its normalisation (the counterfactual), what normalisation
 costs, the exposed view, the roofline on the cards used. Every output says whether a parameter was fitted
 (`calibrated`); nothing is by default. `--calibrate PARAM[=POINT]` fits one on request.
@@ -369,8 +369,6 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
 
 def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) -> None:
     policy = resolve_policy(args)
-    workers = args.workers or os.cpu_count() or 1
-    pool = local_pool(workers) if workers > 1 else None
     if args.context is None:  # decode rows at DEFAULT_CONTEXT (with --models: or a model's positions, if fewer)
         args.context = DEFAULT_CONTEXT
     models = PAPER_MODELS  # module globals, so tests can shorten them
@@ -379,8 +377,9 @@ def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) ->
         models = LAYERNORM_MODELS if names == ["layernorm"] else tuple(names)
         if not models:
             raise UsageError("--models needs at least one model")
-        for m in models:
-            resolve_model(m)
+    n_rows = sum(1 if is_encoder(resolve_model(m)) else 2 for m in models)  # an encoder has no decode row
+    workers = args.workers or os.cpu_count() or 1
+    pool = local_pool(workers) if workers > 1 else None
     try:
         kw: dict[str, Any] = {
             "context": args.context,
@@ -392,7 +391,7 @@ def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) ->
             "executor": pool,
         }
         with console.progress() as progress:
-            task = progress.add_task("emulating", total=2 * len(models))
+            task = progress.add_task("emulating", total=n_rows)
             rows = paper_check(hw, **kw, on_step=lambda: progress.advance(task))
         # the press figures are of Llama 3 models: printed with the paper's models only
         published = [] if args.models is not None else validate(hw, policy=dataclasses.replace(policy, max_cards=None))
