@@ -42,7 +42,7 @@ from .config import HardwareConfig, field_value, nested, with_overrides
 from .emulator import EmulatingExecutor
 from .mapping import Mapping, MappingPolicy, Stage, search
 from .timeline import ENGINES, Timeline
-from .workload import Workload, is_encoder, run_pass, with_context, with_layers, workload_of
+from .workload import ModelShape, Workload, is_encoder, run_pass, with_context, with_layers, workload_of
 
 __all__ = [
     "CALIBRATION_POINTS",
@@ -82,7 +82,7 @@ class Scenario:
     (cached positions or prompt length), the batch, the prefill chunk (tokens per sequence a forward call issues;
     an encoder's prompt is one call whatever the chunk), and how the mapping is chosen."""
 
-    model: Any
+    model: ModelShape
     phase: Phase = "decode"
     context: int = 2048
     batch: int = 1

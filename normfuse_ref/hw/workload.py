@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,7 +26,36 @@ from ..models.gpt.config import GptConfig
 from ..models.llama.config import LlamaConfig
 from ..ops import Executor
 
-__all__ = ["FAMILIES", "Family", "Matrix", "Workload", "is_encoder", "run_pass", "with_layers", "workload_of"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "Matrix",
+    "ModelShape",
+    "Workload",
+    "is_encoder",
+    "run_pass",
+    "with_layers",
+    "workload_of",
+]
+
+
+class ModelShape(Protocol):
+    """What the machine reads of a model's config, whatever its family (LlamaConfig, BertConfig, GptConfig)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def dim(self) -> int: ...  # d: the residual stream
+    @property
+    def n_heads(self) -> int: ...
+    @property
+    def n_kv_heads(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def context_length(self) -> int: ...  # positions the model was trained on (a KV cache, or an encoder's text)
 
 
 @dataclass(frozen=True)
@@ -165,7 +194,7 @@ FAMILIES: dict[type, Family] = {
 }
 
 
-def _family(model: Any) -> Family:
+def _family(model: object) -> Family:
     try:
         return FAMILIES[type(model)]
     except KeyError:
@@ -174,12 +203,12 @@ def _family(model: Any) -> Family:
         ) from None
 
 
-def is_encoder(model: Any) -> bool:
+def is_encoder(model: ModelShape) -> bool:
     """Whether the model is an encoder (no KV cache, no decode phase, a prompt in one forward call)."""
     return _family(model).encoder
 
 
-def workload_of(model: Any) -> Workload:
+def workload_of(model: ModelShape) -> Workload:
     """What the mapper must know of the model: one block's stationary weights (from the prepared weights of a
     one-block config), the head's, and the attention shape."""
     fam = _family(model)
@@ -198,14 +227,14 @@ def workload_of(model: Any) -> Workload:
     )
 
 
-def run_pass(model: Any, ex: Executor, mode: str, *, batch: int, tokens: int, past: int, cache: Any = None) -> Any:
+def run_pass(model: ModelShape, ex: Executor, mode: str, *, batch: int, tokens: int, past: int, cache: Any = None) -> Any:
     """One cost-only forward call of `tokens` new tokens per sequence after `past` cached positions."""
     return _family(model).run(model, ex, mode, batch, tokens, past, cache)
 
 
-def with_layers(model: Any, n: int) -> Any:
+def with_layers(model: ModelShape, n: int) -> ModelShape:
     return _family(model).with_layers(model, n)
 
 
-def with_context(model: Any, n: int) -> Any:
+def with_context(model: ModelShape, n: int) -> ModelShape:
     return _family(model).with_context(model, n)
