@@ -227,7 +227,9 @@ def workload_of(model: ModelShape) -> Workload:
     )
 
 
-def run_pass(model: ModelShape, ex: Executor, mode: str, *, batch: int, tokens: int, past: int, cache: Any = None) -> Any:
+def run_pass(
+    model: ModelShape, ex: Executor, mode: str, *, batch: int, tokens: int, past: int, cache: Any = None
+) -> Any:
     """One cost-only forward call of `tokens` new tokens per sequence after `past` cached positions."""
     return _family(model).run(model, ex, mode, batch, tokens, past, cache)
 
