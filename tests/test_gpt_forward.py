@@ -177,33 +177,27 @@ def _hf_opt(cfg: GptConfig, params: dict[str, np.ndarray]) -> Any:
     return m
 
 
+#: The HF model of each tiny config, and the tolerance in units of max|logit| of both orders in float64 against it:
+#: - GPT2LMHeadModel, float64 throughout: 1024 u64, two float64 computations of ~30 dependent products of length
+#:   <= 80 (measured ~1e-14 at max|logit| ~25);
+#: - OPTForCausalLM: HF's OPT attention computes its softmax in float32 even in a float64 model
+#:   (`softmax(..., dtype=torch.float32)` in modeling_opt), so each probability carries one float32 rounding, a
+#:   relative u32 in every attention output that the later products carry to the logits: 64 u32 (measured 0.5 u32).
+#: Any architectural slip (a forgotten offset, a misplaced LayerNorm, a wrong activation) is O(max|logit|).
+HF_MODELS = {"tiny-gpt": (_hf_gpt2, 1024 * U64), "tiny-opt": (_hf_opt, 64 * U32)}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("mode", ["baseline", "fused"])
-def test_gpt2_equals_hf_transformers(mode: Mode) -> None:
-    """Both orders in float64 against HF's GPT2LMHeadModel in float64 on the same random weights (gains and biases
-    not 1 and 0, so the folds are real). Tolerance 1024 u64 max|logit|: two float64 computations of ~30 dependent
-    products of length <= 80 (measured ~1e-14 at max|logit| ~25); any architectural slip is O(max|logit|)."""
+def test_equals_hf_transformers(name: str, mode: Mode) -> None:
+    """Both orders in float64 against HF's implementation in float64 on the same random weights (gains and biases
+    not 1 and 0, so the folds are real), a batch of two sequences."""
     torch = require("torch")
-    cfg = get_preset("tiny-gpt")
+    build, tol = HF_MODELS[name]
+    cfg = get_preset(name)
     params = random_params(cfg, seed=2, dtype=np.float64)
     ids = ids_of(cfg, 11, seed=2, batch=2)
     with torch.no_grad():
-        ref = _hf_gpt2(cfg, params)(torch.tensor(ids)).logits.numpy()
+        ref = build(cfg, params)(torch.tensor(ids)).logits.numpy()
     got, _ = forward(prepare(params, cfg, mode), cfg, ids, mode=mode, ex=NumpyExecutor(np.float64))
-    assert float(np.abs(got - ref).max()) <= 1024 * U64 * float(np.abs(ref).max())
-
-
-@pytest.mark.parametrize("mode", ["baseline", "fused"])
-def test_opt_equals_hf_transformers(mode: Mode) -> None:
-    """Both orders in float64 against HF's OPTForCausalLM in float64 (ReLU, positions offset by 2). HF's OPT
-    attention computes its softmax in float32 even in a float64 model (`softmax(..., dtype=torch.float32)` in
-    modeling_opt), so each probability carries one float32 rounding, a relative u32 in every attention output
-    that the later products carry to the logits: we allow 64 u32 max|logit| (measured 0.5 u32 max|logit|; a
-    forgotten offset or a misplaced LayerNorm moves logits by O(max|logit|))."""
-    torch = require("torch")
-    cfg = get_preset("tiny-opt")
-    params = random_params(cfg, seed=2, dtype=np.float64)
-    ids = ids_of(cfg, 11, seed=2, batch=2)
-    with torch.no_grad():
-        ref = _hf_opt(cfg, params)(torch.tensor(ids)).logits.numpy()
-    got, _ = forward(prepare(params, cfg, mode), cfg, ids, mode=mode, ex=NumpyExecutor(np.float64))
-    assert float(np.abs(got - ref).max()) <= 64 * U32 * float(np.abs(ref).max())
+    assert float(np.abs(got - ref).max()) <= tol * float(np.abs(ref).max()), (name, mode)

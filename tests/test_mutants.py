@@ -376,7 +376,7 @@ MUTANTS = [
         _scores_unmasked,
         (
             ("GPT decode vs recompute", lambda: gpt_tests.test_decode_equals_recompute("tiny-gpt", "fused", None)),
-            ("GPT-2 vs HF", lambda: gpt_tests.test_gpt2_equals_hf_transformers("baseline")),
+            ("GPT-2 vs HF", lambda: gpt_tests.test_equals_hf_transformers("tiny-gpt", "baseline")),
         ),
     ),
     Mutant(
@@ -389,7 +389,7 @@ MUTANTS = [
                 "GPT fused vs baseline float32",
                 lambda: gpt_tests.test_fused_is_no_less_accurate_than_baseline("tiny-gpt", "float32", 0),
             ),
-            ("GPT-2 vs HF", lambda: gpt_tests.test_gpt2_equals_hf_transformers("fused")),
+            ("GPT-2 vs HF", lambda: gpt_tests.test_equals_hf_transformers("tiny-gpt", "fused")),
         ),
     ),
 ]
