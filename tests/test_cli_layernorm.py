@@ -99,3 +99,19 @@ def test_the_paper_note_states_the_default_context(
     code, out, err = run(capsys, "timeline", "--paper", "--workers", "1")
     assert code == 0, err
     assert "Decode at context 2048," in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("timeline", "--model", "tiny-bert", "--hw", "toy", "--json"),
+        ("timeline", "--model", "tiny-gpt", "--hw", "toy", "--context", "8", "--json"),
+    ],
+)
+def test_the_emulator_needs_no_extra_for_the_layernorm_families(argv: tuple[str, ...]) -> None:
+    """`normfuse timeline` is core (numpy, rich, sympy, ml_dtypes): timing a BERT or GPT model imports every family's
+    forward but none of the `model` extra's packages (scipy's erf is imported only where a float64 GELU runs)."""
+    from tests.test_packaging import OPTIONAL, imported_by
+
+    top = {m.split(".")[0] for m in imported_by(*argv)}
+    assert not top & OPTIONAL, top & OPTIONAL
