@@ -74,6 +74,24 @@ def missing_module(name: str) -> Callable[[pytest.MonkeyPatch], None]:
     return patch
 
 
+def read_only(directory: str) -> Callable[[pytest.MonkeyPatch], None]:
+    """Make `directory` (relative to the working directory) behave as on a read-only mount: no file can be
+    created in it (chmod alone does not stop root, who runs the project's CI)."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def patch(mp: pytest.MonkeyPatch) -> None:
+        def mkstemp(*args: Any, dir: Any = None, **kw: Any) -> Any:
+            if dir is not None and Path(dir).resolve() == (Path.cwd() / directory).resolve():
+                raise OSError(30, "Read-only file system")
+            return real(*args, dir=dir, **kw)  # type: ignore[call-overload]
+
+        mp.setattr("normfuse_ref.cli.outputs.tempfile.mkstemp", mkstemp)
+
+    return patch
+
+
 SMOL_CACHE = f"cache/{SMOL.dest}"
 HELLO = ("--prompt", "hello")
 
@@ -186,6 +204,8 @@ MISTAKES: list[Mistake] = [
     Mistake("timeline-unsupported-type", ("timeline", "--model", "m.json"),
             "m.json: model_type 't5' is not supported; supported: llama, mistral, qwen2, bert, gpt2, opt",
             files={"m.json": json.dumps({"model_type": "t5", "d_model": 512}).encode()}),
+    Mistake("timeline-encoder-chunk", ("timeline", "--model", "bert-large", "--chunk", "64"),
+            "--chunk does not apply to bert-large, an encoder (a prompt is one call)"),
     Mistake("timeline-encoder-decode", ("timeline", "--model", "all-minilm-l6-v2", "--phase", "decode"),
             "all-minilm-l6-v2 is an encoder (bidirectional attention, no KV cache): it has no decode phase"),
     Mistake("timeline-config-missing-field", ("timeline", "--model", "m.json"), "m.json: field 'n_layer' is missing",
@@ -202,12 +222,148 @@ MISTAKES: list[Mistake] = [
             files=hf_dir(bert_hf_config(BERT_CFG, hidden_size="[red]x"))),
     Mistake("timeline-post-ln-opt", ("timeline", "--model", "hf"), "post-LayerNorm OPT (do_layer_norm_before false) is not supported",
             files=hf_dir({"model_type": "opt", "do_layer_norm_before": False})),
-    Mistake("timeline-models-without-paper", ("timeline", "--models", "layernorm"), "--models chooses the models of --paper"),
+    Mistake("timeline-models-without-paper", ("timeline", "--models", "layernorm"), "--models does not apply without --paper (it chooses the models of the paper table)"),
     Mistake("timeline-models-unknown", ("timeline", "--paper", "--models", "gpt2-xl,gpt5"), "unknown model preset 'gpt5'"),
     Mistake("sweep-encoder-decode", ("sweep", "--param", "batch", "1,2", "--model", "bert-large", "--phase", "decode"),
             "bert-large is an encoder"),
     Mistake("sweep-unsupported-type", ("sweep", "--param", "batch", "1,2", "--model", "hf"), "model_type 'llava' is not supported",
             files=hf_dir({"model_type": "llava"})),
+    # -- timeline: what cannot be timed ------------------------------------------------------------------------
+    Mistake("tl-context-huge", ("timeline", "--context", "1000000000000000000000"),
+            "--context must be at most 16777216 (2**24) positions; got 1000000000000000000000"),
+    Mistake("tl-prefill-too-long", ("timeline", "--phase", "prefill", "--context", "100000"),
+            "--context 100000 in chunks of 256 is 391 prefill chunks; normfuse times at most 128 (each is one forward call): give --chunk 782 or more"),
+    Mistake("tl-prefill-chunk-1", ("timeline", "--phase", "prefill", "--chunk", "1"), "--context 2048 in chunks of 1 is 2048 prefill chunks"),
+    Mistake("tl-context-negative", ("timeline", "--context", "-1"), "argument --context: must be an integer >= 0; got '-1'"),
+    Mistake("tl-context-word", ("timeline", "--context", "long"), "argument --context: must be an integer >= 0; got 'long'"),
+    Mistake("tl-prefill-empty", ("timeline", "--phase", "prefill", "--context", "0"), "--context must be >= 1 for prefill; got 0"),
+    Mistake("tl-too-big", ("timeline", "--model", "llama2-70b", "--max-cards", "8"), "llama2-70b does not fit on corsair-like within 8 cards"),
+    Mistake("tl-too-big-beyond-context", ("timeline", "--model", "llama2-70b", "--max-cards", "8", "--context", "5000"),
+            "llama2-70b does not fit on corsair-like within 8 cards"),  # the warning about the context is not printed
+    Mistake("tl-tp-cards-too-many", ("timeline", "--tp-cards", "128"), "a stage of 128 cards is more than the 64 cards available"),
+    Mistake("tl-stages-too-many", ("timeline", "--tp-cards", "8", "--stages", "9"), "9 stages of 8 cards need 72 cards; corsair-like has 64"),
+    # -- timeline: flags and names -----------------------------------------------------------------------------
+    Mistake("tl-phase", ("timeline", "--phase", "sideways"), "argument --phase: invalid choice: 'sideways'"),
+    Mistake("tl-model-unknown", ("timeline", "--model", "gpt5"), "unknown model preset 'gpt5'"),
+    Mistake("tl-model-markup", ("timeline", "--model", "[red]x"), "unknown model preset '[red]x'"),
+    Mistake("tl-layers-zero", ("timeline", "--layers", "0"), "--layers must be between 1 and 32 for llama2-7b; got 0"),
+    Mistake("tl-layers-word", ("timeline", "--layers", "some"), "--layers must be a positive integer or 'all'; got 'some'"),
+    Mistake("tl-block-out", ("timeline", "--block", "40"), "--block must be between 0 and 31; got 40"),
+    Mistake("tl-detail-layer-out", ("timeline", "--detail-layer", "99"), "--detail-layer must be between 0 and 31; got 99"),
+    Mistake("tl-batch-zero", ("timeline", "--batch", "0"), "argument --batch: must be an integer >= 1; got '0'"),
+    Mistake("tl-chunk-zero", ("timeline", "--chunk", "0"), "argument --chunk: must be an integer >= 1; got '0'"),
+    Mistake("tl-tp-cards-zero", ("timeline", "--tp-cards", "0"), "argument --tp-cards: must be an integer >= 1; got '0'"),
+    Mistake("tl-max-cards-zero", ("timeline", "--max-cards", "0"), "argument --max-cards: must be an integer >= 1; got '0'"),
+    Mistake("tl-algorithm", ("timeline", "--algorithm", "star"), "argument --algorithm: invalid choice: 'star'"),
+    Mistake("tl-mapping", ("timeline", "--mapping", "random"), "argument --mapping: invalid choice: 'random'"),
+    Mistake("tl-calibrate-unknown", ("timeline", "--calibrate", "network.noc.hops"), "--calibrate: unknown hardware field 'network.noc.hops'"),
+    Mistake("tl-calibrate-not-numeric", ("timeline", "--calibrate", "network.algorithm"), "--calibrate needs a numeric hardware field"),
+    Mistake("tl-abbreviated", ("timeline", "--pap"), "unrecognized arguments: --pap"),
+    # -- timeline: the hardware file ---------------------------------------------------------------------------
+    Mistake("tl-hw-unknown", ("timeline", "--hw", "warp-drive"), "--hw: unknown hardware 'warp-drive'; give a preset"),
+    Mistake("tl-hw-markup", ("timeline", "--hw", "[red]foo"), "--hw: unknown hardware '[red]foo'"),
+    Mistake("tl-hw-missing", ("timeline", "--hw", "nope.toml"), "--hw: cannot read nope.toml"),
+    Mistake("tl-hw-binary", ("timeline", "--hw", "hw.toml"), "--hw: hw.toml is not a UTF-8 text file, so not a TOML hardware description",
+            files={"hw.toml": b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00"}),
+    Mistake("tl-hw-not-toml", ("timeline", "--hw", "hw.toml"), "--hw: hardware file hw.toml is not valid TOML",
+            files={"hw.toml": b"[clock\nghz = "}),
+    Mistake("tl-hw-negative", ("timeline", "--hw", "hw.toml"), "--hw: hardware field clock.ghz must be > 0; got -1",
+            files={"hw.toml": b"[clock]\nghz = -1\n"}),
+    Mistake("tl-hw-unknown-field", ("timeline", "--hw", "hw.toml"), "--hw: unknown hardware field 'clock.turbo'; known: ghz",
+            files={"hw.toml": b"[clock]\nturbo = 1\n"}),
+    # -- timeline: output files --------------------------------------------------------------------------------
+    Mistake("tl-trace-suffix", ("timeline", "--trace", "t.txt"), "--trace t.txt: the file name must end in .json"),
+    Mistake("tl-trace-dir-force", ("timeline", "--trace", "out", "--force"), "--trace out: the file name must end in .json",
+            files={"out": None}),
+    Mistake("tl-trace-json-dir-force", ("timeline", "--trace", "t.json", "--force"), "--trace t.json is a directory; give a file name",
+            files={"t.json": None}),
+    Mistake("tl-trace-exists", ("timeline", "--trace", "t.json"), "--trace t.json exists; pass --force to overwrite it",
+            files={"t.json": b"mine"}),
+    Mistake("tl-trace-markup-dir", ("timeline", "--trace", "out/[x]/t.json"), "--trace out/[x]/t.json: directory out/[x] does not exist",
+            files={"out": None}),
+    Mistake("tl-trace-parent-is-file", ("timeline", "--trace", "notes/t.json"), "--trace notes/t.json: notes is not a directory",
+            files={"notes": b"a file"}),
+    Mistake("tl-trace-read-only", ("timeline", "--trace", "ro/t.json"), "--trace ro/t.json: cannot write in directory ro",
+            files={"ro": None}, patch=read_only("ro")),
+    Mistake("tl-svg-png", ("timeline", "--svg", "t.png"), "--svg t.png: the file name must end in .svg"),
+    Mistake("tl-svg-dir-force", ("timeline", "--svg", "p.svg", "--force"), "--svg p.svg is a directory; give a file name",
+            files={"p.svg": None}),
+    Mistake("tl-svg-read-only", ("timeline", "--svg", "ro/p.svg", "--force"), "--svg ro/p.svg: cannot write in directory ro",
+            files={"ro": None}, patch=read_only("ro")),
+    Mistake("tl-svg-json", ("timeline", "--svg", "x.svg", "--json"), "--svg does not apply to --json"),
+    Mistake("tl-figure-suffix", ("timeline", "--figure", "f.jpg"), "--figure f.jpg: the file name must end in .png or .svg or .pdf"),
+    Mistake("tl-figure-dir-force", ("timeline", "--figure", "f.png", "--force"), "--figure f.png is a directory; give a file name",
+            files={"f.png": None}),
+    Mistake("tl-figure-read-only", ("timeline", "--figure", "ro/f.pdf"), "--figure ro/f.pdf: cannot write in directory ro",
+            files={"ro": None}, patch=read_only("ro")),
+    Mistake("tl-figure-no-matplotlib", ("timeline", "--figure", "f.svg"), "--figure needs matplotlib (not installed): pip install 'normfuse[plot]'",
+            patch=missing_module("matplotlib")),
+    Mistake("tl-same-file-twice", ("timeline", "--svg", "a.svg", "--figure", "a.svg"), "--figure a.svg is the same file as --svg a.svg"),
+    Mistake("tl-force-alone", ("timeline", "--force"), "--force does not apply without an output file (--trace, --svg or --figure)"),
+    # -- timeline --paper: flags that choose one pass do not apply ---------------------------------------------
+    *(Mistake(f"tl-paper{flag}", ("timeline", "--paper", flag, value), f"{flag} does not apply to --paper")
+      for flag, value in (("--model", "llama2-7b"), ("--phase", "decode"), ("--chunk", "512"), ("--layers", "2"),
+                          ("--block", "1"), ("--detail-layer", "1"), ("--trace", "t.json"), ("--figure", "f.png"))),
+    Mistake("tl-paper-context-huge", ("timeline", "--paper", "--context", "99999999999"), "--context must be at most 16777216"),
+    Mistake("tl-workers-without-paper", ("timeline", "--workers", "2"), "--workers does not apply without --paper"),
+    Mistake("tl-workers-zero", ("timeline", "--paper", "--workers", "0"), "argument --workers: must be an integer >= 1; got '0'"),
+    # -- sweep -----------------------------------------------------------------------------------------------------
+    Mistake("sw-no-param", ("sweep",), "the following arguments are required: --param"),
+    Mistake("sw-one-word", ("sweep", "--param", "context"), "argument --param: expected 2 arguments"),
+    Mistake("sw-nan", ("sweep", "--param", "context", "nan"), "--param context: values must be finite numbers; got 'nan'"),
+    Mistake("sw-range-to-inf", ("sweep", "--param", "context", "1..inf"), "--param context: values must be finite numbers; got 'inf'"),
+    Mistake("sw-inf-hop", ("sweep", "--param", "noc-hop", "1,inf"), "--param noc-hop: values must be finite numbers; got 'inf'"),
+    Mistake("sw-word", ("sweep", "--param", "context", "x"), "--param context: not a number: 'x'"),
+    Mistake("sw-negative", ("sweep", "--param", "noc-hop", "-4"), "--param noc-hop: values must be non-negative numbers; got '-4'"),
+    Mistake("sw-fraction", ("sweep", "--param", "batch", "1.5"), "--param batch: values must be non-negative integers; got '1.5'"),
+    Mistake("sw-range-backwards", ("sweep", "--param", "context", "8..2"), "--param context: a range a..b needs 0 < a <= b; got '8..2'"),
+    Mistake("sw-range-from-zero", ("sweep", "--param", "context", "0..8"), "--param context: a range a..b needs 0 < a <= b"),
+    Mistake("sw-empty", ("sweep", "--param", "context", ","), "--param context: give at least one value"),
+    Mistake("sw-batch-zero", ("sweep", "--param", "batch", "0,1"), "--param batch: values must be >= 1"),
+    Mistake("sw-unknown-param", ("sweep", "--param", "heads", "1..4"), "unknown --param 'heads'"),
+    Mistake("sw-markup-param", ("sweep", "--param", "[red]x", "1"), "unknown --param '[red]x'"),
+    Mistake("sw-not-numeric-field", ("sweep", "--param", "network.noc.topology", "1"), "--param network.noc.topology is not a numeric hardware field"),
+    Mistake("sw-bad-choice", ("sweep", "--param", "algorithm", "tree,star"), "--param algorithm: values must be among tree, ring, gather"),
+    Mistake("sw-twice", ("sweep", "--param", "batch", "1", "--param", "batch", "2"), "--param batch is given twice"),
+    Mistake("sw-three", ("sweep", "--param", "batch", "1", "--param", "context", "2", "--param", "chunk", "3"), "--param may be given at most twice"),
+    *(Mistake(f"sw-param-and{flag}", ("sweep", "--param", flag[2:], value, flag, value),
+              f"{flag} does not apply when --param {flag[2:]} sweeps it")
+      for flag, value in (("--batch", "4"), ("--context", "512"), ("--chunk", "128"), ("--tp-cards", "2"),
+                          ("--algorithm", "ring"), ("--mapping", "dense"))),
+    Mistake("sw-context-huge", ("sweep", "--param", "context", "1..100000000000000000000"),
+            "--param context value must be at most 16777216 (2**24) positions; got 33554432"),
+    Mistake("sw-prefill-too-long", ("sweep", "--param", "context", "100000", "--phase", "prefill"),
+            "--param context value 100000 in chunks of 256 is 391 prefill chunks; normfuse times at most 128"),
+    Mistake("sw-metric", ("sweep", "--param", "batch", "1", "--metric", "speed"), "argument --metric: invalid choice: 'speed'"),
+    Mistake("sw-workers-zero", ("sweep", "--param", "batch", "1", "--workers", "0"), "argument --workers: must be an integer >= 1; got '0'"),
+    Mistake("sw-hw-binary", ("sweep", "--param", "batch", "1", "--hw", "hw.toml"), "--hw: hw.toml is not a UTF-8 text file",
+            files={"hw.toml": b"\xff\xfe\x00\x01"}),
+    Mistake("sw-force-alone", ("sweep", "--param", "batch", "1", "--force"), "--force does not apply without --figure"),
+    Mistake("sw-figure-suffix", ("sweep", "--param", "batch", "1", "--figure", "s.txt"), "--figure s.txt: the file name must end in .png or .svg or .pdf"),
+    Mistake("sw-figure-exists", ("sweep", "--param", "batch", "1", "--figure", "s.png"), "--figure s.png exists; pass --force to overwrite it",
+            files={"s.png": b"mine"}),
+    Mistake("sw-figure-no-matplotlib", ("sweep", "--param", "batch", "1", "--figure", "s.png"), "--figure needs matplotlib (not installed)",
+            patch=missing_module("matplotlib")),
+    # -- prove -----------------------------------------------------------------------------------------------------
+    Mistake("pr-unknown", ("prove", "rms_norm_linear", "no_such_proof"), "unknown proof 'no_such_proof'; choose from: rms_norm_linear"),
+    Mistake("pr-markup", ("prove", "[red]x"), "unknown proof '[red]x'"),
+    Mistake("pr-n-seven", ("prove", "--n", "7"), "--n must be 'symbolic', 'all' or one of 1, 2, 3, 4, 5, 6; got '7'"),
+    Mistake("pr-n-word", ("prove", "--n", "many"), "--n must be 'symbolic', 'all' or one of"),
+    Mistake("pr-unknown-flag", ("prove", "--frob"), "unrecognized arguments: --frob"),
+    # -- fuzz ------------------------------------------------------------------------------------------------------
+    Mistake("fz-unknown-rule", ("fuzz", "no_such_rule"), "unknown rule 'no_such_rule'; known: rms_norm_linear, layer_norm_linear"),
+    Mistake("fz-markup-rule", ("fuzz", "[red]x"), "unknown rule '[red]x'"),
+    Mistake("fz-old-rule-name", ("fuzz", "rms_norm -> linear"), "unknown rule 'rms_norm -> linear'"),
+    Mistake("fz-dtype", ("fuzz", "--dtype", "float128"), "--dtype: unknown dtype 'float128'; known: float64, float32"),
+    Mistake("fz-examples-zero", ("fuzz", "--examples", "0"), "argument --examples: must be an integer >= 1; got '0'"),
+    Mistake("fz-examples-word", ("fuzz", "--examples", "many"), "argument --examples: must be an integer >= 1; got 'many'"),
+    Mistake("fz-seed-negative", ("fuzz", "--seed", "-1"), "argument --seed: must be an integer >= 0; got '-1'"),
+    Mistake("fz-rows", ("fuzz", "softmax_linear", "--rows", "offset"), "rule 'softmax_linear' has no row family 'offset'"),
+    Mistake("fz-acc", ("fuzz", "--acc", "float8_e5m2"), "--acc must be one of float64, float32, float16, bfloat16"),
+    Mistake("fz-force-alone", ("fuzz", "--force"), "--force does not apply without --figure"),
+    Mistake("fz-figure-suffix", ("fuzz", "--figure", "f.gif"), "--figure f.gif: the file name must end in .png or .svg or .pdf"),
+    Mistake("fz-figure-no-matplotlib", ("fuzz", "--figure", "f.png"), "--figure needs matplotlib (not installed)",
+            patch=missing_module("matplotlib")),
 ]  # fmt: skip
 
 
@@ -258,7 +414,9 @@ def test_a_mistake_is_one_line_and_touches_nothing(
     assert snapshot(work) == before
 
 
-@pytest.mark.parametrize("mistake_id", ["demo-seed-negative", "gen-model-markup", "hf-heads-0"])
+@pytest.mark.parametrize(
+    "mistake_id", ["demo-seed-negative", "gen-model-markup", "hf-heads-0", "tl-hw-binary", "sw-nan"]
+)
 def test_the_installed_command_agrees(mistake_id: str, tmp_path: Path) -> None:
     """The same mistakes through `python -m normfuse_ref` in a fresh process: the entry point users run."""
     mistake = next(m for m in MISTAKES if m.id == mistake_id)

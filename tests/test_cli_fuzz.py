@@ -33,8 +33,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     ("argv", "message"),
     [
         (["no_such_rule"], "unknown rule 'no_such_rule'; known: rms_norm_linear, layer_norm_linear"),
-        (["--dtype", "float128"], "unknown dtype 'float128'; known: float64, float32"),
-        (["--examples", "0"], "--examples must be >= 1; got 0"),
+        (["--dtype", "float128"], "--dtype: unknown dtype 'float128'; known: float64, float32"),
+        (["--examples", "0"], "argument --examples: must be an integer >= 1; got '0'"),
         (["--acc", "float8_e5m2"], "--acc must be one of float64, float32, float16, bfloat16"),
         (["softmax_linear", "--rows", "offset"], "rule 'softmax_linear' has no row family 'offset'"),
     ],
@@ -53,23 +53,37 @@ def test_table_for_a_clean_campaign(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "normfuse fuzz: fused vs reference order against the float64 oracle (seed 0, 5 examples per" in out
     assert "rows mixed, acc policy" in out
-    rows = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│")]
-    assert [[c.strip() for c in r][:3] for r in rows] == [
-        ["rms_norm_linear", "float32", "5"],
-        ["softmax_linear", "float32", "5"],
-    ]
-    assert all(r[-1].strip() == "none" for r in rows)
-    assert all(len(line) <= 100 for line in out.splitlines())
+    lines = out.splitlines()
+    titles = [line for line in lines if line.startswith(("rms_norm_linear: ", "softmax_linear: "))]
+    assert [t.split(":")[0] for t in titles] == ["rms_norm_linear", "softmax_linear"]  # one table per rule
+    header = next(line for line in lines if line.startswith("┃ dtype"))
+    assert [c.strip() for c in header.split("┃")[1:-1]] == [
+        "dtype", "examples", "fused / ref", "max |err|", "budget", "unchecked rows", "result"
+    ]  # fmt: skip
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    assert [r[:2] for r in rows] == [["float32", "5"], ["float32", "5"]]
+    assert all(r[-1] == "pass" for r in rows)
+    assert all(len(line) <= 100 for line in lines)
     assert "✓ no counterexample in 10 examples over 2 cells" in out
 
 
 def test_json_has_the_same_table(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "online_merge", "--dtype", "float16", "--dtype", "bfloat16", "--examples", "4", "--json")
+    code, out, _ = run(
+        capsys, "online_softmax_merge", "--dtype", "float16", "--dtype", "bfloat16", "--examples", "4", "--json"
+    )
     assert code == 0
     data = json.loads(out)
+    assert (data["schema_version"], data["command"]) == (1, "fuzz")
     assert data["seed"] == 0 and data["examples"] == 4
+    numeric = {
+        k for c in data["results"] for k, v in c.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    assert numeric <= set(data["units"]), numeric - set(data["units"])
     cells = data["results"]
-    assert [(c["rule"], c["dtype"]) for c in cells] == [("online_merge", "float16"), ("online_merge", "bfloat16")]
+    assert [(c["rule"], c["dtype"]) for c in cells] == [
+        ("online_softmax_merge", "float16"),
+        ("online_softmax_merge", "bfloat16"),
+    ]
     for c in cells:
         assert c["examples"] == 4 and c["counterexample"] is None
         assert 0 <= c["worst_budget"] <= 1 and c["worst_abs"] >= 0

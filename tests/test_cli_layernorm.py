@@ -24,9 +24,7 @@ def test_an_encoder_defaults_to_a_prefill_of_its_positions(capsys: pytest.Captur
     )
     assert "Whole model (6 blocks + final LayerNorm)" in out
     assert "beyond" not in err  # 512 is the model's own context: no warning
-    code, out, err = run(
-        capsys, "timeline", "--model", "all-minilm-l6-v2", "--context", "128", "--chunk", "16", "--json"
-    )
+    code, out, err = run(capsys, "timeline", "--model", "all-minilm-l6-v2", "--context", "128", "--json")
     assert code == 0, err
     data = json.loads(out)
     assert (data["phase"], data["context"], data["chunk"], data["layers"]) == ("prefill", 128, 128, 6)

@@ -44,19 +44,46 @@ def test_all_proofs_pass(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys)
     assert code == 0, out + err
     lines = out.splitlines()
-    assert lines[-1] == f"✓ all {len(NAMES)} proofs passed"
-    for name in NAMES:
-        assert any(line.startswith(f"{name} (symbolic n): ") for line in lines), name
-    # the pass/fail table: one row per proof, a column per dimension
-    assert any("symbolic n" in line and "n=1" in line and "n=6" in line and "result" in line for line in lines)
-    assert sum("passed" in line for line in lines if line.startswith("│")) == len(NAMES)
+    assert lines[0].startswith("normfuse prove: ")  # the verdicts come first
+    assert lines[-2] == f"✓ all {len(NAMES)} proofs passed"
+    assert lines[-1] == "normfuse prove --verbose shows each derivation step by step."
+    header = next(line for line in lines if line.startswith("┃ proof"))
+    assert [c.strip() for c in header.split("┃")[1:-1]] == [
+        "proof",
+        "symbolic n",
+        "n = 1..6",
+        "controls rejected",
+        "result",
+    ]
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    assert [r[0] for r in rows] == NAMES
+    for r in rows:
+        assert r[1] in ("✓", "none") and r[2] == "6/6 ✓" and r[4] == "pass"
+        held, total = map(int, r[3].split("/"))
+        assert held == total > 0
+    assert not any(line.startswith(f"{NAMES[0]} (symbolic n): ") for line in lines)  # no derivation without -v
     assert "FAILED" not in out and err.count("error") == 0
+
+
+def test_verbose_shows_each_derivation_after_the_verdicts(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "rms_norm_linear", "softmax_linear", "--n", "symbolic", "--verbose")
+    assert code == 0
+    lines = out.splitlines()
+    table_end = max(i for i, line in enumerate(lines) if line.startswith("└"))
+    first = lines.index(next(line for line in lines if line.startswith("rms_norm_linear (symbolic n): ")))
+    assert first > table_end
+    assert any(line.startswith("softmax_linear (symbolic n): ") for line in lines)
+    assert "  1. per-row scale: symbolic ✓, numeric ✓" in lines
+    assert any(line.startswith("  negative control, WRONG: ") and line.endswith("rejected ✓") for line in lines)
 
 
 def test_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--json")
     assert code == 0
-    records = json.loads(out)
+    data = json.loads(out)
+    assert (data["schema_version"], data["command"], data["passed"]) == (1, "prove", True)
+    assert set(data["units"]) == {"steps_held", "rejected", "max_difference"}
+    records = data["proofs"]
     assert [r["name"] for r in records] == NAMES
     for r in records:
         assert set(r) == {"name", "title", "passed", "n", "steps", "negative_controls", "dimensions"}
@@ -83,7 +110,7 @@ def test_latex(capsys: pytest.CaptureFixture[str]) -> None:
 def test_latex_in_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "layer_norm_linear", "--n", "symbolic", "--json", "--latex")
     assert code == 0
-    (record,) = json.loads(out)
+    (record,) = json.loads(out)["proofs"]
     assert all("latex" in s for s in record["steps"])
     assert any(r"\frac" in s["latex"] for s in record["steps"])
 
@@ -91,7 +118,7 @@ def test_latex_in_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_one_concrete_n(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "rope_scale", "layer_norm_linear", "--n", "2", "--json")
     assert code == 0
-    records = json.loads(out)
+    records = json.loads(out)["proofs"]
     assert [r["name"] for r in records] == ["rope_scale", "layer_norm_linear"]  # the order asked for
     assert all(r["n"] == 2 and [d["n"] for d in r["dimensions"]] == [2] for r in records)
 
@@ -118,7 +145,8 @@ def test_a_failing_step_gives_status_1(capsys: pytest.CaptureFixture[str], monke
     assert "error: 1 of 1 proofs failed: rms_norm_linear" in err
     assert "FAILED" in out
     code, out, _ = run(capsys, "rms_norm_linear", "--n", "symbolic", "--json")
-    assert code == 1 and json.loads(out)[0]["passed"] is False
+    data = json.loads(out)
+    assert code == 1 and data["passed"] is False and data["proofs"][0]["passed"] is False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,7 +169,7 @@ def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_subprocess_from_another_directory(tmp_path: Path) -> None:
     done = _cli("rms_norm_linear", "--n", "symbolic", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    (record,) = json.loads(done.stdout)
+    (record,) = json.loads(done.stdout)["proofs"]
     assert record["name"] == "rms_norm_linear" and record["passed"] is True
     done = _cli("nope", cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""

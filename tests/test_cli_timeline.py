@@ -152,37 +152,6 @@ def test_bad_hardware_files_are_one_line_and_exit_2(
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (("--hw", "warp-drive"), "unknown hardware 'warp-drive'"),
-        (("--model", "gpt5"), "unknown model preset 'gpt5'"),
-        (("--layers", "0"), "--layers must be between 1 and 32"),
-        (("--layers", "some"), "--layers must be a positive integer or 'all'"),
-        (("--batch", "0"), "argument --batch: must be an integer >= 1; got '0'"),
-        (("--chunk", "0"), "argument --chunk: must be an integer >= 1; got '0'"),
-        (("--phase", "prefill", "--context", "0"), "--context must be >= 1 for prefill"),
-        (("--block", "40"), "--block must be between 0 and 31"),
-        (("--trace", "/no/such/dir/t.json"), "--trace /no/such/dir/t.json: directory /no/such/dir does not exist"),
-        (("--svg", "x.svg", "--json"), "--svg saves the terminal picture; it cannot be combined with --json"),
-        (("--paper", "--trace", "x.json"), "--trace records one forward pass; it cannot be combined with --paper"),
-        (("--model", "llama2-70b", "--max-cards", "8"), "llama2-70b does not fit on corsair-like within 8 cards"),
-        (("--tp-cards", "128"), "a stage of 128 cards is more than the 64 cards available"),
-        (("--tp-cards", "8", "--stages", "9"), "9 stages of 8 cards need 72 cards; corsair-like has 64"),
-        (("--tp-cards", "0"), "argument --tp-cards: must be an integer >= 1; got '0'"),
-        (("--trace", "t.txt"), "--trace t.txt: the file name must end in .json"),
-        (("--calibrate", "network.noc.hops"), "--calibrate: unknown hardware field 'network.noc.hops'"),
-        (("--calibrate", "network.algorithm"), "--calibrate: --calibrate needs a numeric hardware field"),
-        (("--workers", "0"), "argument --workers: must be an integer >= 1; got '0'"),
-    ],
-)
-def test_user_mistakes(capsys: pytest.CaptureFixture[str], args: tuple[str, ...], needle: str) -> None:
-    code, _, err = run(capsys, "timeline", *args)
-    assert code == 2
-    assert needle in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-
-
 def test_beyond_the_trained_context_warns_and_times(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "timeline", "--context", "5000", "--layers", "1", "--json")
     assert code == 0

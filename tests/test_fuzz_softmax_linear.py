@@ -24,7 +24,7 @@ from normfuse_ref.fuzz.strategies import MergeStep
 from normfuse_ref.precision import DTYPES, Array, accumulation_dtype
 
 SOFTMAX = RULES["softmax_linear"]
-MERGE = RULES["online_merge"]
+MERGE = RULES["online_softmax_merge"]
 WITH_INF = [d for d in DTYPES if d != "float8_e4m3fn"]
 # The "found by the fuzzer" tests search without shrinking (the pinned literals are the shrunk results).
 FIND = settings(
@@ -238,7 +238,7 @@ def naive_tree(z: Array, V: Array, *, tiles: list[int], merges: list[MergeStep],
 
 # Both shrunk by Hypothesis (test_naive_merge_is_found_by_the_fuzzer), pasted as literal data.
 NAIVE_MERGE = Case(
-    "online_merge",
+    "online_softmax_merge",
     "float32",
     {
         "z": np.array([[0.0, -np.inf, -np.inf, -np.inf]]).astype(np.float32),
@@ -247,7 +247,7 @@ NAIVE_MERGE = Case(
     order={"tiles": [1, 1, 1, 1], "merges": [MergeStep(i=0, j=1, swap=False)] * 3},
 )
 NAIVE_FINALIZE = Case(
-    "online_merge",
+    "online_softmax_merge",
     "float32",
     {"z": np.array([[-np.inf]]).astype(np.float32), "V": np.array([[0.0]]).astype(np.float32)},
     order={"tiles": [1], "merges": []},
@@ -281,7 +281,7 @@ def test_naive_merge_is_found_by_the_fuzzer() -> None:
         V = draw(s.finite_rows(n=1, rows=n, dtype="float32"))
         tiles = draw(s.tilings(n=z.shape[-1]))
         order = {"tiles": tiles, "merges": draw(s.merge_orders(tiles=len(tiles)))}
-        return Case("online_merge", "float32", {"z": z, "V": V}, order=order)
+        return Case("online_softmax_merge", "float32", {"z": z, "V": V}, order=order)
 
     partial = lambda c: not np.all(np.isneginf(c.arrays["z"]))  # noqa: E731
     case = find(

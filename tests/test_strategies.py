@@ -183,7 +183,7 @@ def test_case_shapes_are_coupled(rule: str, data: st.DataObject) -> None:
     if rule in ("rms_norm_linear", "layer_norm_linear"):
         n = a["x"].shape[-1]
         assert a["F"].shape[0] == n and a[next(k for k in ("g", "gamma") if k in a)].shape == (n,)
-    elif rule in ("softmax_linear", "online_merge"):
+    elif rule in ("softmax_linear", "online_softmax_merge"):
         assert a["V"].shape[0] == a["z"].shape[-1]
     else:
         assert a["x"].shape == (a["positions"].shape[0], case.params["cfg"].dim)

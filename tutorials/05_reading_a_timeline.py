@@ -14,6 +14,7 @@
 # piece of work ran, and how do we know the emulated machine computes the same numbers as the plain forward pass?
 
 # %%
+import importlib.util
 import json
 import tempfile
 from collections import Counter
@@ -86,6 +87,19 @@ for mode in ("baseline", "fused"):
 
 # %%
 c = compare(sc, corsair)
+console.print(repr(c))  # a Comparison runs its passes on first use; its repr is the one-line answer
+table = Table(
+    "order", "latency µs", "without normalisation µs", "normalisation cost", "fused saves", title="c.to_records()"
+)
+for r in c.to_records():
+    table.add_row(
+        r["order"],
+        f"{r['latency_us']:.1f}",
+        f"{r['latency_without_normalisation_us']:.1f}",
+        f"{r['normalisation_share']:.1%}",
+        f"{r['saved_by_fused']:.1%}",
+    )
+console.print(table)
 table = Table("resource", "op", "step", "kind", "norm", "start", "end", title="llama2-7b decode, fused, block 1")
 for e in [e for e in c.fused.events if e.layer == 1][:8]:
     table.add_row(",".join(e.resources), e.op, e.step, e.kind, "yes" if e.norm else "", str(e.start), str(e.end))
@@ -130,6 +144,27 @@ kinds = Counter(ev["ph"] for ev in loaded["traceEvents"])
 threads = sorted({ev["args"]["name"] for ev in loaded["traceEvents"] if ev["name"] == "thread_name"})
 console.print(f"trace events by phase type: {dict(kinds)} ('X' = complete events, 'M' = metadata)")
 console.print(f"threads: {', '.join(threads[:8])}, ...")
+
+# %% [markdown]
+# ## A figure of one block
+#
+# With matplotlib installed (`pip install 'normfuse[plot]'`), `c.plot(layer)` draws the Gantt chart of one block as
+# a figure, baseline above fused, the critical path beneath each (red where a statistic is exposed); a notebook
+# shows it, `save_figure` writes it (.png, .svg or .pdf). The CLI draws the same with `normfuse timeline --figure
+# block.svg`.
+
+# %%
+if importlib.util.find_spec("matplotlib") is None:
+    console.print("matplotlib is not installed: pip install 'normfuse[plot]' to draw the figure")
+else:
+    from normfuse_ref.plot import save_figure
+
+    fig = c.plot(layer=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_figure(fig, Path(tmp) / "block1.svg")
+        console.print(
+            f"block 1 as a figure: {len(fig.axes)} panels, {(Path(tmp) / 'block1.svg').stat().st_size} bytes of SVG"
+        )
 
 # %% [markdown]
 # ## What to remember

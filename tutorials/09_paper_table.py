@@ -19,7 +19,6 @@
 from rich.console import Console
 from rich.table import Table
 
-from normfuse_ref.cli.gantt import bars
 from normfuse_ref.hw import get_hardware
 from normfuse_ref.hw.study import PAPER, Scenario, calibrate, compare, paper_check, sweep, validate
 from normfuse_ref.models.llama import get_preset
@@ -99,8 +98,12 @@ console.print(table)
 # %%
 batches = [1, 8, 64]
 pts = sweep(sc, hw, [("batch", batches)])
-console.print("llama2-7b decode, fused saves vs batch:")
-console.print(bars([str(b) for b in batches], [p["reduction"] for p in pts], width=80))
+table = Table("batch (sequences)", "cards", "baseline µs", "fused µs", "fused saves", title="llama2-7b decode")
+for b, p in zip(batches, pts, strict=True):
+    table.add_row(
+        str(b), str(p["cards"]), f"{p['baseline_latency']:.1f}", f"{p['fused_latency']:.1f}", f"{p['reduction']:.1%}"
+    )
+console.print(table)
 
 # %% [markdown]
 # ## What would the paper's 20% take?

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["integer", "number"]
+from .console import UsageError
+
+__all__ = ["given_options", "integer", "number", "refuse"]
 
 
 def _allowed(kind: str, minimum: float | None, maximum: float | None) -> str:
@@ -58,3 +60,25 @@ def number(*, minimum: float | None = None, maximum: float | None = None) -> Cal
         return v
 
     return parse
+
+
+def given_options(argv: Sequence[str]) -> frozenset[str]:
+    """The long options typed on a command line (`--context 5` and `--context=5` both give "--context"), up to a
+    bare `--`. The parsers refuse abbreviations (allow_abbrev=False), so an option is always spelled in full here;
+    main() stores the set as `args.given` so that a command can refuse a flag that does not apply to what it was
+    asked to do, instead of silently ignoring it."""
+    out: set[str] = set()
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            out.add(arg.split("=", 1)[0])
+    return frozenset(out)
+
+
+def refuse(given: Iterable[str], flags: Iterable[str], because: str) -> None:
+    """UsageError naming the first of `flags` that was given, with `because` (what it does not apply to)."""
+    typed = set(given)
+    for flag in flags:
+        if flag in typed:
+            raise UsageError(f"{flag} does not apply {because}")

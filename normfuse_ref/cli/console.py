@@ -2,6 +2,7 @@
 
     console.heading(f"normfuse timeline: {name}")     # bold line(s), wrapped at the terminal width
     console.text(line) / console.note(line)          # plain / dim paragraph, wrapped at word boundaries
+    console.verbatim(line)                           # a line to copy and paste, never wrapped
     console.table(title, ["rule", Col("n", justify="right")], rows, caption=...)
     console.fields([("path", str(path)), ("sha256", digest)])   # aligned label/value lines, never wrapped
     console.success(msg) / console.warning(msg) / console.error(msg)
@@ -12,9 +13,9 @@
 **Text, never markup.** Every method above takes plain `str` and prints it as a `rich.text.Text`: a model name
 `a[/]b`, a path `out/[x]/t.json` or a hardware name `[red]foo` comes out exactly as typed (rich would otherwise
 read `[...]` as markup: a MarkupError traceback, or silently dropped text). Styling is the method's job (`heading`
-is bold, `note` is dim, `error` says "error:" in red), never the caller's. `print(*renderables)` remains for
-rich renderables built elsewhere (a Gantt `Text`, a `Table`); a `str` passed to `print` is still read as rich markup
-for the commands written before this wrapper, so new code must not pass user text to it.
+is bold, `note` is dim, `error` says "error:" in red), never the caller's. `print(*renderables)` is for rich
+renderables built elsewhere (a Gantt `Text`, a `Table`); a `str` given to it is text too, so no command can print
+markup by accident. `verbatim(line)` prints a line to copy (code, a command) exactly, never wrapped.
 
 **80 columns.** Output is laid out for the terminal's width (`COLUMNS`, 80 when piped). `table` never cuts an
 identifier or a number: every cell is printed whole; headers wrap at spaces; when even that does not fit, the
@@ -94,8 +95,13 @@ class Console:
     # -- text --------------------------------------------------------------------------------------------------
 
     def print(self, *renderables: RenderableType, **kwargs: Any) -> None:
-        """Print rich renderables as they are (see the module docstring: not for user text in a `str`)."""
-        self.out.print(*renderables, **kwargs)
+        """Print rich renderables built elsewhere (a Gantt `Text`, a `Table`). A `str` is printed as plain text,
+        never read as markup (rich's own `print` would read `[red]x` as a style)."""
+        self.out.print(*(Text(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
+    def verbatim(self, line: str) -> None:
+        """Text exactly as given, never wrapped (a line to copy and paste: code, a command, a LaTeX equation)."""
+        self.out.print(Text(line), soft_wrap=True)
 
     def text(self, line: str, *, style: str | None = None) -> None:
         """A paragraph of plain text, wrapped at word boundaries at the terminal's width."""
@@ -126,6 +132,10 @@ class Console:
 
     def success(self, msg: str) -> None:
         self.out.print(Text.assemble(("✓ ", "bold green"), msg))
+
+    def wrote(self, path: object) -> None:
+        """Say on stderr that an output file was written (stdout stays the command's result, e.g. its JSON)."""
+        self.err.print(Text(f"wrote {path}"), soft_wrap=True)
 
     def warning(self, msg: str) -> None:
         self.err.print(Text.assemble(("warning: ", "bold yellow"), _one_line(msg)), soft_wrap=True)

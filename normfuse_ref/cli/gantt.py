@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from ..hw.config import LEVELS
-from ..hw.timeline import KINDS, Timeline, lane_of
+from ..hw.timeline import KINDS, Timeline, block_lanes, lane_of
 
-__all__ = ["LEGEND", "bars", "block_gantt", "lanes_of"]
+__all__ = ["LEGEND", "bars", "block_gantt"]
 
 GLYPH = {"matmul": "█", "vector": "▒", "collective": "▓", "psum": "░", "move": "~"}
 STYLE = {"matmul": "blue", "vector": "green", "collective": "bold red", "psum": "cyan", "move": "magenta"}
@@ -64,13 +63,6 @@ def _axis(span_us: float, width: int) -> Text:
     return Text(" " * _LABEL + "".join(line))
 
 
-def lanes_of(timelines: Sequence[Timeline], layer: int) -> list[str]:
-    """The lanes a block uses in any of the timelines: DIMC, SIMD, then the network levels innermost first."""
-    used = {lane_of(r) for tl in timelines for e in tl.events if e.layer == layer for r in e.resources}
-    nets = [f"NET.{lv}" for lv in LEVELS if f"NET.{lv}" in used]
-    return ["DIMC", "SIMD", *nets]
-
-
 def block_gantt(timelines: dict[str, Timeline], layer: int, width: int) -> Text:
     """Both modes' lanes for one decoder block on one time axis (each mode starts at its block's start)."""
     bar_w = max(20, width - _LABEL - 1)
@@ -78,7 +70,7 @@ def block_gantt(timelines: dict[str, Timeline], layer: int, width: int) -> Text:
     span = max(1, max(e - s for s, e in windows.values()))
     dt = span / bar_w
     any_tl = next(iter(timelines.values()))
-    lanes = lanes_of(list(timelines.values()), layer)
+    lanes = block_lanes(list(timelines.values()), layer)
     text = _axis(any_tl.us(span), bar_w)
     for mode, tl in timelines.items():
         s0, e0 = windows[mode]

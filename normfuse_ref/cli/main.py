@@ -22,8 +22,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
+from typing import Any
 
 from ..extras import MissingExtra, extra_of
+from .args import given_options
 from .console import Console, UsageError
 
 #: Subcommand modules under normfuse_ref.cli, in the order `normfuse --help` lists them.
@@ -34,7 +36,12 @@ HYPOTHESIS_COMMANDS = {"fuzz"}
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, status 2) instead of printing usage and exiting itself."""
+    """argparse that raises UsageError (one line, status 2) instead of printing usage and exiting itself, and that
+    takes options only spelled in full (`--pap` is not `--paper`: a script stays valid when an option is added)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
@@ -125,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser(command).parse_args(args_in)
             if not getattr(args, "func", None):
                 raise UsageError(f"no command given; choose one of: {', '.join(SUBCOMMANDS)} (normfuse --help)")
+            args.given = given_options(args_in)
             return int(args.func(args, console))
     except (UsageError, MissingExtra) as exc:
         console.error(str(exc))

@@ -29,16 +29,36 @@ deletes the temporary files and leaves the user's files exactly as they were.
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+from ..extras import require
 from ..files import Staging
+from ..plot import FIGURE_SUFFIXES
 from .console import UsageError
 
-__all__ = ["OutputFiles"]
+
+def add_figure_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--figure FILE.png|svg|pdf` (and `--force`, unless the command has it already): `what` the figure shows."""
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        metavar="FILE.png|svg|pdf",
+        help=f"draw {what} with matplotlib (the [plot] extra), the format from the suffix",
+    )
+    if "--force" not in parser._option_string_actions:
+        parser.add_argument("--force", action="store_true", help="overwrite an existing --figure file")
+
+
+__all__ = ["OutputFiles", "add_figure_argument"]
 
 
 class OutputFiles:
@@ -76,6 +96,20 @@ class OutputFiles:
             raise UsageError(f"{flag} {given} exists; pass --force to overwrite it")
         self._flags[real] = (flag, given)
         return p
+
+    def add_figure(self, path: Path | str | None) -> Path | None:
+        """`--figure`: checked like any output (a suffix of FIGURE_SUFFIXES), and the plot extra required, both
+        before any work."""
+        p = self.add("--figure", path, suffixes=FIGURE_SUFFIXES)
+        if p is not None:
+            require("plot", "--figure")
+        return p
+
+    def write_figure(self, path: Path, fig: Figure) -> None:
+        """Stage a matplotlib figure for `path`, in the format its suffix names."""
+        from .. import plot
+
+        self.write_with(path, lambda tmp: plot.save_figure(fig, tmp))
 
     def write_text(self, path: Path, text: str) -> None:
         """Stage `text` (UTF-8) for `path`."""

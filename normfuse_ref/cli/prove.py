@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import textwrap
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
-from .console import Console
+from .console import Col, Console, json_record
 
 if TYPE_CHECKING:  # the same package as normfuse_ref._proofs, seen from the checkout
     from proofs import Proof, StepResult
@@ -59,7 +56,8 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Run the SymPy derivations in proofs/: every step is checked symbolically (simplify(lhs - rhs) == 0) "
             "and numerically (seeded substitution), at symbolic n and at n = 1..6, and every negative control "
-            "(a plausible wrong rewrite) must be rejected. Shows the derivation at symbolic n (or at --n)."
+            "(a plausible wrong rewrite) must be rejected. Prints one verdict per proof; --verbose adds the "
+            "derivations (at symbolic n, or at --n) step by step."
         ),
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="proofs to run (default: all)")
@@ -69,11 +67,17 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         help="dimension to check: 'symbolic', a concrete n (1..6), or 'all' (default: symbolic, then 1..6)",
     )
-    p.add_argument("--latex", action="store_true", help="print the equations as LaTeX")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="after the verdicts, show each derivation step by step with its two witnesses",
+    )
+    p.add_argument("--latex", action="store_true", help="show the derivations' equations as LaTeX (implies --verbose)")
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object per proof: name, passed, steps, negative_controls, dimensions",
+        help="print the proofs as JSON: each one's steps, negative controls and verdict per dimension (docs/cli.md)",
     )
     p.set_defaults(func=run)
 
@@ -123,17 +127,36 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     passed = all(p.passed for checked in results.values() for p in checked)
     if args.json:
-        console.json([_as_json(proofs, name, checked, latex=args.latex) for name, checked in results.items()])
+        console.json(
+            json_record(
+                "prove",
+                UNITS,
+                passed=passed,
+                proofs=[_as_json(proofs, name, checked, latex=args.latex) for name, checked in results.items()],
+            )
+        )
         return 0 if passed else 1
-    for name, checked in results.items():
-        _show(console, proofs, name, checked[0], latex=args.latex)
     _summary(console, results, dims)
+    if args.verbose or args.latex:
+        for name, checked in results.items():
+            console.blank()
+            _show(console, proofs, name, checked[0], latex=args.latex)
     failed = [name for name, checked in results.items() if not all(p.passed for p in checked)]
     if failed:
         console.error(f"{len(failed)} of {len(results)} proofs failed: {', '.join(failed)}")
         return 1
     console.success("1 proof passed" if len(results) == 1 else f"all {len(results)} proofs passed")
+    if not (args.verbose or args.latex):
+        console.note("normfuse prove --verbose shows each derivation step by step.")
     return 0
+
+
+#: The unit of every numeric key of `normfuse prove --json` (docs/cli.md).
+UNITS = {
+    "steps_held": "steps",
+    "rejected": "negative controls",
+    "max_difference": "absolute difference of the proof's right-hand side and the library's result (float64)",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,63 +165,77 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _show(console: Console, proofs: ModuleType, name: str, proof: Proof, *, latex: bool) -> None:
-    """One proof's derivation: its steps and its negative controls, each with both witnesses."""
+    """One proof's derivation: each step with its two witnesses, then its negative controls. An equation is
+    wrapped at spaces only (an identifier is never cut) and indented under its step."""
     where = "symbolic n" if proof.n is None else f"n = {proof.n}"
-    console.print(Text(f"{name} ({where}): {proofs.PROOFS[name].TITLE}", style="bold"))
+    console.heading(f"{name} ({where}): {proofs.PROOFS[name].TITLE}")
     if latex:
         _show_latex(console, proofs, proof)
         return
-    steps = Table(show_header=True, header_style="bold", expand=False)
-    for column in ("#", "step", "equation", "symbolic", "numeric"):
-        steps.add_column(column, overflow="fold")
     for number, r in enumerate(proof.steps, 1):
-        steps.add_row(
-            str(number), Text(r.name), Text(proofs.equation_text(r.step)), _mark(r.symbolic), _mark(r.numeric)
+        console.text(f"  {number}. {r.name}: symbolic {MARK[r.symbolic]}, numeric {MARK[r.numeric]}")
+        _equation(console, proofs.equation_text(r.step))
+    for r in proof.negative_controls:
+        console.text(
+            f"  negative control, {r.name}: symbolic {MARK[r.symbolic]}, numeric {MARK[r.numeric]}, "
+            f"rejected {MARK[r.rejected]}"
         )
-    console.print(steps)
-    if proof.negative_controls:
-        controls = Table(show_header=True, header_style="bold", expand=False)
-        for column in ("negative control", "equation", "symbolic", "numeric", "rejected"):
-            controls.add_column(column, overflow="fold")
-        for r in proof.negative_controls:
-            controls.add_row(
-                Text(r.name), Text(proofs.equation_text(r.step)), _mark(r.symbolic), _mark(r.numeric), _mark(r.rejected)
-            )
-        console.print(controls)
-    console.print()
+        _equation(console, proofs.equation_text(r.step))
+
+
+def _equation(console: Console, text: str) -> None:
+    """An equation under its step: its "where" clause on a line of its own, each wrapped at spaces."""
+    indent = "       "
+    main, _, where = text.partition("   where ")
+    for part, lead in ((main, indent), (f"where {where}" if where else "", indent + "  ")):
+        for line in textwrap.wrap(
+            part, max(20, console.width - len(lead)), break_long_words=False, break_on_hyphens=False
+        ):
+            console.verbatim(lead + line)
 
 
 def _show_latex(console: Console, proofs: ModuleType, proof: Proof) -> None:
     """Each step as a LaTeX comment line (name, witnesses) and an equation line, never wrapped."""
     for number, r in enumerate(proof.steps, 1):
-        _latex_line(console, f"% {number}. {r.name}: symbolic {MARK[r.symbolic]}, numeric {MARK[r.numeric]}")
-        _latex_line(console, proofs.equation_latex(r.step))
+        console.verbatim(f"% {number}. {r.name}: symbolic {MARK[r.symbolic]}, numeric {MARK[r.numeric]}")
+        console.verbatim(proofs.equation_latex(r.step))
     for r in proof.negative_controls:
-        _latex_line(console, f"% {r.name}: rejected {MARK[r.rejected]}")
-        _latex_line(console, proofs.equation_latex(r.step, r"\neq" if r.rejected else "="))
-    console.print()
-
-
-def _latex_line(console: Console, line: str) -> None:
-    console.print(Text(line), soft_wrap=True)
-
-
-def _mark(ok: bool) -> Text:
-    return Text(MARK[ok], style="green" if ok else "bold red")
+        console.verbatim(f"% {r.name}: rejected {MARK[r.rejected]}")
+        console.verbatim(proofs.equation_latex(r.step, r"\neq" if r.rejected else "="))
 
 
 def _summary(console: Console, results: dict[str, list[Proof]], dims: list[int | None]) -> None:
-    """The pass/fail table: one row per proof, one column per checked dimension."""
-    columns = ["proof", *("symbolic n" if n is None else f"n={n}" for n in dims), "controls", "result"]
+    """The verdicts: one row per proof, the symbolic-n check, the concrete n checked (steps and the tie to the
+    code), the negative controls rejected, and the result."""
+    concrete = [n for n in dims if n is not None]
+    columns: list[str | Col] = [Col("proof", "left")]
+    if None in dims:
+        columns.append(Col("symbolic n", "left"))
+    if concrete:
+        label = f"n = {concrete[0]}" if len(concrete) == 1 else f"n = {concrete[0]}..{concrete[-1]}"
+        columns.append(Col(label, "left"))
+    columns += [Col("controls rejected", "left"), Col("result", "left")]
     rows = []
     for name, checked in results.items():
         by_n = {p.n: p for p in checked}
-        cells = [MARK[by_n[n].passed] if n in by_n else "-" for n in dims]
+        cells = [name]
+        if None in dims:
+            cells.append(MARK[by_n[None].passed] if None in by_n else "none")  # "none": no symbolic-n derivation
+        if concrete:
+            held = sum(by_n[n].passed for n in concrete if n in by_n)
+            cells.append(f"{held}/{len(concrete)} {MARK[held == len(concrete)]}")
         controls = [r for p in checked for r in p.negative_controls]
-        rejected = f"{sum(r.rejected for r in controls)}/{len(controls)} rejected"
-        ok = all(p.passed for p in checked)
-        rows.append([escape(name), *cells, rejected, "passed" if ok else "FAILED"])
-    console.table("proofs", columns, rows)
+        cells.append(f"{sum(r.rejected for r in controls)}/{len(controls)}")
+        cells.append("pass" if all(p.passed for p in checked) else "FAILED")
+        rows.append(cells)
+    console.table(
+        "normfuse prove: each identity checked symbolically and numerically, step by step",
+        columns,
+        rows,
+        caption="symbolic n: the derivation for every n at once (none: SymPy cannot do it; the concrete n are the "
+        "check). n = a..b: the dimensions checked with explicit matrices, each also tied to the library function it "
+        "specifies. controls rejected: plausible wrong rewrites the checks must reject.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

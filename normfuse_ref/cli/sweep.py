@@ -10,26 +10,28 @@ numeric hardware field by its dotted name (network.d2d.link_gbps, simd.exp_cycle
 from a up to b (b included), `a,b,c` lists them. Every point runs the same comparison as `normfuse timeline`
 (six passes on the mapping the mapper picks for that point), each in its own task on a process pool (`--workers`,
 default all cores; the library's `sweep` takes any concurrent.futures.Executor, e.g. a Dask or Ray cluster's).
+`--figure FILE.png|svg|pdf` draws the curves (one parameter) or the heatmap (two) with matplotlib. Sweeping a
+parameter that is also a flag (`--param batch ... --batch 4`) is refused, as are values that are not finite.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 from typing import Any
 
 from ..hw.config import ALGORITHMS, field_value
 from ..hw.study import SCENARIO_PARAMS, SWEEP_SHORTCUTS, local_pool, sweep, units_of
-from .args import integer
-from .console import Console, UsageError, json_record
+from ..hw.workload import is_encoder
+from ..plot import SWEEP_METRICS
+from .args import integer, refuse
+from .console import Col, Console, UsageError, json_record
 from .gantt import bars
-from .timeline import add_scenario_args, fitted_note, resolve_hw, resolve_scenario
+from .outputs import OutputFiles, add_figure_argument
+from .timeline import add_scenario_args, check_timeable, fitted_note, resolve_defaults, resolve_hw, resolve_scenario
 
-METRICS: dict[str, tuple[str, str]] = {
-    "reduction": ("reduction", "fused vs two-pass baseline latency"),
-    "reduction-one-pass": ("reduction_vs_one_pass", "fused vs one-pass baseline latency"),
-    "share": ("normalisation_share_baseline", "normalisation cost / two-pass baseline latency"),
-    "hidden": ("hidden_fraction", "share of the baseline's normalisation cost the fused order hides"),
-}
+METRICS = SWEEP_METRICS  # --metric NAME -> (JSON key, meaning); one table for the terminal and the figures
 CHOICES = {"algorithm": ALGORITHMS, "mapping": ("search", "dense")}
 UNITS = {
     "context": "tokens",
@@ -67,6 +69,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_scenario_args(p)
     p.add_argument("--json", action="store_true", help="print the points as JSON")
+    add_figure_argument(p, "the sweep: curves for one parameter, a heatmap for two")
     p.set_defaults(func=run)
 
 
@@ -78,9 +81,11 @@ def _number(tok: str, integer: bool) -> float:
     try:
         v = float(t)
     except ValueError:
-        raise UsageError(f"not a number in --param values: {tok!r}") from None
+        raise UsageError(f"not a number: {tok!r}") from None
+    if not math.isfinite(v):
+        raise UsageError(f"values must be finite numbers; got {tok!r}")
     if v < 0 or (integer and v != int(v)):
-        raise UsageError(f"--param values must be non-negative {'integers' if integer else 'numbers'}; got {tok!r}")
+        raise UsageError(f"values must be non-negative {'integers' if integer else 'numbers'}; got {tok!r}")
     return v
 
 
@@ -90,7 +95,7 @@ def parse_values(text: str, *, integer: bool = True, choices: tuple[str, ...] | 
         words = [w.strip() for w in text.split(",") if w.strip()]
         bad = [w for w in words if w not in choices]
         if not words or bad:
-            raise UsageError(f"--param values must be among {', '.join(choices)}; got {text!r}")
+            raise UsageError(f"values must be among {', '.join(choices)}; got {text!r}")
         return words
     if ".." in text:
         lo_s, hi_s = text.split("..", 1)
@@ -106,7 +111,7 @@ def parse_values(text: str, *, integer: bool = True, choices: tuple[str, ...] | 
     else:
         raw = [_number(t, integer) for t in text.split(",") if t.strip()]
         if not raw:
-            raise UsageError("--param needs at least one value")
+            raise UsageError("give at least one value (a,b,c or a..b)")
     return [int(v) if integer else v for v in raw]
 
 
@@ -131,31 +136,77 @@ def _label(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+#: Sweep parameters that are also flags of their own: sweeping one and fixing it too is a contradiction.
+FLAG_PARAMS = ("context", "batch", "chunk", "tp-cards", "mapping", "algorithm")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
+    given: frozenset[str] = getattr(args, "given", frozenset())
     if len(args.param) > 2:
         raise UsageError("--param may be given at most twice")
-    hw = resolve_hw(args)
-    sc = resolve_scenario(args, console)
-    params: list[tuple[str, list[Any]]] = []
-    for name, text in args.param:
-        if any(name == n for n, _ in params):
-            raise UsageError(f"--param {name} is given twice")
-        integer, choices = _kind(name, hw)
-        values = parse_values(text, integer=integer, choices=choices)
-        if name in ("batch", "chunk", "tp-cards") and min(values) < 1:
-            raise UsageError(f"{name} values must be >= 1")
-        if name == "context" and sc.phase == "prefill" and min(values) < 1:
-            raise UsageError("prefill needs a context (prompt) of at least 1 token")
-        params.append((name, values))
-    if any(n == "context" for n, _ in params):
+    for name, _ in args.param:
+        if name in FLAG_PARAMS:
+            refuse(given, (f"--{name}",), f"when --param {name} sweeps it; give its values to --param")
+    if args.figure is None:
+        refuse(given, ("--force",), "without --figure")
+    with OutputFiles(force=args.force) as outputs:
+        figure_path = outputs.add_figure(args.figure)
+        hw = resolve_hw(args)
+        cfg = resolve_defaults(args)  # --phase and --context from the model where not given
+        params: list[tuple[str, list[Any]]] = []
+        for name, text in args.param:
+            if any(name == n for n, _ in params):
+                raise UsageError(f"--param {name} is given twice")
+            integer, choices = _kind(name, hw)
+            try:
+                values = parse_values(text, integer=integer, choices=choices)
+            except UsageError as exc:
+                raise UsageError(f"--param {name}: {exc}") from None
+            if name in ("batch", "chunk", "tp-cards") and min(values) < 1:
+                raise UsageError(f"--param {name}: values must be >= 1")
+            params.append((name, values))
+        swept = dict(params)
+        for context, chunk in itertools.product(swept.get("context", [args.context]), swept.get("chunk", [args.chunk])):
+            what = "--param context value" if "context" in swept else "--context"
+            check_timeable(args.phase, context, context if is_encoder(cfg) else chunk, what=what)
+        points, sc = _points(args, console, hw, params)
+        if figure_path is not None:
+            from ..plot import sweep_figure
+
+            fig = sweep_figure(points, params, args.metric, units=UNITS, title=_heading(params, sc, hw.name))
+            outputs.write_figure(figure_path, fig)
+        _print(args, console, hw, params, points, sc)
+        outputs.commit()
+    if figure_path is not None:
+        console.wrote(figure_path)
+    return 0
+
+
+def _heading(params: list[tuple[str, list[Any]]], sc: Any, hw_name: str) -> str:
+    """What was swept, and what was held fixed (the swept parameters are left out of the fixed ones)."""
+    names = " x ".join(f"{n} ({UNITS[n]})" if n in UNITS else n for n, _ in params)  # units as in the tables
+    swept = {n for n, _ in params}
+    fixed = [sc.model.name, sc.phase]
+    if "context" not in swept:
+        fixed.append(f"{'context' if sc.phase == 'decode' else 'prompt'} {sc.context}")
+    if "batch" not in swept:
+        fixed.append(f"batch {sc.batch}")
+    return f"normfuse sweep: {names}; {', '.join(fixed)}, on {hw_name}"
+
+
+def _points(
+    args: argparse.Namespace, console: Console, hw: Any, params: list[tuple[str, list[Any]]]
+) -> tuple[list[dict[str, Any]], Any]:
+    """Every point of the sweep, on a process pool unless --workers 1, with a progress bar."""
+    swept = {n for n, _ in params}
+    sc = resolve_scenario(args, console, warn="context" not in swept)  # a swept context is judged value by value
+    if "context" in swept:
         top = max(v for n, vs in params if n == "context" for v in vs)
         if top + (1 if sc.phase == "decode" else 0) > sc.model.context_length:
             console.warning(
                 f"values beyond {sc.model.name}'s trained context of {sc.model.context_length} are timed anyway"
             )
-    npoints = 1
-    for _, vs in params:
-        npoints *= len(vs)
+    npoints = math.prod(len(vs) for _, vs in params)
     workers = args.workers or 0
     pool = local_pool(workers or None) if workers != 1 and npoints > 1 else None
     try:
@@ -167,7 +218,22 @@ def run(args: argparse.Namespace, console: Console) -> int:
     finally:
         if pool is not None:
             pool.shutdown()
+    return points, sc
+
+
+def _print(
+    args: argparse.Namespace,
+    console: Console,
+    hw: Any,
+    params: list[tuple[str, list[Any]]],
+    points: list[dict[str, Any]],
+    sc: Any,
+) -> None:
     key, meaning = METRICS[args.metric]
+
+    def named(n: str) -> str:
+        return f"{n} ({UNITS[n]})" if n in UNITS else n
+
     if args.json:
         units = units_of(*(p for p in points if "error" not in p))
         console.json(
@@ -183,13 +249,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 context=sc.context,
                 batch=sc.batch,
                 points=points,
+                hardware_parameters=hw.to_dict(),
             )
         )
-        return 0
-    names = " x ".join(f"{n} ({UNITS[n]})" if n in UNITS else n for n, _ in params)
-    console.heading(
-        f"normfuse sweep: {names}; {sc.model.name}, {sc.phase}, context {sc.context}, batch {sc.batch}, on {hw.name}"
-    )
+        return
+    console.heading(_heading(params, sc, hw.name))
 
     def cell(p: dict[str, Any]) -> str:
         if "error" in p:
@@ -199,7 +263,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if len(params) == 1:
         console.table(
             None,
-            [params[0][0], "cards", "µs", "fused µs", "share", "hidden", "saves", "vs 1p"],
+            [Col(named(params[0][0]), "left"), "cards", "baseline µs", "fused µs", "share", "hidden", "saves", "vs 1p"],
             [
                 (_label(p["params"][params[0][0]]), "n/f", "", "", "", "", "", "")
                 if "error" in p
@@ -224,12 +288,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
         (n1, v1), (n2, v2) = params
         console.table(
             f"{args.metric}: {meaning}",
-            [f"{n1} \\ {n2}", *(_label(v) for v in v2)],
+            [Col(f"{named(n1)} \\ {named(n2)}", "left"), *(_label(v) for v in v2)],
             [(_label(a), *(cell(points[i * len(v2) + j]) for j in range(len(v2)))) for i, a in enumerate(v1)],
         )
     if len(params) == 1:
         console.note(
-            "µs = two-pass baseline latency; share = its normalisation cost / its latency; hidden = 1 - fused "
+            "baseline µs = two-pass baseline latency; share = its normalisation cost / its latency; hidden = 1 - fused "
             "cost / baseline cost; saves = fused vs two-pass baseline; vs 1p = fused vs one-pass baseline."
         )
     if any("error" in p for p in points):
@@ -238,4 +302,3 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if any(p.get("beyond_context") for p in points):
         console.note(f"* beyond {sc.model.name}'s trained context")
     console.note(fitted_note(hw) + ".")
-    return 0

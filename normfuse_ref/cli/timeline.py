@@ -14,8 +14,13 @@ d-Matrix figures beside the emulated latencies. `--paper --models layernorm` (or
 files) prints the same table for other models, each at its own trained context if that is shorter.
 
 `--json` prints the summary for scripts (docs/cli.md); times are in microseconds and every key's unit is in its
-"units" entry. `--trace FILE.json` writes a Chrome trace (open it in https://ui.perfetto.dev), `--svg FILE` the
-terminal picture; both are checked before any work and written all-or-nothing, never over a file without --force.
+"units" entry. `--trace FILE.json` writes a Chrome trace (open it in https://ui.perfetto.dev), `--svg FILE.svg` the
+terminal picture, `--figure FILE.png|svg|pdf` the block's Gantt chart drawn with matplotlib (normfuse_ref.plot); all
+are checked before any work and written all-or-nothing, never over a file without --force.
+
+Refused rather than ignored (one line, exit status 2): the flags that choose one pass together with --paper,
+--workers without it, --force without an output file, and a context that cannot be timed (MAX_CONTEXT,
+MAX_PREFILL_CHUNKS).
 """
 
 from __future__ import annotations
@@ -48,14 +53,22 @@ from ..hw.study import (
 from ..hw.timeline import ENGINES, chrome_trace
 from ..hw.workload import is_encoder, workload_of
 from ..models.shapes import shape_config, shape_presets
-from .args import integer
+from .args import integer, refuse
 from .console import Col, Console, UsageError, json_record
 from .gantt import LEGEND, block_gantt
-from .outputs import OutputFiles
+from .outputs import OutputFiles, add_figure_argument
 
 DEFAULT_MODEL, DEFAULT_HW, DEFAULT_CONTEXT = "llama2-7b", "corsair-like", 2048
 #: Prompt length of the prefill rows of --paper.
 PAPER_PREFILL = 2048
+#: The longest context the CLI times: 2**24 = 16,777,216 positions, beyond any released model's trained context
+#: (the longest, ~10M tokens) and far from overflowing a byte count of the KV cache. A larger --context is refused
+#: with this limit rather than handed to the mapper, which can only say that nothing fits.
+MAX_CONTEXT = 1 << 24
+#: The most prefill chunks the CLI times. Each chunk is one cost-only forward call, so time and memory grow with
+#: the chunk count: measured on the 2-core project machine (load ~1.5), 32 chunks take 4.5 s and 120 MB, 128 chunks
+#: (a 32768-token prompt at the default --chunk 256) 22.5 s and 360 MB. A longer prompt needs a larger --chunk.
+MAX_PREFILL_CHUNKS = 128
 
 
 def add_parser(subparsers: Any) -> None:
@@ -81,7 +94,10 @@ def add_parser(subparsers: Any) -> None:
         help="also record per-slice / per-network-level events of block N (in --trace)",
     )
     p.add_argument(
-        "--paper", action="store_true", help="the paper check: 5 models x decode/prefill, and the published figures"
+        "--paper",
+        action="store_true",
+        help="the paper check: 5 models x decode/prefill, and the published figures (--context sets the decode rows' "
+        "context; --batch, --hw and the mapping flags apply to every row)",
     )
     p.add_argument(
         "--models",
@@ -99,7 +115,8 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--trace", type=Path, metavar="FILE.json", help="write a Chrome trace (Perfetto)")
     p.add_argument("--svg", type=Path, metavar="FILE.svg", help="save the terminal picture as SVG")
-    p.add_argument("--force", action="store_true", help="overwrite existing --trace / --svg files")
+    p.add_argument("--force", action="store_true", help="overwrite existing --trace / --svg / --figure files")
+    add_figure_argument(p, "the block's Gantt chart (--block)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -171,7 +188,7 @@ def resolve_hw(args: argparse.Namespace) -> HardwareConfig:
         if getattr(args, "algorithm", None):
             hw = with_overrides(hw, {"network": {"algorithm": args.algorithm}})
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--hw: {exc}") from None
     spec = getattr(args, "calibrate", None)
     if spec:
         param, _, point = spec.partition("=")
@@ -197,13 +214,27 @@ def resolve_model(model: str) -> Any:
         raise UsageError(str(exc)) from None
 
 
-def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "all") -> Scenario:
-    """The scenario of the command line. The defaults follow the model: an encoder's phase is prefill, and the
-    context is DEFAULT_CONTEXT or, if the model was trained on fewer positions, as many as it has."""
+def resolve_defaults(args: argparse.Namespace) -> Any:
+    """The model's config, with --phase and --context set from it where they were not given: an encoder's phase is
+    prefill (it has no decode), and the context is DEFAULT_CONTEXT or, if the model was trained on fewer positions,
+    as many as it has (decode: one fewer, for the new token)."""
     cfg = resolve_model(args.model)
-    phase: Phase = args.phase or ("prefill" if is_encoder(cfg) else "decode")
+    if args.phase is None:
+        args.phase = "prefill" if is_encoder(cfg) else "decode"
     if args.context is None:
-        args.context = min(DEFAULT_CONTEXT, cfg.context_length - (phase == "decode"))
+        args.context = min(DEFAULT_CONTEXT, cfg.context_length - (args.phase == "decode"))
+    return cfg
+
+
+def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "all", *, warn: bool = True) -> Scenario:
+    """The scenario the flags describe; with `warn`, a warning when it is beyond the model's trained context (pass
+    False and call `warn_beyond_context` after the work, so that a mistake found later stays the only line).
+
+    The defaults follow the model (`resolve_defaults`)."""
+    cfg = resolve_defaults(args)
+    phase: Phase = args.phase
+    if is_encoder(cfg):
+        refuse(getattr(args, "given", frozenset()), ("--chunk",), f"to {cfg.name}, an encoder (a prompt is one call)")
     if layers != "all":
         try:
             n = int(layers)
@@ -212,17 +243,39 @@ def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "
         if not 1 <= n <= cfg.n_layers:
             raise UsageError(f"--layers must be between 1 and {cfg.n_layers} for {cfg.name}; got {n}")
         cfg = cfg.replace(n_layers=n)
-    if args.context < (0 if phase == "decode" else 1):
-        raise UsageError(f"--context must be >= {0 if phase == 'decode' else 1} for {phase}; got {args.context}")
+    # an encoder takes its prompt in one forward call, whatever --chunk says
+    check_timeable(phase, args.context, args.context if is_encoder(cfg) else args.chunk)
     try:
         sc = Scenario(cfg, phase, args.context, args.batch, args.chunk, resolve_policy(args))
     except ValueError as exc:  # decode for an encoder
         raise UsageError(str(exc)) from None
+    if warn:
+        warn_beyond_context(sc, console)
+    return sc
+
+
+def warn_beyond_context(sc: Scenario, console: Console) -> None:
     if sc.beyond_context:
         console.warning(
-            f"{sc.positions} positions exceed {cfg.name}'s trained context of {cfg.context_length}; timed anyway"
+            f"{sc.positions} positions exceed {sc.model.name}'s trained context of {sc.model.context_length}; "
+            "timed anyway"
         )
-    return sc
+
+
+def check_timeable(phase: str, context: int, chunk: int, *, what: str = "--context") -> None:
+    """UsageError, with the limit, for a context the CLI cannot time (MAX_CONTEXT, MAX_PREFILL_CHUNKS)."""
+    least = 0 if phase == "decode" else 1
+    if context < least:
+        raise UsageError(f"{what} must be >= {least} for {phase}; got {context}")
+    if context > MAX_CONTEXT:
+        raise UsageError(f"{what} must be at most {MAX_CONTEXT} (2**24) positions; got {context}")
+    chunks = -(-context // chunk) if phase == "prefill" else 1
+    if chunks > MAX_PREFILL_CHUNKS:
+        raise UsageError(
+            f"{what} {context} in chunks of {chunk} is {chunks} prefill chunks; normfuse times at most "
+            f"{MAX_PREFILL_CHUNKS} (each is one forward call): give --chunk {-(-context // MAX_PREFILL_CHUNKS)} "
+            "or more, or a shorter prompt"
+        )
 
 
 def fitted_note(hw: HardwareConfig) -> str:
@@ -239,52 +292,77 @@ def run_compare(sc: Scenario, hw: HardwareConfig, detail_layer: int | None = Non
         raise UsageError(str(exc)) from None
 
 
+#: Flags that choose the one pass `timeline` times, and so do not apply to --paper (which times its own five
+#: models in both phases; --context sets its decode rows' context, --batch and the mapping flags apply to all rows).
+ONE_PASS_FLAGS = ("--model", "--phase", "--chunk", "--layers", "--block", "--detail-layer", "--trace", "--figure")
+#: What each output flag writes, for the success lines and the refusals.
+OUTPUT_FLAGS = ("--trace", "--svg", "--figure")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
-    if args.svg is not None and args.json:
-        raise UsageError("--svg saves the terminal picture; it cannot be combined with --json")
-    if args.models is not None and not args.paper:
-        raise UsageError("--models chooses the models of --paper; give --paper too")
-    if args.trace is not None and args.paper:
-        raise UsageError("--trace records one forward pass; it cannot be combined with --paper")
+    given: frozenset[str] = getattr(args, "given", frozenset())
+    if args.paper:
+        refuse(given, ONE_PASS_FLAGS, "to --paper (it times five models in both phases: see --help)")
+    else:
+        refuse(given, ("--workers",), "without --paper (one pass runs in this process)")
+        refuse(given, ("--models",), "without --paper (it chooses the models of the paper table)")
+    if args.json:
+        refuse(given, ("--svg",), "to --json (it saves the terminal picture, and --json prints none)")
+    if not any(getattr(args, f[2:]) is not None for f in OUTPUT_FLAGS):
+        refuse(given, ("--force",), "without an output file (--trace, --svg or --figure)")
+    if args.paper:
+        if args.context is None:  # decode rows at DEFAULT_CONTEXT (with --models: or a model's positions, if fewer)
+            args.context = DEFAULT_CONTEXT
+        check_timeable("decode", args.context, 1)
     with OutputFiles(force=args.force) as outputs:
         trace_path = outputs.add("--trace", args.trace, suffixes=(".json",))
         svg_path = outputs.add("--svg", args.svg, suffixes=(".svg",))
+        figure_path = outputs.add_figure(args.figure)
         hw = resolve_hw(args)
         if svg_path is not None:
             console.out.record = True
         if args.paper:
             run_paper(args, hw, console)
         else:
-            run_one(args, hw, console, outputs, trace_path)
+            c = run_one(args, hw, console, outputs, trace_path)
+            if figure_path is not None:
+                from ..plot import gantt_figure
+
+                fig = gantt_figure(c, args.block)
+                outputs.write_figure(figure_path, fig)
         if svg_path is not None:
             outputs.write_with(svg_path, lambda tmp: console.out.save_svg(str(tmp), title="normfuse timeline"))
         outputs.commit()
     if trace_path is not None and not args.json:
         console.success(f"wrote {trace_path} (open it in ui.perfetto.dev)")
-    if svg_path is not None:
-        console.err.print(f"wrote {svg_path}", markup=False)
+    for path in (svg_path, figure_path):
+        if path is not None:
+            console.wrote(path)
     return 0
 
 
 def run_one(
     args: argparse.Namespace, hw: HardwareConfig, console: Console, outputs: OutputFiles, trace_path: Path | None
-) -> None:
-    sc = resolve_scenario(args, console, args.layers)
+) -> Comparison:
+    sc = resolve_scenario(args, console, args.layers, warn=False)
     if not 0 <= args.block < sc.model.n_layers:
         raise UsageError(f"--block must be between 0 and {sc.model.n_layers - 1}; got {args.block}")
     if args.detail_layer is not None and not 0 <= args.detail_layer < sc.model.n_layers:
         raise UsageError(f"--detail-layer must be between 0 and {sc.model.n_layers - 1}; got {args.detail_layer}")
-    c = run_compare(sc, hw, args.detail_layer)
-    summary = c.summary()
+    with console.status(f"emulating the six passes of {sc.describe()} on {hw.name}"):  # a long prefill takes ~20 s
+        c = run_compare(sc, hw, args.detail_layer)
+        summary = c.summary()  # runs the passes
+    warn_beyond_context(sc, console)
     summary.pop("units")
     summary["block"] = block_summary(c, args.block)
     if trace_path is not None:
         trace = chrome_trace({"baseline": c.baseline, "fused": c.fused}, metadata=summary)
         outputs.write_text(trace_path, json.dumps(trace))
     if args.json:
-        console.json(json_record("timeline", units_of(summary), **summary))
-        return
+        console.json(json_record("timeline", units_of(summary), **summary, hardware_parameters=hw.to_dict()))
+        return c
     print_comparison(c, summary, args.block, console)
+    return c
 
 
 def block_summary(c: Comparison, layer: int) -> dict[str, Any]:
@@ -369,8 +447,6 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
 
 def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) -> None:
     policy = resolve_policy(args)
-    if args.context is None:  # decode rows at DEFAULT_CONTEXT (with --models: or a model's positions, if fewer)
-        args.context = DEFAULT_CONTEXT
     models = PAPER_MODELS  # module globals, so tests can shorten them
     if args.models is not None:
         names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -411,6 +487,7 @@ def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) ->
                 paper=PAPER,
                 rows=rows,
                 published=published,
+                hardware_parameters=hw.to_dict(),
             )
         )
         return
@@ -438,7 +515,7 @@ def print_paper(
             "model",
             Col("phase", "left"),
             *(["tokens"] if own else []),
-            "µs",
+            "baseline µs",
             "×roof",
             "share",
             "hidden",
@@ -462,7 +539,7 @@ def print_paper(
     )
     console.note(
         f"paper (arXiv 2502.17728): collectives {PAPER['collective_share']} of latency, completely hidden, fused "
-        f"order {PAPER['reduction']} faster on Llama2/Llama3. Here: µs = the two-pass baseline's latency; ×roof "
+        f"order {PAPER['reduction']} faster on Llama2/Llama3. Here: baseline µs = the two-pass baseline's latency; ×roof "
         "= that / the roofline on the cards used; share = its normalisation cost / its latency; hidden = 1 - "
         "fused cost / baseline cost; saves = fused vs the two-pass baseline; vs 1p = fused vs the one-pass "
         + (
@@ -479,7 +556,7 @@ def print_paper(
         return
     console.table(
         "Published d-Matrix figures (press, not specifications), beside the emulation",
-        ["figure", "published µs", "baseline µs", "fused µs", "ratio", "cards"],
+        ["figure", "published µs", "baseline µs", "fused µs", "fused / published", "cards"],
         [
             (
                 p["name"],

@@ -388,14 +388,14 @@ def _exact_softmax_linear(z: Array, V: Array) -> Array:
 def online_merge_cases(draw: st.DrawFn, *, dtype: str, acc: AccLike = None, rows: str = "mixed") -> Case:
     """z (rows, n), V (n, m), a random tiling of n and a random merge tree over its tiles."""
     kind = _score_kind(draw, dtype, rows)
-    n, m, r = _shapes("online_merge", min_n=1, max_n=1024)
+    n, m, r = _shapes("online_softmax_merge", min_n=1, max_n=1024)
     strat = s.masked_score_rows if kind == "masked" else s.score_rows
     z = draw(strat(n=n, rows=r, dtype=dtype), label="z")
     V = draw(s.finite_rows(n=m, rows=n, dtype=dtype), label="V")
     tiles = draw(s.tilings(n=z.shape[-1]), label="tiles")
     steps = draw(s.merge_orders(tiles=len(tiles)), label="merge order")
     order = {"tiles": tiles, "merges": steps}
-    return Case("online_merge", dtype, {"z": z, "V": V}, {}, order, kind, _acc(draw, acc))
+    return Case("online_softmax_merge", dtype, {"z": z, "V": V}, {}, order, kind, _acc(draw, acc))
 
 
 # --- A Llama decoder block ----------------------------------------------------------------------------------------
@@ -516,7 +516,7 @@ RULES: dict[str, Rule] = {
             SM_ROW_KINDS,
         ),
         Rule(
-            "online_merge",
+            "online_softmax_merge",
             "any tiling, any merge tree of the online-softmax states == softmax(z) @ V",
             online_merge_cases,
             reference_softmax_linear,
@@ -527,7 +527,7 @@ RULES: dict[str, Rule] = {
         ),
         Rule(
             "decoder_block",
-            "Llama block, fused at rms_norm->QKV, softmax->V, rms_norm->gate/up == reference order",
+            "Llama block with rms_norm_linear at QKV and gate/up, softmax_linear at V == reference order",
             decoder_block_cases,
             reference_decoder_block,
             lambda **k: fused_decoder_block(**k),

@@ -412,6 +412,43 @@ class Comparison:
         b = self.baseline.makespan
         return self.baseline.collective_exposed / b if b else 0.0
 
+    def __repr__(self) -> str:
+        """One line for a notebook: the scenario, both latencies and what fusion saves (runs the two passes)."""
+        b, f = self.baseline, self.fused
+        return (
+            f"<Comparison {self.scenario.describe()} on {self.hw.name}: baseline {b.us(b.makespan):.4g} µs, fused "
+            f"{f.us(f.makespan):.4g} µs ({100 * self.reduction:.1f}% saved, {100 * self.hidden_fraction:.0f}% of the "
+            f"normalisation cost hidden); calibrated: {'FITTED' if self.hw.fitted else 'false'}>"
+        )
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One plain record per order (two-pass baseline, one-pass baseline, fused), for a table or a DataFrame
+        (`pandas.DataFrame(c.to_records())`): latencies in µs, shares as fractions (keys say which)."""
+        out = []
+        for order, name in (("baseline", "two-pass baseline"), ("one_pass", "one-pass baseline"), ("fused", "fused")):
+            tl: Timeline = getattr(self, order)
+            free: Timeline = getattr(self, f"{order}_free")
+            cost = self.cost(order)
+            out.append(
+                {
+                    "order": name,
+                    "latency_us": tl.us(tl.makespan),
+                    "latency_without_normalisation_us": free.us(free.makespan),
+                    "normalisation_cost_us": tl.us(cost),
+                    "normalisation_share": cost / tl.makespan if tl.makespan else 0.0,
+                    "normalisation_exposed_us": tl.us(tl.collective_exposed),
+                    "saved_by_fused": (tl.makespan - self.fused.makespan) / tl.makespan if tl.makespan else 0.0,
+                }
+            )
+        return out
+
+    def plot(self, layer: int = 0) -> Any:
+        """The Gantt chart of decoder block `layer`, baseline above fused, as a matplotlib Figure (the [plot]
+        extra; normfuse_ref.plot.gantt_figure). A notebook shows it; `normfuse_ref.plot.save_figure` writes it."""
+        from ..plot import gantt_figure
+
+        return gantt_figure(self, layer)
+
     def summary(self) -> dict[str, Any]:
         """The numbers `normfuse timeline --json` prints; units in the "units" entry."""
         b, f, o = self.baseline, self.fused, self.one_pass

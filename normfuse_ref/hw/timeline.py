@@ -31,7 +31,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ENGINES", "KINDS", "Event", "Timeline", "chrome_trace", "lane_of"]
+from .config import LEVELS
+
+__all__ = ["ENGINES", "KINDS", "Event", "Timeline", "block_lanes", "chrome_trace", "lane_of"]
 
 ENGINES: tuple[str, ...] = ("DIMC", "SIMD", "NET")
 KINDS: tuple[str, ...] = ("matmul", "vector", "psum", "move", "collective")
@@ -66,6 +68,13 @@ def lane_of(resource: str) -> str:
     return resource.split("@", 1)[0]
 
 
+def block_lanes(timelines: Iterable[Timeline], layer: int) -> list[str]:
+    """The lanes a block uses in any of the timelines, as pictures draw them: DIMC, SIMD, then the network levels
+    innermost first ("NET.noc", "NET.d2d", ...)."""
+    used = {lane_of(r) for tl in timelines for e in tl.events if e.layer == layer for r in e.resources}
+    return ["DIMC", "SIMD", *(f"NET.{lv}" for lv in LEVELS if f"NET.{lv}" in used)]
+
+
 class Timeline:
     """The events of one forward pass in one mode, and the measures derived from them."""
 
@@ -75,6 +84,14 @@ class Timeline:
         self.ghz = ghz
         self.mode = mode
         self._critical: tuple[int, ...] | None = None
+
+    def __repr__(self) -> str:
+        """One line for a notebook: the mode, the events, the latency and the normalisation time exposed."""
+        mode = f" {self.mode}" if self.mode else ""
+        return (
+            f"<Timeline{mode}: {len(self.events)} events, latency {self.us(self.makespan):.4g} µs "
+            f"({self.makespan} cycles at {self.ghz:g} GHz), normalisation exposed {self.us(self.collective_exposed):.4g} µs>"
+        )
 
     def us(self, cycles: float) -> float:
         """Cycles to microseconds."""
