@@ -9,7 +9,7 @@ into the repository and every run on the same Python sees the same text.
 Three workers, each its own subprocess so that its peak resident memory (getrusage ru_maxrss) is its own (model,
 prepared weights, activations, imported libraries): normfuse baseline, normfuse fused, HF transformers eager
 (`BertModel`, torch's default thread count; the pooling written in torch as sentence-transformers computes it).
-Each worker loads and warms up once; then the parent *alternates* them, one timed embedding each per round, for
+Each worker loads and warms up once; then the parent *alternates* them (bench/workers.py), one timed embedding each per round, for
 `--repeats` rounds, so that a burst of load from other processes hits all three alike. Reported: the best and
 the median per worker, sentences per second (of the best), x HF = HF time / normfuse time (>= 1: as fast or
 faster), and the load average before and after.
@@ -25,13 +25,13 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from workers import Worker, alternate, machine_info, serve  # this script's directory is on sys.path
 
 MODEL = "all-minilm-l6-v2"
 SENTENCES = 64
@@ -64,10 +64,6 @@ def sentences(count_tokens: Callable[[str], int]) -> list[str]:
     raise SystemExit(f"only {len(out)} suitable sentences found in the standard library's docstrings")
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # workers: load, warm up, then one timed embedding per "run" line on stdin
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,8 +82,8 @@ def worker_normfuse(mode: str) -> tuple[Callable[[], None], dict[str, Any]]:
         e = model.embed(texts, mode, batch_size=SENTENCES)  # type: ignore[arg-type]
         assert e.shape == (SENTENCES, model.cfg.dim)
 
-    blas = os.environ.get("OPENBLAS_NUM_THREADS", "default")
-    info = {"impl": f"normfuse {mode}", "threads": f"OpenBLAS {blas}", "mean_tokens": _mean_tokens(tok.encode, texts)}
+    threads = f"{model.executor().thread_count} workers, OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
+    info = {"impl": f"normfuse {mode}", "threads": threads, "mean_tokens": _mean_tokens(tok.encode, texts)}
     return once, info
 
 
@@ -126,61 +122,23 @@ def _mean_tokens(encode: Callable[[str], Any], texts: list[str]) -> float:
     return statistics.mean(len(encode(t)) for t in texts)
 
 
-def serve(kind: str, threads: int | None) -> int:
-    """Worker loop: load and warm up, print "ready"; then time one embedding per "run" line, print its seconds;
-    on "done" print the worker's info and peak RSS. `threads` caps both BLAS and torch (None: their defaults)."""
-    if threads is not None and kind == "hf":  # BLAS and OpenMP were capped by the environment (Worker)
+def serve_worker(kind: str, threads: int | None) -> int:
+    """Load and warm up one worker, then time one embedding per "embed" line (bench/workers.py). `threads` caps
+    torch too (BLAS, OpenMP and normfuse's executor were capped by the environment: `Worker`)."""
+    if threads is not None and kind == "hf":
         import torch
 
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     once, info = worker_hf() if kind == "hf" else worker_normfuse(kind)
     info["load_s"] = time.perf_counter() - t0
-    once()  # warm-up
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "run":
-            t = time.perf_counter()
-            once()
-            print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
-        elif line.strip() == "done":
-            print(json.dumps({**info, "peak_rss_mb": _rss_mb()}), flush=True)
-            return 0
-    return 1
 
+    def embed() -> float:
+        t = time.perf_counter()
+        once()
+        return time.perf_counter() - t
 
-class Worker:
-    def __init__(self, kind: str, threads: int | None) -> None:
-        env = dict(os.environ)
-        if threads is not None:  # read by OpenBLAS (numpy) and OpenMP (torch) when they start
-            env |= {v: str(threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-        argv = [sys.executable, os.path.abspath(__file__), "--worker", kind]
-        argv += [] if threads is None else ["--threads", str(threads)]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.kind = kind
-        self.times: list[float] = []
-        self._read()  # "ready"
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"worker {self.kind} failed (see its error above)")
-        return dict(json.loads(line))
-
-    def run(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("run\n")
-        self.proc.stdin.flush()
-        self.times.append(float(self._read()["seconds"]))
-
-    def finish(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("done\n")
-        self.proc.stdin.flush()
-        rec = self._read()
-        self.proc.wait()
-        return {**rec, "best_s": min(self.times), "median_s": statistics.median(self.times), "times_s": self.times}
+    return serve({"embed": embed}, info)
 
 
 def main() -> int:
@@ -194,9 +152,7 @@ def main() -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return serve(args.worker, args.threads)
-
-    from bench_model import machine_info  # this script's directory is on sys.path
+        return serve_worker(args.worker, args.threads)
 
     from normfuse_ref.models.llama.fetch import find_model
 
@@ -205,11 +161,13 @@ def main() -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     load_before = os.getloadavg()
-    workers = [Worker(k, args.threads) for k in ("baseline", "fused", *(() if args.no_hf else ("hf",)))]
-    for _ in range(args.repeats):
-        for w in workers:
-            w.run()
-    rows = [w.finish() for w in workers]
+    script = os.path.abspath(__file__)
+    extra = [] if args.threads is None else ["--threads", str(args.threads)]
+    kinds = ("baseline", "fused", *(() if args.no_hf else ("hf",)))
+    workers = [Worker(k, [script, "--worker", k, *extra], args.threads) for k in kinds]
+    rows = alternate(workers, ["embed"], args.repeats)
+    for r in rows:
+        r |= {"best_s": r["embed"]["best"], "median_s": r["embed"]["median"], "times_s": r["embed"]["times"]}
     load_after = os.getloadavg()
     hf = next((r for r in rows if r["impl"].startswith("HF")), None)
     for r in rows:

@@ -11,8 +11,7 @@ Targets (issue 10; benchmark figures, not tests, since timings depend on the mac
     (and, for comparison, a NoC hop x batch sweep: each point's cost grows with the batch, see below);
   - numeric emulation <= 1.5x the plain forward pass (NumpyExecutor) on the same inputs (tiny, SmolLM2).
 A decode point of a sweep composes each pass from two timed blocks and the head per stage (equal to the full pass;
-tests/test_hw_study.py). In cost-only mode the forward's KV-cache append copies the dummy cache on every call (its
-elements take no bytes, but NumPy still walks them), which grows with batch x context and dominates large batches.
+tests/test_hw_study.py).
 The mapper and the plans are memoised per machine, so the cost-only figures clear those caches first; plain and
 emulated runs are interleaved and the median is reported, in wall time and in CPU time of this process. The load
 average before and after is printed: on a shared machine, read the figures as upper bounds.
@@ -143,7 +142,7 @@ def main() -> None:
         w, _ = timed(lambda: sweep(base, hw, [("noc-hop", noc[:15]), ("batch", batches)], executor=pool))
     print(
         f"  {15 * len(batches)}-point sweep (llama2-7b decode, NoC hop x batch 1..64), {args.workers} processes "
-        f"{w:6.1f} s   (the forward's KV-cache append copies the dummy cache: grows with the batch)"
+        f"{w:6.1f} s"
     )
 
     print("numeric emulation vs the plain forward pass (NumpyExecutor, float32), on the mapper's mapping:")

@@ -30,17 +30,20 @@ THE ROUNDING RULE (docs/numerics.md, "Rounding rule"; every executor implements 
 So each rule rounds exactly where its reference composition in `normfuse_ref.layers` does (the reference order of
 RMSNorm -> linear rounds h and the output; its fused order rounds the folded weight, offline, and the output once),
 whichever executor runs it. `elementwise` callables receive acc arrays and must broadcast elementwise (their output
-shape is the broadcast of their inputs: the emulator relies on it in cost-only mode). `layout` callables must only
-move data.
+shape is the broadcast of their inputs: the emulator relies on it in cost-only mode), and should take every array
+they read as an argument (the plain executor then cuts their work into blocks of rows; a callable holding an array
+in a closure is computed whole). `layout` callables must only move data.
 
-Speed lives here and nowhere else: `step_blas_threads` limits the BLAS threads around a whole forward step
-(threadpoolctl), for the callers that want it (`normfuse_ref.models.llama.model.Model.forward`).
+Speed lives here and in `normfuse_ref.parallel`, nowhere else: `NumpyExecutor` cuts elementwise ops, reductions
+and the local softmax into blocks of rows on worker threads (bit for bit the same result for any thread count;
+see `normfuse_ref.parallel`), and `step_blas_threads` limits the BLAS threads around a whole forward step
+(threadpoolctl), for the callers that want it (`normfuse_ref.models.llama.model.Model.forward`). The thread count
+is one setting: `NumpyExecutor(threads=...)`, default $NORMFUSE_THREADS, else the CPUs this process may use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
@@ -49,6 +52,17 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
+from .parallel import (
+    BLOCK_ELEMENTS,
+    Block,
+    blas_threads,
+    block_of,
+    matmul_blocks,
+    reads_only_arguments,
+    row_blocks,
+    run_blocks,
+    threads_setting,
+)
 from .precision import Array, accumulation_dtype, matmul_acc, mean_acc, resolve_dtype, sum_acc
 
 __all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles", "blas_threads", "step_blas_threads"]
@@ -105,37 +119,19 @@ class Executor(Protocol):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _blas() -> Any:
-    """The BLAS libraries loaded in this process, as a threadpoolctl controller (inspected once: its `limit` then
-    costs ~10 us). Imported when first needed: only a model's decode steps limit threads."""
-    from threadpoolctl import ThreadpoolController
+def step_blas_threads() -> contextlib.AbstractContextManager[object]:
+    """BLAS on one thread around a whole forward step (threadpoolctl; ~10 us, so once a step, not once a product).
 
-    return ThreadpoolController()
-
-
-def blas_threads(limit: int | None) -> contextlib.AbstractContextManager[object]:
-    """At most `limit` BLAS threads for the code inside the block (threadpoolctl); None leaves the BLAS default.
-
-    Only speed depends on this, never the numbers. Meant around a whole forward step, not each product.
+    The executor's own workers run the parallel work: a large product is cut into blocks of rows
+    (`parallel.matmul_blocks`), each one single-threaded BLAS call. Two reasons, both measured on the 2-core test
+    machine (bench/README.md): OpenBLAS cuts a product by its thread count, and 1 and 2 OpenBLAS threads gave
+    different bits for some shapes (300 x 700 x 50 float32, not SmolLM2's), which would break the executor's
+    promise of the same bits for any thread count; and OpenBLAS's idle threads spin, so when another process keeps
+    a core busy a 2-thread product ran 2-75x slower than a 1-thread one. A decode step's matrix-vector products
+    are memory-bound and gain only ~20% bandwidth from a second thread on an idle machine (24 vs 20 GB/s).
+    Products inside a threaded block run on one BLAS thread whoever calls them (`parallel.run_blocks`).
     """
-    if limit is None:
-        return contextlib.nullcontext()
-    return _blas().limit(limits=limit, user_api="blas")
-
-
-#: A forward step over fewer new rows than this (per sequence) is decode-sized: its products are matrix-vector.
-DECODE_ROWS = 16
-#: BLAS threads for a decode-sized step. One, the robust choice: matrix-vector products are memory-bound, so on an
-#: idle 2-core machine a second thread adds only ~20% bandwidth (24 vs 20 GB/s), while when another process keeps a
-#: core busy OpenBLAS's waiting threads make a 2-thread gemv 2-75x slower than a 1-thread one (measured on the
-#: 2-core test machine; bench/README.md). Larger steps (prefill) keep the BLAS default.
-DECODE_BLAS_THREADS = 1
-
-
-def step_blas_threads(rows: int) -> contextlib.AbstractContextManager[object]:
-    """The BLAS thread limit for one forward step over `rows` new positions per sequence (see DECODE_ROWS)."""
-    return blas_threads(DECODE_BLAS_THREADS if rows < DECODE_ROWS else None)
+    return blas_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,46 +152,113 @@ class NumpyExecutor:
     tile_size: how many entries of a softmax row one slice holds in `softmax_tiles` (None: the whole row is one
         slice); slices are merged left to right. The emulator uses its own slice size; any value gives the same
         result up to rounding.
+    threads: worker threads for products, elementwise ops, reductions and the local softmax, cut into blocks
+        (`normfuse_ref.parallel`; BLAS itself runs on one thread).
+        None: $NORMFUSE_THREADS, else the CPUs this process may use. Only speed depends on it, never a bit of a
+        result.
     """
 
     storage: DTypeLike = np.float32
     acc: DTypeLike | None = None
     tile_size: int | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self._st = resolve_dtype(self.storage)
         self._acc = accumulation_dtype(self._st, self.acc)
         if self.tile_size is not None and self.tile_size < 1:
             raise ValueError(f"tile_size must be >= 1; got {self.tile_size}")
+        self._threads = threads_setting(self.threads)
+
+    @property
+    def thread_count(self) -> int:
+        """The threads this executor runs on (`threads`, or the setting it defaults to)."""
+        return self._threads
 
     def _a(self, x: Array) -> Array:
-        return x if x.dtype == self._acc else x.astype(self._acc)
+        """An operand in acc; a boolean mask stays boolean (it selects, it is not a value to round)."""
+        return x if x.dtype == self._acc or x.dtype == np.bool_ else x.astype(self._acc)
 
     def _out(self, y: Array, keep_acc: bool) -> Array:
         """The rounding rule: written back in storage, or kept in acc."""
         return y.astype(self._acc if keep_acc else self._st, copy=False)
 
     def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
-        return self._out(matmul_acc(x, F, self._acc), keep_acc)
+        blocks = matmul_blocks(x.shape, F.shape) if F.ndim in (2, x.ndim) else None
+        if blocks is None:  # a decode step's product (or a broadcast batch of F): one BLAS call
+            return self._out(matmul_acc(x, F, self._acc), keep_acc)
+        out = np.empty((*x.shape[:-1], F.shape[-1]), self._acc if keep_acc else self._st)  # (..., m)
+
+        def work(b: tuple[Block, Block, Block]) -> None:  # a batched F's leading axes are x's: sliced alike
+            bx, bF, bo = b
+            out[bo] = matmul_acc(x[bx], F[bF] if F.ndim == 2 else block_of(F, bF, F.ndim), self._acc)
+
+        run_blocks(work, blocks, self._threads)
+        return out
 
     def elementwise(self, fn: Callable[..., Array], *xs: Array, op: str, keep_acc: bool = False) -> Array:
-        return self._out(np.asarray(fn(*[self._a(x) for x in xs])), keep_acc)
+        xa = [self._a(x) for x in xs]
+        big = max(x.size for x in xa) >= 2 * BLOCK_ELEMENTS and reads_only_arguments(fn)
+        blocks = row_blocks(np.broadcast_shapes(*(x.shape for x in xa))) if big else None
+        if blocks is None:  # small, or fn reads an array it was not given: computed whole
+            return self._out(np.asarray(fn(*xa)), keep_acc)
+        out = np.empty(np.broadcast_shapes(*(x.shape for x in xa)), self._acc if keep_acc else self._st)  # (...)
+
+        def work(b: tuple[slice, ...]) -> None:  # rounded to out's dtype on assignment: the rounding rule
+            out[b] = fn(*(block_of(x, b, out.ndim) for x in xa))
+
+        run_blocks(work, blocks, self._threads)
+        return out
 
     def reduce(self, x: Array, kind: ReduceKind, *, op: str, eps: float = 0.0) -> Array:
+        if kind not in ("max", "sum", "mean", "rms_scale"):
+            raise ValueError(f"unknown reduction kind {kind!r}")
         xa = self._a(x)
+        blocks = row_blocks(xa.shape)
+        if blocks is None:
+            return self._reduce(xa, kind, eps)
+        out = np.empty((*xa.shape[:-1], 1), self._acc)  # (..., 1)
+
+        def work(b: tuple[slice, ...]) -> None:
+            out[b] = self._reduce(xa[b], kind, eps)
+
+        run_blocks(work, blocks, self._threads)
+        return out
+
+    def _reduce(self, xa: Array, kind: ReduceKind, eps: float) -> Array:
+        """One reduction of rows xa (..., n) -> (..., 1), in acc."""
         if kind == "max":
             return np.max(xa, axis=-1, keepdims=True)
         if kind == "sum":
             return sum_acc(xa)
         if kind == "mean":
             return mean_acc(xa)
-        if kind == "rms_scale":
-            ms = mean_acc(xa * xa)  # (..., 1)
-            return (1 / np.sqrt(ms + self._acc.type(eps))).astype(self._acc)
-        raise ValueError(f"unknown reduction kind {kind!r}")
+        ms = mean_acc(xa * xa)  # (..., 1)   rms_scale
+        return (1 / np.sqrt(ms + self._acc.type(eps))).astype(self._acc)
 
     def softmax_tiles(self, z: Array, V: Array, *, op: str) -> SoftmaxTiles:
         za, Va = self._a(z), self._a(V)
+        blocks = row_blocks(za.shape) if Va.ndim in (2, za.ndim) else None
+        if blocks is None:
+            return self._tiles(za, Va)
+        n = za.shape[-1]
+        k = -(-n // (n if self.tile_size is None else self.tile_size))  # slices a row
+        lead = za.shape[:-1]
+        t = SoftmaxTiles(
+            m=np.empty((*lead, k, 1), self._acc),  # (..., k, 1)
+            l=np.empty((*lead, k, 1), self._acc),  # (..., k, 1)
+            o=np.empty((*lead, k, Va.shape[-1]), self._acc),  # (..., k, m)
+        )
+
+        def work(b: tuple[slice, ...]) -> None:  # V's leading axes are z's (not its rows): sliced alike
+            s = self._tiles(za[b], Va if Va.ndim == 2 else block_of(Va, b[: za.ndim - 2], Va.ndim))
+            t.m[b], t.l[b], t.o[b] = s.m, s.l, s.o
+
+        run_blocks(work, blocks, self._threads)
+        return t
+
+    def _tiles(self, za: Array, Va: Array) -> SoftmaxTiles:
+        """The slice states of rows za (..., n) against Va (..., n, m): slices of `tile_size`, left to right."""
         n = za.shape[-1]
         t = n if self.tile_size is None else self.tile_size
         states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]

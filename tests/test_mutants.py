@@ -23,6 +23,8 @@ first catching test; the `dev` and `thorough` profiles run every listed catcher.
 | a LayerNorm site rounding before bias | models.sites.layer_norm_linear     | BERT site == rule, bfloat16                 |
 | the attention mask forgotten          | models.sites.masked_scores         | GPT decode vs recompute; GPT-2 vs HF        |
 | the lm head's folded beta F dropped   | models.gpt.weights.prepare         | GPT fused vs baseline float32; GPT-2 vs HF  |
+| a product's last column block dropped | parallel.matmul_blocks             | blocked products == whole, float32          |
+| threads dropping the last block       | parallel.run_blocks                | tiny model on 1 == 2 threads                |
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 import pytest
 
 import proofs
-from normfuse_ref import fusion, layers, ops, precision
+from normfuse_ref import fusion, layers, ops, parallel, precision
 from normfuse_ref.fuzz import rules as fuzz_rules
 from normfuse_ref.fuzz.profiles import active
 from normfuse_ref.precision import Array
@@ -50,6 +52,7 @@ from . import test_fuzz_softmax_linear as sm_tests
 from . import test_gpt_forward as gpt_tests
 from . import test_layers as layer_tests
 from . import test_llama_forward as llama_tests
+from . import test_parallel as parallel_tests
 from . import test_precision as precision_tests
 from . import test_rule_sites as site_tests
 from . import test_rule_sites_bert as bert_site_tests
@@ -127,6 +130,20 @@ def _exp_unshifted(z: Array, m: Array) -> Array:
 
 def _matmul_wide(x: Array, F: Array, acc: np.dtype) -> Array:
     return np.matmul(x.astype(acc), F.astype(acc))  # numpy's float16 matmul sums in float32: the silent widening
+
+
+_matmul_blocks, _run_blocks = parallel.matmul_blocks, parallel.run_blocks  # the originals, for the mutants
+
+
+def _matmul_blocks_drop_last_column(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> Any:
+    blocks = _matmul_blocks(x_shape, F_shape)
+    if blocks is not None and blocks[0][0] == ():  # cut by columns of F
+        return blocks[:-1]
+    return blocks
+
+
+def _run_blocks_drops_last(work: Callable[[Any], None], blocks: Any, threads: int) -> None:
+    _run_blocks(work, blocks[:-1] if threads > 1 else blocks, threads)
 
 
 def _tree_drops_odd(x: Array, axis: int = -1) -> Array:
@@ -390,6 +407,30 @@ MUTANTS = [
                 lambda: gpt_tests.test_fused_is_no_less_accurate_than_baseline("tiny-gpt", "float32", 0),
             ),
             ("GPT-2 vs HF", lambda: gpt_tests.test_equals_hf_transformers("tiny-gpt", "fused")),
+        ),
+    ),
+    Mutant(
+        "a product's last column block dropped",
+        parallel,
+        "matmul_blocks",
+        _matmul_blocks_drop_last_column,
+        (
+            (
+                "blocked products == whole float32",
+                lambda: parallel_tests.test_products_cut_into_blocks_agree_with_the_whole("float32", False),
+            ),
+        ),
+    ),
+    Mutant(
+        "threads dropping the last block",
+        parallel,
+        "run_blocks",
+        _run_blocks_drops_last,
+        (
+            (
+                "tiny 1 == 2 threads",
+                lambda: parallel_tests.test_tiny_model_is_bit_identical_on_any_thread_count("fused", "float32"),
+            ),
         ),
     ),
 ]

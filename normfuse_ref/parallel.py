@@ -1,0 +1,199 @@
+"""Row blocks on worker threads: how the plain executor (`normfuse_ref.ops.NumpyExecutor`) uses the machine.
+
+A matrix product, an elementwise op, a reduction over the last axis and the local part of a softmax compute each
+row of their output (a product: each block of rows or of columns) from the same part of their inputs. The plain
+executor therefore cuts such work into blocks and hands them to worker threads (NumPy's ufuncs and BLAS release
+the GIL while they work on an array). Two rules keep the numbers independent of the machinery:
+
+- Blocks are cut from the shape alone (`row_blocks`: about BLOCK_ELEMENTS output elements each; `matmul_blocks`),
+  never from the number of threads, and each block is computed by the same NumPy calls whichever thread runs it.
+  So a result is bit for bit the same for any thread count (tests/test_parallel.py: 1 and 2 threads, the tiny
+  model and SmolLM2, both orders). Against computing the whole array at once: elementwise ops and reductions are
+  bit for bit the same, a product within its rounding bound (docs/numerics.md, "Threads and blocks").
+- Work is split only where every array it reads is an argument: `reads_only_arguments` refuses a callable that
+  captured an array (a closure over a mask or a RoPE table would not be cut with the block). Such a callable, and
+  any op smaller than two blocks (a decode step's), is computed whole, on the calling thread.
+
+Blocks of ~64K elements also keep a multi-pass callable's temporaries (shifted_exp, normalise_rows, silu_gate each
+make 2-4 passes) in the core's L2 cache instead of streaming them through memory on every pass.
+
+The one setting: the thread count, `NumpyExecutor(threads=...)`, default the environment variable NORMFUSE_THREADS,
+else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them);
+BLAS runs on one thread throughout (`run_blocks`, `ops.step_blas_threads`). Only speed depends on it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import math
+import os
+import types
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "MATMUL_COLUMNS",
+    "MATMUL_MIN_ROWS",
+    "MATMUL_ROWS",
+    "THREADS_ENV",
+    "blas_threads",
+    "block_of",
+    "matmul_blocks",
+    "reads_only_arguments",
+    "row_blocks",
+    "run_blocks",
+    "threads_setting",
+]
+
+#: The environment variable that sets the thread count when the executor is given none.
+THREADS_ENV = "NORMFUSE_THREADS"
+
+#: Output elements a block holds (at least one row of the last axis). 64K float32 elements are 256 KB: with the
+#: block's inputs and a callable's one or two temporaries it stays within a 1-2 MB L2 cache; fewer, larger
+#: blocks make the per-block Python overhead (~5 us) smaller still but spill the temporaries to memory.
+BLOCK_ELEMENTS = 1 << 16
+
+#: How a matrix product x (rows, n) @ F (n, m) is cut, each block one BLAS call on one BLAS thread. A BLAS call
+#: packs (copies) both operands into its kernel's layout, so a block should re-pack only the smaller one: a wide
+#: product (rows < m: every weight product of a prefill, the logits above all) is cut into blocks of
+#: MATMUL_COLUMNS columns of F (each column of F packed once, x re-packed per block); a tall one (rows >= m: the
+#: attention scores of a long prompt, q (G T, hd) @ k^T (hd, S)) into blocks of MATMUL_ROWS rows of x. Measured
+#: single-threaded on the 2-core test machine (under load, medians of 5; bench/README.md): the 512 x 576 x 49152
+#: logits product took 470 ms whole, 516 ms in blocks of 256 columns and 709 ms in blocks of 128 rows.
+MATMUL_ROWS = 128
+MATMUL_COLUMNS = 256
+#: Products of fewer rows are matrix-vector-like (a decode step's): memory-bound, one BLAS call.
+MATMUL_MIN_ROWS = 16
+
+Block = tuple[slice, ...]
+B = TypeVar("B")  # a block, or a tuple of blocks (a product's operands and output)
+
+
+def threads_setting(threads: int | None) -> int:
+    """The thread count: `threads`, else $NORMFUSE_THREADS, else the CPUs this process may run on; ValueError
+    (one line naming the setting) for anything but a positive integer."""
+    if threads is None:
+        text = os.environ.get(THREADS_ENV, "").strip()
+        if not text:
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        try:
+            threads = int(text)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer; got {text!r}") from None
+        if threads < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer; got {text!r}")
+        return threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer; got {threads!r}")
+    return threads
+
+
+def reads_only_arguments(fn: Callable[..., Any]) -> bool:
+    """True when `fn` is a plain function that holds no array of its own (in a closure or a default): then a block
+    of its output is computed from the same block of its arguments, and its work may be cut into blocks."""
+    if not isinstance(fn, types.FunctionType):
+        return False
+    held = [c.cell_contents for c in fn.__closure__ or ()] + list(fn.__defaults__ or ())
+    return not any(isinstance(v, np.ndarray) for v in held)
+
+
+def row_blocks(shape: tuple[int, ...]) -> list[Block] | None:
+    """Blocks of rows covering an output of `shape` (index tuples over its leading axes), or None when it is
+    smaller than two blocks (computed whole).
+
+    The split axis is the outermost one whose rows (everything after it) fit in a block; the axes before it are
+    taken one index at a time and the split axis in ranges of as many rows as fit in BLOCK_ELEMENTS.
+    """
+    if len(shape) < 2 or math.prod(shape) < 2 * BLOCK_ELEMENTS:
+        return None
+    a = 0
+    while a < len(shape) - 2 and math.prod(shape[a + 1 :]) > BLOCK_ELEMENTS:
+        a += 1
+    return _ranges(shape[: a + 1], max(1, BLOCK_ELEMENTS // math.prod(shape[a + 1 :])))
+
+
+def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tuple[Block, Block, Block]] | None:
+    """How x (..., rows, n) @ F ((n, m), or (..., n, m) with x's leading axes) is cut: (x's block, F's block, the
+    output's block) index triples, or None for one call (a product of fewer than MATMUL_MIN_ROWS rows, or too
+    small to cut). See MATMUL_ROWS."""
+    rows, m = math.prod(x_shape[:-1]), F_shape[-1]
+    if len(x_shape) < 2 or rows < MATMUL_MIN_ROWS:
+        return None
+    if rows < m and len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS:  # wide: blocks of columns of F
+        lead = (slice(None),) * (len(x_shape) - 1)
+        columns = [slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS)]
+        return [((), (slice(None), c), (*lead, c)) for c in columns]
+    if rows < 2 * MATMUL_ROWS:
+        return None
+    batched = len(F_shape) > 2  # F's leading axes are x's: sliced with them; a matrix F is read whole
+    return [(b, b[:-1] if batched else (), b) for b in _ranges(x_shape[:-1], MATMUL_ROWS)]  # tall: rows of x
+
+
+def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:
+    """The axes of `lead` but its last one index at a time, its last one in ranges of `step`."""
+    return [
+        (*(slice(i, i + 1) for i in index), slice(r, r + step))
+        for index in np.ndindex(*lead[:-1])
+        for r in range(0, lead[-1], step)
+    ]
+
+
+def block_of(x: Any, b: Block, ndim: int) -> Any:
+    """The part of an input that block `b` of an `ndim`-dimensional output reads, under broadcasting (inputs are
+    right-aligned; an axis of length 1, or one the input lacks, is read whole)."""
+    shape = np.shape(x)
+    offset = ndim - len(shape)  # input axis i is output axis offset + i
+    index = tuple(b[offset + i] if shape[i] != 1 else slice(None) for i in range(max(0, len(b) - offset)))
+    return x[index] if index else x
+
+
+@functools.cache
+def _blas() -> Any:
+    """The BLAS libraries loaded in this process, as a threadpoolctl controller (inspected once: its `limit` then
+    costs ~10 us). Imported when first needed."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def blas_threads(limit: int | None) -> contextlib.AbstractContextManager[object]:
+    """At most `limit` BLAS threads for the code inside the block (threadpoolctl); None leaves the BLAS default.
+
+    Only speed depends on this, never the numbers. Meant around a whole step or a whole threaded op, not each
+    product.
+    """
+    if limit is None:
+        return contextlib.nullcontext()
+    return _blas().limit(limits=limit, user_api="blas")
+
+
+@functools.cache
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """One pool of `workers` threads per count, shared by every executor (created when first needed)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normfuse")
+
+
+def run_blocks(work: Callable[[B], None], blocks: Sequence[B], threads: int) -> None:
+    """work(b) for every block, on the calling thread and threads - 1 workers, each taking the next block not yet
+    taken (so a thread slowed by another process takes fewer blocks); BLAS held to one thread meanwhile.
+
+    Which thread runs a block changes nothing in it. BLAS is held to one thread on one thread too: OpenBLAS cuts a
+    product by its own thread count, which would make a block's bits depend on it (ops.step_blas_threads)."""
+    todo = iter(blocks)  # shared by the threads: next() on a list iterator is atomic under the GIL
+
+    def drain() -> None:
+        for b in todo:
+            work(b)
+
+    with blas_threads(1):
+        helpers = [_pool(threads - 1).submit(drain) for _ in range(min(threads, len(blocks)) - 1)]
+        try:
+            drain()
+        finally:
+            for f in helpers:
+                f.result()

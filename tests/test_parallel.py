@@ -1,0 +1,260 @@
+"""The plain executor's row blocks and worker threads (normfuse_ref.parallel) change no bit of any result.
+
+Two implementations must agree. On 1 vs 2 threads, bit for bit, no tolerance (blocks are cut by shape alone and run
+the same NumPy calls whichever thread runs them, so any difference is a bug): every primitive, and whole forward
+passes in both orders, the tiny model and SmolLM2, prefill and decode. Cut into blocks vs computed whole (the
+executor with blocking turned off): elementwise ops and reductions bit for bit (the same ufuncs on the same rows);
+products, and the e^{z - m} @ V of the blocked attention, within twice their rounding bound (OpenBLAS picks its
+kernel, hence its summation order, by a product's size).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+
+from normfuse_ref import ops, parallel
+from normfuse_ref.accuracy import bounds as bd
+from normfuse_ref.layers import normalise_rows, shifted_exp, silu_gate
+from normfuse_ref.models.llama.fetch import fetch
+from normfuse_ref.models.llama.forward import causal_keep, empty_cache, forward
+from normfuse_ref.models.llama.model import Model, load_model
+from normfuse_ref.ops import NumpyExecutor
+
+B = parallel.BLOCK_ELEMENTS
+
+
+def _whole(call: functools.partial[Any]) -> Any:
+    """What `call` gives when the executor computes every primitive whole (its path for small arrays)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ops, "row_blocks", lambda shape: None)
+        m.setattr(ops, "matmul_blocks", lambda x_shape, F_shape: None)
+        return call()
+
+
+def same(a: object, b: object) -> bool:
+    """Bit for bit: equal arrays of equal dtype and shape, NaN in the same places."""
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    x, y = np.asarray(a), np.asarray(b)
+    return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The setting
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_thread_count_comes_from_the_argument_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(parallel.THREADS_ENV, "3")
+    assert NumpyExecutor().thread_count == 3
+    assert NumpyExecutor(threads=1).thread_count == 1
+    monkeypatch.delenv(parallel.THREADS_ENV)
+    assert NumpyExecutor().thread_count >= 1
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
+def test_a_bad_thread_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv(parallel.THREADS_ENV, text)
+    with pytest.raises(ValueError, match=re.escape(f"NORMFUSE_THREADS must be a positive integer; got '{text}'")):
+        NumpyExecutor()
+    with pytest.raises(ValueError, match=re.escape("threads must be a positive integer; got 0")):
+        NumpyExecutor(threads=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2 * B // 64, 64), (3, 1536, 512), (5, 3, 7, B // 2), (2, 3 * B), (4, 1, 2 * B)])
+def test_blocks_cover_every_element_once(shape: tuple[int, ...]) -> None:
+    blocks = parallel.row_blocks(shape)
+    assert blocks is not None and len(blocks) >= 2
+    count = np.zeros(shape, np.int64)
+    for b in blocks:
+        count[b] += 1
+        assert count[b].size <= max(B, shape[-1])  # a block is at most BLOCK_ELEMENTS, or one row
+    assert (count == 1).all()
+
+
+def test_small_outputs_are_not_cut() -> None:
+    assert parallel.row_blocks((2 * B - 1,)) is None
+    assert parallel.row_blocks((1, 2 * B - 1)) is None
+    assert parallel.row_blocks((B, 2)) is not None
+
+
+def test_a_block_of_an_input_follows_broadcasting() -> None:
+    b = (slice(1, 2), slice(4, 8))  # row 1 of axis 0, rows 4..7 of axis 1, of an output (3, 16, 5)
+    x = np.arange(3 * 16 * 5).reshape(3, 16, 5)
+    assert same(parallel.block_of(x, b, 3), x[1:2, 4:8])
+    assert same(parallel.block_of(x[:, :, :1], b, 3), x[1:2, 4:8, :1])
+    assert same(parallel.block_of(x[0], b, 3), x[0, 4:8])  # (16, 5): output axis 1 is its axis 0
+    assert same(parallel.block_of(x[:1], b, 3), x[:1, 4:8])  # length 1: broadcast, read whole
+    assert same(parallel.block_of(x[0, 0], b, 3), x[0, 0])  # (5,): the last axis is never cut
+
+
+def test_only_callables_that_hold_no_array_are_cut() -> None:
+    keep = np.ones(3, bool)
+    scale = 0.5
+    assert parallel.reads_only_arguments(silu_gate)
+    assert parallel.reads_only_arguments(lambda z: z * scale)
+    assert not parallel.reads_only_arguments(lambda z: z * keep)
+    assert not parallel.reads_only_arguments(functools.partial(np.multiply, keep))
+    assert not parallel.reads_only_arguments(np.exp)  # a ufunc is not a plain function: computed whole
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Each primitive: cut into blocks vs computed whole, on 1 and 2 threads
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _scores(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    z = (rng.standard_normal(shape) * 4).astype(dtype)  # (..., n)
+    z[..., 0, :] = -np.inf  # a fully masked row
+    z[..., 1, 7:] = -np.inf  # a partly masked one
+    return z
+
+
+def _product_gap(a: np.ndarray, b: np.ndarray, x: np.ndarray, F: np.ndarray, P: bd.Precision, stored: bool) -> None:
+    """Two computations of x @ F (same operands, other BLAS calls) agree within twice the bound each one has on its
+    distance to the exact product (`bounds.matmul`, plus one rounding to storage when `stored`): OpenBLAS chooses
+    its kernels by the product's size, so a block of rows may sum its dot products in another order."""
+    bound = bd.matmul(bd.exact(x), bd.exact(F), P)
+    bound = bd.store(bound, P) if stored else bound
+    gap = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    assert (gap <= 2 * bound.b).all(), f"max gap {gap.max()} vs bound {(2 * bound.b).max()}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_elementwise_and_reductions_cut_into_blocks_equal_the_whole(dtype: str) -> None:
+    """Bit for bit: each element (each row of a reduction) is computed by the same ufunc calls on its block."""
+    rng = np.random.default_rng(0)
+    z = _scores(rng, dtype, (3, 384, 300))  # (H, rows, n): 345,600 scores, cut into blocks of rows
+    x = rng.standard_normal((700, 576)).astype(dtype)  # (T, d)
+    u = rng.standard_normal((700, 576)).astype(dtype)
+    keep = causal_keep(128, 300, 3)  # (384, 300)
+    assert keep is not None and parallel.row_blocks(z.shape) is not None
+    for threads in (1, 2):
+        ex = NumpyExecutor(dtype, threads=threads)
+        m = ex.reduce(z, "max", op="m")
+        e = ex.elementwise(shifted_exp, z, m, op="exp", keep_acc=True)
+        calls = [
+            functools.partial(ex.elementwise, shifted_exp, z, m, op="exp", keep_acc=True),
+            functools.partial(ex.elementwise, normalise_rows, e, ex.reduce(e, "sum", op="l"), op="div"),
+            functools.partial(ex.elementwise, silu_gate, x, u, op="swiglu"),
+            functools.partial(ex.elementwise, lambda z, k: np.where(k, z * 0.125, -np.inf), z, keep, op="mask"),
+            *(functools.partial(ex.reduce, x, kind, op="r", eps=1e-5) for kind in ("max", "sum", "mean", "rms_scale")),
+            functools.partial(ex.reduce, z, "sum", op="r"),
+        ]
+        for call in calls:
+            assert same(call(), _whole(call)), (threads, call)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("keep_acc", [False, True])
+def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: bool) -> None:
+    rng = np.random.default_rng(2)
+    P = bd.Precision.of(dtype)
+    x = rng.standard_normal((300, 700)).astype(dtype)  # (T, n): a tall product, 3 blocks of rows (128, 128, 44)
+    F = rng.standard_normal((700, 50)).astype(dtype)  # (n, m)
+    q = rng.standard_normal((3, 400, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
+    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S)
+    w = rng.standard_normal((40, 64)).astype(dtype)  # (T, n): a wide product, cut into blocks of columns
+    W = rng.standard_normal((64, 1100)).astype(dtype)  # (n, m): 256, 256, 256, 256, 76 columns
+    xb = rng.standard_normal((2, 150, 64)).astype(dtype)  # (B, T, n) @ (n, m): rows of each sequence
+    for a, b in ((x, F), (q, kT), (w, W), (xb, F[:64])):
+        assert parallel.matmul_blocks(a.shape, b.shape) is not None
+        one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
+        two = NumpyExecutor(dtype, threads=2).matmul(a, b, op="mm", keep_acc=keep_acc)
+        whole = _whole(functools.partial(NumpyExecutor(dtype).matmul, a, b, op="mm", keep_acc=keep_acc))
+        assert same(one, two), "1 and 2 threads differ"
+        _product_gap(one, whole, a, b, P, stored=not keep_acc)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("tile_size", [None, 100])
+@pytest.mark.parametrize("shape", [(3, 384, 300), (2, 3, 40, 2 * B // 40)])
+def test_blocked_attention_equals_the_one_shot(dtype: str, tile_size: int | None, shape: tuple[int, ...]) -> None:
+    """softmax_tiles cut into blocks of rows (of every head: V is sliced with its head) vs the whole scores at once.
+
+    The maxima and the sums are bit for bit the same (the same reductions of the same rows); e^{z - m} @ V is a
+    product, within twice its bound (see `_product_gap`) of the one-shot; on 1 and 2 threads, bit for bit.
+    """
+    rng = np.random.default_rng(1)
+    P = bd.Precision.of(dtype)
+    z = _scores(rng, dtype, shape)  # (..., rows, n)
+    V = rng.standard_normal((*shape[:-2], shape[-1], 8)).astype(dtype)  # (..., n, m)
+    assert parallel.row_blocks(z.shape) is not None
+    one = NumpyExecutor(dtype, tile_size=tile_size, threads=1).softmax_tiles(z, V, op="pv")
+    two = NumpyExecutor(dtype, tile_size=tile_size, threads=2).softmax_tiles(z, V, op="pv")
+    ex = NumpyExecutor(dtype, tile_size=tile_size)
+    whole = _whole(functools.partial(ex.softmax_tiles, z, V, op="pv"))
+    assert same(one, two), "1 and 2 threads differ"
+    assert same(one.m, whole.m) and same(one.l, whole.l)
+    n, t = shape[-1], shape[-1] if tile_size is None else tile_size
+    za, Va = z.astype(ex._acc), V.astype(ex._acc)
+    for k, i in enumerate(range(0, n, t)):  # each slice's e^{z - m} @ V
+        e = shifted_exp(za[..., i : i + t], one.m[..., k, :])  # (..., rows, t): the same in both
+        _product_gap(one.o[..., k, :], whole.o[..., k, :], e, Va[..., i : i + t, :], P, stored=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole models: 1 thread == 2 threads == whole, both orders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _prefill_and_decode(model: Model, mode: str, ids: np.ndarray, threads: int) -> list[np.ndarray]:
+    w, ex = model.weights(mode), NumpyExecutor(model.dtype, threads=threads)  # type: ignore[arg-type]
+    with ops.step_blas_threads():  # as Model.forward runs a step
+        logits, cache = forward(w, model.cfg, ids, model.cache(len(ids) + 3), mode=mode, ex=ex)  # type: ignore[arg-type]
+        out = [logits]
+        for _ in range(3):
+            logits, cache = forward(w, model.cfg, [int(np.argmax(logits[-1]))], cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+            out.append(logits)
+    return out
+
+
+def _check_threads(model: Model, mode: str, ids: np.ndarray) -> None:
+    one = _prefill_and_decode(model, mode, ids, 1)
+    two = _prefill_and_decode(model, mode, ids, 2)
+    assert all(same(a, b) for a, b in zip(one, two, strict=True)), "1 and 2 threads differ"
+
+
+@pytest.mark.parametrize("mode", ["baseline", "fused"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tiny_model_is_bit_identical_on_any_thread_count(mode: str, dtype: str) -> None:
+    model = load_model("tiny", dtype)
+    ids = np.arange(220) % 256  # attention scores (2, 440, 220): cut into blocks
+    _check_threads(model, mode, ids)
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Model:
+    fetch("smollm2-135m")  # idempotent: a no-op when the cache holds the file
+    return load_model("smollm2-135m")
+
+
+@pytest.mark.parametrize("mode", ["baseline", "fused"])
+def test_smollm2_is_bit_identical_on_any_thread_count(smollm2: Model, mode: str) -> None:
+    ids = np.random.default_rng(0).integers(100, 40000, 300)  # products (300 rows), scores (3, 900, 300): all cut
+    _check_threads(smollm2, mode, ids)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "fused"])
+def test_a_batch_is_bit_identical_on_any_thread_count(mode: str) -> None:
+    """(B, T) ids: every product has a batch axis before its rows (a matrix F is read whole by each block)."""
+    model = load_model("tiny")
+    ids = np.arange(2 * 150).reshape(2, 150) % 256  # (B, T)
+    w, outs = model.weights(mode), []  # type: ignore[arg-type]
+    for threads in (1, 2):
+        ex = NumpyExecutor(model.dtype, threads=threads)
+        with ops.step_blas_threads():
+            logits, cache = forward(w, model.cfg, ids, empty_cache(model.cfg, batch=2, capacity=151), mode=mode, ex=ex)  # type: ignore[arg-type]
+            step, _ = forward(w, model.cfg, np.argmax(logits[:, -1:], -1), cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        outs.append((logits, step))
+    assert same(outs[0], outs[1]), "1 and 2 threads differ"
