@@ -52,7 +52,7 @@ def test_timeline(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monkey
 
     out = shown(capsys, monkeypatch, width, "timeline")
     c = compare(
-        Scenario(timeline_cmd.get_preset(timeline_cmd.DEFAULT_MODEL)), timeline_cmd.load_hardware("corsair-like")
+        Scenario(timeline_cmd.shape_config(timeline_cmd.DEFAULT_MODEL)), timeline_cmd.load_hardware("corsair-like")
     )
     lanes = block_lanes([c.baseline, c.fused], 0)
     assert_reads(out, width, [timeline_cmd.DEFAULT_MODEL, "corsair-like", *lanes, "baseline", "one-pass", "fused"])

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from normfuse_ref.hw.config import PRESETS
-from normfuse_ref.hw.study import paper_check, validate
+from normfuse_ref.hw.study import LAYERNORM_MODELS, paper_check, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "hardware.md").read_text(encoding="utf-8")
@@ -93,3 +93,48 @@ def test_the_decode_ranges_quoted_in_prose_hold(rows: list[dict[str, Any]]) -> N
     assert m and int(m.group(2)) <= min(saves) + 0.5 and max(saves) <= int(m.group(3)) + 0.5
     hidden = [100 * r["hidden_fraction"] for r in decode]
     assert all(abs(h - int(m.group(1))) <= 2 for h in hidden)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the LayerNorm models (`normfuse timeline --paper --models layernorm`)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ln_rows() -> list[dict[str, Any]]:
+    return paper_check(CORSAIR, context=2048, prefill_tokens=2048, models=LAYERNORM_MODELS, fit_context=True)
+
+
+def test_the_layernorm_table_in_the_docs_is_what_the_code_prints(ln_rows: list[dict[str, Any]]) -> None:
+    quoted = table_after(DOCS, "layernorm-table:")
+    assert [(q[0], q[1]) for q in quoted] == [(r["model"], r["phase"]) for r in ln_rows]
+    for q, r in zip(quoted, ln_rows, strict=True):
+        _, _, tokens, cards, two, one, fused, roof, share, hidden, saves, vs1 = q
+        assert int(tokens) == r["context"] and int(cards) == r["cards"], q
+        assert close(two, r["baseline_latency"]) and close(one, r["one_pass_baseline_latency"]), q
+        assert close(fused, r["fused_latency"]), q
+        assert close(roof, r["baseline_latency"] / r["roofline_latency"]), q
+        assert close(share, 100 * r["normalisation_share_baseline"]), q
+        assert close(hidden, 100 * r["hidden_fraction"]), q
+        assert close(saves, 100 * r["reduction"]), q
+        assert close(vs1, 100 * r["reduction_vs_one_pass"]), q
+
+
+def test_the_layernorm_ranges_quoted_in_prose_hold(ln_rows: list[dict[str, Any]]) -> None:
+    """The prose under the LayerNorm table quotes ranges over its decode rows and its encoders; they must bracket
+    the table (each end rounded to a whole percent)."""
+
+    def bracket(pattern: str, values: list[float]) -> None:
+        m = re.search(pattern, DOCS)
+        assert m, pattern
+        lo, hi = int(m.group(1)), int(m.group(2))
+        assert lo <= min(values) + 0.5 and max(values) <= hi + 0.5, (pattern, values)
+
+    decode = [r for r in ln_rows if r["phase"] == "decode"]
+    encoders = [r for r in ln_rows if r["model"] in ("all-minilm-l6-v2", "bert-large")]
+    bracket(r"\((\d+)-(\d+)% of\s+the two-pass latency", [100 * r["normalisation_share_baseline"] for r in decode])
+    bracket(r"hides only about half of it \((\d+)-(\d+)%\)", [100 * r["hidden_fraction"] for r in decode])
+    bracket(r"and saves (\d+)-(\d+)%, not all of it", [100 * r["reduction"] for r in decode])
+    bracket(r"they save (\d+)-(\d+)% of a share", [100 * r["reduction"] for r in encoders])
+    bracket(r"of a share of (\d+)-(\d+)%", [100 * r["normalisation_share_baseline"] for r in encoders])
+    assert all(abs(100 * r["hidden_fraction"] - 80) <= 5 for r in encoders)  # "the encoders hide ~80%"

@@ -21,6 +21,8 @@ first catching test; the `dev` and `thorough` profiles run every listed catcher.
 | RoPE off by one in decode             | llama.forward.rope_tables          | decode vs recompute (plain and HF-free)     |
 | a site copy rounding y to storage     | models.sites.rms_norm_linear       | site == rule, float16                       |
 | a LayerNorm site rounding before bias | models.sites.layer_norm_linear     | BERT site == rule, bfloat16                 |
+| the attention mask forgotten          | models.sites.masked_scores         | GPT decode vs recompute; GPT-2 vs HF        |
+| the lm head's folded beta F dropped   | models.gpt.weights.prepare         | GPT fused vs baseline float32; GPT-2 vs HF  |
 | a product's last column block dropped | parallel.matmul_blocks             | blocked products == whole, float32          |
 | threads dropping the last block       | parallel.run_blocks                | tiny model on 1 == 2 threads                |
 | compensating with zero column sums    | fusion.fold_column_sums            | compensate property bf16; fold-error tie    |
@@ -50,6 +52,7 @@ from . import test_fuzz_decoder_block as block_tests
 from . import test_fuzz_layer_norm_linear as ln_tests
 from . import test_fuzz_rms_norm_linear as rms_tests
 from . import test_fuzz_softmax_linear as sm_tests
+from . import test_gpt_forward as gpt_tests
 from . import test_layers as layer_tests
 from . import test_llama_forward as llama_tests
 from . import test_parallel as parallel_tests
@@ -59,6 +62,7 @@ from . import test_rule_sites_bert as bert_site_tests
 
 forward_module = importlib.import_module("normfuse_ref.models.llama.forward")  # the package re-exports `forward`
 sites_module = importlib.import_module("normfuse_ref.models.sites")
+gpt_weights = importlib.import_module("normfuse_ref.models.gpt.weights")
 
 
 def plant(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, wrong: Any) -> None:
@@ -217,6 +221,23 @@ _FOLD_RMS = fusion.fold_rms_norm
 
 def _fold_rms_in_weight_dtype(g: Any, F: Any, *, dtype: Any = None) -> Array:
     return _FOLD_RMS(g, F)  # the wider dtype asked for is ignored
+
+
+_SCORES = sites_module.masked_scores
+
+
+def _scores_unmasked(ex: Any, z: Any, keep: Any, hd: int) -> Any:
+    return _SCORES(ex, z, None, hd)  # every key visible: the causal and padding masks forgotten
+
+
+_PREPARE_GPT = gpt_weights.prepare
+
+
+def _gpt_prepare_without_head_bias(params: Any, cfg: Any, mode: Any) -> Any:
+    w = _PREPARE_GPT(params, cfg, mode)
+    if mode == "fused":  # b' = beta_f F forgotten: the fold of the final LayerNorm's shift
+        w["output_bias"] = np.zeros_like(w["output_bias"])
+    return w
 
 
 # --- the table -----------------------------------------------------------------------------------------------
@@ -430,6 +451,29 @@ MUTANTS = [
                     "bfloat16", "attn_qkv"
                 ),
             ),
+        ),
+    ),
+    Mutant(
+        "the attention mask forgotten",
+        sites_module,
+        "masked_scores",
+        _scores_unmasked,
+        (
+            ("GPT decode vs recompute", lambda: gpt_tests.test_decode_equals_recompute("tiny-gpt", "fused", None)),
+            ("GPT-2 vs HF", lambda: gpt_tests.test_equals_hf_transformers("tiny-gpt", "baseline")),
+        ),
+    ),
+    Mutant(
+        "the lm head's folded beta F dropped",
+        gpt_weights,
+        "prepare",
+        _gpt_prepare_without_head_bias,
+        (
+            (
+                "GPT fused vs baseline float32",
+                lambda: gpt_tests.test_fused_is_no_less_accurate_than_baseline("tiny-gpt", "float32", 0),
+            ),
+            ("GPT-2 vs HF", lambda: gpt_tests.test_equals_hf_transformers("tiny-gpt", "fused")),
         ),
     ),
     Mutant(

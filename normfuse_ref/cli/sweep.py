@@ -23,12 +23,13 @@ from typing import Any
 
 from ..hw.config import ALGORITHMS, field_value
 from ..hw.study import SCENARIO_PARAMS, SWEEP_SHORTCUTS, local_pool, sweep, units_of
+from ..hw.workload import is_encoder
 from ..plot import SWEEP_METRICS
 from .args import integer, refuse
 from .console import Col, Console, UsageError, json_record
 from .gantt import bars
 from .outputs import OutputFiles, add_figure_argument
-from .timeline import add_scenario_args, check_timeable, fitted_note, resolve_hw, resolve_scenario
+from .timeline import add_scenario_args, check_timeable, fitted_note, resolve_defaults, resolve_hw, resolve_scenario
 
 METRICS = SWEEP_METRICS  # --metric NAME -> (JSON key, meaning); one table for the terminal and the figures
 CHOICES = {"algorithm": ALGORITHMS, "mapping": ("search", "dense")}
@@ -151,6 +152,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with OutputFiles(force=args.force) as outputs:
         figure_path = outputs.add_figure(args.figure)
         hw = resolve_hw(args)
+        cfg = resolve_defaults(args)  # --phase and --context from the model where not given
         params: list[tuple[str, list[Any]]] = []
         for name, text in args.param:
             if any(name == n for n, _ in params):
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         swept = dict(params)
         for context, chunk in itertools.product(swept.get("context", [args.context]), swept.get("chunk", [args.chunk])):
             what = "--param context value" if "context" in swept else "--context"
-            check_timeable(args.phase, context, chunk, what=what)
+            check_timeable(args.phase, context, context if is_encoder(cfg) else chunk, what=what)
         points, sc = _points(args, console, hw, params)
         if figure_path is not None:
             from ..plot import sweep_figure

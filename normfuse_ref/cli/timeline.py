@@ -1,15 +1,17 @@
-"""`normfuse timeline`: baseline vs fused order of a Llama forward pass on the emulated SIMD/DIMC machine.
+"""`normfuse timeline`: baseline vs fused order of a model's forward pass on the emulated SIMD/DIMC machine.
 
 With no arguments: llama2-7b, the corsair-like machine, one decode step at context 2048, on the mapping the mapper
-picks. Prints a Gantt chart of one decoder block (both orders on one time axis, lanes per engine and network
-level), and a table for the whole model: the latency of both baselines (two-pass softmax, one-pass (m, l)
+picks. `--model` takes any preset of the three families (Llama; BERT, an encoder: prefill only; GPT-2/OPT) or an HF
+config.json of one of them (shape-only: `normfuse_ref.models.shapes`). Prints a Gantt chart of one decoder block
+(both orders on one time axis, lanes per engine and network level), and a table for the whole model: the latency of both baselines (two-pass softmax, one-pass (m, l)
 all-reduce) and of the fused order, each without its normalisation (the counterfactual), what normalisation
 costs, the exposed view, the roofline on the cards used. Every output says whether a parameter was fitted
 (`calibrated`); nothing is by default. `--calibrate PARAM[=POINT]` fits one on request.
 
 `--paper` prints the paper check instead: five Llama models in decode and prefill, both baselines, the
 normalisation share, the hidden fraction and the reduction beside the paper's ~20% / 15-20%, and the published
-d-Matrix figures beside the emulated latencies.
+d-Matrix figures beside the emulated latencies. `--paper --models layernorm` (or a list of presets and config.json
+files) prints the same table for other models, each at its own trained context if that is shorter.
 
 `--json` prints the summary for scripts (docs/cli.md); times are in microseconds and every key's unit is in its
 "units" entry. `--trace FILE.json` writes a Chrome trace (open it in https://ui.perfetto.dev), `--svg FILE.svg` the
@@ -34,9 +36,11 @@ from ..hw.config import ALGORITHMS, PRESETS, HardwareConfig, load_hardware, with
 from ..hw.mapping import MappingPolicy
 from ..hw.study import (
     CALIBRATION_POINTS,
+    LAYERNORM_MODELS,
     PAPER,
     PAPER_MODELS,
     Comparison,
+    Phase,
     Scenario,
     calibrate,
     calibrated,
@@ -47,8 +51,8 @@ from ..hw.study import (
     validate,
 )
 from ..hw.timeline import ENGINES, chrome_trace
-from ..models.llama.config import PRESETS as MODELS
-from ..models.llama.config import LlamaConfig, get_preset
+from ..hw.workload import is_encoder, workload_of
+from ..models.shapes import shape_config, shape_presets
 from .args import integer, refuse
 from .console import Col, Console, UsageError, json_record
 from .gantt import LEGEND, block_gantt
@@ -96,6 +100,13 @@ def add_parser(subparsers: Any) -> None:
         "context; --batch, --hw and the mapping flags apply to every row)",
     )
     p.add_argument(
+        "--models",
+        default=None,
+        metavar="M,M,...|layernorm",
+        help="with --paper: the models of the table (presets or config.json files; layernorm: "
+        f"{', '.join(LAYERNORM_MODELS)}; default the paper's Llama models)",
+    )
+    p.add_argument(
         "--workers",
         type=integer(minimum=1),
         default=None,
@@ -113,7 +124,11 @@ def add_parser(subparsers: Any) -> None:
 def add_scenario_args(p: argparse.ArgumentParser) -> None:
     """The options `timeline` and `sweep` share."""
     p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model preset (default {DEFAULT_MODEL}; {', '.join(MODELS)})"
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="PRESET|CONFIG.json",
+        help=f"model preset (default {DEFAULT_MODEL}; {', '.join(shape_presets())}) or an HF config.json of model_type "
+        "llama, mistral, qwen2, bert, gpt2 or opt (shape-only)",
     )
     p.add_argument(
         "--hw",
@@ -124,15 +139,17 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--phase",
         choices=("decode", "prefill"),
-        default="decode",
-        help="decode: one new token after --context cached positions; prefill: a --context-token prompt",
+        default=None,
+        help="decode: one new token after --context cached positions; prefill: a --context-token prompt "
+        "(default decode; prefill for an encoder, which has no decode)",
     )
     p.add_argument(
         "--context",
         type=integer(minimum=0),
-        default=DEFAULT_CONTEXT,
+        default=None,
         metavar="N",
-        help=f"cached positions (decode) or prompt tokens (prefill) (default {DEFAULT_CONTEXT})",
+        help=f"cached positions (decode) or prompt tokens (prefill) (default {DEFAULT_CONTEXT}, or the model's "
+        "trained context if shorter)",
     )
     p.add_argument(
         "--batch", type=integer(minimum=1), default=1, metavar="N", help="sequences decoded together (default 1)"
@@ -189,13 +206,35 @@ def resolve_policy(args: argparse.Namespace) -> MappingPolicy:
         raise UsageError(f"--{exc}") from None
 
 
+def resolve_model(model: str) -> Any:
+    """The config of a preset or config.json (`models.shapes.shape_config`); UsageError naming what is wrong."""
+    try:
+        return shape_config(model)
+    except ValueError as exc:  # unknown name, unsupported model_type, a bad or missing field, not JSON
+        raise UsageError(str(exc)) from None
+
+
+def resolve_defaults(args: argparse.Namespace) -> Any:
+    """The model's config, with --phase and --context set from it where they were not given: an encoder's phase is
+    prefill (it has no decode), and the context is DEFAULT_CONTEXT or, if the model was trained on fewer positions,
+    as many as it has (decode: one fewer, for the new token)."""
+    cfg = resolve_model(args.model)
+    if args.phase is None:
+        args.phase = "prefill" if is_encoder(cfg) else "decode"
+    if args.context is None:
+        args.context = min(DEFAULT_CONTEXT, cfg.context_length - (args.phase == "decode"))
+    return cfg
+
+
 def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "all", *, warn: bool = True) -> Scenario:
     """The scenario the flags describe; with `warn`, a warning when it is beyond the model's trained context (pass
-    False and call `warn_beyond_context` after the work, so that a mistake found later stays the only line)."""
-    try:
-        cfg: LlamaConfig = get_preset(args.model)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    False and call `warn_beyond_context` after the work, so that a mistake found later stays the only line).
+
+    The defaults follow the model (`resolve_defaults`)."""
+    cfg = resolve_defaults(args)
+    phase: Phase = args.phase
+    if is_encoder(cfg):
+        refuse(getattr(args, "given", frozenset()), ("--chunk",), f"to {cfg.name}, an encoder (a prompt is one call)")
     if layers != "all":
         try:
             n = int(layers)
@@ -204,8 +243,12 @@ def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "
         if not 1 <= n <= cfg.n_layers:
             raise UsageError(f"--layers must be between 1 and {cfg.n_layers} for {cfg.name}; got {n}")
         cfg = cfg.replace(n_layers=n)
-    check_timeable(args.phase, args.context, args.chunk)
-    sc = Scenario(cfg, args.phase, args.context, args.batch, args.chunk, resolve_policy(args))
+    # an encoder takes its prompt in one forward call, whatever --chunk says
+    check_timeable(phase, args.context, args.context if is_encoder(cfg) else args.chunk)
+    try:
+        sc = Scenario(cfg, phase, args.context, args.batch, args.chunk, resolve_policy(args))
+    except ValueError as exc:  # decode for an encoder
+        raise UsageError(str(exc)) from None
     if warn:
         warn_beyond_context(sc, console)
     return sc
@@ -262,11 +305,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
         refuse(given, ONE_PASS_FLAGS, "to --paper (it times five models in both phases: see --help)")
     else:
         refuse(given, ("--workers",), "without --paper (one pass runs in this process)")
+        refuse(given, ("--models",), "without --paper (it chooses the models of the paper table)")
     if args.json:
         refuse(given, ("--svg",), "to --json (it saves the terminal picture, and --json prints none)")
     if not any(getattr(args, f[2:]) is not None for f in OUTPUT_FLAGS):
         refuse(given, ("--force",), "without an output file (--trace, --svg or --figure)")
     if args.paper:
+        if args.context is None:  # decode rows at DEFAULT_CONTEXT (with --models: or a model's positions, if fewer)
+            args.context = DEFAULT_CONTEXT
         check_timeable("decode", args.context, 1)
     with OutputFiles(force=args.force) as outputs:
         trace_path = outputs.add("--trace", args.trace, suffixes=(".json",))
@@ -382,7 +428,8 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
         ("  moving activations", us(b.exposed("move")), us(o.exposed("move")), us(f.exposed("move"))),
     ]
     rows += [(f"{e} utilisation", pct(b.utilisation(e)), pct(o.utilisation(e)), pct(f.utilisation(e))) for e in ENGINES]
-    console.table(f"Whole model ({sc.model.n_layers} blocks + lm head)", ["", "baseline", "one-pass", "fused"], rows)
+    after = "lm head" if workload_of(sc.model).head else "final LayerNorm"
+    console.table(f"Whole model ({sc.model.n_layers} blocks + {after})", ["", "baseline", "one-pass", "fused"], rows)
     console.note(
         f"roofline on the {c.mapping.cards} cards used: {s['roofline_latency']:.4g} µs (weights and KV at SRAM/LPDDR "
         f"rate, flops at peak); baseline = {b.us(b.makespan) / s['roofline_latency']:.2f} x roofline. Softmax "
@@ -400,12 +447,19 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
 
 def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) -> None:
     policy = resolve_policy(args)
+    models = PAPER_MODELS  # module globals, so tests can shorten them
+    if args.models is not None:
+        names = [m.strip() for m in args.models.split(",") if m.strip()]
+        models = LAYERNORM_MODELS if names == ["layernorm"] else tuple(names)
+        if not models:
+            raise UsageError("--models needs at least one model")
+    n_rows = sum(1 if is_encoder(resolve_model(m)) else 2 for m in models)  # an encoder has no decode row
     workers = args.workers or os.cpu_count() or 1
     pool = local_pool(workers) if workers > 1 else None
-    models = PAPER_MODELS  # module globals, so tests can shorten them
     try:
         kw: dict[str, Any] = {
             "context": args.context,
+            "fit_context": args.models is not None,
             "batch": args.batch,
             "prefill_tokens": PAPER_PREFILL,
             "models": models,
@@ -413,9 +467,10 @@ def run_paper(args: argparse.Namespace, hw: HardwareConfig, console: Console) ->
             "executor": pool,
         }
         with console.progress() as progress:
-            task = progress.add_task("emulating", total=2 * len(models))
+            task = progress.add_task("emulating", total=n_rows)
             rows = paper_check(hw, **kw, on_step=lambda: progress.advance(task))
-        published = validate(hw, policy=dataclasses.replace(policy, max_cards=None))
+        # the press figures are of Llama 3 models: printed with the paper's models only
+        published = [] if args.models is not None else validate(hw, policy=dataclasses.replace(policy, max_cards=None))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -453,13 +508,25 @@ def print_paper(
     def pct(x: float) -> str:
         return f"{100 * x:.1f}%"
 
+    own = args.models is not None  # other models, each at its own context: a column shows it
     console.table(
         None,
-        ["model", Col("phase", "left"), "baseline µs", "×roof", "share", "hidden", "saves", "vs 1p"],
+        [
+            "model",
+            Col("phase", "left"),
+            *(["tokens"] if own else []),
+            "baseline µs",
+            "×roof",
+            "share",
+            "hidden",
+            "saves",
+            "vs 1p",
+        ],
         [
             (
                 r["model"],
                 r["phase"],
+                *([str(r["context"])] if own else []),
                 f"{r['baseline_latency']:.0f}",
                 f"{r['baseline_latency'] / r['roofline_latency']:.2f}",
                 pct(r["normalisation_share_baseline"]),
@@ -475,9 +542,18 @@ def print_paper(
         f"order {PAPER['reduction']} faster on Llama2/Llama3. Here: baseline µs = the two-pass baseline's latency; ×roof "
         "= that / the roofline on the cards used; share = its normalisation cost / its latency; hidden = 1 - "
         "fused cost / baseline cost; saves = fused vs the two-pass baseline; vs 1p = fused vs the one-pass "
-        f"(m, l) baseline. Decode at context {args.context}, prefill of {PAPER_PREFILL} tokens in chunks of 256; "
-        f"batch {args.batch}; the mapper's mapping for each row (cards in --json)."
+        + (
+            "(m, l) baseline. tokens = the context of a decode step or the prompt of a prefill (2048, or the model's "
+            "trained positions if fewer; an encoder's prompt in one pass, others in chunks of 256); "
+            if own
+            else f"(m, l) baseline. Decode at context {args.context}, prefill of {PAPER_PREFILL} tokens in chunks of "
+            "256; "
+        )
+        + f"batch {args.batch}; the mapper's mapping for each row (cards in --json)."
     )
+    if not published:
+        console.note(fitted_note(hw) + ".")
+        return
     console.table(
         "Published d-Matrix figures (press, not specifications), beside the emulation",
         ["figure", "published µs", "baseline µs", "fused µs", "fused / published", "cards"],

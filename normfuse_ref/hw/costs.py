@@ -96,8 +96,16 @@ SIMD_PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "softmax.div": (("mul", "max"), ("recip",)),  # e * (1/l), select l == 0; one reciprocal per row
     "softmax.scale": (("mul", "max"), ("recip",)),  # o * (1/l) after the merge
     "swiglu": (("exp", "add", "recip", "mul", "mul"), ()),  # g / (1 + e^-g) * u
-    # the LayerNorm rule's reference bias and its mitigations (fusion.py; priced in accuracy/costs.py)
-    "bias": (("add",), ()),  # y + b                                  (a linear layer's own bias)
+    # the LayerNorm families (normfuse_ref.models.bert, normfuse_ref.models.gpt)
+    "embed_sum": (("add", "add"), ()),  # E_word[ids] + E_type[types] + E_pos (BERT)
+    "embed_add": (("add",), ()),  # E_word[ids] + E_pos (GPT-2, OPT)
+    "bias": (("add",), ()),  # y + b, a linear layer's own bias        (attn_output.bias, ffn_down.bias, ...)
+    # exact GELU t/2 (1 + erf(t / sqrt 2)): erf costed as one table + polynomial evaluation, like exp (assumed)
+    "gelu": (("mul", "exp", "add", "mul", "mul"), ()),
+    # GPT-2's tanh GELU = t / (1 + e^{-2u}), u = sqrt(2/pi) (t + 0.044715 t^3)
+    "gelu_tanh": (("mul", "mul", "add", "mul", "exp", "add", "recip", "mul"), ()),
+    "relu": (("max",), ()),  # max(t, 0) (OPT)
+    # the LayerNorm rule's mitigations (fusion.py; priced in accuracy/costs.py)
     "subtract_mean": (("add",), ()),  # x - mu, stored as the DIMC operand    (centring="subtract")
     "compensate_scale_shift": (("mul", "add", "mul", "add"), ()),  # (y - mu r) s + b   (centring="compensate")
 }

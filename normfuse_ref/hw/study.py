@@ -5,7 +5,8 @@ for the scenario (`mapping.search`), with weight-free dummy weights and a dummy 
 
     phase "decode"   one new token per sequence after `context` cached positions
     phase "prefill"  a prompt of `context` tokens per sequence, issued in chunks of `chunk` tokens that pipeline
-                     through the stages (each chunk is one forward call after the previous chunks' cache)
+                     through the stages (each chunk is one forward call after the previous chunks' cache); an
+                     encoder (BERT) has no decode phase and takes its prompt in one call (`workload.is_encoder`)
 
 A comparison is five passes of the same forward on the same mapping:
 
@@ -35,16 +36,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..models.llama.config import LlamaConfig, get_preset
+from ..models.shapes import shape_config
 from . import costs
 from .config import HardwareConfig, field_value, nested, with_overrides
 from .emulator import EmulatingExecutor
 from .mapping import Mapping, MappingPolicy, Stage, search
 from .timeline import ENGINES, Timeline
-from .workload import Workload, run_pass, with_context, with_layers, workload_of
+from .workload import ModelShape, Workload, is_encoder, run_pass, with_context, with_layers, workload_of
 
 __all__ = [
     "CALIBRATION_POINTS",
+    "LAYERNORM_MODELS",
     "PAPER",
     "PAPER_MODELS",
     "PUBLISHED",
@@ -69,14 +71,18 @@ PAPER = {
     "reduction": "15-20%",  # "reduces the total latency ... by approximately 15-20%" (Llama2, Llama3 on Corsair)
 }
 PAPER_MODELS: tuple[str, ...] = ("llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b")
+#: The LayerNorm models of `normfuse timeline --paper --models layernorm`: the real encoder, a larger encoder, a
+#: GPT-2-family decoder and a large LayerNorm decoder (configs and their sources in normfuse_ref.models).
+LAYERNORM_MODELS: tuple[str, ...] = ("all-minilm-l6-v2", "bert-large", "gpt2-xl", "opt-66b")
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """What is timed: a model, a phase, the context (cached positions or prompt length), the batch, the prefill
-    chunk (tokens per sequence a forward call issues), and how the mapping is chosen."""
+    """What is timed: a model (a config of any family registered in `workload.FAMILIES`), a phase, the context
+    (cached positions or prompt length), the batch, the prefill chunk (tokens per sequence a forward call issues;
+    an encoder's prompt is one call whatever the chunk), and how the mapping is chosen."""
 
-    model: LlamaConfig
+    model: ModelShape
     phase: Phase = "decode"
     context: int = 2048
     batch: int = 1
@@ -96,12 +102,19 @@ class Scenario:
             raise ValueError(
                 f"context must be >= {0 if self.phase == 'decode' else 1} for {self.phase}; got {self.context}"
             )
+        if self.phase == "decode" and is_encoder(self.model):
+            raise ValueError(
+                f"{self.model.name} is an encoder (bidirectional attention, no KV cache): it has no decode phase; "
+                "time its prefill (--phase prefill)"
+            )
 
     @property
     def chunks(self) -> tuple[int, ...]:
         """Tokens per sequence of each forward call."""
         if self.phase == "decode":
             return (1,)
+        if is_encoder(self.model):
+            return (self.context,)
         full, rest = divmod(self.context, self.chunk)
         return (self.chunk,) * full + ((rest,) if rest else ())
 
@@ -126,6 +139,7 @@ class Scenario:
     def describe(self) -> str:
         what = f"context {self.context}" if self.phase == "decode" else f"prompt {self.context}"
         chunks = f" in chunks of {self.chunk}" if self.phase == "prefill" and len(self.chunks) > 1 else ""
+        chunks += " in one pass (an encoder)" if self.phase == "prefill" and is_encoder(self.model) else ""
         return f"{self.model.name}, {self.phase}, {what}{chunks}, batch {self.batch}, {self.model.n_layers} layers"
 
 
@@ -200,16 +214,18 @@ def _timed_blocks(
     sc: Scenario, hw: HardwareConfig, two: Mapping, mode: str, free: bool, one_pass: bool
 ) -> tuple[int, int, int]:
     """(first block, a later block, the head) in cycles: two blocks and the head on one stage, the largest chunk
-    at the final context. Candidates of one width and KV placement share it."""
+    at the final context. The first block's time counts from the pass's start, so it includes the work issued
+    before it (the embeddings' sum of the LayerNorm families; Llama's lookup is free). Candidates of one width and
+    KV placement share it."""
     model2 = with_layers(sc.timed_model(), min(2, sc.model.n_layers))
     ex = EmulatingExecutor(hw, two, numeric=False, free_normalisation=free, one_pass_softmax=one_pass)
     tokens = max(sc.chunks)
     run_pass(model2, ex, mode, batch=sc.batch, tokens=tokens, past=sc.positions - tokens)
     tl = ex.timeline()
     last = two.stages[0].layers[1] - 1
-    s0, e0 = tl.layer_window(0)
+    _, e0 = tl.layer_window(0)
     start, end = tl.layer_window(last)
-    return e0 - s0, end - start, tl.makespan - end
+    return e0, end - start, tl.makespan - end
 
 
 @functools.lru_cache(maxsize=256)
@@ -440,13 +456,15 @@ class Comparison:
         us = b.us
         roof = roofline(sc, hw, mp)
         weight_slices = mp.cards * hw.slices_per_card
+        # tokens a forward call issues: an encoder's whole prompt, whatever the chunk asked for
+        chunk = None if sc.phase == "decode" else sc.context if is_encoder(sc.model) else sc.chunk
         out: dict[str, Any] = {
             "model": sc.model.name,
             "hardware": hw.name,
             "phase": sc.phase,
             "context": sc.context,
             "batch": sc.batch,
-            "chunk": sc.chunk if sc.phase == "prefill" else None,
+            "chunk": chunk,
             "layers": sc.model.n_layers,
             "algorithm": hw.network.algorithm,
             "calibrated": calibrated(hw),
@@ -593,14 +611,21 @@ def paper_check(
     policy: MappingPolicy | None = None,
     executor: concurrent.futures.Executor | None = None,
     on_step: Callable[[], None] | None = None,
+    fit_context: bool = False,
 ) -> list[dict[str, Any]]:
-    """For each model, decode (after `context` cached positions) and prefill (a prompt of `prefill_tokens`,
-    default `context`): both baselines, the normalisation share, the hidden fraction and the reduction."""
+    """For each model (a preset name or a config.json), decode (after `context` cached positions) and prefill (a
+    prompt of `prefill_tokens`, default `context`): both baselines, the normalisation share, the hidden fraction
+    and the reduction. An encoder has a prefill row only. With `fit_context`, a model trained on fewer positions is
+    timed at its own: decode after (its positions - 1), a prefill of its positions (the row's `context` says so)."""
     scs = []
     for name in models:
-        for phase in ("decode", "prefill"):
+        cfg = shape_config(name)
+        phases: tuple[Phase, ...] = ("prefill",) if is_encoder(cfg) else ("decode", "prefill")
+        for phase in phases:
             ctx = context if phase == "decode" or prefill_tokens is None else prefill_tokens
-            scs.append(Scenario(get_preset(name), phase, ctx, batch, mapping=policy or MappingPolicy()))
+            if fit_context:
+                ctx = min(ctx, cfg.context_length - (phase == "decode"))
+            scs.append(Scenario(cfg, phase, ctx, batch, mapping=policy or MappingPolicy()))
     return list(_map(_paper_task, [(sc, hw) for sc in scs], executor, on_step))
 
 
@@ -614,7 +639,7 @@ def validate(hw: HardwareConfig, *, policy: MappingPolicy | None = None) -> list
     out = []
     for pub in PUBLISHED:
         pol = dataclasses.replace(policy or MappingPolicy(), max_cards=pub["max_cards"])
-        sc = Scenario(get_preset(pub["model"]), "decode", pub["context"], pub["batch"], mapping=pol)
+        sc = Scenario(shape_config(pub["model"]), "decode", pub["context"], pub["batch"], mapping=pol)
         c = compare(sc, hw)
         b, f = c.baseline.us(c.baseline.makespan), c.fused.us(c.fused.makespan)
         out.append(
@@ -656,7 +681,7 @@ CALIBRATION_POINTS: dict[str, dict[str, Any]] = {
 def _measure(hw: HardwareConfig, point: dict[str, Any], policy: MappingPolicy) -> float:
     name, phase, ctx, batch = point["scenario"]
     pol = dataclasses.replace(policy, max_cards=point.get("max_cards"))
-    c = compare(Scenario(get_preset(name), phase, ctx, batch, mapping=pol), hw)
+    c = compare(Scenario(shape_config(name), phase, ctx, batch, mapping=pol), hw)
     if point["measure"] == "normalisation_share_baseline":
         return c.normalisation_share
     return c.baseline.us(c.baseline.makespan)

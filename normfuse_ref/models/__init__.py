@@ -4,13 +4,16 @@
 |---|---|---|---|
 | Llama | `normfuse_ref.models.llama` | RMSNorm, pre-norm decoder | smollm2-135m |
 | BERT | `normfuse_ref.models.bert` | LayerNorm, post-norm encoder | all-minilm-l6-v2 |
+| GPT | `normfuse_ref.models.gpt` | LayerNorm, pre-norm decoder (GPT-2, OPT) | none (random weights; shape-only presets) |
 
-`load_model(name_or_path)` finds the family of a model by its name or by what its path holds, and calls that
+`load_model(name_or_path)` (Llama and BERT, the families with real weights) finds the family of a model by its name or by what its path holds, and calls that
 family's loader:
 - a name one family knows (its fetched models, its random-weight presets; a shape-only preset is refused there);
 - a directory: by the `model_type` of its config.json ("llama" -> Llama, "bert" -> BERT); any other type is one
   `UnsupportedArchitecture` error naming it and the supported ones;
 - any other existing file: a GGUF file, read by the Llama family (the only family that reads GGUF).
+
+The emulator needs only a model's shape: `shapes.shape_config` reads any family's preset or config.json.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def family_of(name_or_path: str | Path) -> str:
     """ "llama" or "bert": the family a model name or path belongs to (see the module docstring)."""
     from .bert.config import PRESETS as BERT_PRESETS
     from .checkpoint import read_config
+    from .gpt.config import PRESETS as GPT_PRESETS
     from .llama.config import PRESETS as LLAMA_PRESETS
 
     name = str(name_or_path)
@@ -62,6 +66,11 @@ def family_of(name_or_path: str | Path) -> str:
         return "llama"
     if name in BERT_PRESETS:
         return "bert"
+    if name in GPT_PRESETS:
+        raise UnsupportedArchitecture(
+            f"{name} is a preset of the GPT family (GPT-2, OPT), which has no loaded model: run it with "
+            "normfuse_ref.models.gpt (random weights) or time it with normfuse timeline --model"
+        )
     path = Path(name).expanduser()
     if path.is_dir():
         kind = read_config(path).get("model_type")

@@ -12,13 +12,17 @@ the emulator prices them (`normfuse_ref.hw.costs.SIMD_PROGRAMS`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from .. import fusion
 from ..ops import Executor
 from .llama.weights import Mode
 
-__all__ = ["Mode", "layer_norm_linear", "linear", "rms_norm_linear", "softmax_linear"]
+__all__ = ["Mode", "layer_norm_linear", "linear", "masked_scores", "rms_norm_linear", "softmax_linear"]
 
 
 # reference: linear(rms_norm(x, g, eps), F)
@@ -60,6 +64,17 @@ def layer_norm_linear(
     else:
         out = fusion.layer_norm_linear_reference(x, gamma, beta, F, eps, ex=ex, op=op, return_norm=norm, b=b)
     return out
+
+
+# reference: where(keep, z / sqrt(hd), -inf)
+def masked_scores(ex: Executor, z: Any, keep: NDArray[np.bool_] | None, hd: int) -> Any:
+    """The attention scores ready for softmax -> V, the same in both orders: z / sqrt(hd), -inf where `keep`
+    (broadcast against z) is False (None: every key visible), kept in acc for the softmax. The mask is an argument
+    of the elementwise op, not held in a closure, so an executor may cut the op into blocks of rows."""
+    scale = 1 / math.sqrt(hd)  # a Python float: the product stays in z's (accumulation) dtype
+    if keep is None:
+        return ex.elementwise(lambda z: z * scale, z, op="attn_mask", keep_acc=True)
+    return ex.elementwise(lambda z, keep: np.where(keep, z * scale, -np.inf), z, keep, op="attn_mask", keep_acc=True)
 
 
 # reference: softmax(z) @ V

@@ -54,6 +54,14 @@ class BertConfig:
     def head_dim(self) -> int:  # hd
         return self.dim // self.n_heads
 
+    @property
+    def n_kv_heads(self) -> int:  # every head has its own keys and values
+        return self.n_heads
+
+    @property
+    def context_length(self) -> int:  # the longest text in tokens: the learned positions (the emulator's name)
+        return self.max_positions
+
     def replace(self, **changes: object) -> BertConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
@@ -90,6 +98,22 @@ PRESETS: dict[str, BertConfig] = {
         norm_eps=1e-12,
         source=_MINILM,
     ),
+    # Shape-only (the emulator times it; no weights are fetched).
+    "bert-large": BertConfig(
+        "bert-large",
+        dim=1024,
+        n_layers=24,
+        n_heads=16,
+        ffn_dim=4096,
+        vocab_size=30522,
+        max_positions=512,
+        type_vocab_size=2,
+        norm_eps=1e-12,
+        source=(
+            "Devlin et al. 2019, BERT (arXiv 1810.04805) section 3 (BERT-LARGE: L = 24, H = 1024, A = 16, FFN 4H), "
+            "and google-bert/bert-large-uncased config.json (vocab 30522, 512 positions, layer_norm_eps 1e-12)"
+        ),
+    ),
 }
 
 
@@ -106,14 +130,15 @@ MODEL_TYPES = ("bert",)
 
 
 def config_from_hf(raw: Mapping[str, Any], path: Path, name: str | None = None) -> BertConfig:
-    """A BertConfig from the dict of an HF config.json in directory `path`; UnsupportedArchitecture for what
+    """A BertConfig from the dict of an HF config.json in directory `path` (or the file `path`); UnsupportedArchitecture for what
     normfuse does not run, `fields.FieldError` (naming the file and the field) for a missing or malformed value.
 
     Refused, each with a one-line reason: another model_type; relative position embeddings (BERT variants with
     `position_embedding_type` other than "absolute"); an activation other than exact GELU ("gelu", erf-based);
     decoder configurations (causal masks, cross-attention).
     """
-    src = str(path / "config.json")
+    cfg_file = path if path.is_file() else path / "config.json"  # a directory, or the file itself
+    src = str(cfg_file)
     kind = raw.get("model_type")
     if kind not in MODEL_TYPES:
         raise UnsupportedArchitecture(f"{src}: model_type is {kind!r}, but the BERT family reads only 'bert'")
@@ -136,4 +161,5 @@ def config_from_hf(raw: Mapping[str, Any], path: Path, name: str | None = None) 
         "norm_eps": fields.number(raw, "layer_norm_eps", src, positive=True, default=1e-12),
         "pad_id": fields.integer(raw, "pad_token_id", src, minimum=0, default=0),
     }
-    return fields.construct(BertConfig, src, name=name or path.name, source=f"{path.name}/config.json", **values)
+    where = f"{cfg_file.parent.name}/{cfg_file.name}"
+    return fields.construct(BertConfig, src, name=name or cfg_file.parent.name, source=where, **values)

@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import erf
 
 from ... import fusion
 from ...ops import Executor, NumpyExecutor
@@ -116,6 +115,8 @@ def gelu(t: Array) -> Array:
     differs by up to 5e-4.
     """
     if t.dtype.itemsize >= 8:
+        from scipy.special import erf  # here: the machine emulator imports this module and runs without scipy
+
         h = t * _SQRT1_2  # (.., f)
         erf(h, out=h)
         h += 1
@@ -169,16 +170,8 @@ def attention(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertConfig, 
     kT = ex.layout(lambda a: np.swapaxes(heads(1)(a), -2, -1), qkv, op="split_k")  # (.., H, hd, T)
     v = ex.layout(heads(2), qkv, op="split_v")  # (.., H, T, hd)
     z = ex.matmul(q, kT, op="attn_scores", keep_acc=True)  # (.., H, T, T)   scores stay in acc for the softmax
-    drop = None if keep.all() else ~keep[..., None, None, :]  # ([B,] 1, 1, T): padded keys
-    scale = 1 / math.sqrt(hd)  # a Python float: the product stays in z's (accumulation) dtype
-
-    def mask(z: Array) -> Array:  # where(keep, z * scale, -inf)
-        out = z * scale  # (.., H, T, T)
-        if drop is not None:
-            np.copyto(out, -np.inf, where=drop)
-        return out
-
-    z = ex.elementwise(mask, z, op="attn_mask", keep_acc=True)  # (.., H, T, T)
+    visible = None if keep.all() else keep[..., None, None, :]  # ([B,] 1, 1, T): padded keys are not
+    z = sites.masked_scores(ex, z, visible, hd)  # (.., H, T, T)
     o = sites.softmax_linear(ex, z, v, mode, "attn_pv")  # (.., H, T, hd)
 
     def merge_heads(a: Array) -> Array:  # (.., H, T, hd) -> (.., T, H, hd) -> (.., T, d)

@@ -10,7 +10,7 @@
 
 The rules are `normfuse_ref.fusion`'s, called through `normfuse_ref.models.sites` (the dispatch by mode every
 family shares): this file only wires them (and RoPE, attention's layout, the FFN and the residual stream) into a
-decoder block. The KV cache is passed in and returned (no hidden state); see `KVCache`.
+decoder block. The KV cache is passed in and returned (no hidden state); see `normfuse_ref.models.kvcache`.
 Shape letters: see `normfuse_ref.models.llama.config`.
 
 Speed without changing what is computed (the emulator replays the same primitive calls): the RoPE angles depend
@@ -21,19 +21,18 @@ new token sees every cached key, so a decode step builds no causal mask; explici
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike, NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from ...layers import rope_angles, rotate_pairs, silu_gate
 from ...ops import Executor, NumpyExecutor
-from ...precision import Array, resolve_dtype
+from ...precision import Array
 from .. import sites
 from ..inputs import check_ids
+from ..kvcache import KVCache, allocate, causal_keep, empty_cache, room_for
 from .config import LlamaConfig
 from .weights import Mode
 
@@ -41,110 +40,13 @@ __all__ = ["KVCache", "decoder_block", "empty_cache", "forward", "rope_tables"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The KV cache: preallocated buffers and a length (llama2.c's layout)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KVCache:
-    """Keys and values of every layer, preallocated: k, v of shape (n_layers, [B,] capacity, Hkv, hd), of which the
-    positions [0, length) hold data (llama2.c's `key_cache` and `pos`).
-
-    `forward` writes the T new positions into [length, length + T) of the same buffers and returns a cache with the
-    longer length, so decoding n tokens writes n positions and copies nothing (when the buffers are full it moves
-    them into larger ones, once). The cache passed in stays valid: its positions are never written again. Two
-    continuations of one cache would write the same slots, so to branch, continue from `cache.copy()`; `filled`,
-    shared by every cache over the same buffers, records how far they are written, and `forward` refuses (instead of
-    overwriting the other branch) to continue a cache that was continued already.
-    """
-
-    k: Array
-    v: Array
-    length: int
-    filled: NDArray[np.int64] = field(default_factory=lambda: np.array([-1]), repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.filled[0] < 0:  # new buffers: written up to `length`
-            self.filled[0] = self.length
-        if self.k.shape != self.v.shape or self.k.ndim not in (4, 5) or not 0 <= self.length <= self.capacity:
-            raise ValueError(
-                f"a KV cache holds k and v of one shape (n_layers, [B,] capacity, Hkv, hd) and a length within the "
-                f"capacity; got k {self.k.shape}, v {self.v.shape}, length {self.length}"
-            )
-
-    @property
-    def capacity(self) -> int:  # positions the buffers can hold
-        return int(self.k.shape[-3])
-
-    @property
-    def batch(self) -> tuple[int, ...]:  # () for one sequence, (B,) for a batch
-        return tuple(self.k.shape[1:-3])
-
-    def copy(self, capacity: int | None = None) -> KVCache:
-        """The same positions in new buffers of `capacity` positions (default: the same capacity): a branch."""
-        cap = self.capacity if capacity is None else capacity
-        if cap < self.length:
-            raise ValueError(f"capacity {cap} cannot hold the cache's {self.length} positions")
-        k = _allocate(self.k.shape, self.k.dtype, cap)  # (L, [B,] cap, Hkv, hd)
-        v = _allocate(self.v.shape, self.v.dtype, cap)
-        k[..., : self.length, :, :] = self.k[..., : self.length, :, :]
-        v[..., : self.length, :, :] = self.v[..., : self.length, :, :]
-        return KVCache(k, v, self.length)
-
-
-def _allocate(shape: tuple[int, ...], dtype: np.dtype, capacity: int) -> Array:
-    return np.zeros((*shape[:-3], capacity, *shape[-2:]), dtype=dtype)
-
-
-def empty_cache(
-    cfg: LlamaConfig, dtype: DTypeLike = np.float32, *, batch: int | None = None, capacity: int | None = None
-) -> KVCache:
-    """A cache holding no positions, with room for `capacity` (default: the model's context length, as llama2.c;
-    for SmolLM2 in float32 that is 377 MB, so pass what a generation needs), for one sequence (batch=None) or B."""
-    lead = () if batch is None else (batch,)
-    cap = cfg.context_length if capacity is None else capacity
-    shape = (cfg.n_layers, *lead, cap, cfg.n_kv_heads, cfg.head_dim)  # (L, [B,] C, Hkv, hd)
-    dt = resolve_dtype(dtype)
-    return KVCache(np.zeros(shape, dtype=dt), np.zeros(shape, dtype=dt), 0)
-
-
-def _room_for(cache: KVCache, S: int, cfg: LlamaConfig) -> KVCache:
-    """`cache` if its buffers can take positions up to S and it is the latest continuation of them; else an error
-    (a branch must be copied by its caller) or, when only the room is missing, a copy into larger buffers
-    (doubling, at most the context length: O(log n) moves while decoding n tokens)."""
-    if int(cache.filled[0]) != cache.length:
-        raise ValueError(
-            f"this cache ({cache.length} positions) was already continued to {int(cache.filled[0])} positions by an "
-            "earlier forward call, which wrote the slots this one needs; to branch, pass cache.copy()"
-        )
-    if S <= cache.capacity:
-        return cache
-    return cache.copy(capacity=min(cfg.context_length, max(S, 2 * cache.capacity, S + 256)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# RoPE with the angles computed once per forward call, and the causal mask
+# RoPE with the angles computed once per forward call
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def rope_tables(positions: Array, hd: int, base: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """cos and sin (T, 1, hd/2) in float64 for positions (T,): `layers.rope_angles` broadcast over heads."""
     return rope_angles(positions[:, None], hd, base)
-
-
-@functools.lru_cache(maxsize=8)
-def causal_keep(T: int, S: int, G: int) -> NDArray[np.bool_] | None:
-    """(G*T, S) keep-mask of grouped query rows over keys (row r is query t = r mod T, which sees keys
-    j <= t + S - T), or None when every query sees every key (a single new token).
-
-    Cached (read-only) so that the layers of one forward call share one mask: for a long prompt it is large.
-    """
-    if T == 1:
-        return None
-    t = np.arange(G * T) % T  # (G*T,)
-    keep = np.arange(S)[None, :] <= (t + S - T)[:, None]  # (G*T, S)
-    keep.flags.writeable = False
-    return keep
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,14 +179,14 @@ def forward(
     T = ids.shape[-1]
     if cache is None:
         shape = (cfg.n_layers, *ids.shape[:-1], T, cfg.n_kv_heads, cfg.head_dim)  # (L, [B,] T, Hkv, hd)
-        cache = KVCache(_allocate(shape, w["token_embd"].dtype, T), _allocate(shape, w["token_embd"].dtype, T), 0)
+        cache = KVCache(allocate(shape, w["token_embd"].dtype, T), allocate(shape, w["token_embd"].dtype, T), 0)
     if cache.k.shape[0] != cfg.n_layers:
         raise ValueError(f"the cache has {cache.k.shape[0]} layers but the model has {cfg.n_layers}")
     if cache.batch != ids.shape[:-1]:
         raise ValueError(
             f"ids have shape {ids.shape} but the cache holds shape {tuple(cache.k.shape[1:])}; batch sizes differ"
         )
-    cache = _room_for(cache, past + T, cfg)
+    cache = room_for(cache, past + T, cfg)
     positions = past + np.arange(T)  # (T,)
     rope_cs = rope_tables(positions, cfg.head_dim, cfg.rope_base)  # (T, 1, hd/2) each, shared by all layers
 

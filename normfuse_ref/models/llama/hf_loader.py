@@ -62,19 +62,34 @@ class HFModel:
     path: Path
 
 
+#: model_type values whose config.json gives a Llama-family shape for the emulator (shape-only: `config_from_hf`).
+SHAPE_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
 def _config(raw: Mapping[str, Any], path: Path, name: str | None) -> LlamaConfig:
     """The LlamaConfig of an HF config.json; one FieldError (naming the file and the field) for a bad value."""
-    src = str(path / "config.json")
+    return config_from_hf(raw, path / "config.json", name)
+
+
+def config_from_hf(
+    raw: Mapping[str, Any], src_path: Path, name: str | None, *, shape_only: bool = False
+) -> LlamaConfig:
+    """The LlamaConfig of an HF config.json (`src_path`: the file). For numbers (`shape_only=False`) only llama,
+    without RoPE scaling or biases. Shape-only (the emulator's `--model config.json`) also mistral and qwen2, whose
+    differences do not change a matrix shape: RoPE scaling, Mistral's sliding window (it shortens attention only
+    beyond `sliding_window` positions), Qwen2's Q/K/V biases (one add per element, not timed)."""
+    src = str(src_path)
     kind = raw.get("model_type")
-    if kind != "llama":
+    kinds = SHAPE_MODEL_TYPES if shape_only else ("llama",)
+    if kind not in kinds:
         raise ValueError(f"{src}: model_type is {kind!r}, but normfuse runs Llama-architecture models only ('llama')")
-    if raw.get("rope_scaling"):
+    if raw.get("rope_scaling") and not shape_only:
         raise ValueError(f"{src}: RoPE scaling {raw['rope_scaling']!r} is not supported")
     dim = fields.integer(raw, "hidden_size", src, minimum=1)
     heads = fields.integer(raw, "num_attention_heads", src, minimum=1)
     if raw.get("head_dim") is not None and fields.integer(raw, "head_dim", src, minimum=1) != dim // heads:
         raise ValueError(f"{src}: head_dim {raw['head_dim']} != hidden_size / num_attention_heads is not supported")
-    if raw.get("attention_bias") or raw.get("mlp_bias"):
+    if (raw.get("attention_bias") or raw.get("mlp_bias")) and not shape_only:
         raise ValueError(f"{src}: linear-layer biases are not supported")
     values = {
         "dim": dim,
@@ -89,7 +104,12 @@ def _config(raw: Mapping[str, Any], path: Path, name: str | None) -> LlamaConfig
         "tied_embeddings": fields.boolean(raw, "tie_word_embeddings", src, default=False),
     }
     return fields.construct(
-        LlamaConfig, src, name=name or path.name, rope_layout="half", source=f"{path.name}/config.json", **values
+        LlamaConfig,
+        src,
+        name=name or src_path.parent.name,
+        rope_layout="half",
+        source=f"{src_path.parent.name}/{src_path.name}",
+        **values,
     )
 
 

@@ -72,6 +72,14 @@ class Model(LoadedModel[LlamaConfig, TextTokenizer]):
             return forward(self.weights(mode), self.cfg, ids, cache, mode=mode, ex=self.executor())
 
 
+def _other_family_presets() -> dict[str, str]:
+    """The presets of the LayerNorm families (not fetched models: those are in SOURCES), by name -> family."""
+    from ..bert.config import PRESETS as BERT
+    from ..gpt.config import PRESETS as GPT
+
+    return {**{n: "BERT" for n in BERT if n not in SOURCES}, **{n: "GPT: GPT-2 and OPT" for n in GPT}}
+
+
 def load_model(
     name_or_path: str | Path,
     dtype: DTypeLike = "float32",
@@ -96,6 +104,11 @@ def load_model(
         raise ValueError(
             f"{name} is a {SOURCES[name].family.upper()} model, not a Llama-architecture one; "
             f"models that generate: {', '.join((*llama_sources, *RANDOM_PRESETS))}"
+        )
+    if name in _other_family_presets():
+        raise ValueError(
+            f"{name} is a preset of another family ({_other_family_presets()[name]}), not a Llama-architecture "
+            f"model; models that generate: {', '.join((*llama_sources, *RANDOM_PRESETS))}"
         )
     if name in RANDOM_PRESETS:
         cfg = get_preset(name)
