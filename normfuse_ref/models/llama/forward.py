@@ -101,13 +101,7 @@ def attention(
     vh = ex.layout(lambda a: np.swapaxes(a, -3, -2), v_all, op="heads")  # (.., Hkv, S, hd)
     z = ex.matmul(qh, kT, op="attn_scores", keep_acc=True)  # (.., Hkv, G*T, S)   scores stay in acc for the softmax
     keep = causal_keep(T, S, G)  # (G*T, S) or None: causal, query t sees keys j <= t + S - T
-    scale = 1 / float(np.sqrt(hd))  # a Python float: the product stays in z's (accumulation) dtype
-    if keep is None:  # a single new token sees every key
-        z = ex.elementwise(lambda z: z * scale, z, op="attn_mask", keep_acc=True)  # (.., Hkv, G*T, S)
-    else:
-        z = ex.elementwise(
-            lambda z, keep: np.where(keep, z * scale, -np.inf), z, keep, op="attn_mask", keep_acc=True
-        )  # (.., Hkv, G*T, S)
+    z = sites.masked_scores(ex, z, keep, hd)  # (.., Hkv, G*T, S)   z / sqrt(hd), -inf where a key is not seen
     o = sites.softmax_linear(ex, z, vh, mode, "attn_pv")  # (.., Hkv, G*T, hd)
 
     def merge_heads(a: Array) -> Array:  # (.., Hkv, G, T, hd) -> (.., T, Hkv, G, hd) -> (.., T, Hq hd)
