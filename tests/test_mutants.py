@@ -18,7 +18,7 @@ first catching test; the `dev` and `thorough` profiles run every listed catcher.
 | a fused block returning its input     | fuzz.rules.fused_decoder_block     | block cells bfloat16, e4m3fn, float32       |
 | a fused block returning NaN           | fuzz.rules.fused_decoder_block     | block cells e5m2, float16                   |
 | a 1% scale bias                       | ops.NumpyExecutor.reduce           | rms cell float32; block cell bfloat16       |
-| RoPE off by one in decode             | llama.forward.rope_tables          | decode vs recompute (plain and HF-free)     |
+| RoPE off by one in decode             | models.llama.forward.rope_tables   | decode vs recompute (plain and HF-free)     |
 | a site copy rounding y to storage     | models.sites.rms_norm_linear       | site == rule, float16                       |
 | a LayerNorm site rounding before bias | models.sites.layer_norm_linear     | BERT site == rule, bfloat16                 |
 | the attention mask forgotten          | models.sites.masked_scores         | GPT decode vs recompute; GPT-2 vs HF        |
