@@ -201,3 +201,67 @@ def test_a_stated_hazard_excuses_at_most_its_own_term() -> None:
     # a hazard term that reaches past the storage dtype's max explains an overflow to inf; a small one does not
     assert _verdict([np.inf], [1.0], [1.0], 0.1, hazard=4e38).ok_given_hazards
     assert not _verdict([np.inf], [1.0], [1.0], 0.1, hazard=0.5).ok_given_hazards
+
+
+def _offset_float64_case(mu: float, seed_: int) -> Case:
+    """LayerNorm -> linear on float64 rows x = mu + z, |mu| / sigma ~ mu: the fold on raw x (hazard 1) makes the
+    fused errors ~mu times the reference's, while each row stays within its allowance (wide storage)."""
+    rng = np.random.default_rng(seed_)
+    n, m, r = 24, 8, 4
+    arrays = {
+        "x": mu + rng.standard_normal((r, n)),
+        "gamma": 1 + 0.1 * rng.standard_normal(n),
+        "beta": 0.1 * rng.standard_normal(n),
+        "F": rng.standard_normal((n, m)),
+    }
+    return Case("layer_norm_linear", "float64", arrays, {"eps": 1e-5}, {}, "offset", None)
+
+
+def test_rows_the_hazard_term_dominates_leave_the_cell_statistics() -> None:
+    """The statistics' premise (the fused errors are another draw of the reference's) fails where the stated
+    hazard term dwarfs what the reference actually erred: such rows are judged by the criterion alone. Without the
+    rule, these correct float64 rows give a median error ratio far above MAX_MEDIAN_RATIO (a false alarm)."""
+    from normfuse_ref.accuracy.equivalence import CellStatistics
+    from normfuse_ref.fuzz.campaign import MAX_MEDIAN_RATIO, unit
+
+    kept = CellStatistics()
+    ratios = []
+    for k in range(8):
+        case = _offset_float64_case(1e4, k)
+        out = run(RULES["layer_norm_linear"], case)
+        assert out.verdict.ok  # each row within its allowance: a correct fused order
+        ratios.extend(out.verdict.ratios.tolist())
+        kept.add(out.fused, out.reference, out.exact, out.verdict, unit=unit(case))
+    assert np.median(ratios) > MAX_MEDIAN_RATIO  # the premise does fail on these rows
+    assert kept.rows == 32 and kept.ratios == [] and kept.slopes == []  # and they are left out
+    assert kept.hazard_rows == 0  # not counted as the stated hazard's rows: that count is 16/8-bit storage's
+
+
+def test_pooled_cell_statistics_are_the_union() -> None:
+    from normfuse_ref.accuracy.equivalence import CellStatistics
+
+    a = CellStatistics(examples=2, rows=5, unchecked=1, hazard_rows=1, ratios=[0.5], slopes=[0.1] * 10)
+    b = CellStatistics(examples=3, rows=7, unchecked=2, hazard_rows=0, ratios=[1.5, 0.7], slopes=[-0.1] * 10)
+    assert not a.resolved and not b.resolved  # fewer than 16 slopes: no interval
+    a.pool(b)
+    assert (a.examples, a.rows, a.unchecked, a.hazard_rows) == (5, 12, 3, 1)
+    assert a.ratios == [0.5, 1.5, 0.7] and len(a.slopes) == 20 and a.resolved
+
+
+def test_an_unresolved_statistically_checked_cell_draws_more_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_cell: a cell with many unchecked rows whose slopes cannot yet resolve the scale bias runs the next
+    seed and pools the evidence, instead of failing for too few examples (or passing on them)."""
+    from normfuse_ref.accuracy.equivalence import CellStatistics
+    from normfuse_ref.fuzz import campaign
+
+    seeds: list[int] = []
+
+    def fake_run_cell(rule: Any, dtype: str, *, seed_value: int, **_: Any) -> campaign.CellResult:
+        seeds.append(seed_value)
+        stats = CellStatistics(examples=10, rows=10, unchecked=5, ratios=[1.0] * 10, slopes=[0.0] * 10)
+        return campaign.CellResult(rule=rule.name, dtype=dtype, rows="mixed", acc=None, examples=10, stats=stats)
+
+    monkeypatch.setattr(campaign, "run_cell", fake_run_cell)
+    res = campaign.check_cell(RULES["layer_norm_linear"], "float64")
+    assert len(seeds) == 2 and seeds[1] == seeds[0] + 1  # 10 slopes do not resolve, 20 do
+    assert res.examples == 20 and res.stats.resolved and not res.problems()
