@@ -13,6 +13,16 @@ the LayerNorm -> linear rule (`fusion.layer_norm_linear_folded`):
 | "compensate" | s (x F~' - mu r) + b, r = the column sums of the stored F~' (computed offline) |
 | "subtract" | s ((x - mu) F~') + b: the mean subtracted on the SIMD units before the matmul |
 
+**Ablation** (`RunSpec.sites`, `BERT_ABLATIONS`): where the fused order is worse, it runs again fused at one kind of
+site only, the others in the textbook order - "norm_linear": the LayerNorm -> linear folds (weights prepared
+fused, softmax -> V in the reference order); "softmax_linear": softmax -> V deferred (LayerNorm sites in the
+reference order) - and the folds alone with each candidate mechanism removed: F' stored one format wider
+("wide-fold"), or the folded bias b' = beta F + b kept in float32 instead of the bias's format ("wide-bias", a
+probe, not a mitigation of the rule). The third thing the fused post-LN block does differently, forming the
+residual's LN(x) beside the matmul from the site's own statistics, needs no arm: both orders form it with the same
+primitives from the same mu and s (`fusion._layer_norm_out` after `fusion._layer_norm_stats`), so it is the same
+bits given the same input (tests/test_accuracy_minilm.py).
+
 The figures: sentence embeddings (masked mean of the last hidden states, L2-normalised: sentence-transformers'
 pipeline) of `config.sentences` corpus sentences, in float64 from each run's hidden states; their cosine to the
 float64 run's embedding (mean and minimum) and the agreement of each sentence's nearest neighbour among the others.
@@ -43,9 +53,9 @@ from .fp8 import BF16, E4M3, Fp8Executor, quantise, quantise_weights
 from .metrics import cosine_rows, nearest_neighbours
 from .orders import permute_bert, unpermute_hidden
 from .smollm2 import WIDE_FOLD
-from .study import CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
+from .study import Ablation, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
 
-__all__ = ["BERT_MITIGATIONS", "BertRuns", "embed", "sentence_groups", "study_bert"]
+__all__ = ["BERT_ABLATIONS", "BERT_MITIGATIONS", "BertRuns", "embed", "sentence_groups", "study_bert"]
 
 Array = NDArray[Any]
 
@@ -56,6 +66,15 @@ BERT_MITIGATIONS: dict[str, tuple[str, ...]] = {
     "float16": ("wide-fold", "compensate", "subtract"),
     "float8_e4m3fn": ("wide-fold", "compensate", "subtract"),
 }
+
+#: The ablation's arms (module docstring), run in each dtype where the fused order is worse: each kind of site
+#: alone, then the folds alone with one candidate mechanism removed (float32 has no wider format to fold into).
+_SITE_ARMS: tuple[Ablation, ...] = (("norm_linear", None), ("softmax_linear", None))
+BERT_ABLATIONS: dict[str, tuple[Ablation, ...]] = {
+    "float32": _SITE_ARMS,
+    **{d: (*_SITE_ARMS, ("norm_linear", "wide-fold"), ("norm_linear", "wide-bias"))
+       for d in ("bfloat16", "float16", "float8_e4m3fn")},
+}  # fmt: skip
 
 #: Embedding tables: row lookups, never a matmul operand, so fp8 runs keep them in bfloat16.
 _LOOKUPS = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
@@ -99,21 +118,32 @@ class BertRuns:
             "compensate" if spec.mitigation == "compensate" else "subtract" if spec.mitigation == "subtract" else "fold"
         )
 
+    @staticmethod
+    def modes(spec: RunSpec) -> tuple[Mode, Mode]:
+        """(order of the LayerNorm -> linear sites, order of the softmax -> V sites) of a run: both the spec's
+        order, except in an ablation, which fuses only its kind of site (module docstring, "Ablation")."""
+        if spec.order != "fused":
+            return "baseline", "baseline"
+        if spec.sites is None:
+            return "fused", "fused"
+        return ("fused", "baseline") if spec.sites == "norm_linear" else ("baseline", "fused")
+
     def weights(self, spec: RunSpec) -> dict[str, Array]:
         p = self.params(spec.summation)
-        mode: Mode = "baseline" if spec.order == "float64" else spec.order
+        mode, _ = self.modes(spec)
         dt = resolve_dtype(spec.dtype)
         if dt == E4M3:
             stored = quantise_weights(p, lookups=frozenset(_LOOKUPS))
         else:
             stored = {k: np.asarray(v).astype(dt) for k, v in p.items()}
-        if spec.mitigation not in (None, "wide-fold", "compensate", "subtract"):
+        if spec.mitigation not in (None, "wide-fold", "compensate", "subtract", "wide-bias"):
             raise ValueError(f"no BERT mitigation {spec.mitigation!r}")
         if spec.mitigation == "wide-fold":
             fold = _wide_fold(resolve_dtype(WIDE_FOLD[spec.dtype]))
         else:
             fold = _fp8_fold if dt == E4M3 else fold_in_weight_dtype
-        w = prepare(stored, self.cfg, mode, fold=fold, centring=self.centring(spec))
+        bias = np.float32 if spec.mitigation == "wide-bias" else None  # the accumulation dtype of every studied run
+        w = prepare(stored, self.cfg, mode, fold=fold, centring=self.centring(spec), bias_dtype=bias)
         # Every weight but the embedding tables (lookups: their rows enter the residual stream in storage) is held as
         # its exact value in the accumulation dtype, what every primitive casts it to: the same numbers, faster.
         acc = np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
@@ -142,10 +172,12 @@ def sentence_groups(model: BertModel, sentences: Sequence[str]) -> list[tuple[ND
 def embed(runs: BertRuns, spec: RunSpec, groups: Sequence[tuple[NDArray[np.int64], Array, Array]], n: int) -> Array:
     """(n, d) float64 unit sentence embeddings of one run (the permuted model's put back in channel order)."""
     w, ex, cfg = runs.weights(spec), runs.executor(spec), runs.cfg
-    mode: Mode = "baseline" if spec.order == "float64" else spec.order
+    mode, softmax = runs.modes(spec)
     out = np.empty((n, cfg.dim))  # (N, d)
     for idx, ids, mask in groups:
-        h = np.asarray(forward(w, cfg, ids, mask, mode=mode, ex=ex, centring=runs.centring(spec)))  # (b, T, d)
+        h = np.asarray(
+            forward(w, cfg, ids, mask, mode=mode, ex=ex, centring=runs.centring(spec), softmax=softmax)
+        )  # (b, T, d)
         if spec.summation == "permuted":
             h = unpermute_hidden(h, cfg.dim, f=cfg.ffn_dim)
         out[idx] = mean_pool(h, mask)  # (b, d)
@@ -159,6 +191,7 @@ def study_bert(
     *,
     name: str = "all-minilm-l6-v2",
     mitigations: Mapping[str, Sequence[str]] = BERT_MITIGATIONS,
+    ablations: Mapping[str, Sequence[Ablation]] = BERT_ABLATIONS,
     progress: Progress | None = None,
     hazard: bool = True,
 ) -> ModelStudy:
@@ -189,7 +222,7 @@ def study_bert(
                    "neighbour_agreement": float(np.mean(agree))}  # fmt: skip
         return RunRecord(spec, figures, {"seconds": time.perf_counter() - t_run})
 
-    records, verdicts = run_plan("bert", name, config, mitigations, run)
+    records, verdicts = run_plan("bert", name, config, mitigations, run, ablations)
     report(f"{name} LayerNorm hazard on real activations", 0, 1)
     measured = measure_hazard(model, runs, groups, config.dtypes) if hazard else None
     folded = {k: v for k, v in bert_shapes(model.cfg).items() if k.endswith((".qkv", ".ffn_up"))}

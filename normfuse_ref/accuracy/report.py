@@ -17,9 +17,11 @@ from typing import Any
 from .smollm2 import WIDE_FOLD
 from .study import (
     FIGURES,
+    FLOOR_ULPS,
     ORACLE,
     CorpusInfo,
     DtypeVerdict,
+    FigureVerdict,
     ModelStudy,
     RunRecord,
     RunSpec,
@@ -29,7 +31,9 @@ from .study import (
 
 __all__ = [
     "MITIGATIONS",
+    "PROBES",
     "UNITS",
+    "ablation_markdown",
     "document_of_page",
     "dtype_table",
     "fmt",
@@ -74,6 +78,7 @@ UNITS = {
     "baseline": "the figure's unit",
     "fused": "the figure's unit",
     "spread": "the figure's unit",
+    "floor": "the figure's unit",
     "worse_by": "the figure's unit (larger is worse)",
     "worse_by_permuted": "the figure's unit (larger is worse)",
     "window": "tokens",
@@ -99,16 +104,22 @@ def fmt(v: float) -> str:
 
 
 def _mitigations(study: ModelStudy, dtype: str) -> list[str]:
-    return [v.mitigation for v in study.verdicts if v.dtype == dtype and v.mitigation is not None]
+    return [v.mitigation for v in study.verdicts if v.dtype == dtype and v.mitigation is not None and v.sites is None]
 
 
-def _verdict(study: ModelStudy, dtype: str, mitigation: str | None) -> DtypeVerdict:
-    return next(v for v in study.verdicts if v.dtype == dtype and v.mitigation == mitigation)
+def _verdict(study: ModelStudy, dtype: str, mitigation: str | None, sites: str | None = None) -> DtypeVerdict:
+    return next(v for v in study.verdicts if v.dtype == dtype and v.mitigation == mitigation and v.sites == sites)
+
+
+def _yardstick(fv: FigureVerdict) -> str:
+    """The spread a loss must exceed: the measured one, or its floor (marked) where that is larger."""
+    return fmt(fv.spread) if fv.spread >= fv.floor else f"{fmt(fv.floor)} (floor)"
 
 
 def dtype_table(study: ModelStudy, dtype: str) -> tuple[list[str], list[list[str]]]:
-    """(columns, rows) of one dtype: each figure for float64, baseline, fused, the spread, and each mitigation;
-    a "*" marks an order worse than baseline by more than the spread (in both summation orders)."""
+    """(columns, rows) of one dtype: each figure for float64, baseline, fused, the spread (or its floor, where that
+    is larger), and each mitigation; a "*" marks an order worse than baseline by more than the spread (in both
+    summation orders)."""
     mits = _mitigations(study, dtype)
     oracle = study.run(ORACLE).figures
     columns = ["figure", "float64", "baseline", "fused", "spread", *mits]
@@ -118,7 +129,7 @@ def dtype_table(study: ModelStudy, dtype: str) -> tuple[list[str], list[list[str
         fv = verdicts[0].figures[i]
         show = fig.show
         cells = [fig.label, show(oracle[fig.key]), show(fv.baseline), show(fv.fused) + ("*" if fv.worse else "")]
-        cells.append(fmt(fv.spread))
+        cells.append(_yardstick(fv))
         for v in verdicts[1:]:
             cells.append(show(v.figures[i].fused) + ("*" if v.figures[i].worse else ""))
         rows.append(cells)
@@ -132,7 +143,7 @@ def verdict_sentence(study: ModelStudy, dtype: str) -> str:
         return f"{dtype}: the fused order is no worse than baseline on any figure."
     worse = "; ".join(
         f"{f.figure.label} {f.figure.show(f.fused)} against {f.figure.show(f.baseline)} (worse by {fmt(f.worse_by)}, "
-        f"spread {fmt(f.spread)})"
+        f"spread {_yardstick(f)})"
         for f in v.figures
         if f.worse
     )
@@ -159,6 +170,7 @@ def _record(study: ModelStudy, r: RunRecord) -> dict[str, Any]:
         "order": r.spec.order,
         "summation": r.spec.summation,
         "mitigation": r.spec.mitigation,
+        "sites": r.spec.sites,
         **r.figures,
         **r.details,
         "corpus_chars": study.corpus.chars,
@@ -171,6 +183,7 @@ def _verdict_record(study: ModelStudy, v: DtypeVerdict) -> dict[str, Any]:
         "model": study.model,
         "dtype": v.dtype,
         "mitigation": v.mitigation,
+        "sites": v.sites,
         "no_worse": v.no_worse,
         "worse_figures": v.worse_figures,
         "figures": [
@@ -179,13 +192,14 @@ def _verdict_record(study: ModelStudy, v: DtypeVerdict) -> dict[str, Any]:
                 "baseline": f.baseline,
                 "fused": f.fused,
                 "spread": f.spread,
+                "floor": f.floor,
                 "worse_by": f.worse_by,
                 "worse_by_permuted": f.worse_by_permuted,
                 "worse": f.worse,
             }
             for f in v.figures
         ],
-        "verdict": verdict_sentence(study, v.dtype) if v.mitigation is None else None,
+        "verdict": verdict_sentence(study, v.dtype) if v.mitigation is None and v.sites is None else None,
     }
 
 
@@ -218,7 +232,7 @@ def studies_from_document(doc: Mapping[str, Any]) -> list[ModelStudy]:
         figs = [f.key for f in FIGURES[m["family"]]]
         runs = tuple(
             RunRecord(
-                RunSpec(r["dtype"], r["order"], r["summation"], r["mitigation"]),
+                RunSpec(r["dtype"], r["order"], r["summation"], r["mitigation"], r.get("sites")),
                 {k: float(r[k]) for k in figs},
                 {k: v for k, v in r.items() if k not in (*figs, *_SPEC_KEYS)},
             )
@@ -227,8 +241,15 @@ def studies_from_document(doc: Mapping[str, Any]) -> list[ModelStudy]:
         )
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in m["config"].items()}
         cfg = StudyConfig(**fields)
-        mits = {d: [r.spec.mitigation for r in runs if r.spec.dtype == d and r.spec.mitigation] for d in cfg.dtypes}
-        verdicts = tuple(judge(m["family"], runs, d, x) for d in cfg.dtypes for x in (None, *dict.fromkeys(mits[d])))
+        arms = {
+            d: dict.fromkeys(
+                (r.spec.mitigation, r.spec.sites)
+                for r in runs
+                if r.spec.dtype == d and r.spec.order == "fused" and (r.spec.mitigation or r.spec.sites)
+            )
+            for d in cfg.dtypes
+        }  # in the order the study ran them: mitigations, then the ablation's arms
+        verdicts = tuple(judge(m["family"], runs, d, x, k) for d in cfg.dtypes for x, k in ((None, None), *arms[d]))
         out.append(
             ModelStudy(
                 model=m["model"],
@@ -254,7 +275,7 @@ def _hazard(data: Mapping[str, Any] | None) -> Any:
     return HazardReport.from_dict(data)
 
 
-_SPEC_KEYS = ("model", "dtype", "order", "summation", "mitigation", "corpus_chars", "corpus_sha256")
+_SPEC_KEYS = ("model", "dtype", "order", "summation", "mitigation", "sites", "corpus_chars", "corpus_sha256")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,10 +318,12 @@ cache, logits. Storing the residual stream itself in e4m3fn gives NaN in both or
 reaches ~2e4; e4m3fn stops at 448). Details: normfuse_ref/accuracy/fp8.py.
 
 **The verdict.** A figure moves by rounding alone. Its *spread* is the larger change between two equivalent
-summation orders (the same model with its channels permuted, run in each order). The fused order is *worse* on a
-figure when it is worse than baseline by more than the spread, in both summation orders; it is *no worse* in a
-dtype when it is worse on no figure. Perplexity counts as worse when it is further from the float64 run's. A "*"
-in a table marks a worse figure. Mitigations of the fused rule are judged the same way against baseline.
+summation orders (the same model with its channels permuted, run in each order), and at least its *floor*: {ulps}
+roundings of the figure's value in float32, the accumulation dtype, below which no computation under the policy
+can tell two values apart (normfuse_ref/accuracy/study.py). The fused order is *worse* on a figure when it is worse
+than baseline by more than the spread, in both summation orders; it is *no worse* in a dtype when it is worse on
+no figure. Perplexity counts as worse when it is further from the float64 run's. A "*" in a table marks a worse
+figure. Mitigations of the fused rule, and the ablation's arms, are judged the same way against baseline.
 """
 
 
@@ -321,7 +344,7 @@ def _mitigations_section(studies: Sequence[ModelStudy]) -> str:
     lines += ["", "Where a mitigation was run, its verdict against baseline:", ""]
     for s in studies:
         for v in s.verdicts:
-            if v.mitigation is not None:
+            if v.mitigation is not None and v.sites is None:
                 state = (
                     "no worse" if v.no_worse else f"worse on {', '.join(f.figure.label for f in v.figures if f.worse)}"
                 )
@@ -377,6 +400,92 @@ def _site_costs_table(costed: Sequence[Mapping[str, Any]], hardware: str) -> str
     return head + "\n\n" + "\n".join(rows)
 
 
+#: The ablation's probes that are not mitigations of the rule: what each removes from the folds.
+PROBES: dict[str, str] = {
+    "wide-bias": "the folded bias b' = beta F + b kept in float32 instead of the bias's format",
+}
+
+#: What each kind of site of an ablation is (`study.SITES`).
+SITE_LABELS = {"norm_linear": "normalisation -> linear folds", "softmax_linear": "softmax -> V deferred"}
+
+
+def _arm_label(v: DtypeVerdict) -> str:
+    if v.sites is None:
+        return "fused (every site)"
+    label = f"{SITE_LABELS[v.sites]} only"
+    return label if v.mitigation is None else f"{label}, {v.mitigation}"
+
+
+def ablation_markdown(study: ModelStudy) -> str:
+    """The ablation's section: per dtype where it ran, each arm's figures (a "*" where worse than baseline by more
+    than the spread in both summation orders) and, in words chosen by the verdicts, the site and the mechanism."""
+    dtypes = [d for d in study.config.dtypes if any(v.dtype == d and v.sites for v in study.verdicts)]
+    if not dtypes:
+        return ""
+    figs = FIGURES[study.family]
+    lines = [
+        "### Where the loss comes from: the ablation",
+        "",
+        "Where the fused order is worse, it runs again fused at one kind of site only, the other sites in the "
+        "textbook order, and then at the normalisation -> linear folds only with one candidate mechanism removed "
+        "(wide-fold: the folded weight stored one format wider; wide-bias: "
+        f"{PROBES['wide-bias'].removeprefix('the ')}). Each arm is judged against baseline like the fused order. "
+        "The residual's LN(x), which a fused post-LN block forms beside the matmul, needs no arm: both orders form "
+        "it with the same primitives from the same statistics, the same bits given the same input.",
+    ]
+    for d in dtypes:
+        base = _verdict(study, d, None)
+        arms = [base, *(v for v in study.verdicts if v.dtype == d and v.sites is not None)]
+        rows = [["baseline", *(f.figure.show(f.baseline) for f in base.figures), ""]]
+        for v in arms:
+            cells = [f.figure.show(f.fused) + ("*" if f.worse else "") for f in v.figures]
+            rows.append([_arm_label(v), *cells, "no worse" if v.no_worse else "worse"])
+        rows.append(["spread (fused, every site)", *(_yardstick(f) for f in base.figures), ""])
+        lines += ["", f"{study.model}, {d}:", "", _md_table(["arm", *(f.label for f in figs), "verdict"], rows)]
+        lines += ["", _ablation_words(study, d)]
+    return "\n".join(lines)
+
+
+def _ablation_words(study: ModelStudy, dtype: str) -> str:
+    """The site and the mechanism of one dtype's loss, as the ablation's verdicts say."""
+    site = {k: _verdict(study, dtype, None, k) for k in SITE_LABELS if _has(study, dtype, None, k)}
+    losing = [k for k, v in site.items() if not v.no_worse]
+    clean = [k for k, v in site.items() if v.no_worse]
+    text = f"{dtype}: "
+    if _verdict(study, dtype, None).no_worse:
+        text += "the fused order is no worse here (the arms ran because the study was asked to run them always). "
+    elif losing:
+        worse = "; ".join(
+            f"{SITE_LABELS[k]} alone worse on {', '.join(f.figure.label for f in site[k].figures if f.worse)}"
+            for k in losing
+        )
+        text += f"{worse}"
+        text += f"; {', '.join(SITE_LABELS[k] for k in clean)} alone no worse. " if clean else ". "
+    else:
+        text += "no kind of site alone is worse than baseline. "
+    probes = [v for v in study.verdicts if v.dtype == dtype and v.sites == "norm_linear" and v.mitigation]
+    if "norm_linear" in losing and probes:
+        fixed = [v.mitigation for v in probes if v.no_worse]
+        kept = [v.mitigation for v in probes if not v.no_worse]
+        if fixed:
+            text += f"The folds alone are no worse with {' or '.join(str(m) for m in fixed)}"
+            text += f" and still worse with {', '.join(str(m) for m in kept)}" if kept else ""
+            text += f": the mechanism is what {' / '.join(_removes(m) for m in fixed)} removes."
+        else:
+            text += f"No probe ({', '.join(str(m) for m in kept)}) makes the folds alone no worse."
+    return text.rstrip()
+
+
+def _has(study: ModelStudy, dtype: str, mitigation: str | None, sites: str | None) -> bool:
+    return any(v.dtype == dtype and v.mitigation == mitigation and v.sites == sites for v in study.verdicts)
+
+
+def _removes(mitigation: str | None) -> str:
+    if mitigation in MITIGATIONS:
+        return f"{mitigation} ({MITIGATIONS[mitigation][1]})"
+    return f"{mitigation} ({PROBES.get(str(mitigation), '?')})"
+
+
 def _claim(studies: Sequence[ModelStudy]) -> str:
     """The verdict on the paper's claim, per model and dtype, in plain words."""
     lines = []
@@ -389,7 +498,7 @@ def _claim(studies: Sequence[ModelStudy]) -> str:
 def markdown(studies: Sequence[ModelStudy], doc: Mapping[str, Any]) -> str:
     """docs/accuracy.md: the intro, per model its corpus, a table per dtype with its verdict, the LayerNorm hazard on
     real activations (MiniLM), the verdict on the claim, and the data the page was made from."""
-    parts = [INTRO.rstrip()]
+    parts = [INTRO.format(ulps=FLOOR_ULPS).rstrip()]
     for s in studies:
         c = s.corpus
         parts.append(f"## {s.model}")
@@ -402,6 +511,9 @@ def markdown(studies: Sequence[ModelStudy], doc: Mapping[str, Any]) -> str:
         for d in s.config.dtypes:
             cols, rows = dtype_table(s, d)
             parts.append(f"### {s.model}, {d}\n\n" + _md_table(cols, rows) + "\n\n" + verdict_sentence(s, d))
+        ablation = ablation_markdown(s)
+        if ablation:
+            parts.append(ablation)
         if s.hazard is not None:
             parts.append(s.hazard.markdown())
     parts.append(_mitigations_section(studies))

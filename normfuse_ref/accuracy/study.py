@@ -27,6 +27,18 @@ since rounding may move it either way). A single pair of runs differs by chance 
 time in four; asking for the difference in both equivalent models keeps chance verdicts rare while a systematic
 loss (a second rounding the baseline does not have) shows in both. The fused order is "no worse" in a dtype when
 no figure is worse. A mitigation (`RunSpec.mitigation`) is judged the same way against baseline.
+
+**The spread's floor.** Two summation orders can agree more closely than the figure can be read: all-MiniLM's
+float32 cosines differ from 1 by ~2e-13, and fused and baseline by 2e-14 of that, while a cosine computed in the
+accumulation dtype (float32: what a deployment computes it in) cannot tell two numbers closer than an ulp of 1
+apart. So the spread is at least `floor` = FLOOR_ULPS roundings of the figure's value in the dtype's accumulation
+dtype (`spread_floor`): a difference below it is no loss any computation under the policy could show. Figures
+that count events (agreements) are read exactly and have no floor.
+
+**The ablation** (`RunSpec.sites`): the fused order applied at one kind of site only - "norm_linear" (the
+normalisation -> linear folds) or "softmax_linear" (softmax -> V deferred) - the other sites in the textbook order,
+judged against baseline the same way. Where the fused order is worse, it names the kind of site that loses; run
+with a mitigation (e.g. the folds alone with the folded weight stored wider), it names the mechanism.
 """
 
 from __future__ import annotations
@@ -38,13 +50,17 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from ..precision import accumulation_dtype, dtype_info
 from .corpus import Corpus
 
 __all__ = [
     "DTYPES",
     "FIGURES",
+    "FLOOR_ULPS",
     "MODELS",
     "ORACLE",
+    "SITES",
+    "Ablation",
     "CorpusInfo",
     "DtypeVerdict",
     "Figure",
@@ -55,11 +71,15 @@ __all__ = [
     "RunSpec",
     "StudyConfig",
     "judge",
+    "spread_floor",
 ]
 
 Array = NDArray[Any]
 Order = Literal["baseline", "fused", "float64"]
 Summation = Literal["plain", "permuted"]
+#: The kinds of fused site an ablation can fuse alone (`RunSpec.sites`).
+Sites = Literal["norm_linear", "softmax_linear"]
+SITES: tuple[Sites, ...] = ("norm_linear", "softmax_linear")
 
 #: The models of the study (registry names, `normfuse_ref.models.llama.fetch.SOURCES`).
 MODELS = ("smollm2-135m", "all-minilm-l6-v2")
@@ -82,8 +102,9 @@ class StudyConfig:
     new_tokens: int = 64  # tokens generated greedily from each prompt, compared with the float64 run's
     sentences: int = 256  # MiniLM: corpus sentences embedded (nearest neighbours among 255 others)
     dtypes: tuple[str, ...] = DTYPES
-    mitigate: Literal["when-worse", "always"] = "when-worse"  # run a dtype's mitigations only where the fused
-    #                    order is worse (they exist to find the cause and the fix; each costs two full runs)
+    mitigate: Literal["when-worse", "always"] = "when-worse"  # run a dtype's mitigations (and ablations) only
+    #                    where the fused order is worse (they exist to find the cause and the fix; each costs two
+    #                    full runs)
 
     def __post_init__(self) -> None:
         for name in ("tokens", "window", "prompts", "prompt_tokens", "new_tokens"):
@@ -102,16 +123,19 @@ class StudyConfig:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a model: storage dtype, order, summation order, mitigation (None: the rule as the paper has it)."""
+    """One run of a model: storage dtype, order, summation order, mitigation (None: the rule as the paper has it),
+    and for an ablation the one kind of site the fused order is applied at (None: every site)."""
 
     dtype: str
     order: Order
     summation: Summation = "plain"
     mitigation: str | None = None
+    sites: Sites | None = None
 
     @property
     def label(self) -> str:
-        parts = [self.dtype, self.order if self.mitigation is None else f"{self.order}+{self.mitigation}"]
+        order = self.order if self.sites is None else f"{self.order}[{self.sites}]"
+        parts = [self.dtype, order if self.mitigation is None else f"{order}+{self.mitigation}"]
         if self.summation != "plain":
             parts.append(self.summation)
         return " ".join(parts)
@@ -129,6 +153,7 @@ class Figure:
     better: Literal["higher", "lower", "closer"]
     label: str
     near_one: bool = False  # shown as 1 - (1 - value): a cosine of 1 - 3e-7 reads as "1-3e-07", not "1"
+    counted: bool = False  # a share of counted events (agreements): read exactly, so its spread has no floor
 
     def show(self, value: float) -> str:
         """The value for a table: 4 significant digits, or its distance from 1 for figures near 1."""
@@ -149,15 +174,15 @@ class Figure:
 FIGURES: dict[str, tuple[Figure, ...]] = {
     "llama": (
         Figure("perplexity", "closer", "perplexity"),
-        Figure("top1_agreement", "higher", "top-1 agreement"),
+        Figure("top1_agreement", "higher", "top-1 agreement", counted=True),
         Figure("kl_mean", "lower", "KL mean"),
         Figure("kl_p99", "lower", "KL p99"),
-        Figure("greedy_agreement_tokens", "higher", "greedy agreement"),
+        Figure("greedy_agreement_tokens", "higher", "greedy agreement", counted=True),
     ),
     "bert": (
         Figure("cosine_mean", "higher", "cosine mean", near_one=True),
         Figure("cosine_min", "higher", "cosine min", near_one=True),
-        Figure("neighbour_agreement", "higher", "neighbour agreement"),
+        Figure("neighbour_agreement", "higher", "neighbour agreement", counted=True),
     ),
 }
 
@@ -171,6 +196,21 @@ class RunRecord:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: The spread's floor in roundings of the figure's value in the accumulation dtype. A figure computed in float32
+#: from unit-scale terms carries more than a few roundings of its own: a cosine of unit vectors of length d is a
+#: d-term dot product (error up to d u, ~sqrt(d) u typically: Higham, Accuracy and Stability of Numerical
+#: Algorithms, 2nd ed., section 3.1; d = 384 for MiniLM), a perplexity the exponential of a mean of log-sum-exps.
+#: 4 is below every one of those, so the floor never exceeds what the figure's own float32 computation would blur.
+FLOOR_ULPS = 4
+
+
+def spread_floor(dtype: str, *values: float) -> float:
+    """FLOOR_ULPS unit roundoffs of the dtype's accumulation dtype, times the largest |value| (module docstring)."""
+    u = dtype_info(accumulation_dtype(dtype)).unit_roundoff
+    finite = [abs(v) for v in values if np.isfinite(v)]
+    return FLOOR_ULPS * u * max(finite, default=0.0)
+
+
 @dataclass(frozen=True)
 class FigureVerdict:
     figure: Figure
@@ -180,15 +220,18 @@ class FigureVerdict:
     worse_by: float  # bad(fused) - bad(baseline), plain summation order
     worse_by_permuted: float  # the same in the permuted model
     worse: bool
+    floor: float = 0.0  # the spread's floor (`spread_floor`): a loss must exceed max(spread, floor)
 
 
 @dataclass(frozen=True)
 class DtypeVerdict:
-    """Fused (or a mitigation of it) against baseline in one dtype."""
+    """Fused (or a mitigation of it, or an ablation: the fused order at one kind of site) against baseline in one
+    dtype."""
 
     dtype: str
     mitigation: str | None
     figures: tuple[FigureVerdict, ...]
+    sites: Sites | None = None
 
     @property
     def no_worse(self) -> bool:
@@ -206,22 +249,31 @@ def _run(runs: Sequence[RunRecord], spec: RunSpec) -> RunRecord:
     raise KeyError(spec.label)
 
 
-def judge(family: str, runs: Sequence[RunRecord], dtype: str, mitigation: str | None = None) -> DtypeVerdict:
-    """The verdict of the fused order (or `mitigation` of it) against baseline in `dtype` (module docstring)."""
+def judge(
+    family: str, runs: Sequence[RunRecord], dtype: str, mitigation: str | None = None, sites: Sites | None = None
+) -> DtypeVerdict:
+    """The verdict of the fused order (or `mitigation` of it, at `sites` only) against baseline in `dtype` (module
+    docstring)."""
     oracle = _run(runs, ORACLE).figures
     b = _run(runs, RunSpec(dtype, "baseline"))
     bp = _run(runs, RunSpec(dtype, "baseline", "permuted"))
-    f = _run(runs, RunSpec(dtype, "fused", mitigation=mitigation))
-    fp = _run(runs, RunSpec(dtype, "fused", "permuted", mitigation))
+    f = _run(runs, RunSpec(dtype, "fused", mitigation=mitigation, sites=sites))
+    fp = _run(runs, RunSpec(dtype, "fused", "permuted", mitigation, sites))
     out = []
     for fig in FIGURES[family]:
         k, o = fig.key, oracle[fig.key]
         spread = max(abs(b.figures[k] - bp.figures[k]), abs(f.figures[k] - fp.figures[k]))
+        floor = 0.0 if fig.counted else spread_floor(dtype, b.figures[k], f.figures[k])
         d = fig.bad(f.figures[k], o) - fig.bad(b.figures[k], o)
         dp = fig.bad(fp.figures[k], o) - fig.bad(bp.figures[k], o)
-        worse = bool(d > spread and dp > spread) or (not np.isfinite(f.figures[k]) and np.isfinite(b.figures[k]))
-        out.append(FigureVerdict(fig, b.figures[k], f.figures[k], spread, d, dp, worse))
-    return DtypeVerdict(dtype, mitigation, tuple(out))
+        bar = max(spread, floor)
+        worse = bool(d > bar and dp > bar) or (not np.isfinite(f.figures[k]) and np.isfinite(b.figures[k]))
+        out.append(FigureVerdict(fig, b.figures[k], f.figures[k], spread, d, dp, worse, floor))
+    return DtypeVerdict(dtype, mitigation, tuple(out), sites)
+
+
+#: An ablation arm: the kind of site fused alone, and the mitigation applied to it (None: the paper's rule).
+Ablation = tuple[Sites, str | None]
 
 
 def run_plan(
@@ -230,10 +282,12 @@ def run_plan(
     config: StudyConfig,
     mitigations: Mapping[str, Sequence[str]],
     run: Callable[[RunSpec, str], RunRecord],
+    ablations: Mapping[str, Sequence[Ablation]] | None = None,
 ) -> tuple[tuple[RunRecord, ...], tuple[DtypeVerdict, ...]]:
     """Every run a study needs, in order, and the verdicts: the float64 oracle first; then per dtype baseline and
     fused, each in both summation orders; then, if the fused order is worse there (or `config.mitigate` is
-    "always"), each of the dtype's `mitigations` in both summation orders. `run(spec, label)` runs one."""
+    "always"), each of the dtype's `mitigations`, then each of its `ablations` arms, in both summation orders.
+    `run(spec, label)` runs one."""
     records = [run(ORACLE, f"{name} {ORACLE.label}")]
     verdicts: list[DtypeVerdict] = []
     for d in config.dtypes:
@@ -246,11 +300,13 @@ def run_plan(
         verdicts.append(judge(family, records, d))
         if verdicts[-1].no_worse and config.mitigate == "when-worse":
             continue
-        for m in mitigations.get(d, ()):
+        arms: list[tuple[str | None, Sites | None]] = [(m, None) for m in mitigations.get(d, ())]
+        arms += [(m, k) for k, m in (ablations or {}).get(d, ())]
+        for m, k in arms:
             for summation in sums:
-                spec = RunSpec(d, "fused", summation, m)
+                spec = RunSpec(d, "fused", summation, m, k)
                 records.append(run(spec, f"{name} {spec.label}"))
-            verdicts.append(judge(family, records, d, m))
+            verdicts.append(judge(family, records, d, m, k))
     return tuple(records), tuple(verdicts)
 
 

@@ -195,18 +195,23 @@ def forward(
     mode: Mode = "fused",
     ex: Executor | None = None,
     centring: fusion.Centring = "fold",
+    softmax: Mode | None = None,
 ) -> Any:
     """Last hidden states ([B,] T, d) of token ids ([B,] T). `w` is `weights.prepare(params, cfg, mode)` for the
     same mode (with `centring="compensate"`, prepared with it too); `ex` defaults to a float32 NumpyExecutor.
     `centring` picks a mitigation of the fused LayerNorm -> linear rule (`normfuse_ref.fusion`, "Mitigations").
+    `softmax` is the order of the softmax -> V sites alone (default `mode`): the accuracy study's ablation fuses one
+    kind of site at a time (`normfuse_ref.accuracy.minilm`, "Ablation"); `mode` then orders the LayerNorm sites.
     Padding (attention_mask 0) is right padding: positions count from 0 at the first token, as in HF BERT, and
     padded keys are invisible to every query.
 
     Block i starts with the LayerNorm that ends block i - 1 (the embeddings' LayerNorm for block 0), because that
     is the site where it meets its linear layer; the last LayerNorm is issued after the blocks (layer None).
     """
-    if mode not in ("baseline", "fused"):
-        raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
+    softmax = mode if softmax is None else softmax
+    for name, m in (("mode", mode), ("softmax", softmax)):
+        if m not in ("baseline", "fused"):
+            raise ValueError(f"{name} must be 'baseline' or 'fused'; got {m!r}")
     ex = NumpyExecutor() if ex is None else ex
     ids_, keep, types = check_inputs(ids, attention_mask, token_type_ids, cfg)
     T, eps = ids_.shape[-1], cfg.norm_eps
@@ -224,7 +229,7 @@ def forward(
                 ex, z, w[f"{ln}.gamma"], w[f"{ln}.beta"], w[f"{L}.qkv"], w[f"{L}.qkv_bias"], eps, mode, "attn_qkv",
                 norm=True, centring=centring, r=w.get(f"{L}.qkv_colsum"),
             )  # fmt: skip  # ([B,] T, 3d), ([B,] T, d)
-            o = attention(ex, qkv, keep, cfg, mode)  # ([B,] T, d)
+            o = attention(ex, qkv, keep, cfg, softmax)  # ([B,] T, d)
             a = sites.linear(ex, o, w[f"{L}.attn_output"], w[f"{L}.attn_output_bias"], "attn_output")  # ([B,] T, d)
             z = ex.elementwise(_add, x, a, op="residual")  # ([B,] T, d)
             h, x = sites.layer_norm_linear(

@@ -123,13 +123,16 @@ def prepare(
     *,
     fold: Fold = fold_in_weight_dtype,
     centring: Centring = "fold",
+    bias_dtype: DTypeLike | None = None,
 ) -> dict[str, Array]:
     """The weights `forward` reads in `mode` (see the module docstring). `params` is not modified; unfolded weights
     are shared with it, so treat both as read-only.
 
     The mitigations of the fused rule (`normfuse_ref.fusion`, "Mitigations"; the accuracy study uses them): `fold`
     stores F' another way (e.g. in a wider dtype), and `centring="compensate"` adds the stored F''s column sums
-    `{L}.qkv_colsum` and `{L}.ffn_up_colsum` (`fusion.fold_column_sums`) for `forward(..., centring="compensate")`."""
+    `{L}.qkv_colsum` and `{L}.ffn_up_colsum` (`fusion.fold_column_sums`) for `forward(..., centring="compensate")`;
+    `bias_dtype` stores the folded bias b' = beta F + b in that format (default: the bias's own dtype; the
+    accumulation dtype is the "wide-bias" mitigation, `fusion.fold_layer_norm`)."""
     if mode not in ("baseline", "fused"):
         raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
     missing = [k for k in param_shapes(cfg) if k not in params]
@@ -141,7 +144,8 @@ def prepare(
         if mode == "baseline":
             return F, b
         F_prime, bF = fold(params[f"{ln}.weight"], params[f"{ln}.bias"], F)
-        return F_prime, (bF + b.astype(np.float64)).astype(b.dtype)  # (n, m), (m,): b' = beta F + b
+        b_dt = b.dtype if bias_dtype is None else resolve_dtype(bias_dtype)
+        return F_prime, (bF + b.astype(np.float64)).astype(b_dt)  # (n, m), (m,): b' = beta F + b
 
     def ln(prefix: str, src: str) -> dict[str, Array]:
         return {f"{prefix}.gamma": params[f"{src}.weight"], f"{prefix}.beta": params[f"{src}.bias"]}  # (d,) each
