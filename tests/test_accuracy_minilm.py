@@ -6,14 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from normfuse_ref import fusion
 from normfuse_ref.accuracy.corpus import load_corpus
 from normfuse_ref.accuracy.costs import LARGE_SITES, VARIANTS, SiteCost, bert_sites, site_costs
+from normfuse_ref.accuracy.fp8 import Fp8Executor
 from normfuse_ref.accuracy.hazard import HazardReport
 from normfuse_ref.accuracy.minilm import BertRuns, embed, sentence_groups, study_bert
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
 from normfuse_ref.accuracy.study import ORACLE, ModelStudy, RunSpec, StudyConfig
 from normfuse_ref.models.bert.config import get_preset
 from normfuse_ref.models.bert.model import BertModel, load_model
+from normfuse_ref.models.bert.weights import prepare
+from normfuse_ref.ops import NumpyExecutor
+from normfuse_ref.precision import resolve_dtype
 
 from .bert_support import minilm  # noqa: F401  (skips with one line when all-MiniLM-L6-v2 is not fetched)
 
@@ -43,6 +48,80 @@ def test_mitigations_run_end_to_end(mitigation: str) -> None:
     assert not np.array_equal(f, m)
     # bfloat16 through 2 blocks: embeddings within a few 2^-8 of float64's (unit vectors, cosine error ~ u^2 n)
     assert np.min(np.sum(m * e64, axis=-1)) > 1 - 1e-3
+
+
+def test_an_ablation_arm_fuses_one_kind_of_site() -> None:
+    """The folds-only arm runs the fused order's weights with the reference softmax, the softmax-only arm the
+    baseline's weights with the deferred softmax: each differs from both baseline and fused in bfloat16, and in
+    float64 (where every order is the same maths) each agrees with baseline to float64's rounding."""
+    runs = BertRuns(TINY.params, TINY.cfg)
+    groups = sentence_groups(TINY, SENTENCES)
+    folds, softmax = (
+        RunSpec("bfloat16", "fused", sites="norm_linear"),
+        RunSpec("bfloat16", "fused", sites="softmax_linear"),
+    )
+    wb, wf = runs.weights(RunSpec("bfloat16", "baseline")), runs.weights(RunSpec("bfloat16", "fused"))
+    assert all(np.array_equal(runs.weights(folds)[k], wf[k]) for k in wf)
+    assert all(np.array_equal(runs.weights(softmax)[k], wb[k]) for k in wb)
+    e = {s: embed(runs, s, groups, len(SENTENCES)) for s in (folds, softmax)}
+    for other in ("baseline", "fused"):
+        e_other = embed(runs, RunSpec("bfloat16", other), groups, len(SENTENCES))  # type: ignore[arg-type]
+        assert all(not np.array_equal(e[s], e_other) for s in e), other
+    e64 = embed(runs, ORACLE, groups, len(SENTENCES))
+    for k in ("norm_linear", "softmax_linear"):
+        arm = embed(runs, RunSpec("float64", "fused", sites=k), groups, len(SENTENCES))  # type: ignore[arg-type]
+        assert np.max(np.abs(arm - e64)) <= 1e-13, k  # unit vectors through 2 float64 blocks: ~1e-16 per operation
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16", "float8_e4m3fn"])
+def test_the_residual_layer_norm_is_the_same_bits_in_both_orders(storage: str) -> None:
+    """Why the ablation has no arm for the post-LN residual: the fused rule's LN(x), formed beside the matmul from
+    the site's own statistics, is the reference order's LN(x) bit for bit (same primitives, same mu and s)."""
+    rng = np.random.default_rng(11)
+    n, m = 64, 48
+    x = (rng.standard_normal((5, 7, n)) * 3 + rng.standard_normal(n) * 20).astype(resolve_dtype(storage))  # outliers
+    gamma, beta = (1 + 0.1 * rng.standard_normal(n)), 0.1 * rng.standard_normal(n)
+    F = rng.standard_normal((n, m)) / np.sqrt(n)
+    F_prime, b = fusion.fold_layer_norm(gamma, beta, F)
+    ex = Fp8Executor() if storage == "float8_e4m3fn" else NumpyExecutor(storage=storage)
+    _, ln_fused = fusion.layer_norm_linear_folded(x, F_prime, b, 1e-12, ex=ex, norm=(gamma, beta))
+    _, ln_ref = fusion.layer_norm_linear_reference(x, gamma, beta, F, 1e-12, ex=ex, return_norm=True)
+    assert ln_fused.dtype == ln_ref.dtype and np.array_equal(ln_fused, ln_ref)
+
+
+def test_the_wide_bias_probe_keeps_the_folded_bias_in_float32() -> None:
+    """b' = beta F + b is rounded once to the bias's format by default, and kept in float32 by the probe (the same
+    float64 sum, rounded to float32 instead)."""
+    p = {k: v.astype(resolve_dtype("bfloat16")) for k, v in TINY.params.items()}
+    folded, wide = prepare(p, TINY.cfg, "fused"), prepare(p, TINY.cfg, "fused", bias_dtype=np.float32)
+    for k in ("layer.0.qkv_bias", "layer.1.ffn_up_bias"):
+        assert folded[k].dtype == resolve_dtype("bfloat16") and wide[k].dtype == np.float32
+        assert np.array_equal(wide[k].astype(resolve_dtype("bfloat16")), folded[k])  # the same sum, rounded twice
+        assert not np.array_equal(wide[k], folded[k].astype(np.float32))
+    baseline = prepare(p, TINY.cfg, "baseline", bias_dtype=np.float32)
+    assert baseline["layer.0.qkv_bias"].dtype == resolve_dtype("bfloat16")  # nothing is folded in baseline
+
+
+def test_the_floor_does_not_hide_a_real_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 storage: the fused order of the tiny BERT is no worse than baseline (their differences are below the
+    spread's floor); with the planted mutant "the fold stored in bfloat16" (a rounding 2^16 times coarser than
+    float32's) the same study reads worse on cosine mean, floor and all."""
+    config = StudyConfig(sentences=24, dtypes=("float32",))
+
+    def study() -> ModelStudy:
+        return study_bert(TINY, load_corpus(), config, name="tiny-bert", mitigations={}, ablations={}, hazard=False)
+
+    assert study().verdicts[0].no_worse
+
+    def fold_in_bfloat16(gamma: np.ndarray, beta: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        F_prime, bF = fusion.fold_layer_norm(gamma, beta, F, dtype=np.float64)
+        return F_prime.astype(resolve_dtype("bfloat16")).astype(F.dtype), bF
+
+    monkeypatch.setattr("normfuse_ref.accuracy.minilm.fold_in_weight_dtype", fold_in_bfloat16)
+    v = study().verdicts[0]
+    assert "cosine_mean" in v.worse_figures
+    cos = v.figures[0]
+    assert cos.worse_by > 10 * cos.floor and cos.floor > cos.spread  # the floor is the bar here, far below the loss
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +164,8 @@ def test_the_page_carries_the_hazard_and_costs(tiny_bert_study: ModelStudy) -> N
         "The LayerNorm centring hazard on real activations" in page
         and "One LayerNorm -> linear site" in page
         and "| opt-66b ffn_up | 9216 x 36864 | 8 | 1 |" in page
+        and "### Where the loss comes from: the ablation" in page
+        and "| normalisation -> linear folds only, wide-bias |" in page
     )
 
 

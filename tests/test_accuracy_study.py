@@ -9,10 +9,21 @@ import pytest
 
 from normfuse_ref.accuracy.corpus import load_corpus
 from normfuse_ref.accuracy.fp8 import E4M3_MAX, Fp8Executor, quantise
+from normfuse_ref.accuracy.metrics import agreement_length
 from normfuse_ref.accuracy.orders import permute_llama
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
-from normfuse_ref.accuracy.smollm2 import LlamaRuns, study_llama
-from normfuse_ref.accuracy.study import FIGURES, ORACLE, ModelStudy, RunRecord, RunSpec, StudyConfig, judge, run_plan
+from normfuse_ref.accuracy.smollm2 import LlamaRuns, Runner, corpus_prompts, study_llama
+from normfuse_ref.accuracy.study import (
+    FIGURES,
+    ORACLE,
+    ModelStudy,
+    RunRecord,
+    RunSpec,
+    StudyConfig,
+    judge,
+    run_plan,
+    spread_floor,
+)
 from normfuse_ref.models.llama.forward import forward
 from normfuse_ref.models.llama.model import load_model
 from normfuse_ref.models.llama.weights import prepare
@@ -90,6 +101,50 @@ def test_the_verdict_needs_a_loss_beyond_the_spread_in_both_summation_orders() -
     assert worse(0.99, 0.989, float("nan"), float("nan"))  # NaN where baseline is finite
     v = judge("bert", runs(0.99, 0.989, 0.95, 0.951), "bfloat16")
     assert v.worse_figures == ["cosine_mean"] and not v.no_worse
+
+
+def test_the_spread_has_a_floor_of_a_few_float32_roundings_and_counts_have_none() -> None:
+    """MiniLM float32's case: cosines 1 - 1.7e-13 and 1 - 1.9e-13, spread 1.4e-14, are the same number in float32
+    (an ulp of 1 is 6e-8): no worse. A bfloat16-sized loss (1e-6) is above the floor; a count (neighbour agreement)
+    has no floor, so one sentence in 256 more disagreeing in both summation orders is a loss."""
+
+    def verdict(dtype: str, b: float, bp: float, f: float, fp: float, key: str = "cosine_mean") -> bool:
+        runs = [
+            _record(ORACLE, cosine_mean=1.0, neighbour_agreement=1.0),
+            _record(RunSpec(dtype, "baseline"), **{key: b}),
+            _record(RunSpec(dtype, "baseline", "permuted"), **{key: bp}),
+            _record(RunSpec(dtype, "fused"), **{key: f}),
+            _record(RunSpec(dtype, "fused", "permuted"), **{key: fp}),
+        ]
+        fv = next(x for x in judge("bert", runs, dtype).figures if x.figure.key == key)
+        return fv.worse
+
+    assert spread_floor("float32", 1.0) == spread_floor("bfloat16", 1.0) == 4 * 2.0**-24  # u(float32) = 2^-24
+    assert spread_floor("float8_e4m3fn", 0.5, -2.0) == 4 * 2.0**-24 * 2  # the largest |value|, float32 accumulation
+    assert not verdict("float32", 1 - 1.72e-13, 1 - 1.86e-13, 1 - 1.92e-13, 1 - 2.08e-13)
+    assert verdict("bfloat16", 1 - 3.9e-5, 1 - 3.9e-5, 1 - 4.1e-5, 1 - 4.1e-5)
+    assert not verdict("bfloat16", 1 - 3.9e-5, 1 - 3.9e-5, 1 - 3.91e-5, 1 - 3.91e-5)  # 1e-8: below 4 u = 2.4e-7
+    assert verdict("float32", 1.0, 1.0, 255 / 256, 255 / 256, "neighbour_agreement")
+
+
+def test_greedy_agreement_by_teacher_forcing_equals_decoding() -> None:
+    """Two implementations of the greedy figure: each run decoding token by token and counting the leading tokens
+    it shares with the float64 run's continuation, and the study's one teacher-forced pass over the float64
+    continuation (`Runner.greedy_agreement`). The tiny model's bfloat16 and fp8 runs leave the float64 path at
+    various steps (0 to 23 of 24), so a shift of one position or a wrong first step would show."""
+    config = StudyConfig(prompts=8, prompt_tokens=4, new_tokens=24)
+    prompts = corpus_prompts(load_corpus(), TINY.tokenizer, config)  # type: ignore[arg-type]
+    runs = LlamaRuns(TINY.params, TINY.cfg)
+    g64 = Runner(runs, ORACLE).greedy(prompts, config.new_tokens)  # (P, n)
+    seen: set[int] = set()
+    for dtype in ("float32", "bfloat16", "float16", "float8_e4m3fn"):
+        for order in ("baseline", "fused"):
+            runner = Runner(runs, RunSpec(dtype, order))  # type: ignore[arg-type]
+            decoded = runner.greedy(prompts, config.new_tokens)
+            expected = [agreement_length(a.tolist(), b.tolist()) for a, b in zip(decoded, g64, strict=True)]
+            assert runner.greedy_agreement(prompts, g64) == expected, (dtype, order)
+            seen |= set(expected)
+    assert {0, config.new_tokens} <= seen and len(seen) > 5  # disagreements at the first, last and between
 
 
 def test_mitigations_run_where_the_fused_order_is_worse() -> None:
