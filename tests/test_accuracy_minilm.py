@@ -65,11 +65,11 @@ def test_an_ablation_arm_fuses_one_kind_of_site() -> None:
     assert all(np.array_equal(runs.weights(softmax)[k], wb[k]) for k in wb)
     e = {s: embed(runs, s, groups, len(SENTENCES)) for s in (folds, softmax)}
     for other in ("baseline", "fused"):
-        e_other = embed(runs, RunSpec("bfloat16", other), groups, len(SENTENCES))  # type: ignore[arg-type]
+        e_other = embed(runs, RunSpec("bfloat16", other), groups, len(SENTENCES))
         assert all(not np.array_equal(e[s], e_other) for s in e), other
     e64 = embed(runs, ORACLE, groups, len(SENTENCES))
     for k in ("norm_linear", "softmax_linear"):
-        arm = embed(runs, RunSpec("float64", "fused", sites=k), groups, len(SENTENCES))  # type: ignore[arg-type]
+        arm = embed(runs, RunSpec("float64", "fused", sites=k), groups, len(SENTENCES))
         assert np.max(np.abs(arm - e64)) <= 1e-13, k  # unit vectors through 2 float64 blocks: ~1e-16 per operation
 
 

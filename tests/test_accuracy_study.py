@@ -139,7 +139,7 @@ def test_greedy_agreement_by_teacher_forcing_equals_decoding() -> None:
     seen: set[int] = set()
     for dtype in ("float32", "bfloat16", "float16", "float8_e4m3fn"):
         for order in ("baseline", "fused"):
-            runner = Runner(runs, RunSpec(dtype, order))  # type: ignore[arg-type]
+            runner = Runner(runs, RunSpec(dtype, order))
             decoded = runner.greedy(prompts, config.new_tokens)
             expected = [agreement_length(a.tolist(), b.tolist()) for a, b in zip(decoded, g64, strict=True)]
             assert runner.greedy_agreement(prompts, g64) == expected, (dtype, order)
