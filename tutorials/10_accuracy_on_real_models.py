@@ -29,7 +29,14 @@ from rich.table import Table
 from normfuse_ref import fusion
 from normfuse_ref.accuracy.corpus import load_corpus
 from normfuse_ref.accuracy.metrics import Reference, ScoreAccumulator
-from normfuse_ref.accuracy.report import document_of_page, dtype_table, studies_from_document, verdict_sentence
+from normfuse_ref.accuracy.report import (
+    ablation_words,
+    arm_label,
+    document_of_page,
+    dtype_table,
+    studies_from_document,
+    verdict_sentence,
+)
 from normfuse_ref.accuracy.smollm2 import LlamaRuns, Runner, corpus_windows
 from normfuse_ref.accuracy.study import ORACLE, ModelStudy, Order, RunSpec, StudyConfig, Summation
 from normfuse_ref.models.llama.model import load_model
@@ -65,6 +72,26 @@ for s in studies:
             t.add_row(*r)
         console.print(t)
         console.print(verdict_sentence(s, d))
+
+# %% [markdown]
+# ## Where a loss comes from: the ablation
+#
+# Where the fused order is worse, the study runs it again fused at one kind of site only (the normalisation ->
+# linear folds, or softmax -> V deferred), the other sites in the textbook order, and the folds alone with one
+# candidate mechanism removed (the folded weight stored wider; the folded bias kept in float32). Each arm is
+# judged against baseline like the fused order; the words below are chosen by those verdicts.
+
+# %%
+for s in studies:
+    for d in s.config.dtypes:
+        arms = [v for v in s.verdicts if v.dtype == d and v.sites is not None]
+        if not arms:
+            continue
+        console.print(f"{s.model}, {d}:")
+        for v in arms:
+            worse = ", ".join(f.figure.label for f in v.figures if f.worse)
+            console.print(f"  {arm_label(v):<55} {'worse on ' + worse if worse else 'no worse'}")
+        console.print(f"  {ablation_words(s, d)}")
 
 # %% [markdown]
 # ## The spread, live
@@ -130,7 +157,10 @@ if minilm is not None:
 # ## What to remember
 #
 # - On a real model, "no worse" needs a yardstick: the spread of each figure between two equivalent summation
-#   orders. A difference inside it is rounding noise, not a loss.
+#   orders, and at least a few float32 roundings of the figure (its floor). A difference inside it is rounding
+#   noise, not a loss.
+# - An ablation (one kind of site fused at a time, then one mechanism removed) turns "worse" into "worse here,
+#   because of this rounding".
 # - The verdict depends on the format. The tables above say, per dtype and model, where the fused order is no
 #   worse, where it is worse, and which option of the rule (a wider fold, column-sum compensation, subtracting the
 #   mean first) removes the loss.

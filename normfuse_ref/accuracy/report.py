@@ -34,6 +34,8 @@ __all__ = [
     "PROBES",
     "UNITS",
     "ablation_markdown",
+    "ablation_words",
+    "arm_label",
     "document_of_page",
     "dtype_table",
     "fmt",
@@ -409,7 +411,8 @@ PROBES: dict[str, str] = {
 SITE_LABELS = {"norm_linear": "normalisation -> linear folds", "softmax_linear": "softmax -> V deferred"}
 
 
-def _arm_label(v: DtypeVerdict) -> str:
+def arm_label(v: DtypeVerdict) -> str:
+    """An ablation arm (or the fused order itself) in words: the kind of site fused alone, and its probe."""
     if v.sites is None:
         return "fused (every site)"
     label = f"{SITE_LABELS[v.sites]} only"
@@ -439,14 +442,14 @@ def ablation_markdown(study: ModelStudy) -> str:
         rows = [["baseline", *(f.figure.show(f.baseline) for f in base.figures), ""]]
         for v in arms:
             cells = [f.figure.show(f.fused) + ("*" if f.worse else "") for f in v.figures]
-            rows.append([_arm_label(v), *cells, "no worse" if v.no_worse else "worse"])
+            rows.append([arm_label(v), *cells, "no worse" if v.no_worse else "worse"])
         rows.append(["spread (fused, every site)", *(_yardstick(f) for f in base.figures), ""])
         lines += ["", f"{study.model}, {d}:", "", _md_table(["arm", *(f.label for f in figs), "verdict"], rows)]
-        lines += ["", _ablation_words(study, d)]
+        lines += ["", ablation_words(study, d)]
     return "\n".join(lines)
 
 
-def _ablation_words(study: ModelStudy, dtype: str) -> str:
+def ablation_words(study: ModelStudy, dtype: str) -> str:
     """The site and the mechanism of one dtype's loss, as the ablation's verdicts say."""
     site = {k: _verdict(study, dtype, None, k) for k in SITE_LABELS if _has(study, dtype, None, k)}
     losing = [k for k, v in site.items() if not v.no_worse]
