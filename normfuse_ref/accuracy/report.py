@@ -157,6 +157,8 @@ def verdict_sentence(study: ModelStudy, dtype: str) -> str:
         text += f" Cause: {MITIGATIONS[m][1]}. With {does} ({m}) it is no worse than baseline."
     elif _mitigations(study, dtype):
         text += f" None of the mitigations run ({', '.join(_mitigations(study, dtype))}) makes it no worse."
+    if any(x.dtype == dtype and x.sites for x in study.verdicts):
+        text += " The ablation: " + ablation_words(study, dtype).removeprefix(f"{dtype}: ")
     return text
 
 
