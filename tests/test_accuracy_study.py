@@ -209,6 +209,10 @@ def test_wide_fold_and_fp8_weights() -> None:
     assert np.array_equal(ww["blk.0.attn_qkv"][:, :q], fold16.astype(np.float32))  # exact: 8 x 8 bits fit
     w8 = runs.weights(RunSpec("float8_e4m3fn", "baseline"))
     assert np.array_equal(w8["blk.0.attn_qkv"][:, :q], quantise(F, axis=0))
+    fresh = LlamaRuns(TINY.params, TINY.cfg).weights(RunSpec("bfloat16", "fused"))  # no stored weights kept yet
+    again = runs.weights(RunSpec("bfloat16", "fused"))  # after fp8's, which dropped bfloat16's stored weights
+    assert fresh.keys() == w.keys() == again.keys()
+    assert all(np.array_equal(fresh[k], w[k]) and np.array_equal(again[k], w[k]) for k in w)
 
 
 def test_the_page_is_regenerated_from_its_own_data(tiny_study: ModelStudy) -> None:

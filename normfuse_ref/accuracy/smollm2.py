@@ -95,18 +95,29 @@ class LlamaRuns:
     def __init__(self, params: Mapping[str, Array], cfg: LlamaConfig) -> None:
         self.cfg = cfg
         self._params: dict[str, Mapping[str, Array]] = {"plain": params}
+        self._stored: dict[tuple[str, str], dict[str, Array]] = {}
 
     def params(self, summation: str) -> Mapping[str, Array]:
         if summation not in self._params:
             self._params[summation] = permute_llama(self._params["plain"], self.cfg)
         return self._params[summation]
 
+    def stored(self, dtype: str, summation: str) -> dict[str, Array]:
+        """The weights of one summation order stored in `dtype`, packed into blocks (fp8: quantised, ~4 s for
+        SmolLM2). Every order and mitigation of a dtype starts from them, so they are kept for the dtype at hand
+        (the study runs a dtype's runs together) and dropped when another dtype is asked for. Read-only."""
+        key = (dtype, summation)
+        if key not in self._stored:
+            self._stored = {k: v for k, v in self._stored.items() if k[0] == dtype}
+            p, dt = self.params(summation), resolve_dtype(dtype)
+            stored = quantise_weights(p, row_scaled=frozenset({"token_embd.weight"})) if dt == E4M3 else _cast(p, dt)
+            self._stored[key] = pack_blocks_inplace(stored, self.cfg)
+        return self._stored[key]
+
     def weights(self, spec: RunSpec) -> dict[str, Array]:
-        p = self.params(spec.summation)
         mode: Mode = "baseline" if spec.order == "float64" else spec.order
         dt = resolve_dtype(spec.dtype)
-        stored = quantise_weights(p, row_scaled=frozenset({"token_embd.weight"})) if dt == E4M3 else _cast(p, dt)
-        w = prepare(pack_blocks_inplace(stored, self.cfg), self.cfg, mode, fold=_fold(spec))
+        w = prepare(self.stored(spec.dtype, spec.summation), self.cfg, mode, fold=_fold(spec))
         # Every weight but the embedding table (a lookup: its rows enter the residual stream in storage) is held as
         # its exact value in the accumulation dtype, which is what every primitive casts it to before computing:
         # the same numbers, without converting ~135M weights on every call (a decode step makes ~180 calls).
