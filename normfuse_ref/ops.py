@@ -57,6 +57,7 @@ from .parallel import (
     Block,
     blas_threads,
     block_of,
+    keep_freed_memory,
     matmul_blocks,
     reads_only_arguments,
     row_blocks,
@@ -169,6 +170,7 @@ class NumpyExecutor:
         if self.tile_size is not None and self.tile_size < 1:
             raise ValueError(f"tile_size must be >= 1; got {self.tile_size}")
         self._threads = threads_setting(self.threads)
+        keep_freed_memory()  # once a process: fresh arrays from reused memory, not page-faulted in (parallel.py)
 
     @property
     def thread_count(self) -> int:

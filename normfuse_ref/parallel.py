@@ -17,6 +17,13 @@ the GIL while they work on an array). Two rules keep the numbers independent of 
 Blocks of ~64K elements also keep a multi-pass callable's temporaries (shifted_exp, normalise_rows, silu_gate each
 make 2-4 passes) in the core's L2 cache instead of streaming them through memory on every pass.
 
+Memory: a prefill writes each primitive's result into a fresh array (SmolLM2's attention scores are 9 MB a
+layer, written four times). glibc's malloc hands arrays above its mmap threshold (128 KiB, raised only as large
+blocks are freed) to and from the kernel, so every fresh array is page-faulted in and zeroed again: ~39,000 page
+faults and 0.3-0.5 s of system time a 512-token prefill, measured. `keep_freed_memory` (applied once, when the
+first plain executor is made) has malloc keep freed memory for the next array instead: 50-60 faults a prefill. It
+changes where memory comes from, never a value; $NORMFUSE_KEEP_MEMORY=0 leaves malloc as the process found it.
+
 The one setting: the thread count, `NumpyExecutor(threads=...)`, default the environment variable NORMFUSE_THREADS,
 else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them);
 BLAS runs on one thread throughout (`run_blocks`, `ops.step_blas_threads`). Only speed depends on it.
@@ -26,9 +33,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import math
 import os
+import platform
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -37,12 +46,14 @@ import numpy as np
 
 __all__ = [
     "BLOCK_ELEMENTS",
+    "KEEP_MEMORY_ENV",
     "MATMUL_COLUMNS",
     "MATMUL_MIN_ROWS",
     "MATMUL_ROWS",
     "THREADS_ENV",
     "blas_threads",
     "block_of",
+    "keep_freed_memory",
     "matmul_blocks",
     "reads_only_arguments",
     "row_blocks",
@@ -52,6 +63,18 @@ __all__ = [
 
 #: The environment variable that sets the thread count when the executor is given none.
 THREADS_ENV = "NORMFUSE_THREADS"
+
+#: The environment variable that, set to 0, leaves the C allocator's settings alone (`keep_freed_memory`).
+KEEP_MEMORY_ENV = "NORMFUSE_KEEP_MEMORY"
+
+#: glibc mallopt parameters (malloc.h) and the values `keep_freed_memory` gives them. Arrays below MMAP_THRESHOLD
+#: come from malloc's heap, where freed memory stays resident for the next array unless more than TRIM_THRESHOLD
+#: of it is free at the heap's top. 32 MiB is the largest threshold 64-bit glibc accepts (half its 64 MiB heap
+#: size); it covers every activation of SmolLM2 and MiniLM but the logits of a long prompt (mapped and faulted in
+#: once a call, in 2 MiB huge pages). The 1 GiB trim threshold bounds what a process keeps beyond its peak.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 1 << 30
 
 #: Output elements a block holds (at least one row of the last axis). 64K float32 elements are 256 KB: with the
 #: block's inputs and a callable's one or two temporaries it stays within a 1-2 MB L2 cache; fewer, larger
@@ -150,6 +173,17 @@ def block_of(x: Any, b: Block, ndim: int) -> Any:
     offset = ndim - len(shape)  # input axis i is output axis offset + i
     index = tuple(b[offset + i] if shape[i] != 1 else slice(None) for i in range(max(0, len(b) - offset)))
     return x[index] if index else x
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse (see the module docstring): True when applied, False when
+    $NORMFUSE_KEEP_MEMORY is 0 or the C library is not glibc (nothing is changed then). Once a process."""
+    if os.environ.get(KEEP_MEMORY_ENV, "").strip() == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 @functools.cache
