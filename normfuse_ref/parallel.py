@@ -24,9 +24,17 @@ faults and 0.3-0.5 s of system time a 512-token prefill, measured. `keep_freed_m
 first plain executor is made) has malloc keep freed memory for the next array instead: 50-60 faults a prefill. It
 changes where memory comes from, never a value; $NORMFUSE_KEEP_MEMORY=0 leaves malloc as the process found it.
 
+BLAS: on one thread for the whole process, from when the first plain executor is made (`one_blas_thread`); the
+executor's own workers run the parallel work, each block one single-threaded BLAS call. Two reasons, both measured
+on the 2-core test machine (bench/README.md): OpenBLAS cuts a product by its own thread count, and 1 and 2 OpenBLAS
+threads gave different bits for some shapes (300 x 700 x 50 float32), which would break the promise of the same
+bits for any thread count; and OpenBLAS's idle threads spin, so when another process keeps a core busy a 2-thread
+product ran 2-75x slower than a 1-thread one (a SmolLM2 decode step called outside `Model.forward`, measured
+under load: 730 ms instead of 37). Set once, not around each call: threadpoolctl takes ~10 us a change.
+
 The one setting: the thread count, `NumpyExecutor(threads=...)`, default the environment variable NORMFUSE_THREADS,
-else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them);
-BLAS runs on one thread throughout (`run_blocks`, `ops.step_blas_threads`). Only speed depends on it.
+else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them).
+Only speed depends on it.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ __all__ = [
     "block_of",
     "keep_freed_memory",
     "matmul_blocks",
+    "one_blas_thread",
     "reads_only_arguments",
     "row_blocks",
     "run_blocks",
@@ -187,6 +196,13 @@ def keep_freed_memory() -> bool:
 
 
 @functools.cache
+def one_blas_thread() -> None:
+    """BLAS on one thread from now on, for the whole process (see the module docstring). Once a process; a BLAS
+    library loaded later (torch's, say) is left alone."""
+    _blas().limit(limits=1, user_api="blas")  # not a context: the limit stays
+
+
+@functools.cache
 def _blas() -> Any:
     """The BLAS libraries loaded in this process, as a threadpoolctl controller (inspected once: its `limit` then
     costs ~10 us). Imported when first needed."""
@@ -214,20 +230,17 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
 
 def run_blocks(work: Callable[[B], None], blocks: Sequence[B], threads: int) -> None:
     """work(b) for every block, on the calling thread and threads - 1 workers, each taking the next block not yet
-    taken (so a thread slowed by another process takes fewer blocks); BLAS held to one thread meanwhile.
-
-    Which thread runs a block changes nothing in it. BLAS is held to one thread on one thread too: OpenBLAS cuts a
-    product by its own thread count, which would make a block's bits depend on it (ops.step_blas_threads)."""
+    taken (so a thread slowed by another process takes fewer blocks). Which thread runs a block changes nothing
+    in it (BLAS is on one thread: `one_blas_thread`)."""
     todo = iter(blocks)  # shared by the threads: next() on a list iterator is atomic under the GIL
 
     def drain() -> None:
         for b in todo:
             work(b)
 
-    with blas_threads(1):
-        helpers = [_pool(threads - 1).submit(drain) for _ in range(min(threads, len(blocks)) - 1)]
-        try:
-            drain()
-        finally:
-            for f in helpers:
-                f.result()
+    helpers = [_pool(threads - 1).submit(drain) for _ in range(min(threads, len(blocks)) - 1)]
+    try:
+        drain()
+    finally:
+        for f in helpers:
+            f.result()

@@ -92,6 +92,27 @@ def test_the_executor_keeps_freed_memory_for_the_next_array() -> None:
     assert returned > 5 * 1000  # 5 rounds x 4 arrays x 2,304 pages, less what the kernel's huge pages save
 
 
+_BLAS = """
+import threadpoolctl
+from normfuse_ref.ops import NumpyExecutor
+def threads():
+    return sorted({lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"})
+before = threads()
+NumpyExecutor()
+print(before, threads())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="BLAS already runs on one thread on one CPU")
+def test_making_an_executor_puts_blas_on_one_thread_for_the_process() -> None:
+    """After the first NumpyExecutor, every BLAS call in the process is single-threaded (the products its forward
+    issues outside any block included: a decode step's), where before it BLAS ran on every CPU."""
+    run = subprocess.run([sys.executable, "-c", _BLAS], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    before, after = run.stdout.strip().split("] [")
+    assert before != "[1" and after == "1]", run.stdout
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The setting
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,12 +279,11 @@ def test_blocked_attention_equals_the_one_shot(dtype: str, tile_size: int | None
 
 def _prefill_and_decode(model: Model, mode: str, ids: np.ndarray, threads: int) -> list[np.ndarray]:
     w, ex = model.weights(mode), NumpyExecutor(model.dtype, threads=threads)  # type: ignore[arg-type]
-    with ops.step_blas_threads():  # as Model.forward runs a step
-        logits, cache = forward(w, model.cfg, ids, model.cache(len(ids) + 3), mode=mode, ex=ex)  # type: ignore[arg-type]
-        out = [logits]
-        for _ in range(3):
-            logits, cache = forward(w, model.cfg, [int(np.argmax(logits[-1]))], cache, mode=mode, ex=ex)  # type: ignore[arg-type]
-            out.append(logits)
+    logits, cache = forward(w, model.cfg, ids, model.cache(len(ids) + 3), mode=mode, ex=ex)  # type: ignore[arg-type]
+    out = [logits]
+    for _ in range(3):
+        logits, cache = forward(w, model.cfg, [int(np.argmax(logits[-1]))], cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        out.append(logits)
     return out
 
 
@@ -301,8 +321,7 @@ def test_a_batch_is_bit_identical_on_any_thread_count(mode: str) -> None:
     w, outs = model.weights(mode), []  # type: ignore[arg-type]
     for threads in (1, 2):
         ex = NumpyExecutor(model.dtype, threads=threads)
-        with ops.step_blas_threads():
-            logits, cache = forward(w, model.cfg, ids, empty_cache(model.cfg, batch=2, capacity=151), mode=mode, ex=ex)  # type: ignore[arg-type]
-            step, _ = forward(w, model.cfg, np.argmax(logits[:, -1:], -1), cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        logits, cache = forward(w, model.cfg, ids, empty_cache(model.cfg, batch=2, capacity=151), mode=mode, ex=ex)  # type: ignore[arg-type]
+        step, _ = forward(w, model.cfg, np.argmax(logits[:, -1:], -1), cache, mode=mode, ex=ex)  # type: ignore[arg-type]
         outs.append((logits, step))
     assert same(outs[0], outs[1]), "1 and 2 threads differ"
