@@ -58,6 +58,7 @@ __all__ = [
     "MATMUL_COLUMNS",
     "MATMUL_MIN_ROWS",
     "MATMUL_ROWS",
+    "MATMUL_WORK",
     "THREADS_ENV",
     "blas_threads",
     "block_of",
@@ -99,6 +100,8 @@ BLOCK_ELEMENTS = 1 << 16
 #: logits product took 470 ms whole, 516 ms in blocks of 256 columns and 709 ms in blocks of 128 rows.
 MATMUL_ROWS = 128
 MATMUL_COLUMNS = 256
+#: Multiply-adds a block of a tall product does at least (~40-80 us on one core): enough to pay for its call.
+MATMUL_WORK = 1 << 22
 #: Products of fewer rows are matrix-vector-like (a decode step's): memory-bound, one BLAS call.
 MATMUL_MIN_ROWS = 16
 
@@ -134,19 +137,19 @@ def reads_only_arguments(fn: Callable[..., Any]) -> bool:
     return not any(isinstance(v, np.ndarray) for v in held)
 
 
-def row_blocks(shape: tuple[int, ...]) -> list[Block] | None:
+def row_blocks(shape: tuple[int, ...], per_block: int = BLOCK_ELEMENTS) -> list[Block] | None:
     """Blocks of rows covering an output of `shape` (index tuples over its leading axes), or None when it is
-    smaller than two blocks (computed whole).
+    smaller than two blocks (computed whole). A block holds about `per_block` elements, at least one row.
 
     The split axis is the outermost one whose rows (everything after it) fit in a block; the axes before it are
-    taken one index at a time and the split axis in ranges of as many rows as fit in BLOCK_ELEMENTS.
+    taken one index at a time and the split axis in ranges of as many rows as fit in `per_block`.
     """
-    if len(shape) < 2 or math.prod(shape) < 2 * BLOCK_ELEMENTS:
+    if len(shape) < 2 or math.prod(shape) < 2 * per_block:
         return None
     a = 0
-    while a < len(shape) - 2 and math.prod(shape[a + 1 :]) > BLOCK_ELEMENTS:
+    while a < len(shape) - 2 and math.prod(shape[a + 1 :]) > per_block:
         a += 1
-    return _ranges(shape[: a + 1], max(1, BLOCK_ELEMENTS // math.prod(shape[a + 1 :])))
+    return _ranges(shape[: a + 1], max(1, per_block // math.prod(shape[a + 1 :])))
 
 
 def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tuple[Block, Block, Block]] | None:
@@ -160,10 +163,15 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
         lead = (slice(None),) * (len(x_shape) - 1)
         columns = [slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS)]
         return [((), (slice(None), c), (*lead, c)) for c in columns]
-    if rows < 2 * MATMUL_ROWS:
+    # tall: blocks of x's rows (over its leading axes, as row_blocks cuts an output), each of at least
+    # MATMUL_ROWS rows and MATMUL_WORK multiply-adds: a batch of small products (MiniLM's attention, 768 products
+    # of 24 x 32 x 24) is cut into a few blocks of many products, not one block (one Python call) a product
+    n_m = x_shape[-1] * m
+    blocks = row_blocks((*x_shape[:-1], n_m), max(MATMUL_WORK, MATMUL_ROWS * n_m))
+    if blocks is None:
         return None
-    batched = len(F_shape) > 2  # F's leading axes are x's: sliced with them; a matrix F is read whole
-    return [(b, b[:-1] if batched else (), b) for b in _ranges(x_shape[:-1], MATMUL_ROWS)]  # tall: rows of x
+    batch = len(x_shape) - 2 if len(F_shape) > 2 else 0  # a batched F's leading axes are x's: sliced alike
+    return [(b, b[:batch], b) for b in blocks]  # (a matrix F is read whole)
 
 
 def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:

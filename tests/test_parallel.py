@@ -231,12 +231,14 @@ def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: boo
     P = bd.Precision.of(dtype)
     x = rng.standard_normal((300, 700)).astype(dtype)  # (T, n): a tall product, 3 blocks of rows (128, 128, 44)
     F = rng.standard_normal((700, 50)).astype(dtype)  # (n, m)
-    q = rng.standard_normal((3, 400, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
-    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S)
+    q = rng.standard_normal((3, 800, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
+    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S): blocks of 728 and 72 rows of each head
+    qs = rng.standard_normal((48, 12, 24, 32)).astype(dtype)  # (B, H, T, hd): a batch of small products, cut
+    ks = rng.standard_normal((48, 12, 32, 24)).astype(dtype)  # over the batch axis: 18, 18, 12 sequences a block
     w = rng.standard_normal((40, 64)).astype(dtype)  # (T, n): a wide product, cut into blocks of columns
     W = rng.standard_normal((64, 1100)).astype(dtype)  # (n, m): 256, 256, 256, 256, 76 columns
-    xb = rng.standard_normal((2, 150, 64)).astype(dtype)  # (B, T, n) @ (n, m): rows of each sequence
-    for a, b in ((x, F), (q, kT), (w, W), (xb, F[:64])):
+    xb = rng.standard_normal((2, 150, 700)).astype(dtype)  # (B, T, n) @ (n, m): rows of each sequence
+    for a, b in ((x, F), (q, kT), (qs, ks), (w, W), (xb, F)):
         assert parallel.matmul_blocks(a.shape, b.shape) is not None
         one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
         two = NumpyExecutor(dtype, threads=2).matmul(a, b, op="mm", keep_acc=keep_acc)
