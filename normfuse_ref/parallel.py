@@ -58,6 +58,7 @@ __all__ = [
     "MATMUL_COLUMNS",
     "MATMUL_MIN_ROWS",
     "MATMUL_ROWS",
+    "MATMUL_WIDE",
     "MATMUL_WORK",
     "THREADS_ENV",
     "blas_threads",
@@ -86,22 +87,29 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 1 << 30
 
-#: Output elements a block holds (at least one row of the last axis). 64K float32 elements are 256 KB: with the
-#: block's inputs and a callable's one or two temporaries it stays within a 1-2 MB L2 cache; fewer, larger
-#: blocks make the per-block Python overhead (~5 us) smaller still but spill the temporaries to memory.
-BLOCK_ELEMENTS = 1 << 16
+#: Output elements a block holds (at least one row of the last axis): 256K, 1 MB of float32. Each block is a
+#: Python call that needs the GIL, so small blocks make the threads queue for it. Measured on the 2-core test
+#: machine with nothing else running (min of 11; SmolLM2's 3 x 1536 x 512 causal scores, 2 threads), ms for blocks
+#: of 16K / 64K / 256K / 512K elements: the mask 4.21 / 1.57 / 1.27 / 1.26, e^{z - m} 8.52 / 2.16 / 1.28 / 1.29,
+#: the division by l 5.14 / 2.21 / 1.07 / 1.07, the row max 1.62 / 0.61 / 0.30 / 0.29 (one thread, whole:
+#: e^{z - m} 1.74).
+BLOCK_ELEMENTS = 1 << 18
 
-#: How a matrix product x (rows, n) @ F (n, m) is cut, each block one BLAS call on one BLAS thread. A BLAS call
-#: packs (copies) both operands into its kernel's layout, so a block should re-pack only the smaller one: a wide
-#: product (rows < m: every weight product of a prefill, the logits above all) is cut into blocks of
-#: MATMUL_COLUMNS columns of F (each column of F packed once, x re-packed per block); a tall one (rows >= m: the
-#: attention scores of a long prompt, q (G T, hd) @ k^T (hd, S)) into blocks of MATMUL_ROWS rows of x. Measured
-#: single-threaded on the 2-core test machine (under load, medians of 5; bench/README.md): the 512 x 576 x 49152
-#: logits product took 470 ms whole, 516 ms in blocks of 256 columns and 709 ms in blocks of 128 rows.
-MATMUL_ROWS = 128
+#: How a matrix product x (rows, n) @ F (n, m) is cut, each block one BLAS call on one BLAS thread: into blocks
+#: of at least MATMUL_ROWS rows of x and MATMUL_WORK multiply-adds (a batch of small products, BERT's attention,
+#: into blocks of whole products), cut over x's leading axes as `row_blocks` cuts an output; a product with too few
+#: rows for two such blocks but a wide F (a short prompt's logits), or an F with MATMUL_WIDE times more columns
+#: than x has rows (F's bytes dwarf x's: the logits), into blocks of MATMUL_COLUMNS columns of F, so that F streams
+#: through the cache once, not once a block of rows.
+#: Fewer, larger blocks pay: a BLAS call packs (copies) its operands, and each block is a Python call. Measured on
+#: the 2-core test machine with nothing else running (min of 11, 2 threads; SmolLM2's 512-token prefill shapes):
+#: in ms, blocks of 128 / 256 rows / OpenBLAS's own 2 threads on the whole product: x @ F_qkv 3.39 / 3.14 / 3.03,
+#: q @ k^T 2.05 / 1.79 / 1.72, p @ V 2.33 / 2.15 / 2.00, F_o 3.73 / 1.80 / 1.75, F_gate_up 10.93 / 10.07 / 9.95,
+#: F_down 4.99 / 4.73 / 4.66, the logits 186.6 / 163.8 / 161.9 (256 columns: 160.8).
+MATMUL_ROWS = 256
+MATMUL_WORK = 1 << 23
 MATMUL_COLUMNS = 256
-#: Multiply-adds a block of a tall product does at least (~40-80 us on one core): enough to pay for its call.
-MATMUL_WORK = 1 << 22
+MATMUL_WIDE = 8
 #: Products of fewer rows are matrix-vector-like (a decode step's): memory-bound, one BLAS call.
 MATMUL_MIN_ROWS = 16
 
@@ -159,19 +167,21 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
     rows, m = math.prod(x_shape[:-1]), F_shape[-1]
     if len(x_shape) < 2 or rows < MATMUL_MIN_ROWS:
         return None
-    if rows < m and len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS:  # wide: blocks of columns of F
-        lead = (slice(None),) * (len(x_shape) - 1)
-        columns = [slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS)]
-        return [((), (slice(None), c), (*lead, c)) for c in columns]
-    # tall: blocks of x's rows (over its leading axes, as row_blocks cuts an output), each of at least
-    # MATMUL_ROWS rows and MATMUL_WORK multiply-adds: a batch of small products (MiniLM's attention, 768 products
-    # of 24 x 32 x 24) is cut into a few blocks of many products, not one block (one Python call) a product
-    n_m = x_shape[-1] * m
-    blocks = row_blocks((*x_shape[:-1], n_m), max(MATMUL_WORK, MATMUL_ROWS * n_m))
-    if blocks is None:
-        return None
-    batch = len(x_shape) - 2 if len(F_shape) > 2 else 0  # a batched F's leading axes are x's: sliced alike
-    return [(b, b[:batch], b) for b in blocks]  # (a matrix F is read whole)
+    columns = len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS
+    if columns and m >= MATMUL_WIDE * rows:  # F far larger than x (the logits): each block streams its own columns
+        return _column_blocks(x_shape, m)
+    blocks = row_blocks((*x_shape[:-1], x_shape[-1] * m), max(MATMUL_WORK, MATMUL_ROWS * x_shape[-1] * m))
+    if blocks is not None:  # blocks of x's rows
+        batch = len(x_shape) - 2 if len(F_shape) > 2 else 0  # a batched F's leading axes are x's: sliced alike
+        return [(b, b[:batch], b) for b in blocks]  # (a matrix F is read whole)
+    return _column_blocks(x_shape, m) if columns else None  # too few rows to cut, a wide F: its columns
+
+
+def _column_blocks(x_shape: tuple[int, ...], m: int) -> list[tuple[Block, Block, Block]]:
+    lead = (slice(None),) * (len(x_shape) - 1)
+    return [
+        ((), (slice(None), c), (*lead, c)) for c in (slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS))
+    ]
 
 
 def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:

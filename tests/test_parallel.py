@@ -203,11 +203,11 @@ def _product_gap(a: np.ndarray, b: np.ndarray, x: np.ndarray, F: np.ndarray, P: 
 def test_elementwise_and_reductions_cut_into_blocks_equal_the_whole(dtype: str) -> None:
     """Bit for bit: each element (each row of a reduction) is computed by the same ufunc calls on its block."""
     rng = np.random.default_rng(0)
-    z = _scores(rng, dtype, (3, 384, 300))  # (H, rows, n): 345,600 scores, cut into blocks of rows
-    x = rng.standard_normal((700, 576)).astype(dtype)  # (T, d)
-    u = rng.standard_normal((700, 576)).astype(dtype)
-    keep = causal_keep(128, 300, 3)  # (384, 300)
-    assert keep is not None and parallel.row_blocks(z.shape) is not None
+    z = _scores(rng, dtype, (3, 1536, 600))  # (H, rows, n): 2,764,800 scores, cut into blocks of rows
+    x = rng.standard_normal((1000, 576)).astype(dtype)  # (T, d)
+    u = rng.standard_normal((1000, 576)).astype(dtype)
+    keep = causal_keep(512, 600, 3)  # (1536, 600)
+    assert keep is not None and parallel.row_blocks(z.shape) is not None and parallel.row_blocks(x.shape) is not None
     for threads in (1, 2):
         ex = NumpyExecutor(dtype, threads=threads)
         m = ex.reduce(z, "max", op="m")
@@ -229,15 +229,15 @@ def test_elementwise_and_reductions_cut_into_blocks_equal_the_whole(dtype: str) 
 def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: bool) -> None:
     rng = np.random.default_rng(2)
     P = bd.Precision.of(dtype)
-    x = rng.standard_normal((300, 700)).astype(dtype)  # (T, n): a tall product, 3 blocks of rows (128, 128, 44)
+    x = rng.standard_normal((600, 700)).astype(dtype)  # (T, n): a tall product, 3 blocks of rows (256, 256, 88)
     F = rng.standard_normal((700, 50)).astype(dtype)  # (n, m)
-    q = rng.standard_normal((3, 800, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
-    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S): blocks of 728 and 72 rows of each head
-    qs = rng.standard_normal((48, 12, 24, 32)).astype(dtype)  # (B, H, T, hd): a batch of small products, cut
-    ks = rng.standard_normal((48, 12, 32, 24)).astype(dtype)  # over the batch axis: 18, 18, 12 sequences a block
+    q = rng.standard_normal((3, 1600, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
+    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S): blocks of 1456 and 144 rows of each head
+    qs = rng.standard_normal((96, 12, 24, 32)).astype(dtype)  # (B, H, T, hd): a batch of small products, cut
+    ks = rng.standard_normal((96, 12, 32, 24)).astype(dtype)  # over the batch axis: 37, 37, 22 sequences a block
     w = rng.standard_normal((40, 64)).astype(dtype)  # (T, n): a wide product, cut into blocks of columns
     W = rng.standard_normal((64, 1100)).astype(dtype)  # (n, m): 256, 256, 256, 256, 76 columns
-    xb = rng.standard_normal((2, 150, 700)).astype(dtype)  # (B, T, n) @ (n, m): rows of each sequence
+    xb = rng.standard_normal((2, 300, 700)).astype(dtype)  # (B, T, n) @ (n, m): rows of each sequence (256, 44)
     for a, b in ((x, F), (q, kT), (qs, ks), (w, W), (xb, F)):
         assert parallel.matmul_blocks(a.shape, b.shape) is not None
         one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
@@ -249,7 +249,7 @@ def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: boo
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("tile_size", [None, 100])
-@pytest.mark.parametrize("shape", [(3, 384, 300), (2, 3, 40, 2 * B // 40)])
+@pytest.mark.parametrize("shape", [(3, 1536, 300), (2, 3, 40, 2 * B // 40)])
 def test_blocked_attention_equals_the_one_shot(dtype: str, tile_size: int | None, shape: tuple[int, ...]) -> None:
     """softmax_tiles cut into blocks of rows (of every head: V is sliced with its head) vs the whole scores at once.
 
@@ -298,9 +298,20 @@ def _check_threads(model: Model, mode: str, ids: np.ndarray) -> None:
 @pytest.mark.parametrize("mode", ["baseline", "fused"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_tiny_model_is_bit_identical_on_any_thread_count(mode: str, dtype: str) -> None:
+    """A batch of 4 prompts of 220 tokens, then a decode step. The tiny model's context is 256 tokens, so one
+    prompt's arrays are all smaller than two blocks; a batch's attention scores (4, 2, 440, 220) are cut into
+    blocks of rows, and every product has a batch axis before its rows (a matrix F is read whole by each block)."""
     model = load_model("tiny", dtype)
-    ids = np.arange(220) % 256  # attention scores (2, 440, 220): cut into blocks
-    _check_threads(model, mode, ids)
+    ids = np.arange(4 * 220).reshape(4, 220) % 256  # (B, T)
+    assert parallel.row_blocks((4, 2, 440, 220)) is not None
+    w, outs = model.weights(mode), []  # type: ignore[arg-type]
+    for threads in (1, 2):
+        ex = NumpyExecutor(model.dtype, threads=threads)
+        cache = empty_cache(model.cfg, model.dtype, batch=4, capacity=221)
+        logits, cache = forward(w, model.cfg, ids, cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        step, _ = forward(w, model.cfg, np.argmax(logits[:, -1:], -1), cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        outs.append((logits, step))
+    assert same(outs[0], outs[1]), "1 and 2 threads differ"
 
 
 @pytest.fixture(scope="module")
@@ -313,17 +324,3 @@ def smollm2() -> Model:
 def test_smollm2_is_bit_identical_on_any_thread_count(smollm2: Model, mode: str) -> None:
     ids = np.random.default_rng(0).integers(100, 40000, 300)  # products (300 rows), scores (3, 900, 300): all cut
     _check_threads(smollm2, mode, ids)
-
-
-@pytest.mark.parametrize("mode", ["baseline", "fused"])
-def test_a_batch_is_bit_identical_on_any_thread_count(mode: str) -> None:
-    """(B, T) ids: every product has a batch axis before its rows (a matrix F is read whole by each block)."""
-    model = load_model("tiny")
-    ids = np.arange(2 * 150).reshape(2, 150) % 256  # (B, T)
-    w, outs = model.weights(mode), []  # type: ignore[arg-type]
-    for threads in (1, 2):
-        ex = NumpyExecutor(model.dtype, threads=threads)
-        logits, cache = forward(w, model.cfg, ids, empty_cache(model.cfg, batch=2, capacity=151), mode=mode, ex=ex)  # type: ignore[arg-type]
-        step, _ = forward(w, model.cfg, np.argmax(logits[:, -1:], -1), cache, mode=mode, ex=ex)  # type: ignore[arg-type]
-        outs.append((logits, step))
-    assert same(outs[0], outs[1]), "1 and 2 threads differ"
