@@ -151,6 +151,19 @@ def test_blocks_cover_every_element_once(shape: tuple[int, ...]) -> None:
     assert (count == 1).all()
 
 
+@pytest.mark.parametrize("shape", [(512, 1536), (3, 1536, 512), (64, 24, 1536), (7, 2 * B // 3, 3)])
+def test_blocks_are_balanced_and_even_in_number(shape: tuple[int, ...]) -> None:
+    """Two threads get equal work: the ranges of the split axis under each index of the axes before it differ in
+    length by at most one, and there are an even number of them."""
+    blocks = parallel.row_blocks(shape)
+    assert blocks is not None
+    ranges: dict[tuple[int, ...], list[int]] = {}
+    for b in blocks:
+        ranges.setdefault(tuple(s.start for s in b[:-1]), []).append(b[-1].stop - b[-1].start)
+    for lengths in ranges.values():
+        assert max(lengths) - min(lengths) <= 1 and (len(lengths) == 1 or len(lengths) % 2 == 0), lengths
+
+
 def test_small_outputs_are_not_cut() -> None:
     assert parallel.row_blocks((2 * B - 1,)) is None
     assert parallel.row_blocks((1, 2 * B - 1)) is None
@@ -229,15 +242,15 @@ def test_elementwise_and_reductions_cut_into_blocks_equal_the_whole(dtype: str) 
 def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: bool) -> None:
     rng = np.random.default_rng(2)
     P = bd.Precision.of(dtype)
-    x = rng.standard_normal((600, 700)).astype(dtype)  # (T, n): a tall product, 3 blocks of rows (256, 256, 88)
+    x = rng.standard_normal((600, 700)).astype(dtype)  # (T, n): a tall product, 4 blocks of 150 rows
     F = rng.standard_normal((700, 50)).astype(dtype)  # (n, m)
     q = rng.standard_normal((3, 1600, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
-    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S): blocks of 1456 and 144 rows of each head
+    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S): 2 blocks of 800 rows of each head
     qs = rng.standard_normal((96, 12, 24, 32)).astype(dtype)  # (B, H, T, hd): a batch of small products, cut
-    ks = rng.standard_normal((96, 12, 32, 24)).astype(dtype)  # over the batch axis: 37, 37, 22 sequences a block
+    ks = rng.standard_normal((96, 12, 32, 24)).astype(dtype)  # over the batch axis: 4 blocks of 24 sequences
     w = rng.standard_normal((40, 64)).astype(dtype)  # (T, n): a wide product, cut into blocks of columns
     W = rng.standard_normal((64, 1100)).astype(dtype)  # (n, m): 256, 256, 256, 256, 76 columns
-    xb = rng.standard_normal((2, 300, 700)).astype(dtype)  # (B, T, n) @ (n, m): rows of each sequence (256, 44)
+    xb = rng.standard_normal((2, 300, 700)).astype(dtype)  # (B, T, n) @ (n, m): 2 blocks of 150 rows a sequence
     for a, b in ((x, F), (q, kT), (qs, ks), (w, W), (xb, F)):
         assert parallel.matmul_blocks(a.shape, b.shape) is not None
         one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
