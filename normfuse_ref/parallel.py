@@ -170,9 +170,12 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
     columns = len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS
     if columns and m >= MATMUL_WIDE * rows:  # F far larger than x (the logits): each block streams its own columns
         return _column_blocks(x_shape, m)
-    blocks = row_blocks((*x_shape[:-1], x_shape[-1] * m), max(MATMUL_WORK, MATMUL_ROWS * x_shape[-1] * m))
-    if blocks is not None:  # blocks of x's rows
-        batch = len(x_shape) - 2 if len(F_shape) > 2 else 0  # a batched F's leading axes are x's: sliced alike
+    # a block re-packs the F it reads: a matrix F once a block, so blocks of at least MATMUL_ROWS rows; a batched
+    # F's own matrices once in all, unless one matrix's rows are cut (then MATMUL_ROWS of them a block)
+    batch = len(x_shape) - 2 if len(F_shape) > 2 else 0
+    floor = min(MATMUL_ROWS, x_shape[-2]) if batch else MATMUL_ROWS
+    blocks = row_blocks((*x_shape[:-1], x_shape[-1] * m), max(MATMUL_WORK, floor * x_shape[-1] * m))
+    if blocks is not None:  # blocks of x's rows; a batched F's leading axes are x's, sliced alike
         return [(b, b[:batch], b) for b in blocks]  # (a matrix F is read whole)
     return _column_blocks(x_shape, m) if columns else None  # too few rows to cut, a wide F: its columns
 
