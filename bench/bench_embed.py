@@ -82,7 +82,7 @@ def worker_normfuse(mode: str) -> tuple[Callable[[], None], dict[str, Any]]:
         e = model.embed(texts, mode, batch_size=SENTENCES)  # type: ignore[arg-type]
         assert e.shape == (SENTENCES, model.cfg.dim)
 
-    threads = f"{model.executor().thread_count} workers, OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
+    threads = f"{model.executor().thread_count} workers, 1 BLAS thread"  # the executor sets it for the process
     info = {"impl": f"normfuse {mode}", "threads": threads, "mean_tokens": _mean_tokens(tok.encode, texts)}
     return once, info
 

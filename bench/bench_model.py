@@ -17,7 +17,7 @@ both.
 
 Threads: torch its default (torch.get_num_threads(), printed); normfuse its executor's setting ($NORMFUSE_THREADS,
 else the CPUs: worker threads that run products, elementwise work and softmax in blocks of rows), with BLAS on one
-thread (`Model.forward`, `ops.step_blas_threads`). `--threads N` caps every worker at N.
+thread (`normfuse_ref.parallel.one_blas_thread`). `--threads N` caps every worker at N.
 
     .venv/bin/python bench/bench_model.py            # needs: normfuse fetch smollm2-135m; pip install -e ".[hf]"
     .venv/bin/python bench/bench_model.py --no-hf    # normfuse only

@@ -22,7 +22,7 @@ import numpy as np
 
 from normfuse_ref.models.llama.forward import forward
 from normfuse_ref.models.llama.model import Model, load_model, prompt_ids
-from normfuse_ref.ops import NumpyExecutor, ReduceKind, SoftmaxTiles, step_blas_threads
+from normfuse_ref.ops import NumpyExecutor, ReduceKind, SoftmaxTiles
 
 PREFILL = 512
 NEW_TOKENS = 64
@@ -86,8 +86,7 @@ def profile(model: Model, mode: Any, threads: int | None) -> None:
     ids = prompt_ids(model, "What is the capital of France?")
 
     def run(ex: Any, tokens: Any, cache: Any) -> Any:
-        with step_blas_threads():
-            return forward(w, model.cfg, tokens, cache, mode=mode, ex=ex)
+        return forward(w, model.cfg, tokens, cache, mode=mode, ex=ex)
 
     plain = NumpyExecutor(storage=model.dtype, **({} if threads is None else {"threads": threads}))
     run(plain, big, None)  # warm-up

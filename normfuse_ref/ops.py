@@ -34,11 +34,11 @@ shape is the broadcast of their inputs: the emulator relies on it in cost-only m
 they read as an argument (the plain executor then cuts their work into blocks of rows; a callable holding an array
 in a closure is computed whole). `layout` callables must only move data.
 
-Speed lives here and in `normfuse_ref.parallel`, nowhere else: `NumpyExecutor` cuts elementwise ops, reductions
-and the local softmax into blocks of rows on worker threads (bit for bit the same result for any thread count;
-see `normfuse_ref.parallel`), and `step_blas_threads` limits the BLAS threads around a whole forward step
-(threadpoolctl), for the callers that want it (`normfuse_ref.models.llama.model.Model.forward`). The thread count
-is one setting: `NumpyExecutor(threads=...)`, default $NORMFUSE_THREADS, else the CPUs this process may use.
+Speed lives here and in `normfuse_ref.parallel`, nowhere else: `NumpyExecutor` cuts products, elementwise ops,
+reductions and the local softmax into blocks on worker threads (bit for bit the same result for any thread count;
+see `normfuse_ref.parallel`). Making the first one sets two things for the whole process: BLAS on one thread (the
+workers run the parallel work) and malloc keeping freed memory for the next array. The thread count is one
+setting: `NumpyExecutor(threads=...)`, default $NORMFUSE_THREADS, else the CPUs this process may use.
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
 from .parallel import (
     BLOCK_ELEMENTS,
     Block,
-    blas_threads,
     block_of,
+    keep_freed_memory,
     matmul_blocks,
+    one_blas_thread,
     reads_only_arguments,
     row_blocks,
     run_blocks,
@@ -65,7 +66,7 @@ from .parallel import (
 )
 from .precision import Array, accumulation_dtype, matmul_acc, mean_acc, resolve_dtype, sum_acc
 
-__all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles", "blas_threads", "step_blas_threads"]
+__all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles"]
 
 #: What `reduce` computes over the last axis (keepdims): the row max, the row sum, the row mean, or the RMSNorm
 #: scale s = 1/sqrt(mean(x^2) + eps) (a sum of squares collective finished by an rsqrt on the SIMD unit). LayerNorm's
@@ -115,26 +116,6 @@ class Executor(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# BLAS threads, around a whole step
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def step_blas_threads() -> contextlib.AbstractContextManager[object]:
-    """BLAS on one thread around a whole forward step (threadpoolctl; ~10 us, so once a step, not once a product).
-
-    The executor's own workers run the parallel work: a large product is cut into blocks of rows
-    (`parallel.matmul_blocks`), each one single-threaded BLAS call. Two reasons, both measured on the 2-core test
-    machine (bench/README.md): OpenBLAS cuts a product by its thread count, and 1 and 2 OpenBLAS threads gave
-    different bits for some shapes (300 x 700 x 50 float32, not SmolLM2's), which would break the executor's
-    promise of the same bits for any thread count; and OpenBLAS's idle threads spin, so when another process keeps
-    a core busy a 2-thread product ran 2-75x slower than a 1-thread one. A decode step's matrix-vector products
-    are memory-bound and gain only ~20% bandwidth from a second thread on an idle machine (24 vs 20 GB/s).
-    Products inside a threaded block run on one BLAS thread whoever calls them (`parallel.run_blocks`).
-    """
-    return blas_threads(1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The plain executor
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -169,6 +150,8 @@ class NumpyExecutor:
         if self.tile_size is not None and self.tile_size < 1:
             raise ValueError(f"tile_size must be >= 1; got {self.tile_size}")
         self._threads = threads_setting(self.threads)
+        keep_freed_memory()  # once a process: fresh arrays from reused memory, not page-faulted in (parallel.py)
+        one_blas_thread()  # once a process: the executor's workers run the parallel work (parallel.py)
 
     @property
     def thread_count(self) -> int:

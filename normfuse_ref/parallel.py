@@ -17,18 +17,35 @@ the GIL while they work on an array). Two rules keep the numbers independent of 
 Blocks of ~64K elements also keep a multi-pass callable's temporaries (shifted_exp, normalise_rows, silu_gate each
 make 2-4 passes) in the core's L2 cache instead of streaming them through memory on every pass.
 
+Memory: a prefill writes each primitive's result into a fresh array (SmolLM2's attention scores are 9 MB a
+layer, written four times). glibc's malloc hands arrays above its mmap threshold (128 KiB, raised only as large
+blocks are freed) to and from the kernel, so every fresh array is page-faulted in and zeroed again: ~39,000 page
+faults and 0.3-0.5 s of system time a 512-token prefill, measured. `keep_freed_memory` (applied once, when the
+first plain executor is made) has malloc keep freed memory for the next array instead: 50-60 faults a prefill. It
+changes where memory comes from, never a value; $NORMFUSE_KEEP_MEMORY=0 leaves malloc as the process found it.
+
+BLAS: on one thread for the whole process, from when the first plain executor is made (`one_blas_thread`); the
+executor's own workers run the parallel work, each block one single-threaded BLAS call. Two reasons, both measured
+on the 2-core test machine (bench/README.md): OpenBLAS cuts a product by its own thread count, and 1 and 2 OpenBLAS
+threads gave different bits for some shapes (300 x 700 x 50 float32), which would break the promise of the same
+bits for any thread count; and OpenBLAS's idle threads spin, so when another process keeps a core busy a 2-thread
+product ran 2-75x slower than a 1-thread one (a SmolLM2 decode step called outside `Model.forward`, measured
+under load: 730 ms instead of 37). Set once, not around each call: threadpoolctl takes ~10 us a change.
+
 The one setting: the thread count, `NumpyExecutor(threads=...)`, default the environment variable NORMFUSE_THREADS,
-else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them);
-BLAS runs on one thread throughout (`run_blocks`, `ops.step_blas_threads`). Only speed depends on it.
+else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them).
+Only speed depends on it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import math
 import os
+import platform
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -37,13 +54,18 @@ import numpy as np
 
 __all__ = [
     "BLOCK_ELEMENTS",
+    "KEEP_MEMORY_ENV",
     "MATMUL_COLUMNS",
     "MATMUL_MIN_ROWS",
     "MATMUL_ROWS",
+    "MATMUL_WIDE",
+    "MATMUL_WORK",
     "THREADS_ENV",
     "blas_threads",
     "block_of",
+    "keep_freed_memory",
     "matmul_blocks",
+    "one_blas_thread",
     "reads_only_arguments",
     "row_blocks",
     "run_blocks",
@@ -53,20 +75,41 @@ __all__ = [
 #: The environment variable that sets the thread count when the executor is given none.
 THREADS_ENV = "NORMFUSE_THREADS"
 
-#: Output elements a block holds (at least one row of the last axis). 64K float32 elements are 256 KB: with the
-#: block's inputs and a callable's one or two temporaries it stays within a 1-2 MB L2 cache; fewer, larger
-#: blocks make the per-block Python overhead (~5 us) smaller still but spill the temporaries to memory.
-BLOCK_ELEMENTS = 1 << 16
+#: The environment variable that, set to 0, leaves the C allocator's settings alone (`keep_freed_memory`).
+KEEP_MEMORY_ENV = "NORMFUSE_KEEP_MEMORY"
 
-#: How a matrix product x (rows, n) @ F (n, m) is cut, each block one BLAS call on one BLAS thread. A BLAS call
-#: packs (copies) both operands into its kernel's layout, so a block should re-pack only the smaller one: a wide
-#: product (rows < m: every weight product of a prefill, the logits above all) is cut into blocks of
-#: MATMUL_COLUMNS columns of F (each column of F packed once, x re-packed per block); a tall one (rows >= m: the
-#: attention scores of a long prompt, q (G T, hd) @ k^T (hd, S)) into blocks of MATMUL_ROWS rows of x. Measured
-#: single-threaded on the 2-core test machine (under load, medians of 5; bench/README.md): the 512 x 576 x 49152
-#: logits product took 470 ms whole, 516 ms in blocks of 256 columns and 709 ms in blocks of 128 rows.
-MATMUL_ROWS = 128
+#: glibc mallopt parameters (malloc.h) and the values `keep_freed_memory` gives them. Arrays below MMAP_THRESHOLD
+#: come from malloc's heap, where freed memory stays resident for the next array unless more than TRIM_THRESHOLD
+#: of it is free at the heap's top. 32 MiB is the largest threshold 64-bit glibc accepts (half its 64 MiB heap
+#: size); it covers every activation of SmolLM2 and MiniLM but the logits of a long prompt (mapped and faulted in
+#: once a call, in 2 MiB huge pages). The 1 GiB trim threshold bounds what a process keeps beyond its peak.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 1 << 30
+
+#: Output elements a block holds (at least one row of the last axis): 256K, 1 MB of float32. Each block is a
+#: Python call that needs the GIL, so small blocks make the threads queue for it. Measured on the 2-core test
+#: machine with nothing else running (min of 11; SmolLM2's 3 x 1536 x 512 causal scores, 2 threads), ms for blocks
+#: of 16K / 64K / 256K / 512K elements: the mask 4.21 / 1.57 / 1.27 / 1.26, e^{z - m} 8.52 / 2.16 / 1.28 / 1.29,
+#: the division by l 5.14 / 2.21 / 1.07 / 1.07, the row max 1.62 / 0.61 / 0.30 / 0.29 (one thread, whole:
+#: e^{z - m} 1.74).
+BLOCK_ELEMENTS = 1 << 18
+
+#: How a matrix product x (rows, n) @ F (n, m) is cut, each block one BLAS call on one BLAS thread: into blocks
+#: of at least MATMUL_ROWS rows of x and MATMUL_WORK multiply-adds (a batch of small products, BERT's attention,
+#: into blocks of whole products), cut over x's leading axes as `row_blocks` cuts an output; a product with too few
+#: rows for two such blocks but a wide F (a short prompt's logits), or an F with MATMUL_WIDE times more columns
+#: than x has rows (F's bytes dwarf x's: the logits), into blocks of MATMUL_COLUMNS columns of F, so that F streams
+#: through the cache once, not once a block of rows.
+#: Fewer, larger blocks pay: a BLAS call packs (copies) its operands, and each block is a Python call. Measured on
+#: the 2-core test machine with nothing else running (min of 11, 2 threads; SmolLM2's 512-token prefill shapes):
+#: in ms, blocks of 128 / 256 rows / OpenBLAS's own 2 threads on the whole product: x @ F_qkv 3.39 / 3.14 / 3.03,
+#: q @ k^T 2.05 / 1.79 / 1.72, p @ V 2.33 / 2.15 / 2.00, F_o 3.73 / 1.80 / 1.75, F_gate_up 10.93 / 10.07 / 9.95,
+#: F_down 4.99 / 4.73 / 4.66, the logits 186.6 / 163.8 / 161.9 (256 columns: 160.8).
+MATMUL_ROWS = 256
+MATMUL_WORK = 1 << 23
 MATMUL_COLUMNS = 256
+MATMUL_WIDE = 8
 #: Products of fewer rows are matrix-vector-like (a decode step's): memory-bound, one BLAS call.
 MATMUL_MIN_ROWS = 16
 
@@ -102,19 +145,19 @@ def reads_only_arguments(fn: Callable[..., Any]) -> bool:
     return not any(isinstance(v, np.ndarray) for v in held)
 
 
-def row_blocks(shape: tuple[int, ...]) -> list[Block] | None:
+def row_blocks(shape: tuple[int, ...], per_block: int = BLOCK_ELEMENTS) -> list[Block] | None:
     """Blocks of rows covering an output of `shape` (index tuples over its leading axes), or None when it is
-    smaller than two blocks (computed whole).
+    smaller than two blocks (computed whole). A block holds about `per_block` elements, at least one row.
 
     The split axis is the outermost one whose rows (everything after it) fit in a block; the axes before it are
-    taken one index at a time and the split axis in ranges of as many rows as fit in BLOCK_ELEMENTS.
+    taken one index at a time and the split axis in ranges of as many rows as fit in `per_block`.
     """
-    if len(shape) < 2 or math.prod(shape) < 2 * BLOCK_ELEMENTS:
+    if len(shape) < 2 or math.prod(shape) < 2 * per_block:
         return None
     a = 0
-    while a < len(shape) - 2 and math.prod(shape[a + 1 :]) > BLOCK_ELEMENTS:
+    while a < len(shape) - 2 and math.prod(shape[a + 1 :]) > per_block:
         a += 1
-    return _ranges(shape[: a + 1], max(1, BLOCK_ELEMENTS // math.prod(shape[a + 1 :])))
+    return _ranges(shape[: a + 1], max(1, per_block // math.prod(shape[a + 1 :])))
 
 
 def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tuple[Block, Block, Block]] | None:
@@ -124,22 +167,40 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
     rows, m = math.prod(x_shape[:-1]), F_shape[-1]
     if len(x_shape) < 2 or rows < MATMUL_MIN_ROWS:
         return None
-    if rows < m and len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS:  # wide: blocks of columns of F
-        lead = (slice(None),) * (len(x_shape) - 1)
-        columns = [slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS)]
-        return [((), (slice(None), c), (*lead, c)) for c in columns]
-    if rows < 2 * MATMUL_ROWS:
-        return None
-    batched = len(F_shape) > 2  # F's leading axes are x's: sliced with them; a matrix F is read whole
-    return [(b, b[:-1] if batched else (), b) for b in _ranges(x_shape[:-1], MATMUL_ROWS)]  # tall: rows of x
+    columns = len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS
+    if columns and m >= MATMUL_WIDE * rows:  # F far larger than x (the logits): each block streams its own columns
+        return _column_blocks(x_shape, m)
+    # a block re-packs the F it reads: a matrix F once a block, so blocks of at least MATMUL_ROWS rows; a batched
+    # F's own matrices once in all, unless one matrix's rows are cut (then MATMUL_ROWS of them a block)
+    batch = len(x_shape) - 2 if len(F_shape) > 2 else 0
+    floor = min(MATMUL_ROWS, x_shape[-2]) if batch else MATMUL_ROWS
+    blocks = row_blocks((*x_shape[:-1], x_shape[-1] * m), max(MATMUL_WORK, floor * x_shape[-1] * m))
+    if blocks is not None:  # blocks of x's rows; a batched F's leading axes are x's, sliced alike
+        return [(b, b[:batch], b) for b in blocks]  # (a matrix F is read whole)
+    return _column_blocks(x_shape, m) if columns else None  # too few rows to cut, a wide F: its columns
+
+
+def _column_blocks(x_shape: tuple[int, ...], m: int) -> list[tuple[Block, Block, Block]]:
+    lead = (slice(None),) * (len(x_shape) - 1)
+    return [
+        ((), (slice(None), c), (*lead, c)) for c in (slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS))
+    ]
 
 
 def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:
-    """The axes of `lead` but its last one index at a time, its last one in ranges of `step`."""
+    """The axes of `lead` but its last one index at a time, its last one in ranges of at most `step`.
+
+    The ranges are balanced (lengths differ by at most one) and, when there are several, even in number: 512 rows
+    at a step of 170 are four ranges of 128, not 170, 170, 170 and 2, so that two threads get equal work whatever
+    the shape (a rule on the shape alone, as the bits require)."""
+    n = lead[-1]
+    k = -(-n // step)
+    k = min(n, k + k % 2) if k > 1 else 1
+    bounds = [i * n // k for i in range(k + 1)]
     return [
-        (*(slice(i, i + 1) for i in index), slice(r, r + step))
+        (*(slice(i, i + 1) for i in index), slice(bounds[j], bounds[j + 1]))
         for index in np.ndindex(*lead[:-1])
-        for r in range(0, lead[-1], step)
+        for j in range(k)
     ]
 
 
@@ -150,6 +211,24 @@ def block_of(x: Any, b: Block, ndim: int) -> Any:
     offset = ndim - len(shape)  # input axis i is output axis offset + i
     index = tuple(b[offset + i] if shape[i] != 1 else slice(None) for i in range(max(0, len(b) - offset)))
     return x[index] if index else x
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse (see the module docstring): True when applied, False when
+    $NORMFUSE_KEEP_MEMORY is 0 or the C library is not glibc (nothing is changed then). Once a process."""
+    if os.environ.get(KEEP_MEMORY_ENV, "").strip() == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+@functools.cache
+def one_blas_thread() -> None:
+    """BLAS on one thread from now on, for the whole process (see the module docstring). Once a process; a BLAS
+    library loaded later (torch's, say) is left alone."""
+    _blas().limit(limits=1, user_api="blas")  # not a context: the limit stays
 
 
 @functools.cache
@@ -180,20 +259,17 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
 
 def run_blocks(work: Callable[[B], None], blocks: Sequence[B], threads: int) -> None:
     """work(b) for every block, on the calling thread and threads - 1 workers, each taking the next block not yet
-    taken (so a thread slowed by another process takes fewer blocks); BLAS held to one thread meanwhile.
-
-    Which thread runs a block changes nothing in it. BLAS is held to one thread on one thread too: OpenBLAS cuts a
-    product by its own thread count, which would make a block's bits depend on it (ops.step_blas_threads)."""
+    taken (so a thread slowed by another process takes fewer blocks). Which thread runs a block changes nothing
+    in it (BLAS is on one thread: `one_blas_thread`)."""
     todo = iter(blocks)  # shared by the threads: next() on a list iterator is atomic under the GIL
 
     def drain() -> None:
         for b in todo:
             work(b)
 
-    with blas_threads(1):
-        helpers = [_pool(threads - 1).submit(drain) for _ in range(min(threads, len(blocks)) - 1)]
-        try:
-            drain()
-        finally:
-            for f in helpers:
-                f.result()
+    helpers = [_pool(threads - 1).submit(drain) for _ in range(min(threads, len(blocks)) - 1)]
+    try:
+        drain()
+    finally:
+        for f in helpers:
+            f.result()

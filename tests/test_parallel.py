@@ -11,7 +11,11 @@ kernel, hence its summation order, by a product's size).
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import re
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -42,6 +46,71 @@ def same(a: object, b: object) -> bool:
         return isinstance(b, tuple) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     x, y = np.asarray(a), np.asarray(b)
     return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory: freed arrays are reused, not page-faulted in again
+# ---------------------------------------------------------------------------------------------------------------
+
+# A prefill's pattern in miniature: a few arrays of a layer's score size made, written and freed, again and again.
+# Prints the page faults of the rounds after the first (the first grows the heap) and whether the setting applied.
+_FAULTS = """
+import resource, numpy as np
+from normfuse_ref.ops import NumpyExecutor
+from normfuse_ref import parallel
+NumpyExecutor()
+def round_():
+    arrays = [np.empty(9 << 18, np.float32) for _ in range(4)]  # 4 x 9 MiB
+    for a in arrays:
+        a.fill(1.0)
+round_()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    round_()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0, parallel.keep_freed_memory())
+"""
+
+
+def _faults(env: dict[str, str]) -> tuple[int, bool]:
+    run = subprocess.run([sys.executable, "-c", _FAULTS], env={**os.environ, **env}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    faults, applied = run.stdout.split()
+    return int(faults), applied == "True"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc's settings are glibc's")
+def test_the_executor_keeps_freed_memory_for_the_next_array() -> None:
+    """With the setting (applied by making a NumpyExecutor), 5 rounds of 4 fresh 9 MiB arrays reuse the memory
+    the first round freed: a handful of page faults, against ~2,300 a round (one per 4 KiB page) when malloc
+    returns the arrays to the kernel. The control, the same rounds with $NORMFUSE_KEEP_MEMORY=0, shows the test
+    can fail: glibc's own adaptive threshold trims the freed arrays at the heap's top and faults them in again."""
+    kept, applied = _faults({parallel.KEEP_MEMORY_ENV: "1"})
+    assert applied
+    assert kept < 100
+    returned, applied = _faults({parallel.KEEP_MEMORY_ENV: "0"})
+    assert not applied
+    assert returned > 5 * 1000  # 5 rounds x 4 arrays x 2,304 pages, less what the kernel's huge pages save
+
+
+_BLAS = """
+import threadpoolctl
+from normfuse_ref.ops import NumpyExecutor
+def threads():
+    return sorted({lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"})
+before = threads()
+NumpyExecutor()
+print(before, threads())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="BLAS already runs on one thread on one CPU")
+def test_making_an_executor_puts_blas_on_one_thread_for_the_process() -> None:
+    """After the first NumpyExecutor, every BLAS call in the process is single-threaded (the products its forward
+    issues outside any block included: a decode step's), where before it BLAS ran on every CPU."""
+    run = subprocess.run([sys.executable, "-c", _BLAS], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    before, after = run.stdout.strip().split("] [")
+    assert before != "[1" and after == "1]", run.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,6 +149,19 @@ def test_blocks_cover_every_element_once(shape: tuple[int, ...]) -> None:
         count[b] += 1
         assert count[b].size <= max(B, shape[-1])  # a block is at most BLOCK_ELEMENTS, or one row
     assert (count == 1).all()
+
+
+@pytest.mark.parametrize("shape", [(512, 1536), (3, 1536, 512), (64, 24, 1536), (7, 2 * B // 3, 3)])
+def test_blocks_are_balanced_and_even_in_number(shape: tuple[int, ...]) -> None:
+    """Two threads get equal work: the ranges of the split axis under each index of the axes before it differ in
+    length by at most one, and there are an even number of them."""
+    blocks = parallel.row_blocks(shape)
+    assert blocks is not None
+    ranges: dict[tuple[int, ...], list[int]] = {}
+    for b in blocks:
+        ranges.setdefault(tuple(s.start for s in b[:-1]), []).append(b[-1].stop - b[-1].start)
+    for lengths in ranges.values():
+        assert max(lengths) - min(lengths) <= 1 and (len(lengths) == 1 or len(lengths) % 2 == 0), lengths
 
 
 def test_small_outputs_are_not_cut() -> None:
@@ -134,11 +216,11 @@ def _product_gap(a: np.ndarray, b: np.ndarray, x: np.ndarray, F: np.ndarray, P: 
 def test_elementwise_and_reductions_cut_into_blocks_equal_the_whole(dtype: str) -> None:
     """Bit for bit: each element (each row of a reduction) is computed by the same ufunc calls on its block."""
     rng = np.random.default_rng(0)
-    z = _scores(rng, dtype, (3, 384, 300))  # (H, rows, n): 345,600 scores, cut into blocks of rows
-    x = rng.standard_normal((700, 576)).astype(dtype)  # (T, d)
-    u = rng.standard_normal((700, 576)).astype(dtype)
-    keep = causal_keep(128, 300, 3)  # (384, 300)
-    assert keep is not None and parallel.row_blocks(z.shape) is not None
+    z = _scores(rng, dtype, (3, 1536, 600))  # (H, rows, n): 2,764,800 scores, cut into blocks of rows
+    x = rng.standard_normal((1000, 576)).astype(dtype)  # (T, d)
+    u = rng.standard_normal((1000, 576)).astype(dtype)
+    keep = causal_keep(512, 600, 3)  # (1536, 600)
+    assert keep is not None and parallel.row_blocks(z.shape) is not None and parallel.row_blocks(x.shape) is not None
     for threads in (1, 2):
         ex = NumpyExecutor(dtype, threads=threads)
         m = ex.reduce(z, "max", op="m")
@@ -160,14 +242,16 @@ def test_elementwise_and_reductions_cut_into_blocks_equal_the_whole(dtype: str) 
 def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: bool) -> None:
     rng = np.random.default_rng(2)
     P = bd.Precision.of(dtype)
-    x = rng.standard_normal((300, 700)).astype(dtype)  # (T, n): a tall product, 3 blocks of rows (128, 128, 44)
+    x = rng.standard_normal((600, 700)).astype(dtype)  # (T, n): a tall product, 4 blocks of 150 rows
     F = rng.standard_normal((700, 50)).astype(dtype)  # (n, m)
-    q = rng.standard_normal((3, 400, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
-    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S)
+    q = rng.standard_normal((3, 1600, 64)).astype(dtype)  # (H, rows, hd): per-head products, a batched F
+    kT = rng.standard_normal((3, 64, 90)).astype(dtype)  # (H, hd, S): 2 blocks of 800 rows of each head
+    qs = rng.standard_normal((96, 12, 24, 32)).astype(dtype)  # (B, H, T, hd): a batch of small products, cut
+    ks = rng.standard_normal((96, 12, 32, 24)).astype(dtype)  # over the batch axis: 4 blocks of 24 sequences
     w = rng.standard_normal((40, 64)).astype(dtype)  # (T, n): a wide product, cut into blocks of columns
     W = rng.standard_normal((64, 1100)).astype(dtype)  # (n, m): 256, 256, 256, 256, 76 columns
-    xb = rng.standard_normal((2, 150, 64)).astype(dtype)  # (B, T, n) @ (n, m): rows of each sequence
-    for a, b in ((x, F), (q, kT), (w, W), (xb, F[:64])):
+    xb = rng.standard_normal((2, 300, 700)).astype(dtype)  # (B, T, n) @ (n, m): 2 blocks of 150 rows a sequence
+    for a, b in ((x, F), (q, kT), (qs, ks), (w, W), (xb, F)):
         assert parallel.matmul_blocks(a.shape, b.shape) is not None
         one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
         two = NumpyExecutor(dtype, threads=2).matmul(a, b, op="mm", keep_acc=keep_acc)
@@ -178,7 +262,7 @@ def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: boo
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("tile_size", [None, 100])
-@pytest.mark.parametrize("shape", [(3, 384, 300), (2, 3, 40, 2 * B // 40)])
+@pytest.mark.parametrize("shape", [(3, 1536, 300), (2, 3, 40, 2 * B // 40)])
 def test_blocked_attention_equals_the_one_shot(dtype: str, tile_size: int | None, shape: tuple[int, ...]) -> None:
     """softmax_tiles cut into blocks of rows (of every head: V is sliced with its head) vs the whole scores at once.
 
@@ -210,12 +294,11 @@ def test_blocked_attention_equals_the_one_shot(dtype: str, tile_size: int | None
 
 def _prefill_and_decode(model: Model, mode: str, ids: np.ndarray, threads: int) -> list[np.ndarray]:
     w, ex = model.weights(mode), NumpyExecutor(model.dtype, threads=threads)  # type: ignore[arg-type]
-    with ops.step_blas_threads():  # as Model.forward runs a step
-        logits, cache = forward(w, model.cfg, ids, model.cache(len(ids) + 3), mode=mode, ex=ex)  # type: ignore[arg-type]
-        out = [logits]
-        for _ in range(3):
-            logits, cache = forward(w, model.cfg, [int(np.argmax(logits[-1]))], cache, mode=mode, ex=ex)  # type: ignore[arg-type]
-            out.append(logits)
+    logits, cache = forward(w, model.cfg, ids, model.cache(len(ids) + 3), mode=mode, ex=ex)  # type: ignore[arg-type]
+    out = [logits]
+    for _ in range(3):
+        logits, cache = forward(w, model.cfg, [int(np.argmax(logits[-1]))], cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        out.append(logits)
     return out
 
 
@@ -228,9 +311,20 @@ def _check_threads(model: Model, mode: str, ids: np.ndarray) -> None:
 @pytest.mark.parametrize("mode", ["baseline", "fused"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_tiny_model_is_bit_identical_on_any_thread_count(mode: str, dtype: str) -> None:
+    """A batch of 4 prompts of 220 tokens, then a decode step. The tiny model's context is 256 tokens, so one
+    prompt's arrays are all smaller than two blocks; a batch's attention scores (4, 2, 440, 220) are cut into
+    blocks of rows, and every product has a batch axis before its rows (a matrix F is read whole by each block)."""
     model = load_model("tiny", dtype)
-    ids = np.arange(220) % 256  # attention scores (2, 440, 220): cut into blocks
-    _check_threads(model, mode, ids)
+    ids = np.arange(4 * 220).reshape(4, 220) % 256  # (B, T)
+    assert parallel.row_blocks((4, 2, 440, 220)) is not None
+    w, outs = model.weights(mode), []  # type: ignore[arg-type]
+    for threads in (1, 2):
+        ex = NumpyExecutor(model.dtype, threads=threads)
+        cache = empty_cache(model.cfg, model.dtype, batch=4, capacity=221)
+        logits, cache = forward(w, model.cfg, ids, cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        step, _ = forward(w, model.cfg, np.argmax(logits[:, -1:], -1), cache, mode=mode, ex=ex)  # type: ignore[arg-type]
+        outs.append((logits, step))
+    assert same(outs[0], outs[1]), "1 and 2 threads differ"
 
 
 @pytest.fixture(scope="module")
@@ -243,18 +337,3 @@ def smollm2() -> Model:
 def test_smollm2_is_bit_identical_on_any_thread_count(smollm2: Model, mode: str) -> None:
     ids = np.random.default_rng(0).integers(100, 40000, 300)  # products (300 rows), scores (3, 900, 300): all cut
     _check_threads(smollm2, mode, ids)
-
-
-@pytest.mark.parametrize("mode", ["baseline", "fused"])
-def test_a_batch_is_bit_identical_on_any_thread_count(mode: str) -> None:
-    """(B, T) ids: every product has a batch axis before its rows (a matrix F is read whole by each block)."""
-    model = load_model("tiny")
-    ids = np.arange(2 * 150).reshape(2, 150) % 256  # (B, T)
-    w, outs = model.weights(mode), []  # type: ignore[arg-type]
-    for threads in (1, 2):
-        ex = NumpyExecutor(model.dtype, threads=threads)
-        with ops.step_blas_threads():
-            logits, cache = forward(w, model.cfg, ids, empty_cache(model.cfg, batch=2, capacity=151), mode=mode, ex=ex)  # type: ignore[arg-type]
-            step, _ = forward(w, model.cfg, np.argmax(logits[:, -1:], -1), cache, mode=mode, ex=ex)  # type: ignore[arg-type]
-        outs.append((logits, step))
-    assert same(outs[0], outs[1]), "1 and 2 threads differ"

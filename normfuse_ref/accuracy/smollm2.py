@@ -47,7 +47,7 @@ from ..models.llama.forward import empty_cache, forward
 from ..models.llama.model import Model
 from ..models.llama.tokenizer import TextTokenizer
 from ..models.llama.weights import Fold, Mode, pack_blocks_inplace, prepare, prepared_shapes
-from ..ops import Executor, NumpyExecutor, step_blas_threads
+from ..ops import Executor, NumpyExecutor
 from ..precision import resolve_dtype
 from .corpus import Corpus
 from .costs import study_costs
@@ -159,14 +159,13 @@ class Runner:
 
     def greedy(self, prompts: NDArray[np.int64], n: int) -> NDArray[np.int64]:
         """(P, n) tokens: each row of prompts (P, T0) continued greedily (argmax, ties to the lowest id), one
-        forward step per token as `Model.forward` takes them (BLAS on one thread around each step, `ops.step_blas_threads`)."""
+        forward step per token as `Model.forward` takes them."""
         P, T0 = prompts.shape
         cache = empty_cache(self.cfg, self.w["token_embd"].dtype, batch=P, capacity=T0 + n)
         ids = prompts
         steps: list[NDArray[np.int64]] = []
         for _ in range(n):
-            with step_blas_threads():
-                logits, cache = forward(self.w, self.cfg, ids, cache, mode=self.mode, ex=self.ex)  # (P, T, V)
+            logits, cache = forward(self.w, self.cfg, ids, cache, mode=self.mode, ex=self.ex)  # (P, T, V)
             steps.append(np.argmax(np.asarray(logits[:, -1], dtype=np.float32), axis=-1))  # (P,)
             ids = steps[-1][:, None]  # (P, 1)
         return np.stack(steps, axis=1).astype(np.int64)  # (P, n)

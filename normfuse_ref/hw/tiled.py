@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from ..fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
 from ..ops import NumpyExecutor
 
-__all__ = ["TiledKernels", "tree_list", "tree_reduce"]
+__all__ = ["TiledKernels", "tree_reduce"]
 
 Array = NDArray[Any]
 
@@ -37,14 +37,6 @@ def tree_reduce(p: Array, combine: np.ufunc) -> Array:
             p[h] = p[k - 1]
         k = h + k % 2
     return p[0]
-
-
-def tree_list(parts: list[Array]) -> Array:
-    """The same tree over a list of arrays the caller owns (added in place)."""
-    while len(parts) > 1:
-        paired = [np.add(parts[i], parts[i + 1], out=parts[i]) for i in range(0, len(parts) - 1, 2)]
-        parts = paired + parts[len(parts) - 1 :] if len(parts) % 2 else paired
-    return parts[0]
 
 
 def _pad(a: Array, to: int, value: float, axis: int) -> Array:
@@ -76,9 +68,14 @@ class TiledKernels:
         n = Fa.shape[-2]
         if n <= tk:  # one tile: the plain product (and NumpyExecutor's BLAS thread policy)
             return self._tile.matmul(xa, Fa, op="tile")
-        mm = self._tile.matmul
-        parts = [mm(xa[..., j : j + tk], Fa[..., j : j + tk, :], op="tile") for j in range(0, n, tk)]  # (..., m)
-        return tree_list(parts)
+        k = -(-n // tk)  # tiles along K; the last one's unused rows hold zeros, as a DIMC tile's would
+        xt = np.moveaxis(_pad(xa, k * tk, 0.0, -1).reshape(*xa.shape[:-1], k, tk), -2, 0)  # (k, ..., tk)
+        Ft = np.moveaxis(
+            _pad(Fa, k * tk, 0.0, -2).reshape(*Fa.shape[:-2], k, tk, Fa.shape[-1]), -3, 0
+        )  # (k, .., tk, m)
+        Ft = Ft.reshape(k, *(1,) * (xt.ndim - Ft.ndim), *Ft.shape[1:])  # a matrix F broadcasts over x's rows
+        parts = self._tile.matmul(xt, Ft, op="tile")  # (k, ..., m)   every tile's partial product, one call
+        return tree_reduce(parts, np.add)  # (..., m)
 
     def reduce(self, xa: Array, kind: str, eps: float, chunk: int) -> Array:
         """Per-slice partials over chunks of `chunk` elements, combined by a binary tree; then the kind's finish."""

@@ -14,8 +14,8 @@ The other presets are shape-only (the emulator times them without weights) and a
 
 `Model` is a frozen record of (cfg, params, tokenizer, dtype). The weights `forward` reads are prepared once per
 mode, on first use (`weights.prepare`; fused mode folds the RMSNorm gains), and kept: a model that only ever runs
-fused never pays for baseline weights. `Model.forward` runs each step with BLAS on one thread (`ops.step_blas_threads`):
-the executor's workers cut large products into blocks ($NORMFUSE_THREADS).
+fused never pays for baseline weights. The executor's workers cut large products into blocks ($NORMFUSE_THREADS),
+each one single-threaded BLAS call (`normfuse_ref.parallel`).
 
 Generation is prefill (the whole prompt in one forward call) and then one forward call per new token with the
 KV cache. Greedy by default (argmax, ties to the lowest id); with temperature > 0, a seeded inverse-CDF draw from
@@ -36,7 +36,6 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ...extras import require
-from ...ops import step_blas_threads
 from ...precision import Array, resolve_dtype
 from ..loaded import LoadedModel
 from .config import PRESETS, LlamaConfig, get_preset
@@ -68,8 +67,7 @@ class Model(LoadedModel[LlamaConfig, TextTokenizer]):
 
     def forward(self, ids: ArrayLike, cache: KVCache | None = None, mode: Mode = "fused") -> tuple[Array, KVCache]:
         """Logits ([B,] T, V) of the new tokens `ids` after `cache`, and the extended cache (see `forward`)."""
-        with step_blas_threads():
-            return forward(self.weights(mode), self.cfg, ids, cache, mode=mode, ex=self.executor())
+        return forward(self.weights(mode), self.cfg, ids, cache, mode=mode, ex=self.executor())
 
 
 def _other_family_presets() -> dict[str, str]:
