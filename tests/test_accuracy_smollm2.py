@@ -20,7 +20,6 @@ from normfuse_ref.accuracy.smollm2 import LlamaRuns, Runner, corpus_prompts, cor
 from normfuse_ref.accuracy.study import ORACLE, RunSpec, StudyConfig
 from normfuse_ref.models.llama.forward import empty_cache, forward
 from normfuse_ref.models.llama.model import Model
-from normfuse_ref.ops import step_blas_threads
 from tests.tolerances import smollm2_tol
 
 from .test_model_smollm2 import model  # noqa: F401  (the fixture fetches the model once)
@@ -81,8 +80,7 @@ def test_greedy_agreement_by_teacher_forcing_against_decoding_on_smollm2(model: 
         cache = empty_cache(r.cfg, r.w["token_embd"].dtype, batch=P, capacity=T0 + n)
         ids, steps = prompts, []
         for t in range(n):  # the decoder, fed G: its greedy run until its first disagreement
-            with step_blas_threads():
-                logits, cache = forward(r.w, r.cfg, ids, cache, mode=r.mode, ex=r.ex)  # (P, T, V)
+            logits, cache = forward(r.w, r.cfg, ids, cache, mode=r.mode, ex=r.ex)  # (P, T, V)
             steps.append(np.asarray(logits[:, -1], dtype=np.float32))  # (P, V)
             ids = g64[:, t : t + 1]  # (P, 1)
         dec = np.stack(steps, axis=1)  # (P, n, V)
