@@ -179,3 +179,27 @@ def test_smollm2_emulated_equals_plain(model: Model, mode: str) -> None:  # noqa
     plain2, _ = forward(w, cfg, nxt, cache_p, mode=mode)  # type: ignore[arg-type]
     emul2, _ = forward(w, cfg, nxt, cache_e, mode=mode, ex=EmulatingExecutor(hw, mp))  # type: ignore[arg-type]
     assert float(np.abs(logits_of(emul2) - plain2).max()) <= smollm2_tol(cfg, plain2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiled_products_in_column_blocks_agree_with_the_one_call_tiles(
+    monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    """A weight product of many rows runs its tiles' partials and adder tree a block of columns at a time on the
+    executor's workers; the same tiles in one batched call (the path of a decode step) must agree with it within
+    twice the product's rounding bound (only BLAS's choice of kernel for each call's shape differs), and both with
+    the exact product. 1100 columns: four full blocks and a short one; K = 200: three full tiles and a padded one."""
+    from normfuse_ref.accuracy import bounds as bd
+    from normfuse_ref.hw import tiled
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((32, 200)).astype(dtype)  # (T, n)
+    F = rng.standard_normal((200, 1100)).astype(dtype)  # (n, m)
+    kernels = tiled.TiledKernels(np.dtype(dtype), tile_rows=64)
+    blocks = kernels.matmul(x, F)
+    monkeypatch.setattr(tiled, "MATMUL_COLUMNS", 10**9)  # every column in the one batched call
+    one_call = kernels.matmul(x, F)
+    bound = bd.matmul(bd.exact(x), bd.exact(F), bd.Precision.of(dtype)).b  # (T, m)
+    exact = x.astype(np.float64) @ F.astype(np.float64)
+    assert (np.abs(blocks - one_call) <= 2 * bound).all()
+    assert (np.abs(blocks - exact) <= bound).all() and (np.abs(one_call - exact) <= bound).all()
