@@ -128,3 +128,14 @@ def test_spread_ratio() -> None:
         and spread_ratio(1e-9, 0.0) == SPREAD_CAP
         and spread_ratio(-1e-9, 0.0) == -SPREAD_CAP
     )
+
+
+def test_the_committed_page_is_the_codes_output_for_its_own_data() -> None:
+    """docs/accuracy.md as committed is what `markdown` makes of the data the page carries (verdicts recomputed by
+    the current rule): no number on it was edited by hand, and it was regenerated after the last change to the
+    report or the verdict rule. (`normfuse accuracy --markdown docs/accuracy.md --force` makes it again.)"""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "accuracy.md").read_text(encoding="utf-8")
+    again = studies_from_document(document_of_page(page))
+    assert markdown(again, study_document(again)) == page
+    assert {s.model for s in again} == {"smollm2-135m", "all-minilm-l6-v2"}
+    assert all(s.config == StudyConfig(dtypes=s.config.dtypes) for s in again)  # the full study, every dtype
