@@ -35,6 +35,15 @@ apart. So the spread is at least `floor` = FLOOR_ULPS roundings of the figure's 
 dtype (`spread_floor`): a difference below it is no loss any computation under the policy could show. Figures
 that count events (agreements) are read exactly and have no floor.
 
+**Where the time goes** (measured on the 2-core test machine, load 1-4, so roughly): a SmolLM2 run in 16/8-bit
+storage is the teacher-forced windows (~1.3 s per 512-token window, 8 windows), the greedy figure (one
+teacher-forced pass over the float64 continuation, ~3 s; decoding 64 steps of 8 prompts took ~8 s) and its weights
+(0.4-1.4 s; fp8's quantisation ~4 s, once per dtype and summation order); the float64 oracle is ~2x a run and
+decodes its continuation (~17 s). Products are ~2/3 of it all, at ~100 GFLOP/s on 2 cores: the runs are near the
+machine's floor, and their number (1 + 4 per dtype, + 2 per mitigation or ablation arm where the fused order is
+worse) sets the study's time. A MiniLM run (256 sentences) is ~2-4 s; its LayerNorm hazard measurement ~40 s, most
+of it the equivalence criterion's bounds (`equivalence.layer_norm_linear_bounds`, 144 calls).
+
 **The ablation** (`RunSpec.sites`): the fused order applied at one kind of site only - "norm_linear" (the
 normalisation -> linear folds) or "softmax_linear" (softmax -> V deferred) - the other sites in the textbook order,
 judged against baseline the same way. Where the fused order is worse, it names the kind of site that loses; run
