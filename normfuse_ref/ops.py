@@ -171,14 +171,13 @@ class NumpyExecutor:
         if blocks is None:  # a decode step's product (or a broadcast batch of F): one BLAS call
             return self._out(matmul_acc(x, F, self._acc), keep_acc)
         out = np.empty((*x.shape[:-1], F.shape[-1]), self._acc if keep_acc else self._st)  # (..., m)
-        # operands and result all in a BLAS dtype acc (float32 storage): BLAS writes each block in place
-        direct = x.dtype == F.dtype == out.dtype == self._acc and self._acc.itemsize >= 4
+        direct = out.dtype == self._acc and self._acc.itemsize >= 4  # BLAS writes each block in place
 
         def work(b: tuple[Block, Block, Block]) -> None:  # a batched F's leading axes are x's: sliced alike
             bx, bF, bo = b
             Fb = F[bF] if F.ndim == 2 else block_of(F, bF, F.ndim)
             if direct:
-                np.matmul(x[bx], Fb, out=out[bo])
+                matmul_acc(x[bx], Fb, self._acc, out=out[bo])
             else:
                 out[bo] = matmul_acc(x[bx], Fb, self._acc)
 
