@@ -14,8 +14,9 @@ the GIL while they work on an array). Two rules keep the numbers independent of 
   captured an array (a closure over a mask or a RoPE table would not be cut with the block). Such a callable, and
   any op smaller than two blocks (a decode step's), is computed whole, on the calling thread.
 
-Blocks of ~64K elements also keep a multi-pass callable's temporaries (shifted_exp, normalise_rows, silu_gate each
-make 2-4 passes) in the core's L2 cache instead of streaming them through memory on every pass.
+Blocks of ~256K elements (1 MB of float32) keep a multi-pass callable's temporaries (shifted_exp, normalise_rows,
+silu_gate each make 2-4 passes) near the core's 1 MB L2 cache while making few enough Python calls that the
+threads do not queue for the GIL (BLOCK_ELEMENTS).
 
 Memory: a prefill writes each primitive's result into a fresh array (SmolLM2's attention scores are 9 MB a
 layer, written four times). glibc's malloc hands arrays above its mmap threshold (128 KiB, raised only as large
@@ -40,7 +41,6 @@ Only speed depends on it.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import ctypes
 import functools
 import math
@@ -61,8 +61,8 @@ __all__ = [
     "MATMUL_WIDE",
     "MATMUL_WORK",
     "THREADS_ENV",
-    "blas_threads",
     "block_of",
+    "column_ranges",
     "keep_freed_memory",
     "matmul_blocks",
     "one_blas_thread",
@@ -182,9 +182,12 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
 
 def _column_blocks(x_shape: tuple[int, ...], m: int) -> list[tuple[Block, Block, Block]]:
     lead = (slice(None),) * (len(x_shape) - 1)
-    return [
-        ((), (slice(None), c), (*lead, c)) for c in (slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS))
-    ]
+    return [((), (slice(None), c), (*lead, c)) for c in column_ranges(m)]
+
+
+def column_ranges(m: int) -> list[slice]:
+    """The blocks of MATMUL_COLUMNS columns of an F with m columns (the last one shorter)."""
+    return [slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS)]
 
 
 def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:
@@ -238,17 +241,6 @@ def _blas() -> Any:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
-
-
-def blas_threads(limit: int | None) -> contextlib.AbstractContextManager[object]:
-    """At most `limit` BLAS threads for the code inside the block (threadpoolctl); None leaves the BLAS default.
-
-    Only speed depends on this, never the numbers. Meant around a whole step or a whole threaded op, not each
-    product.
-    """
-    if limit is None:
-        return contextlib.nullcontext()
-    return _blas().limit(limits=limit, user_api="blas")
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from ..fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
 from ..ops import NumpyExecutor
-from ..parallel import MATMUL_COLUMNS, MATMUL_MIN_ROWS, run_blocks
+from ..parallel import MATMUL_COLUMNS, MATMUL_MIN_ROWS, column_ranges, run_blocks
 from ..precision import matmul_acc
 
 __all__ = ["TiledKernels", "tree_reduce"]
@@ -73,7 +73,7 @@ class TiledKernels:
         """x @ F with K cut into tiles, their partial products summed by a binary adder tree."""
         tk = self.tile_rows
         n = Fa.shape[-2]
-        if n <= tk:  # one tile: the plain product (and NumpyExecutor's BLAS thread policy)
+        if n <= tk:  # one tile: the plain product
             return self._tile.matmul(xa, Fa, op="tile")
         k = -(-n // tk)  # tiles along K; the last one's unused rows hold zeros, as a DIMC tile's would
         xr = _pad(xa, k * tk, 0.0, -1).reshape(*xa.shape[:-1], k, tk)  # (..., k, tk)
@@ -92,7 +92,7 @@ class TiledKernels:
         def work(c: slice) -> None:
             out[..., c] = tree_reduce(matmul_acc(xt, Ft[..., c], self.acc), np.add)  # (k, ..., w) -> (..., w)
 
-        run_blocks(work, [slice(j, j + MATMUL_COLUMNS) for j in range(0, m, MATMUL_COLUMNS)], self._tile.thread_count)
+        run_blocks(work, column_ranges(m), self._tile.thread_count)
         return out
 
     def reduce(self, xa: Array, kind: str, eps: float, chunk: int) -> Array:
