@@ -9,7 +9,8 @@ clock; the per-run seconds the study records give the breakdown. Prints the figu
 depend on the machine and on what else runs on it: the load average before and after is printed with them).
 
 The study runs more than the issue's 9 passes: each order twice (the permuted model: the spread the verdict needs)
-and, where the fused order is worse, each mitigation twice. The table says how many runs each profile made.
+and, where the fused order is worse, each mitigation and each ablation arm (the fused order at one kind of site,
+`RunSpec.sites`) twice. The table says how many runs each profile made.
 """
 
 from __future__ import annotations
