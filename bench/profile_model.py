@@ -61,6 +61,10 @@ class TimedExecutor:
     def layout(self, fn: Callable[..., Any], *xs: Any, op: str) -> Any:
         return self._timed("layout", op, lambda: self.inner.layout(fn, *xs, op=op))
 
+    def rows(self, fn: Callable[..., Any], x: Any, *xs: Any, batched: tuple[Any, ...] = (), op: str) -> Any:
+        # timed as one: the blocks' primitives run on the inner executor's own executors, on both threads
+        return self._timed("rows", op, lambda: self.inner.rows(fn, x, *xs, batched=batched, op=op))
+
     def scope(self, *, layer: int | None) -> contextlib.AbstractContextManager[None]:
         return self.inner.scope(layer=layer)
 

@@ -13,6 +13,7 @@ records a timeline. The primitives are chosen so that every place the paper care
 | `softmax_tiles`  | SIMD (local max, exp, sum) + DIMC (e @ V), per slice, no communication | fused softmax -> V |
 | `softmax_merge`  | a network collective: the online-softmax merge | fused softmax -> V                        |
 | `layout`         | free (addressing): reshape, transpose, gather, concat, a KV-cache write | split heads        |
+| `rows`           | no engine of its own: the primitives of a row-local computation, which an executor may run on blocks of rows | attention |
 
 THE ROUNDING RULE (docs/numerics.md, "Rounding rule"; every executor implements it, every order obeys it):
 
@@ -36,7 +37,9 @@ in a closure is computed whole). `layout` callables must only move data.
 
 Speed lives here and in `normfuse_ref.parallel`, nowhere else: `NumpyExecutor` cuts products, elementwise ops,
 reductions and the local softmax into blocks on worker threads (bit for bit the same result for any thread count;
-see `normfuse_ref.parallel`). Making the first one sets two things for the whole process: BLAS on one thread (the
+see `normfuse_ref.parallel`), and runs a row-local chain of them (`rows`: an attention's scores, mask, softmax
+and P V) block by block, so that a block's scores stay in cache from the product that makes them to the product
+that reads them. Making the first one sets two things for the whole process: BLAS on one thread (the
 workers run the parallel work) and malloc keeping freed memory for the next array. The thread count is one
 setting: `NumpyExecutor(threads=...)`, default $NORMFUSE_THREADS, else the CPUs this process may use.
 """
@@ -110,6 +113,14 @@ class Executor(Protocol):
         """Pure data movement: reshape, transpose, gather, concatenate, write into a preallocated buffer."""
         ...
 
+    def rows(self, fn: Callable[..., Any], x: Any, *xs: Any, batched: tuple[Any, ...] = (), op: str) -> Any:
+        """fn(ex, x, *xs, *batched), a computation whose output row (..., i, :) reads only row i of x (..., rows,
+        n) and of each of `xs` (broadcast against x, or None), and all of the `batched` operands (the same leading
+        axes as x but their own rows: an attention's K and V). fn issues its primitives on the executor it is
+        given; an executor may run it on blocks of rows (each on an executor of its own), whose primitives are
+        the same as the whole's, row for row. Returns (..., rows, m)."""
+        ...
+
     def scope(self, *, layer: int | None) -> contextlib.AbstractContextManager[None]:
         """Label the operations issued inside with a layer index (None: outside the decoder blocks)."""
         ...
@@ -150,6 +161,7 @@ class NumpyExecutor:
         if self.tile_size is not None and self.tile_size < 1:
             raise ValueError(f"tile_size must be >= 1; got {self.tile_size}")
         self._threads = threads_setting(self.threads)
+        self._inner: NumpyExecutor | None = None  # `rows`' executor for a block, made when first needed
         keep_freed_memory()  # once a process: fresh arrays from reused memory, not page-faulted in (parallel.py)
         one_blas_thread()  # once a process: the executor's workers run the parallel work (parallel.py)
 
@@ -264,6 +276,37 @@ class NumpyExecutor:
 
     def layout(self, fn: Callable[..., Array], *xs: Array, op: str) -> Array:
         return fn(*xs)
+
+    def rows(self, fn: Callable[..., Any], x: Array, *xs: Any, batched: tuple[Any, ...] = (), op: str) -> Array:
+        # blocks as large as an elementwise op's, counted in the widest row fn's steps hold (an attention's scores)
+        width = max(np.shape(a)[-1] for a in (x, *xs, *batched) if a is not None)
+        blocks = row_blocks((*x.shape[:-1], width))
+        if blocks is None:
+            return fn(self, x, *xs, *batched)
+        inner = self._one_thread()
+        lead = x.ndim - 2  # x's axes before its rows: the batched operands' too, sliced alike
+
+        def part(b: Block) -> Array:
+            mine = (None if a is None else block_of(a, b, x.ndim) for a in xs)
+            theirs = (block_of(a, b[:lead], a.ndim) if a.ndim == x.ndim else a for a in batched)
+            return np.asarray(fn(inner, x[b], *mine, *theirs))
+
+        parts: dict[int, Array] = {}
+
+        def work(ib: tuple[int, Block]) -> None:
+            parts[ib[0]] = part(ib[1])
+
+        run_blocks(work, list(enumerate(blocks)), self._threads)
+        out = np.empty((*x.shape[:-1], parts[0].shape[-1]), parts[0].dtype)  # (..., rows, m)
+        for i, b in enumerate(blocks):
+            out[b] = parts[i]
+        return out
+
+    def _one_thread(self) -> NumpyExecutor:
+        """This executor's settings on one thread: what `rows` runs a block on (the blocks are the parallel work)."""
+        if self._inner is None:
+            self._inner = NumpyExecutor(self.storage, self.acc, self.tile_size, threads=1)
+        return self._inner
 
     def scope(self, *, layer: int | None) -> contextlib.AbstractContextManager[None]:
         return _NO_SCOPE

@@ -296,6 +296,9 @@ class ShapeOnly(NumpyExecutor):
     def softmax_merge(self, t: SoftmaxTiles, *, op: str) -> SoftmaxTiles:
         return t
 
+    def rows(self, fn: Any, x: Array, *xs: Any, batched: tuple[Any, ...] = (), op: str) -> Array:
+        return fn(self, x, *xs, *batched)
+
 
 @pytest.mark.parametrize("mode", MODES)
 def test_forward_runs_shape_only_on_prepared_shapes(mode: Mode) -> None:

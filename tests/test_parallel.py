@@ -24,6 +24,7 @@ import pytest
 from normfuse_ref import ops, parallel
 from normfuse_ref.accuracy import bounds as bd
 from normfuse_ref.layers import normalise_rows, shifted_exp, silu_gate
+from normfuse_ref.models import sites
 from normfuse_ref.models.llama.fetch import fetch
 from normfuse_ref.models.llama.forward import causal_keep, empty_cache, forward
 from normfuse_ref.models.llama.model import Model, load_model
@@ -285,6 +286,41 @@ def test_blocked_attention_equals_the_one_shot(dtype: str, tile_size: int | None
     for k, i in enumerate(range(0, n, t)):  # each slice's e^{z - m} @ V
         e = shifted_exp(za[..., i : i + t], one.m[..., k, :])  # (..., rows, t): the same in both
         _product_gap(one.o[..., k, :], whole.o[..., k, :], e, Va[..., i : i + t, :], P, stored=False)
+
+
+def _exact_attention_inputs(
+    rng: np.random.Generator, dtype: str, lead: tuple[int, ...], T: int, S: int, hd: int
+) -> Any:
+    """q, kT, v whose products are exact in any summation order: q and k small integers (their dot products are
+    integers far below 2^11), v a 0/1 matrix with at most one 1 a column (each e @ v or p @ v entry is one term plus
+    exact zeros), a different one for each leading index (so a block given another head's K or V shows)."""
+    q = rng.integers(-2, 3, (*lead, T, hd)).astype(dtype)  # (..., T, hd)
+    kT = rng.integers(-2, 3, (*lead, hd, S)).astype(dtype)  # (..., hd, S)
+    v = np.zeros((*lead, S, hd), dtype)  # (..., S, hd)
+    for i in np.ndindex(*lead):
+        v[i][np.arange(S), rng.permutation(hd)[:S]] = 1  # key j -> its own column
+    return q, kT, v
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mode", ["baseline", "fused"])
+def test_attention_in_blocks_of_query_rows_equals_the_one_shot(dtype: str, mode: str) -> None:
+    """`sites.attention` run by `rows` in blocks of query rows (each block's q, mask rows, and its own head's K and
+    V) vs the whole at once, bit for bit, on inputs whose products are exact in any order (so nothing but the
+    blocks' bookkeeping can differ): a causal GQA-like (H, rows, hd) with a (rows, S) mask, and a padded batch
+    (B, H, T, hd) with a (B, 1, 1, S) mask, cut over its batch axis."""
+    rng = np.random.default_rng(3)
+    hd = 64
+    causal = (*_exact_attention_inputs(rng, dtype, (3,), 86 * 48, 48, hd), causal_keep(48, 48, 86))  # G = 86
+    qb, kb, vb = _exact_attention_inputs(rng, dtype, (96, 4), 24, 24, hd)
+    pad = np.ones((96, 1, 1, 24), bool)  # (B, 1, 1, S)
+    pad[1::3, ..., 17:] = False  # every third sequence padded after 17 tokens
+    for q, kT, v, keep in (causal, (qb, kb, vb, pad)):
+        assert parallel.row_blocks((*q.shape[:-1], hd)) is not None, "the case must be cut"
+        blocks = [sites.attention(NumpyExecutor(dtype, threads=t), q, kT, v, keep, hd, mode) for t in (1, 2)]
+        whole = _whole(functools.partial(sites.attention, NumpyExecutor(dtype), q, kT, v, keep, hd, mode))
+        assert same(blocks[0], blocks[1]), "1 and 2 threads differ"
+        assert same(blocks[0], whole), "blocks of query rows differ from the whole"
 
 
 # ---------------------------------------------------------------------------------------------------------------

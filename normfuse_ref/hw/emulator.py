@@ -669,6 +669,9 @@ class EmulatingExecutor:
             out, ready, src, place, fresh=min(fresh, math.prod(shape)), norm=norm, on_kv=on_kv, pair=pair
         )
 
+    def rows(self, fn: Callable[..., Any], x: Any, *xs: Any, batched: tuple[Any, ...] = (), op: str) -> Any:
+        return fn(self, x, *xs, *batched)  # the machine runs the primitives themselves, each on its slices
+
     @contextlib.contextmanager
     def scope(self, *, layer: int | None) -> Iterator[None]:
         previous, prev_stage = self._layer, self._stage

@@ -22,7 +22,7 @@ from .. import fusion
 from ..ops import Executor
 from .llama.weights import Mode
 
-__all__ = ["Mode", "layer_norm_linear", "linear", "masked_scores", "rms_norm_linear", "softmax_linear"]
+__all__ = ["Mode", "attention", "layer_norm_linear", "linear", "masked_scores", "rms_norm_linear", "softmax_linear"]
 
 
 # reference: linear(rms_norm(x, g, eps), F)
@@ -83,6 +83,23 @@ def softmax_linear(ex: Executor, z: Any, V: Any, mode: Mode, op: str) -> Any:
     if mode == "fused":
         return fusion.softmax_linear(z, V, ex=ex, op=op)
     return fusion.softmax_linear_reference(z, V, ex=ex, op=op)
+
+
+# reference: softmax(where(keep, q k^T / sqrt(hd), -inf)) @ v
+def attention(ex: Executor, q: Any, kT: Any, v: Any, keep: NDArray[np.bool_] | None, hd: int, mode: Mode) -> Any:
+    """Scaled dot-product attention of every family, with the softmax -> V site in `mode`: q (..., rows, hd)
+    against keys kT (..., hd, S) and values v (..., S, hd'), `keep` broadcast against the scores (..., rows, S).
+
+    Each query row's output reads only its own scores, so the executor may run this on blocks of query rows
+    (`Executor.rows`): the plain executor does, keeping a block's scores in cache from q k^T to P V; the emulator
+    issues the same primitives on the whole."""
+
+    def attend(ex: Executor, q: Any, keep: Any, kT: Any, v: Any) -> Any:  # a block of query rows
+        z = ex.matmul(q, kT, op="attn_scores", keep_acc=True)  # (..., rows, S)   scores stay in acc for the softmax
+        z = masked_scores(ex, z, keep, hd)  # (..., rows, S)   z / sqrt(hd), -inf where a key is not seen
+        return softmax_linear(ex, z, v, mode, "attn_pv")  # (..., rows, hd')
+
+    return ex.rows(attend, q, keep, batched=(kT, v), op="attention")
 
 
 # reference: x @ F + b

@@ -172,10 +172,8 @@ def attention(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertConfig, 
     q = ex.layout(heads(0), qkv, op="split_q")  # (.., H, T, hd)
     kT = ex.layout(lambda a: np.swapaxes(heads(1)(a), -2, -1), qkv, op="split_k")  # (.., H, hd, T)
     v = ex.layout(heads(2), qkv, op="split_v")  # (.., H, T, hd)
-    z = ex.matmul(q, kT, op="attn_scores", keep_acc=True)  # (.., H, T, T)   scores stay in acc for the softmax
     visible = None if keep.all() else keep[..., None, None, :]  # ([B,] 1, 1, T): padded keys are not
-    z = sites.masked_scores(ex, z, visible, hd)  # (.., H, T, T)
-    o = sites.softmax_linear(ex, z, v, mode, "attn_pv")  # (.., H, T, hd)
+    o = sites.attention(ex, q, kT, v, visible, hd, mode)  # (.., H, T, hd)
 
     def merge_heads(a: Array) -> Array:  # (.., H, T, hd) -> (.., T, H, hd) -> (.., T, d)
         return np.swapaxes(a.reshape(*lead, H, T, hd), -3, -2).reshape(*lead, T, d)

@@ -81,10 +81,8 @@ def attention(ex: Executor, qkv: Any, cache: KVCache, layer: int, cfg: GptConfig
     qh = ex.layout(lambda a: np.swapaxes(a, -3, -2), q, op="heads")  # (.., H, T, hd)
     kT = ex.layout(lambda a: np.swapaxes(np.swapaxes(a, -3, -2), -2, -1), k_all, op="heads")  # (.., H, hd, S)
     vh = ex.layout(lambda a: np.swapaxes(a, -3, -2), v_all, op="heads")  # (.., H, S, hd)
-    z = ex.matmul(qh, kT, op="attn_scores", keep_acc=True)  # (.., H, T, S)   scores stay in acc for the softmax
     keep = causal_keep(T, S, 1)  # (T, S) or None: query t sees keys j <= t + S - T
-    z = sites.masked_scores(ex, z, keep, hd)  # (.., H, T, S)
-    o = sites.softmax_linear(ex, z, vh, mode, "attn_pv")  # (.., H, T, hd)
+    o = sites.attention(ex, qh, kT, vh, keep, hd, mode)  # (.., H, T, hd)
     return ex.layout(lambda a: np.swapaxes(a, -3, -2).reshape(*lead, T, d), o, op="merge_heads")  # (.., T, d)
 
 

@@ -99,10 +99,8 @@ def attention(
     qh = ex.layout(heads_q, q, op="heads")  # (.., Hkv, G*T, hd)
     kT = ex.layout(lambda a: a.transpose(*L, n + 1, n + 2, n), k_all, op="heads")  # (.., Hkv, hd, S)
     vh = ex.layout(lambda a: np.swapaxes(a, -3, -2), v_all, op="heads")  # (.., Hkv, S, hd)
-    z = ex.matmul(qh, kT, op="attn_scores", keep_acc=True)  # (.., Hkv, G*T, S)   scores stay in acc for the softmax
     keep = causal_keep(T, S, G)  # (G*T, S) or None: causal, query t sees keys j <= t + S - T
-    z = sites.masked_scores(ex, z, keep, hd)  # (.., Hkv, G*T, S)   z / sqrt(hd), -inf where a key is not seen
-    o = sites.softmax_linear(ex, z, vh, mode, "attn_pv")  # (.., Hkv, G*T, hd)
+    o = sites.attention(ex, qh, kT, vh, keep, hd, mode)  # (.., Hkv, G*T, hd)
 
     def merge_heads(a: Array) -> Array:  # (.., Hkv, G, T, hd) -> (.., T, Hkv, G, hd) -> (.., T, Hq hd)
         return a.reshape(*lead, Hkv, G, T, hd).transpose(*L, n + 2, n, n + 1, n + 3).reshape(*lead, T, Hq * hd)
