@@ -304,7 +304,7 @@ def _exact_attention_inputs(
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("mode", ["baseline", "fused"])
-def test_attention_in_blocks_of_query_rows_equals_the_one_shot(dtype: str, mode: str) -> None:
+def test_attention_in_blocks_of_query_rows_equals_the_one_shot(dtype: str, mode: sites.Mode) -> None:
     """`sites.attention` run by `rows` in blocks of query rows (each block's q, mask rows, and its own head's K and
     V) vs the whole at once, bit for bit, on inputs whose products are exact in any order (so nothing but the
     blocks' bookkeeping can differ): a causal GQA-like (H, rows, hd) with a (rows, S) mask, and a padded batch
