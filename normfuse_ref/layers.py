@@ -273,10 +273,11 @@ def rotate_pairs(xa: Array, cos: Array, sin: Array, layout: str) -> Array:
     """Rotate the RoPE pairs of xa (..., hd) by angles with cos, sin broadcastable to (..., hd/2), in xa's dtype.
 
     Each pair (u, v) becomes (u cos - v sin, v cos + u sin); "half" pairs (x[i], x[i + hd/2]), "interleaved" pairs
-    (x[2i], x[2i + 1]). The tables are rounded once to xa's dtype; the result is one new array.
+    (x[2i], x[2i + 1]). The tables are rounded once to xa's dtype; the result is one new array. Tables of width hd
+    (each angle twice, as the forward passes keep them) are read in their first half.
     """
     hd = xa.shape[-1]
-    c, s = cos.astype(xa.dtype), sin.astype(xa.dtype)  # (..., hd/2)
+    c, s = cos[..., : hd // 2].astype(xa.dtype), sin[..., : hd // 2].astype(xa.dtype)  # (..., hd/2)
     out = np.empty_like(xa)  # (..., hd)
     if layout == "half":
         u, v, ou, ov = xa[..., : hd // 2], xa[..., hd // 2 :], out[..., : hd // 2], out[..., hd // 2 :]

@@ -60,6 +60,8 @@ __all__ = [
     "MATMUL_ROWS",
     "MATMUL_WIDE",
     "MATMUL_WORK",
+    "MATVEC_BLOCK",
+    "MATVEC_SPLIT",
     "THREADS_ENV",
     "block_of",
     "column_ranges",
@@ -110,8 +112,15 @@ MATMUL_ROWS = 256
 MATMUL_WORK = 1 << 23
 MATMUL_COLUMNS = 256
 MATMUL_WIDE = 8
-#: Products of fewer rows are matrix-vector-like (a decode step's): memory-bound, one BLAS call.
+#: Products of fewer rows are matrix-vector-like (a decode step's): memory-bound, one BLAS call, unless F has at
+#: least MATVEC_SPLIT elements (the logits' head): then an even number of blocks of at most ~MATVEC_BLOCK elements
+#: of F, each a multiple of MATMUL_COLUMNS columns wide, so that both cores stream it. Measured on the 2-core test machine (Intel Xeon, nothing else running; a decode step's products
+#: cycled through SmolLM2's 537 MB so that F comes from memory, median of 12): 43.7 ms one call each; 41.8 ms with
+#: the head (113 MB) cut; 43.8 / 45.0 / 57.2 ms also cutting every F of at least 4 / 2 / 1 MiB (the two cores share
+#: the memory bandwidth, and each cut product pays a hand-off to the other thread).
 MATMUL_MIN_ROWS = 16
+MATVEC_SPLIT = 4 << 20
+MATVEC_BLOCK = 2 << 20
 
 Block = tuple[slice, ...]
 B = TypeVar("B")  # a block, or a tuple of blocks (a product's operands and output)
@@ -166,7 +175,11 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
     small to cut). See MATMUL_ROWS."""
     rows, m = math.prod(x_shape[:-1]), F_shape[-1]
     if len(x_shape) < 2 or rows < MATMUL_MIN_ROWS:
-        return None
+        if len(x_shape) < 2 or len(F_shape) != 2 or math.prod(F_shape) < MATVEC_SPLIT:
+            return None
+        k = -(-math.prod(F_shape) // MATVEC_BLOCK)  # the head of a decode step: k blocks, k even
+        width = -(-m // (k + k % 2) // MATMUL_COLUMNS) * MATMUL_COLUMNS
+        return _column_blocks(x_shape, m, width)
     columns = len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS
     if columns and m >= MATMUL_WIDE * rows:  # F far larger than x (the logits): each block streams its own columns
         return _column_blocks(x_shape, m)
@@ -180,14 +193,15 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
     return _column_blocks(x_shape, m) if columns else None  # too few rows to cut, a wide F: its columns
 
 
-def _column_blocks(x_shape: tuple[int, ...], m: int) -> list[tuple[Block, Block, Block]]:
+def _column_blocks(x_shape: tuple[int, ...], m: int, width: int = MATMUL_COLUMNS) -> list[tuple[Block, Block, Block]]:
+    """Blocks of `width` columns of F (the last one shorter), each against all of x."""
     lead = (slice(None),) * (len(x_shape) - 1)
-    return [((), (slice(None), c), (*lead, c)) for c in column_ranges(m)]
+    return [((), (slice(None), c), (*lead, c)) for c in column_ranges(m, width)]
 
 
-def column_ranges(m: int) -> list[slice]:
-    """The blocks of MATMUL_COLUMNS columns of an F with m columns (the last one shorter)."""
-    return [slice(c, c + MATMUL_COLUMNS) for c in range(0, m, MATMUL_COLUMNS)]
+def column_ranges(m: int, width: int = MATMUL_COLUMNS) -> list[slice]:
+    """The blocks of `width` columns of an F with m columns (the last one shorter)."""
+    return [slice(c, c + width) for c in range(0, m, width)]
 
 
 def _ranges(lead: tuple[int, ...], step: int) -> list[Block]:

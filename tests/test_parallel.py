@@ -252,7 +252,9 @@ def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: boo
     w = rng.standard_normal((40, 64)).astype(dtype)  # (T, n): a wide product, cut into blocks of columns
     W = rng.standard_normal((64, 1100)).astype(dtype)  # (n, m): 256, 256, 256, 256, 76 columns
     xb = rng.standard_normal((2, 300, 700)).astype(dtype)  # (B, T, n) @ (n, m): 2 blocks of 150 rows a sequence
-    for a, b in ((x, F), (q, kT), (qs, ks), (w, W), (xb, F)):
+    v = rng.standard_normal((1, 64)).astype(dtype)  # (1, n): a decode step's row against a head of 4.2M entries,
+    H = rng.standard_normal((64, 66_000)).astype(dtype)  # (n, m): 4 blocks of 16,640 columns
+    for a, b in ((x, F), (q, kT), (qs, ks), (w, W), (xb, F), (v, H)):
         assert parallel.matmul_blocks(a.shape, b.shape) is not None
         one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
         two = NumpyExecutor(dtype, threads=2).matmul(a, b, op="mm", keep_acc=keep_acc)

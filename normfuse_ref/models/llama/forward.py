@@ -45,8 +45,11 @@ __all__ = ["KVCache", "decoder_block", "empty_cache", "forward", "rope_tables"]
 
 
 def rope_tables(positions: Array, hd: int, base: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """cos and sin (T, 1, hd/2) in float64 for positions (T,): `layers.rope_angles` broadcast over heads."""
-    return rope_angles(positions[:, None], hd, base)
+    """cos and sin (T, 1, hd) in float64 for positions (T,): `layers.rope_angles` broadcast over heads, each angle
+    twice (`rotate_pairs` reads the first half), so that they broadcast against the heads (T, H, hd) they rotate and
+    the RoPE op can be cut into blocks of positions like any elementwise op."""
+    cos, sin = rope_angles(positions[:, None], hd, base)  # (T, 1, hd/2)
+    return np.concatenate([cos, cos], axis=-1), np.concatenate([sin, sin], axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,13 +78,13 @@ def attention(
     q = ex.layout(lambda a: a[..., : Hq * hd].reshape(*lead, T, Hq, hd), qkv, op="split_q")  # (.., T, Hq, hd)
     k = ex.layout(lambda a: a[..., Hq * hd : (Hq + Hkv) * hd].reshape(*lead, T, Hkv, hd), qkv, op="split_k")
     v = ex.layout(lambda a: a[..., (Hq + Hkv) * hd :].reshape(*lead, T, Hkv, hd), qkv, op="split_v")  # (.., T, Hkv, hd)
-    cos, sin = rope_cs  # (T, 1, hd/2) each
+    cos, sin = rope_cs  # (T, 1, hd) each
 
-    def rot(a: Array) -> Array:
+    def rot(a: Array, cos: Array, sin: Array) -> Array:
         return rotate_pairs(a, cos, sin, cfg.rope_layout)
 
-    q = ex.elementwise(rot, q, op="rope_q")  # (.., T, Hq, hd)
-    k = ex.elementwise(rot, k, op="rope_k")  # (.., T, Hkv, hd)
+    q = ex.elementwise(rot, q, cos, sin, op="rope_q")  # (.., T, Hq, hd)
+    k = ex.elementwise(rot, k, cos, sin, op="rope_k")  # (.., T, Hkv, hd)
 
     def write(buf: Array, a: Array) -> Array:  # the new positions into the preallocated buffer, at L0
         buf[..., L0:S, :, :] = a
@@ -180,7 +183,7 @@ def forward(
         )
     cache = room_for(cache, past + T, cfg)
     positions = past + np.arange(T)  # (T,)
-    rope_cs = rope_tables(positions, cfg.head_dim, cfg.rope_base)  # (T, 1, hd/2) each, shared by all layers
+    rope_cs = rope_tables(positions, cfg.head_dim, cfg.rope_base)  # (T, 1, hd) each, shared by all layers
 
     with ex.scope(layer=None):
         x = ex.layout(lambda E: E[ids], w["token_embd"], op="token_embd")  # ([B,] T, d)
