@@ -114,3 +114,21 @@ def test_the_adder_tree_is_a_pairwise_sum(name: str, data: st.DataObject) -> Non
 def test_an_odd_length_keeps_its_last_partial() -> None:
     """The smallest case of the bug above: three ones sum to three."""
     assert tree_sum(np.ones((1, 3), np.float16))[0, 0] == 3
+
+
+@pytest.mark.parametrize("acc", ["float32", "float64"])
+def test_a_stack_of_rows_against_one_matrix_is_every_row_times_the_matrix(acc: str) -> None:
+    """matmul_acc's one GEMM over a stack of rows (B, T, n) @ (n, m) (and into `out=`, and a non-contiguous stack,
+    which takes np.matmul's path): each row's product, checked against a float64 product per sequence. The entries
+    are small integers, so every product and partial sum is exact in float32 and any summation order gives the same
+    bits: a row paired with the wrong matrix row or written to the wrong place shows."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-8, 9, (5, 7, 33)).astype(np.float32)  # (B, T, n)
+    F = rng.integers(-8, 9, (33, 6)).astype(np.float32)  # (n, m)
+    want = np.stack([x[b].astype(np.float64) @ F.astype(np.float64) for b in range(5)])  # (B, T, m)
+    a = np.dtype(acc)
+    out = np.empty((5, 7, 6), a)
+    matmul_acc(x, F, a, out=out)
+    for got in (matmul_acc(x, F, a), out, matmul_acc(np.swapaxes(np.swapaxes(x, 0, 1).copy(), 0, 1), F, a)):
+        assert got.dtype == a and got.shape == (5, 7, 6)
+        np.testing.assert_array_equal(got, want.astype(a))
