@@ -262,6 +262,9 @@ class NumpyExecutor:
         n = za.shape[-1]
         t = n if self.tile_size is None else self.tile_size
         states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]
+        if len(states) == 1:  # one slice (a whole row): its slice axis is a view, no copies (a decode step's case)
+            (one,) = states
+            return SoftmaxTiles(m=one.m[..., None, :], l=one.l[..., None, :], o=one.o[..., None, :])
         return SoftmaxTiles(
             m=np.stack([s.m for s in states], axis=-2),  # (..., k, 1)
             l=np.stack([s.l for s in states], axis=-2),  # (..., k, 1)
