@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -136,6 +136,15 @@ class Value:
         return f"Value(shape={self.shape}, dtype={self.dtype}, ready={self.ready}, stage={self.place.stage})"
 
 
+def _event(
+    st: Step, res: tuple[str, ...], layer: int | None, op: str, start: int, end: int, pred: int, stage: int
+) -> Event:
+    """The Event of a placed step (aggregated over the slices taking part)."""
+    return Event(
+        st.engine, "all", layer, op, st.step, st.kind, start, end, st.flops, st.nbytes, pred, stage, res, st.norm
+    )
+
+
 #: Plans by mapping, then by signature: every block repeats the same shapes and places.
 _PLANS: dict[Mapping, dict[tuple[Any, ...], Any]] = {}
 
@@ -173,7 +182,8 @@ class EmulatingExecutor:
         self._st = resolve_dtype(storage)
         self._acc = accumulation_dtype(self._st, acc)
         self.detail_layer = detail_layer
-        self._events: list[tuple[Any, ...]] = []  # Event fields as plain tuples; Events are built by timeline()
+        # each placed step as (step, resources, layer, op, start, end, pred, stage); Events are built by timeline()
+        self._events: list[tuple[Step, tuple[str, ...], int | None, str, int, int, int, int]] = []
         self._detail: list[Event] = []
         self._sched = Scheduler()
         self._layer: int | None = None
@@ -195,7 +205,7 @@ class EmulatingExecutor:
 
     def timeline(self, mode: str = "") -> Timeline:
         """The events recorded so far."""
-        return Timeline((Event(*e) for e in self._events), ghz=self.hw.clock.ghz, mode=mode, detail=self._detail)
+        return Timeline((_event(*e) for e in self._events), ghz=self.hw.clock.ghz, mode=mode, detail=self._detail)
 
     # -- placing steps -------------------------------------------------------------------------------------------
 
@@ -209,33 +219,17 @@ class EmulatingExecutor:
 
     def _run(self, op: str, plan: Plan, ready: int, src: int, stage: int) -> tuple[int, int]:
         """Place the plan's steps one after another (ordering rule 2-4); returns (end, index of the last)."""
-        events, layer, free = self._events, self._layer, self.free
+        events, layer, free, place = self._events, self._layer, self.free, self._sched.place
+        detail = self.detail_layer is not None and layer == self.detail_layer
         for st, res in plan:
             if free and st.norm:
                 continue
             idx = len(events)
-            start, pred = self._sched.place(res, st.cycles, ready, src, idx)
+            start, pred = place(res, st.cycles, ready, src, idx)
             end = start + st.cycles
-            events.append(
-                (
-                    st.engine,
-                    "all",
-                    layer,
-                    op,
-                    st.step,
-                    st.kind,
-                    start,
-                    end,
-                    st.flops,
-                    st.nbytes,
-                    pred,
-                    stage,
-                    res,
-                    st.norm,
-                )
-            )
-            if self.detail_layer is not None and layer == self.detail_layer:
-                self._add_detail(Event(*events[idx]), st)
+            events.append((st, res, layer, op, start, end, pred, stage))
+            if detail:
+                self._add_detail(_event(*events[idx]), st)
             ready, src = end, idx
         return ready, src
 
@@ -285,6 +279,15 @@ class EmulatingExecutor:
         """x on the current stage: a value made on another stage crosses over once (then the copy is reused)."""
         if type(x) is not Value or x.owner is not self or x.place.stage == self._stage:
             return x
+        return self._cross(x)
+
+    def _inputs(self, xs: tuple[Any, ...]) -> list[Value]:
+        """The inputs made on this machine (this executor's Values), in order, each on the current stage."""
+        stage = self._stage
+        return [x if x.place.stage == stage else self._cross(x) for x in xs if type(x) is Value and x.owner is self]
+
+    def _cross(self, x: Value) -> Value:
+        """x's copy on the current stage, sent there on first use."""
         stage = self._stage
         if x.copies is None:
             x.copies = {}
@@ -328,7 +331,7 @@ class EmulatingExecutor:
             place = self._plans[key] = self.mapping.default_place(stage, n)
         return place
 
-    def _ready(self, xs: tuple[Any, ...]) -> tuple[int, int]:
+    def _ready(self, xs: Sequence[Any]) -> tuple[int, int]:
         """Latest ready cycle among the inputs and the event behind it (the first argument wins ties)."""
         ready, src = 0, -1
         for x in xs:
@@ -341,7 +344,7 @@ class EmulatingExecutor:
         return x.data if type(x) is Value else x
 
     def _a(self, x: Any) -> Array:
-        d = np.asarray(x.data if type(x) is Value else x)
+        d = x.data if type(x) is Value else np.asarray(x)
         return d if d.dtype == self._acc else d.astype(self._acc)
 
     @staticmethod
@@ -444,7 +447,7 @@ class EmulatingExecutor:
         return entry
 
     def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, keep_acc: bool = False) -> Value:
-        xs = tuple(map(self._here, xs))
+        mine = self._inputs(xs)
         if self.numeric:
             data = np.asarray(fn(*map(self._a, xs))).astype(self._acc if keep_acc else self._st, copy=False)
             out_shape = data.shape
@@ -454,18 +457,15 @@ class EmulatingExecutor:
             data = dummy(out_shape)
         anchor: Value | None = None  # the latest-ready full-size input: the op runs where it lives
         pair, rescale = 0, False
-        for x in xs:
-            if self._mine(x):
-                pair = pair or x.pair
-                rescale = rescale or (self.one_pass and x.norm and x.pair > 0)
-                if x.data.shape == out_shape and (anchor is None or x.ready > anchor.ready):
-                    anchor = x
+        for x in mine:
+            pair = pair or x.pair
+            rescale = rescale or (self.one_pass and x.norm and x.pair > 0)
+            if x.data.shape == out_shape and (anchor is None or x.ready > anchor.ready):
+                anchor = x
         stage = self._stage
         place = anchor.place if anchor is not None else self._default_place(stage, out_shape)
         branches: list[tuple[Plan, int, int]] = []
-        for x in xs:
-            if not self._mine(x):
-                continue
+        for x in mine:
             if x is anchor or x.place == place:
                 branches.append(((), x.ready, x.src))
             else:
@@ -669,16 +669,15 @@ class EmulatingExecutor:
             out = fn(*[x.data if type(x) is Value else dummy(np.shape(x)) for x in xs])
             if isinstance(out, np.ndarray) and out.nbytes:
                 out = dummy(out.shape)  # a materialised copy (e.g. a gather from real arrays): keep the shape only
-        xs = tuple(map(self._here, xs))
-        ready, src = self._ready(xs)
+        mine = self._inputs(xs)
+        ready, src = self._ready(mine)
         biggest: Value | None = None
         fresh, norm, on_kv, pair = 0, False, False, 0
-        for x in xs:
-            if self._mine(x):
-                fresh += self._fresh(x)
-                norm, on_kv, pair = norm or x.norm, on_kv or x.on_kv, pair or x.pair
-                if biggest is None or x.data.size > biggest.data.size:
-                    biggest = x
+        for x in mine:
+            fresh += self._fresh(x)
+            norm, on_kv, pair = norm or x.norm, on_kv or x.on_kv, pair or x.pair
+            if biggest is None or x.data.size > biggest.data.size:
+                biggest = x
         place = biggest.place if biggest is not None else self._default_place(self._stage, out.shape)
         return Value(
             out, ready, src, place, self, self._epoch, fresh=min(fresh, out.size), norm=norm, on_kv=on_kv, pair=pair
