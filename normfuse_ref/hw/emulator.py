@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -69,7 +68,10 @@ def dummy(shape: tuple[int, ...]) -> Array:
 
 
 class Value:
-    """An activation on the emulated machine: its array (or a `dummy`), when it is ready, and where it lives."""
+    """An activation on the emulated machine: its array (or a `dummy`), when it is ready, and where it lives.
+
+    The executor makes one per primitive, passing every field by position (keyword arguments cost as much again
+    as the rest of the call); the flags are in the order fresh, norm, on_kv, pair, replicated."""
 
     __slots__ = (
         "copies",
@@ -94,7 +96,6 @@ class Value:
         place: Place,
         owner: object,
         epoch: int,
-        *,
         fresh: int | None = None,
         norm: bool = False,
         on_kv: bool = False,
@@ -307,7 +308,7 @@ class EmulatingExecutor:
             x.data,
             end,
             idx,
-            replace(x.place, stage=b),
+            x.place._replace(stage=b),
             self,
             x.epoch,
             fresh=x.fresh,
@@ -372,7 +373,7 @@ class EmulatingExecutor:
             data = self._kernels.matmul(self._a(x), self._a(F)).astype(self._acc if keep_acc else self._st, copy=False)
         else:
             data = dummy(self._matmul_shape(xd.shape, Fd.shape))
-        return Value(data, end, idx, out_place, self, self._epoch, on_kv=on_kv)
+        return Value(data, end, idx, out_place, self, self._epoch, None, False, on_kv)
 
     def _weight_matmul(self, x: Any, xs: tuple[int, ...], Fs: tuple[int, ...], stage: int) -> tuple[Plan, Place, bool]:
         """The plan of x @ F for a stationary weight F, and where the output lives (the grid's roots)."""
@@ -484,7 +485,7 @@ class EmulatingExecutor:
             plan = self._plans[key] = self._plan((step,), stage)
         end, idx = self._run(op, plan, ready, src, stage)
         on_kv = anchor.on_kv if anchor is not None else False
-        return Value(data, end, idx, place, self, self._epoch, on_kv=on_kv, pair=pair)
+        return Value(data, end, idx, place, self, self._epoch, None, False, on_kv, pair)
 
     def _move_plan(self, x: Value, place: Place, out_shape: tuple[int, ...], stage: int) -> Plan:
         """Moving input x to the slices of `place`, where an elementwise op of output shape `out_shape` runs."""
@@ -539,7 +540,7 @@ class EmulatingExecutor:
                 )
                 plan = self._plan(steps, stage)
             # the result is on the slices that took part, each holding all of it (an all-reduce)
-            entry = self._plans[key] = (plan, replace(place, count=count), chunk)
+            entry = self._plans[key] = (plan, place._replace(count=count), chunk)
         plan, out_place, chunk = entry
         ready, src = self._ready((x,))
         end, idx = self._run(op, plan, ready, src, stage)
@@ -547,18 +548,8 @@ class EmulatingExecutor:
             data = self._kernels.reduce(self._a(x), kind, eps, chunk)
         else:
             data = dummy((*shape[:-1], 1))
-        return Value(
-            data,
-            end,
-            idx,
-            out_place,
-            self,
-            self._epoch,
-            norm=True,
-            on_kv=mine and x.on_kv,
-            pair=pair or (x.pair if mine else 0),
-            replicated=True,
-        )
+        on_kv, pair = mine and x.on_kv, pair or (x.pair if mine else 0)
+        return Value(data, end, idx, out_place, self, self._epoch, None, True, on_kv, pair, True)  # replicated
 
     def softmax_tiles(self, z: Any, V: Any, *, op: str) -> SoftmaxTiles:
         z, V = self._here(z), self._here(V)
@@ -585,9 +576,9 @@ class EmulatingExecutor:
             m, l, o = dummy((*lead, used, 1)), dummy((*lead, used, 1)), dummy((*lead, used, Vs[-1]))
         epoch = self._epoch
         return SoftmaxTiles(
-            Value(m, m_end, m_idx, kv_place, self, epoch, norm=True, on_kv=True),
-            Value(l, l_end, l_idx, kv_place, self, epoch, norm=True, on_kv=True),
-            Value(o, end, idx, kv_place, self, epoch, on_kv=True),
+            Value(m, m_end, m_idx, kv_place, self, epoch, None, True, True),  # norm, on_kv
+            Value(l, l_end, l_idx, kv_place, self, epoch, None, True, True),
+            Value(o, end, idx, kv_place, self, epoch, None, False, True),
         )
 
     def _softmax_tiles_plan(
@@ -647,7 +638,7 @@ class EmulatingExecutor:
             rows = cdiv(math.prod(ms[:-2]), place.groups * place.rows)  # rows one set of key slices merges
             span = network.span_of(self.hw, min(place.count, costs.pow2_ceil(k)) if self._mine(m0) else k, 1)
             plan = self._plan(costs.merge_steps(self.hw, span=span, rows=rows, width=hd), stage)
-            entry = self._plans[key] = (plan, replace(place, count=1))  # merged on each group's root
+            entry = self._plans[key] = (plan, place._replace(count=1))  # merged on each group's root
         plan, root = entry
         ready, src = self._ready((m0, l0, o0))
         end, idx = self._run(op, plan, ready, src, stage)
@@ -657,8 +648,8 @@ class EmulatingExecutor:
             m, l, o = dummy((*ms[:-2], 1, 1)), dummy((*ms[:-2], 1, 1)), dummy((*os_[:-2], 1, os_[-1]))
         epoch = self._epoch
         return SoftmaxTiles(
-            Value(m, end, idx, root, self, epoch, norm=True),
-            Value(l, end, idx, root, self, epoch, norm=True),
+            Value(m, end, idx, root, self, epoch, None, True),  # norm
+            Value(l, end, idx, root, self, epoch, None, True),
             Value(o, end, idx, root, self, epoch),
         )
 
@@ -679,9 +670,7 @@ class EmulatingExecutor:
             if biggest is None or x.data.size > biggest.data.size:
                 biggest = x
         place = biggest.place if biggest is not None else self._default_place(self._stage, out.shape)
-        return Value(
-            out, ready, src, place, self, self._epoch, fresh=min(fresh, out.size), norm=norm, on_kv=on_kv, pair=pair
-        )
+        return Value(out, ready, src, place, self, self._epoch, min(fresh, out.size), norm, on_kv, pair)
 
     @contextlib.contextmanager
     def scope(self, *, layer: int | None) -> Iterator[None]:
