@@ -193,7 +193,7 @@ class EmulatingExecutor:
         # each placed step as (step, resources, layer, op, start, end, pred, stage); Events are built by timeline()
         self._events: list[tuple[Step, tuple[str, ...], int | None, str, int, int, int, int]] = []
         self._detail: list[Event] = []
-        self._sched = Scheduler()
+        self._schedule = Scheduler().place  # puts a step on its resources by the ordering rule
         self._layer: int | None = None
         self._stage = 0
         self._seen_block = False
@@ -230,13 +230,13 @@ class EmulatingExecutor:
 
     def _run(self, op: str, plan: Plan, ready: int, src: int, stage: int) -> tuple[int, int]:
         """Place the plan's steps one after another (ordering rule 2-4); returns (end, index of the last)."""
-        events, layer, free, place = self._events, self._layer, self.free, self._sched.place
+        events, layer, free, schedule = self._events, self._layer, self.free, self._schedule
         detail = self.detail_layer is not None and layer == self.detail_layer
         for st, res in plan:
             if free and st.norm:
                 continue
             idx = len(events)
-            start, pred = place(res, st.cycles, ready, src, idx)
+            start, pred = schedule(res, st.cycles, ready, src, idx)
             end = start + st.cycles
             events.append((st, res, layer, op, start, end, pred, stage))
             if detail:
@@ -270,16 +270,6 @@ class EmulatingExecutor:
                     e.norm,
                 )
             )
-
-    def _join(self, op: str, branches: list[tuple[Plan, int, int]], stage: int) -> tuple[int, int]:
-        """Run independent branches (each from its own ready time), then return when all are done and the cause
-        (the branch ending last; the first wins ties)."""
-        ready, src = 0, -1
-        for plan, r, s in branches:
-            end, idx = self._run(op, plan, r, s, stage) if plan else (r, s)
-            if end > ready:
-                ready, src = end, idx
-        return ready, src
 
     # -- where values live ---------------------------------------------------------------------------------------
 
@@ -475,13 +465,14 @@ class EmulatingExecutor:
                 anchor = x
         stage = self._stage
         place = anchor.place if anchor is not None else self._default_place(stage, out_shape)
-        branches: list[tuple[Plan, int, int]] = []
+        ready, src = 0, -1  # every input on `place`, moved there if it lives elsewhere; the last to arrive is the cause
         for x in mine:
-            if x is anchor or x.place == place:
-                branches.append(((), x.ready, x.src))
-            else:
-                branches.append((self._move_plan(x, place, out_shape, stage), x.ready, x.src))
-        ready, src = self._join(op, branches, stage)
+            if x.place == place:
+                end, idx = x.ready, x.src
+            else:  # the move starts as soon as x is ready, beside the other inputs' moves
+                end, idx = self._run(op, self._move_plan(x, place, out_shape, stage), x.ready, x.src, stage)
+            if end > ready:  # strictly later: the first input wins a tie (rule 4)
+                ready, src = end, idx
         key = ("ew", op, out_shape, place, rescale)
         plan = self._plans.get(key)
         if plan is None:
@@ -577,7 +568,8 @@ class EmulatingExecutor:
         m_end, m_idx = self._run(op, (max_st,), z_ready, z_src, stage)
         e_end, e_idx = self._run(op, (exp_st,), m_end, m_idx, stage)
         l_end, l_idx = self._run(op, (sum_st,), e_end, e_idx, stage)
-        ready, src = self._join(op, [(deliver, *self._ready((V,))), ((), e_end, e_idx)], stage)
+        v_end, v_idx = self._run(op, deliver, *self._ready((V,)), stage)  # V's new rows to the key slices
+        ready, src = (v_end, v_idx) if v_end >= e_end else (e_end, e_idx)  # e @ V needs both (V wins a tie)
         end, idx = self._run(op, dimc_plan, ready, src, stage)
         if self.numeric:
             m, l, o = self._kernels.softmax_tiles(self._a(z), self._a(V), keys)
