@@ -28,6 +28,13 @@ Two ways to run: numeric=True computes real numbers (equal to NumpyExecutor up t
 cost-only: values are zero-byte `dummy` arrays that carry shapes. Values come back as `Value` handles (`.shape`,
 `.ndim`, `.dtype`; `np.asarray(v)` gives the array). Plain arrays passed in (weights, a cache), and Values of
 another executor, are resident and ready at cycle 0. The ordering rule is `schedule.py`'s.
+
+Per call, a primitive does three things: it looks its plan up by a key of shapes, places and the choices that
+change its cost (the plan holds the steps with their resources, and whatever else follows from the key alone: the
+output place, the grid or KV layout behind it); it places the steps (`schedule.Scheduler`); and, in numeric mode,
+it computes (`tiled`). Plans are memoised per mapping and shared by every pass on it, whatever its flags (a free
+step is skipped when placed). tiny's primitives are microseconds of NumPy, so the per-call bookkeeping is kept to
+a few microseconds: plan keys hash in C (`Place` is a named tuple), values are built from positional fields.
 """
 
 from __future__ import annotations
