@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from normfuse_ref.hw import EmulatingExecutor, MappingPolicy, Value, get_hardware
+from normfuse_ref.hw import EmulatingExecutor, MappingPolicy, Value, emulator, get_hardware
 from normfuse_ref.hw.study import Scenario, map_scenario
 from normfuse_ref.models.llama import PRESETS, forward, prepare, random_params
 from normfuse_ref.models.llama.model import Model
@@ -122,6 +122,43 @@ def test_cost_only_times_exactly_what_numeric_times(params: dict[str, Any], mode
     assert la.shape == lb.shape == (6, CFG.vocab_size)
     assert a.timeline().events == b.timeline().events
     assert np.asarray(lb).nbytes == 0  # cost-only values carry shapes, not numbers
+
+
+@pytest.mark.parametrize("mode", ["baseline", "fused"])
+def test_shared_plans_time_every_pass_as_cold_plans_do(params: dict[str, Any], mode: str) -> None:
+    """The emulator memoises each primitive's plan (its steps, and the places and layouts they imply) per mapping,
+    shared by every pass on it whatever its flags. So a pass times exactly the same on plans made by passes with
+    other flags (in either order) as on plans it made itself from cold."""
+    hw, mp = get_hardware("toy"), mapping_for("toy", 6)
+    w = prepare(params["f32"], CFG, mode)  # type: ignore[arg-type]
+    ids = np.arange(6) % CFG.vocab_size
+    _, cache = forward(w, CFG, ids, mode=mode)  # type: ignore[arg-type]
+    flag_sets: list[dict[str, Any]] = [
+        {},
+        {"free_normalisation": True},
+        {"one_pass_softmax": True},
+        {"numeric": False},
+        {"free_normalisation": True, "one_pass_softmax": True},
+    ]
+
+    def events(flags: dict[str, Any]) -> list[tuple[Any, ...]]:  # a prefill, then a decode step after it
+        out = []
+        for tokens, past in ((ids, None), (np.array([5]), cache)):
+            ex = EmulatingExecutor(hw, mp, **flags)
+            forward(w, CFG, tokens, None if past is None else past.copy(), mode=mode, ex=ex)  # type: ignore[arg-type]
+            out.append(ex.timeline().events)
+        return out
+
+    cold = []
+    for flags in flag_sets:
+        emulator._PLANS.clear()
+        cold.append(events(flags))
+    for order in (flag_sets, flag_sets[::-1]):
+        emulator._PLANS.clear()
+        warm = {}
+        for flags in order:  # each pass on the plans the passes before it made
+            warm[flag_sets.index(flags)] = events(flags)
+        assert [warm[i] for i in range(len(flag_sets))] == cold
 
 
 def test_tiles_really_split_the_work_on_toy() -> None:

@@ -18,6 +18,7 @@ slice, in the machine's numbering (`network.py`: slices of a chiplet first, Mort
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .config import HardwareConfig
 from .network import Span, span_of, union
@@ -29,12 +30,14 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@dataclass(frozen=True)
-class Place:
-    """Where an activation lives (see the module docstring). `count` slices hold one group's row vectors."""
+class Place(NamedTuple):
+    """Where an activation lives (see the module docstring). `count` slices hold one group's row vectors.
+
+    A named tuple rather than a dataclass: the emulator looks its plans up by Place a few times a primitive, and a
+    tuple hashes and compares in C (a frozen dataclass's generated __hash__ and __eq__ cost ~0.3-0.4 us a call)."""
 
     stage: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, which nothing calls on a Place
     stride: int = 1
     groups: int = 1
     group_stride: int = 1

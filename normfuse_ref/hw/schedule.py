@@ -27,78 +27,90 @@ reading the rule at work).
 from __future__ import annotations
 
 import bisect
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Placed", "Scheduler", "Task", "schedule"]
 
 
+#: A resource's busy time: (starts, ends, last) lists of disjoint blocks sorted by time, `last` the step that ends
+#: each block.
+Blocks = tuple[list[int], list[int], list[int]]
+
+
+def _idle() -> Blocks:
+    return [], [], []
+
+
+def _fit(blocks: Blocks, t: int, cycles: int) -> tuple[int, int]:
+    """Earliest start >= t with the resource idle for `cycles`, and the step ending the block that pushed it there
+    (-2: not pushed)."""
+    starts, ends, lasts = blocks
+    if not ends or t >= ends[-1]:
+        return t, -2
+    pos = bisect.bisect_right(ends, t)  # the first busy block ending after t
+    blocker = -2
+    while pos < len(starts) and t + cycles > starts[pos]:
+        if ends[pos] > t:
+            t, blocker = ends[pos], lasts[pos]
+        pos += 1
+    return t, blocker
+
+
+def _occupy(blocks: Blocks, start: int, end: int, index: int) -> None:
+    """Insert [start, end) as a busy block, merged with a neighbour it touches."""
+    starts, ends, lasts = blocks
+    if not ends or start >= ends[-1]:  # the common case: after everything so far
+        if ends and ends[-1] == start:
+            ends[-1], lasts[-1] = end, index
+        else:
+            starts.append(start)
+            ends.append(end)
+            lasts.append(index)
+        return
+    pos = bisect.bisect_right(starts, start)
+    if pos > 0 and ends[pos - 1] == start:
+        pos -= 1
+        ends[pos], lasts[pos] = end, index
+    else:
+        starts.insert(pos, start)
+        ends.insert(pos, end)
+        lasts.insert(pos, index)
+    if pos + 1 < len(starts) and starts[pos + 1] == ends[pos]:
+        ends[pos], lasts[pos] = ends[pos + 1], lasts[pos + 1]
+        del starts[pos + 1], ends[pos + 1], lasts[pos + 1]
+
+
 class Scheduler:
-    """Busy time of every resource as disjoint blocks sorted by time, each with the step that ends it."""
+    """The busy time of every resource (`Blocks`), and the rule that places a step on them."""
 
     def __init__(self) -> None:
-        self._busy: dict[str, tuple[list[int], list[int], list[int]]] = {}
-
-    def _blocks(self, resource: str) -> tuple[list[int], list[int], list[int]]:
-        b = self._busy.get(resource)
-        if b is None:
-            b = self._busy[resource] = ([], [], [])
-        return b
-
-    def _fit(self, resource: str, t: int, cycles: int) -> tuple[int, int]:
-        """Earliest start >= t with the resource idle for `cycles`, and the step ending the block that pushed it
-        there (-2: not pushed)."""
-        starts, ends, lasts = self._blocks(resource)
-        if not ends or t >= ends[-1]:
-            return t, -2
-        pos = bisect.bisect_right(ends, t)  # the first busy block ending after t
-        blocker = -2
-        while pos < len(starts) and t + cycles > starts[pos]:
-            if ends[pos] > t:
-                t, blocker = ends[pos], lasts[pos]
-            pos += 1
-        return t, blocker
+        self._busy: defaultdict[str, Blocks] = defaultdict(_idle)
 
     def place(self, resources: Sequence[str], cycles: int, ready: int, cause: int, index: int) -> tuple[int, int]:
         """Place step number `index` (rule 3-4); returns (start, pred). `cause` is the input that sets `ready`."""
+        if len(resources) == 1:  # most steps: the resource's earliest fit is the start
+            blocks = self._busy[resources[0]]
+            t, blocker = _fit(blocks, ready, cycles)
+            _occupy(blocks, t, t + cycles, index)
+            return (t, blocker) if t > ready else (t, cause)
+        busy = [self._busy[r] for r in resources]
         t, pred = ready, cause
         moved = True
         while moved:  # the start only grows, so this ends
             moved = False
-            for r in resources:
-                s, blocker = self._fit(r, t, cycles)
+            for blocks in busy:
+                s, blocker = _fit(blocks, t, cycles)
                 if s > t:
                     t, pred, moved = s, blocker, True
-        for r in resources:
-            self._occupy(r, t, t + cycles, index)
+        for blocks in busy:
+            _occupy(blocks, t, t + cycles, index)
         return t, pred
-
-    def _occupy(self, resource: str, start: int, end: int, index: int) -> None:
-        """Insert [start, end) as a busy block, merged with a neighbour it touches."""
-        starts, ends, lasts = self._blocks(resource)
-        if not ends or start >= ends[-1]:  # the common case: after everything so far
-            if ends and ends[-1] == start:
-                ends[-1], lasts[-1] = end, index
-            else:
-                starts.append(start)
-                ends.append(end)
-                lasts.append(index)
-            return
-        pos = bisect.bisect_right(starts, start)
-        if pos > 0 and ends[pos - 1] == start:
-            pos -= 1
-            ends[pos], lasts[pos] = end, index
-        else:
-            starts.insert(pos, start)
-            ends.insert(pos, end)
-            lasts.insert(pos, index)
-        if pos + 1 < len(starts) and starts[pos + 1] == ends[pos]:
-            ends[pos], lasts[pos] = ends[pos + 1], lasts[pos + 1]
-            del starts[pos + 1], ends[pos + 1], lasts[pos + 1]
 
     def busy(self, resource: str) -> int:
         """Cycles the resource is occupied."""
-        starts, ends, _ = self._blocks(resource)
+        starts, ends, _ = self._busy.get(resource, ([], [], []))
         return sum(e - s for s, e in zip(starts, ends, strict=True))
 
 

@@ -44,13 +44,14 @@ def tree_reduce(p: Array, combine: np.ufunc) -> Array:
 
 def _pad(a: Array, to: int, value: float, axis: int) -> Array:
     """`a` extended along `axis` to length `to` with `value` (a new array; `a` itself when it has that length).
-    Written out rather than np.pad, which costs ~50 us a call in its argument handling."""
+    Written out rather than np.pad, which costs ~50 us a call in its argument handling (and zeros by np.zeros,
+    ~2x faster than np.full)."""
     n = a.shape[axis]
     if n == to:
         return a
     shape = list(a.shape)
     shape[axis] = to
-    out = np.full(shape, value, dtype=a.dtype)
+    out = np.zeros(shape, dtype=a.dtype) if value == 0 else np.full(shape, value, dtype=a.dtype)
     out[(slice(None),) * (axis % a.ndim) + (slice(0, n),)] = a
     return out
 
@@ -96,19 +97,21 @@ class TiledKernels:
         return out
 
     def reduce(self, xa: Array, kind: str, eps: float, chunk: int) -> Array:
-        """Per-slice partials over chunks of `chunk` elements, combined by a binary tree; then the kind's finish."""
+        """Per-slice partials over chunks of `chunk` elements, combined by a binary tree; then the kind's finish.
+        (np.add.reduce and np.maximum.reduce are what np.sum and np.max call for an ndarray, without their ~4 us of
+        argument handling.)"""
         n = xa.shape[-1]
         P = -(-n // chunk)
         if P <= 1:
             if kind == "max":
-                return np.max(xa, axis=-1, keepdims=True)
-            tot = np.sum(xa * xa if kind == "rms_scale" else xa, axis=-1, keepdims=True)  # (..., 1)
+                return np.maximum.reduce(xa, axis=-1, keepdims=True)
+            tot = np.add.reduce(xa * xa if kind == "rms_scale" else xa, axis=-1, keepdims=True)  # (..., 1)
         else:
             ident = -np.inf if kind == "max" else 0.0
             xr = _pad(xa, P * chunk, ident, -1).reshape(*xa.shape[:-1], P, chunk)  # (..., P, chunk) one per slice
             if kind == "max":
-                return tree_reduce(_last_first(np.max(xr, axis=-1)), np.maximum)[..., None]  # (..., 1)
-            part = np.sum(xr * xr if kind == "rms_scale" else xr, axis=-1)  # (..., P)  each slice's partial
+                return tree_reduce(_last_first(np.maximum.reduce(xr, axis=-1)), np.maximum)[..., None]  # (..., 1)
+            part = np.add.reduce(xr * xr if kind == "rms_scale" else xr, axis=-1)  # (..., P)  each slice's partial
             tot = tree_reduce(_last_first(part), np.add)[..., None]  # (..., 1)
         if kind == "sum":
             return tot
