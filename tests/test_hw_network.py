@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -118,6 +119,25 @@ def test_spans_of_the_groups_the_mapper_makes() -> None:
     assert network.union(network.span_of(CORSAIR, 4, 1), s).participants == 4096
     with pytest.raises(ValueError, match="need more than the 131072 slices"):
         network.span_of(CORSAIR, 2, 1 << 17)
+
+
+def test_a_span_is_remembered_by_the_levels_topologies_and_fan_outs_only() -> None:
+    """span_of is memoised on each level's (topology, fan-out): machines that differ in latency or bandwidth share
+    a span (a sweep's points), machines that differ in a topology or a fan-out do not, whichever comes first."""
+    net = CORSAIR.network
+
+    def noc(**change: Any) -> HardwareConfig:  # CORSAIR with its slice network changed
+        return dataclasses.replace(
+            CORSAIR, network=dataclasses.replace(net, noc=dataclasses.replace(net.noc, **change))
+        )
+
+    slower, switched, wider = noc(hop_ns=9.0), noc(topology="all-to-all"), noc(fanout=4096)
+    mesh = network.span_of(CORSAIR, 32, 64)
+    assert network.span_of(slower, 32, 64) == mesh
+    assert network.span_of(switched, 32, 64).levels[0] == network.LevelSpan("noc", 4, 4, 1)  # no lattice
+    # one 64 x 64 chiplet: indices 64 k in Morton order have x bits 3-5 and y bits 3-4: an 8 x 4 lattice 8 apart
+    assert network.span_of(wider, 32, 64).levels == (network.LevelSpan("noc", 32, 8, 4, 8, 8),)
+    assert network.span_of(CORSAIR, 32, 64) == mesh
 
 
 def test_ring_with_unequal_spacing_is_an_upper_bound() -> None:

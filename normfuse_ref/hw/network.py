@@ -141,27 +141,34 @@ def positions(count: int, stride: int) -> np.ndarray:
     return np.arange(count, dtype=np.int64) * stride  # (count,) slice offsets from the group's first slice
 
 
-@functools.lru_cache(maxsize=4096)
 def span_of(hw: HardwareConfig, count: int, stride: int = 1) -> Span:
     """The span of `count` slices `stride` apart, starting at a unit boundary of every level it crosses.
 
     The participants of one unit (the unit of the group's first slice) stand for all: the mapper only makes
-    regular groups (powers of two on power-of-two machines), for which every unit holds the same lattice."""
+    regular groups (powers of two on power-of-two machines), for which every unit holds the same lattice. A span
+    depends on the levels' topologies and fan-outs alone, so it is remembered by those (`_span`): the points of a
+    sweep over latencies or bandwidths share it."""
     if count < 1 or stride < 1:
         raise ValueError(f"a group needs count >= 1 and stride >= 1; got {count}, {stride}")
     if (count - 1) * stride >= level_sizes(hw)[-1]:
         raise ValueError(f"{count} slices {stride} apart need more than the {level_sizes(hw)[-1]} slices of {hw.name}")
+    return _span(tuple((level.topology, level.fanout) for level in hw.network.levels()), count, stride)
+
+
+@functools.lru_cache(maxsize=4096)
+def _span(shape: tuple[tuple[str, int], ...], count: int, stride: int) -> Span:
+    """`span_of` on a machine whose levels have these (topology, fan-out) pairs."""
     pos = positions(count, stride)
     out = []
     below = 1
-    for name, level in zip(LEVELS, hw.network.levels(), strict=True):
-        unit = below * level.fanout
+    for name, (topology, fanout) in zip(LEVELS, shape, strict=True):
+        unit = below * fanout
         first = pos[pos // unit == 0]  # the positions inside the first unit of this level
         sub = np.unique(first // below)  # distinct units of the level below in it
         p = int(sub.size)
         if p > 1:
-            if level.topology == "mesh2d":
-                x, y = mesh_coords(sub, level.fanout)
+            if topology == "mesh2d":
+                x, y = mesh_coords(sub, fanout)
                 xs, ys = np.unique(x), np.unique(y)
                 sx = int(np.min(np.diff(xs))) if xs.size > 1 else 1
                 sy = int(np.min(np.diff(ys))) if ys.size > 1 else 1
