@@ -191,6 +191,16 @@ def test_mitigations_run_where_the_fused_order_is_worse() -> None:
     ]
     assert "float32 fused+compensate" not in asked and "m bfloat16 fused+compensate permuted" in asked
 
+    # mitigate="never" (the quick profile): the same base runs and verdicts, no arm even where the fused order is worse
+    asked.clear()
+    never = StudyConfig(dtypes=("float32", "bfloat16"), mitigate="never")
+    records, verdicts = run_plan("bert", "m", never, {"float32": ("compensate",), "bfloat16": ("compensate",)}, run)
+    assert [(v.dtype, v.mitigation, v.no_worse) for v in verdicts] == [
+        ("float32", None, True),
+        ("bfloat16", None, False),
+    ]
+    assert len(records) == 1 + 2 * 4 and not any("+" in a for a in asked)
+
 
 @pytest.fixture(scope="module")
 def tiny_study() -> ModelStudy:

@@ -66,6 +66,7 @@ __all__ = [
     "DTYPES",
     "FIGURES",
     "FLOOR_ULPS",
+    "MITIGATE",
     "MODELS",
     "ORACLE",
     "SITES",
@@ -95,6 +96,10 @@ MODELS = ("smollm2-135m", "all-minilm-l6-v2")
 #: Storage dtypes studied, widest first; float32 accumulation in each (the policy for 16/8-bit storage).
 DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")
 
+#: When a study runs a dtype's mitigation and ablation arms (`StudyConfig.mitigate`).
+Mitigate = Literal["when-worse", "always", "never"]
+MITIGATE: tuple[Mitigate, ...] = ("when-worse", "always", "never")
+
 #: Reports progress: (what is running, steps done, steps in this stage).
 Progress = Callable[[str, int, int], None]
 
@@ -111,9 +116,10 @@ class StudyConfig:
     new_tokens: int = 64  # tokens generated greedily from each prompt, compared with the float64 run's
     sentences: int = 256  # MiniLM: corpus sentences embedded (nearest neighbours among 255 others)
     dtypes: tuple[str, ...] = DTYPES
-    mitigate: Literal["when-worse", "always"] = "when-worse"  # run a dtype's mitigations (and ablations) only
-    #                    where the fused order is worse (they exist to find the cause and the fix; each costs two
-    #                    full runs)
+    mitigate: Mitigate = "when-worse"  # run a dtype's mitigations (and ablations) only where the fused order is
+    #                    worse (they exist to find the cause and the fix; each costs two full runs); "never": the
+    #                    figures and verdicts alone - no mitigation or ablation arm, no hazard measurement (the
+    #                    quick profile, module docstring)
 
     def __post_init__(self) -> None:
         for name in ("tokens", "window", "prompts", "prompt_tokens", "new_tokens"):
@@ -123,8 +129,8 @@ class StudyConfig:
             raise ValueError("tokens and window must be >= 2 (a position is scored on the token after it)")
         if self.sentences < 2:
             raise ValueError(f"sentences must be >= 2 (each needs a nearest neighbour); got {self.sentences}")
-        if self.mitigate not in ("when-worse", "always"):
-            raise ValueError(f"mitigate must be 'when-worse' or 'always'; got {self.mitigate!r}")
+        if self.mitigate not in MITIGATE:
+            raise ValueError(f"mitigate must be one of {', '.join(MITIGATE)}; got {self.mitigate!r}")
         for d in self.dtypes:
             if d not in DTYPES:
                 raise ValueError(f"dtype {d!r} is not studied; choose from {', '.join(DTYPES)}")
@@ -295,7 +301,8 @@ def run_plan(
 ) -> tuple[tuple[RunRecord, ...], tuple[DtypeVerdict, ...]]:
     """Every run a study needs, in order, and the verdicts: the float64 oracle first; then per dtype baseline and
     fused, each in both summation orders; then, if the fused order is worse there (or `config.mitigate` is
-    "always"), each of the dtype's `mitigations`, then each of its `ablations` arms, in both summation orders.
+    "always"; never when it is "never"), each of the dtype's `mitigations`, then each of its `ablations` arms, in
+    both summation orders.
     `run(spec, label)` runs one."""
     records = [run(ORACLE, f"{name} {ORACLE.label}")]
     verdicts: list[DtypeVerdict] = []
@@ -307,7 +314,7 @@ def run_plan(
                 spec = RunSpec(d, order, summation)
                 records.append(run(spec, f"{name} {spec.label}"))
         verdicts.append(judge(family, records, d))
-        if verdicts[-1].no_worse and config.mitigate == "when-worse":
+        if config.mitigate == "never" or (verdicts[-1].no_worse and config.mitigate == "when-worse"):
             continue
         arms: list[tuple[str | None, Sites | None]] = [(m, None) for m in mitigations.get(d, ())]
         arms += [(m, k) for k, m in (ablations or {}).get(d, ())]
