@@ -35,14 +35,25 @@ apart. So the spread is at least `floor` = FLOOR_ULPS roundings of the figure's 
 dtype (`spread_floor`): a difference below it is no loss any computation under the policy could show. Figures
 that count events (agreements) are read exactly and have no floor.
 
-**Where the time goes** (measured on the 2-core test machine, load 1-4, so roughly): a SmolLM2 run in 16/8-bit
-storage is the teacher-forced windows (~1.3 s per 512-token window, 8 windows), the greedy figure (one
-teacher-forced pass over the float64 continuation, ~3 s; decoding 64 steps of 8 prompts took ~8 s) and its weights
-(0.4-1.4 s; fp8's quantisation ~4 s, once per dtype and summation order); the float64 oracle is ~2x a run and
-decodes its continuation (~17 s). Products are ~2/3 of it all, at ~100 GFLOP/s on 2 cores: the runs are near the
-machine's floor, and their number (1 + 4 per dtype, + 2 per mitigation or ablation arm where the fused order is
-worse) sets the study's time. A MiniLM run (256 sentences) is ~2-4 s; its LayerNorm hazard measurement ~40 s, most
-of it the equivalence criterion's bounds (`equivalence.layer_norm_linear_bounds`, 144 calls).
+**Where the time goes** (CPU seconds of the process, all threads, on the 2-core Intel Xeon test machine while other
+work shared it, load 3-7, so +-10%; wall time there was 1.5-4x the CPU time and says little; on an idle 2-core
+machine wall is at best about half the CPU time). MiniLM's full study, 255 CPU-s: a run (256 sentences, 4,209
+tokens through 6 layers, ~89 GFLOP of products) is 3.2-5.4 CPU-s in 32/16-bit storage - ~1.8 of it the products
+(~50 GFLOP/s a core), ~0.5 the executor writing each result back in storage and ~0.45 GELU - and 4.4-6.2 in fp8
+(its operand quantisation, `fp8.quantise`); the float64 run 6.7; the 16 base runs with it 81, the 12 mitigation
+runs 61, the 16 ablation runs 61, the LayerNorm hazard measurement 42 (21 of it the criterion's bounds,
+`equivalence.layer_norm_linear_bounds`, 144 calls of 256 rows). A SmolLM2 run is one forward pass per 512-token
+window (~4 CPU-s each), the greedy figure (one teacher-forced pass over the float64 continuation, 8 x 95 tokens,
+4.5-8 CPU-s: more tokens than a window) and its weights (0.5-1.7 CPU-s; folding and casting ~135M weights); the
+float64 run is ~2x a run and decodes its continuation token by token (~15 CPU-s). The runs are near the machine's
+floor, so their number (1 + 4 per dtype, + 2 per mitigation or ablation arm where the fused order is worse) sets the
+study's time: MiniLM's 1-minute target is out of reach with the arms (45 runs), and its figures and verdicts alone
+(17 runs, ~81 CPU-s) fit only on an idle machine.
+
+**The quick profile** (`mitigate="never"`, `--tokens 512 --mitigate never`): the figures and verdicts alone, SmolLM2
+on one 512-token window - no mitigation or ablation arm and no hazard measurement, which exist to find the cause
+and the fix of a loss the full study has found. Its verdicts on one window are noisier; it checks that the study
+runs. The full study (the default, docs/accuracy.md) keeps every figure, arm and measurement.
 
 **The ablation** (`RunSpec.sites`): the fused order applied at one kind of site only - "norm_linear" (the
 normalisation -> linear folds) or "softmax_linear" (softmax -> V deferred) - the other sites in the textbook order,
