@@ -10,7 +10,7 @@ from normfuse_ref import fusion
 from normfuse_ref.accuracy.corpus import load_corpus
 from normfuse_ref.accuracy.costs import LARGE_SITES, VARIANTS, SiteCost, bert_sites, site_costs
 from normfuse_ref.accuracy.fp8 import Fp8Executor
-from normfuse_ref.accuracy.hazard import HazardReport
+from normfuse_ref.accuracy.hazard import HazardReport, Recorder, measure_hazard
 from normfuse_ref.accuracy.minilm import BertRuns, embed, sentence_groups, study_bert
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
 from normfuse_ref.accuracy.study import ORACLE, ModelStudy, RunSpec, StudyConfig
@@ -140,6 +140,8 @@ def test_the_tiny_bert_study(tiny_bert_study: ModelStudy) -> None:
     assert {"bfloat16 fused+compensate", "bfloat16 fused+subtract permuted", "bfloat16 fused+wide-fold"} <= labels
     assert isinstance(s.hazard, HazardReport) and s.hazard.sites and s.hazard.cells
     assert {c.dtype for c in s.hazard.cells} == {"bfloat16"}  # float32 storage has no centring hazard to measure
+    quick = study_bert(TINY, load_corpus(), StudyConfig(sentences=24, dtypes=("bfloat16",), mitigate="never"))
+    assert quick.hazard is None and {r.spec.mitigation for r in quick.runs} == {None}  # the quick profile: neither
     assert [r["variant"] for r in s.costs["sites"]][:5] == list(VARIANTS)
 
 
@@ -153,6 +155,19 @@ def test_the_hazard_prediction_holds_where_it_says_the_fold_breaks(tiny_bert_stu
         lo, hi = sweep[min(sweep)], sweep[max(sweep)]
         assert hi.ratio > 1.5 and hi.ratio > 2 * lo.ratio, c
         assert c.mitigations["compensate"].failing == 0 and c.mitigations["subtract"].failing == 0, c
+
+
+def test_the_hazard_reads_the_float64_runs_layer_norm_inputs(tiny_bert_study: ModelStudy) -> None:
+    """The study records the LayerNorm inputs as its float64 run embeds the sentences (`minilm.embed` on a
+    `hazard.Recorder`) instead of running that forward again: the same report as the hazard's own forward passes,
+    and a recorder of other sentence groups is refused."""
+    groups = sentence_groups(TINY, SENTENCES)
+    runs = BertRuns(TINY.params, TINY.cfg)
+    assert measure_hazard(TINY, runs, groups, ("bfloat16",)) == tiny_bert_study.hazard
+    rec = Recorder(storage=np.float64)
+    embed(runs, ORACLE, groups[:-1], len(SENTENCES), rec)
+    with pytest.raises(ValueError, match="sentence groups"):
+        measure_hazard(TINY, runs, groups, ("bfloat16",), rec)
 
 
 def test_the_page_carries_the_hazard_and_costs(tiny_bert_study: ModelStudy) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from normfuse_ref.accuracy.corpus import load_corpus
-from normfuse_ref.accuracy.fp8 import E4M3_MAX, Fp8Executor, quantise
+from normfuse_ref.accuracy.fp8 import E4M3_MAX, Fp8Executor, quantise, round_e4m3fn
 from normfuse_ref.accuracy.metrics import agreement_length
 from normfuse_ref.accuracy.orders import permute_llama
 from normfuse_ref.accuracy.report import document_of_page, markdown, studies_from_document, study_document
@@ -64,6 +64,30 @@ def test_quantise_is_e4m3fn_with_power_of_two_scales() -> None:
         assert np.array_equal(on_grid, qrow)  # every entry is an e4m3fn number times the scale
         assert np.max(np.abs(qrow - row)) <= 2.0**-4 * amax  # half an ulp of e4m3fn at the top binade, at most
     assert np.array_equal(quantise(a.T, axis=-2), q.T)  # columns the same way
+
+
+def _float32_rounding_cases() -> np.ndarray:
+    """Float32 numbers that reach every case of rounding to e4m3fn: each sign and exponent, each pattern of the
+    11 leading fraction bits (the 3 e4m3fn keeps, the tie bit and the next 7), and low bits that put a value on,
+    just above and just below a tie; with +-0, +-inf and NaN among them."""
+    high = (np.arange(2 * 256, dtype=np.uint32)[:, None] << np.uint32(23)) | (
+        np.arange(1 << 11, dtype=np.uint32)[None, :] << np.uint32(12)
+    )  # (512, 2048)   sign, exponent, leading fraction bits
+    low = np.array([0, 1, 0x7FF, 0x800, 0x801, 0xFFE, 0xFFF], dtype=np.uint32)
+    return (high.reshape(-1, 1) | low).view(np.float32).ravel()  # (7.3M,)
+
+
+def test_round_e4m3fn_is_the_e4m3fn_cast() -> None:
+    v = _float32_rounding_cases()
+    with np.errstate(invalid="ignore", over="ignore"):
+        cast = v.astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    fast = round_e4m3fn(v.copy())
+    assert np.array_equal(np.isnan(fast), np.isnan(cast))
+    assert np.array_equal(fast.view(np.uint32), cast.view(np.uint32))  # the same bits, signs of zero and NaN too
+    # quantise's scaled path (overflow=False) on values it can meet: |v| <= 448
+    inside = v[np.abs(v) <= E4M3_MAX]
+    assert np.array_equal(round_e4m3fn(inside.copy(), overflow=False).view(np.uint32),
+                          cast[np.abs(v) <= E4M3_MAX].view(np.uint32))  # fmt: skip
 
 
 def test_fp8_executor_quantises_operands() -> None:
@@ -166,6 +190,16 @@ def test_mitigations_run_where_the_fused_order_is_worse() -> None:
         ("bfloat16", "compensate", True),
     ]
     assert "float32 fused+compensate" not in asked and "m bfloat16 fused+compensate permuted" in asked
+
+    # mitigate="never" (the quick profile): the same base runs and verdicts, no arm even where the fused order is worse
+    asked.clear()
+    never = StudyConfig(dtypes=("float32", "bfloat16"), mitigate="never")
+    records, verdicts = run_plan("bert", "m", never, {"float32": ("compensate",), "bfloat16": ("compensate",)}, run)
+    assert [(v.dtype, v.mitigation, v.no_worse) for v in verdicts] == [
+        ("float32", None, True),
+        ("bfloat16", None, False),
+    ]
+    assert len(records) == 1 + 2 * 4 and not any("+" in a for a in asked)
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,11 @@ def test_quick_profile_and_both_models(fake: list[tuple[str, StudyConfig]], caps
     assert code == 0, err
     assert [n for n, _ in fake] == ["smollm2-135m", "all-minilm-l6-v2"]
     assert fake[0][1].tokens == 300 and fake[0][1].window == 300  # one window when fewer tokens than a window
+    assert fake[0][1].mitigate == "when-worse"
+    fake.clear()
+    code, _, err = run(capsys, "accuracy", "--tokens", "512", "--mitigate", "never")
+    assert code == 0, err
+    assert [c.mitigate for _, c in fake] == ["never", "never"]
 
 
 def test_json_records(

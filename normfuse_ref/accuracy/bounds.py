@@ -65,6 +65,7 @@ __all__ = [
     "load",
     "matmul",
     "matmul_may_overflow",
+    "may_exceed_acc",
     "mul",
     "pooled_bound",
     "quiet",
@@ -261,6 +262,12 @@ def matmul_may_overflow(X: Bounded, W: Bounded, P: Precision) -> NDArray[np.bool
     X, W = load(X, P), load(W, P)
     with np.errstate(over="ignore", invalid="ignore"):
         mag = X.mag @ W.mag
+    return may_exceed_acc(mag, P)
+
+
+def may_exceed_acc(mag: F64, P: Precision) -> NDArray[np.bool_]:
+    """Where a known (finite) magnitude bound of partial sums passes the accumulation dtype's max: the condition of
+    `matmul_may_overflow`, for a caller that has the product's magnitude `load(X).mag @ load(W).mag` already."""
     return np.isfinite(mag) & (mag > P.max_a)
 
 
@@ -274,12 +281,20 @@ def matmul(X: Bounded, W: Bounded, P: Precision) -> Bounded:
     X, W = load(X, P), load(W, P)
     n = X.v.shape[-1]
     v = X.v @ W.v
-    aW = np.abs(W.v)
-    aX = np.abs(X.v)
     g = P.gamma_dot(n)
     with np.errstate(over="ignore", invalid="ignore"):
         mag = X.mag @ W.mag  # bounds every partial sum
-    b = X.b @ aW + aX @ W.b + X.b @ W.b + g * mag + n * P.eta_a * (1 + g)
+    # An exact operand (b = 0, e.g. a stored weight) contributes no error terms: its products are not computed.
+    # Leaving out an all-zero term changes no bound (adding +0 is exact), except where the other operand is not
+    # finite - and there mag is not finite either, so the bound is inf both ways.
+    xb, wb = bool(X.b.any()), bool(W.b.any())
+    b = (
+        (X.b @ np.abs(W.v) if xb else 0.0)
+        + (np.abs(X.v) @ W.b if wb else 0.0)
+        + (X.b @ W.b if xb and wb else 0.0)
+        + g * mag
+        + n * P.eta_a * (1 + g)
+    )
     return Bounded(v, _unless_over(b, mag, P.max_a))
 
 

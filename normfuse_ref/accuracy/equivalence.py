@@ -268,9 +268,11 @@ def layer_norm_linear_bounds(
     # x and F~' to acc when acc is narrower than storage (`bounds.load`)
     g = P.gamma_dot(n)
     Xl, Fl = bd.load(X, P), bd.load(Bounded(Fp, rho), P)  # (..., n), (n, m)
-    acc_term = g * (Xl.mag @ Fl.mag) + n * P.eta_a * (1 + g)  # (..., m)
-    cast = Xl.b @ Fl.mag + np.abs(x64) @ (Fl.b - rho)  # (..., m)   zero when acc is at least as wide as storage
-    may_overflow = bd.matmul_may_overflow(X, Bounded(Fp, rho), P)  # (..., m)
+    mag = Xl.mag @ Fl.mag  # (..., m)   bounds every partial sum of x @ F~' in acc
+    acc_term = g * mag + n * P.eta_a * (1 + g)  # (..., m)
+    # the casts' term is zero when acc is at least as wide as storage (load is exact): not computed then
+    cast = Xl.b @ Fl.mag + np.abs(x64) @ (Fl.b - rho) if P.u_a > P.u_s else 0.0  # (..., m)
+    may_overflow = bd.may_exceed_acc(mag, P)  # (..., m)   `bd.matmul_may_overflow(X, Bounded(Fp, rho), P)`
     y_shared = Bounded(x64 @ Fp, np.where(may_overflow, np.inf, ad @ rho + cast + acc_term))  # (..., m)
     fused_y = bd.scale_rows(y_shared, st.s, st.L, P)  # (..., m)
     fused = bd.store(bd.add(fused_y, Bounded(bias, b_bias), P), P)

@@ -40,7 +40,16 @@ from ..precision import resolve_dtype
 from . import equivalence as eq
 from .study import ORACLE
 
-__all__ = ["MAX_ROWS", "SWEEP", "HazardReport", "SiteDtypeHazard", "SiteHazard", "hazard_markdown", "measure_hazard"]
+__all__ = [
+    "MAX_ROWS",
+    "SWEEP",
+    "HazardReport",
+    "Recorder",
+    "SiteDtypeHazard",
+    "SiteHazard",
+    "hazard_markdown",
+    "measure_hazard",
+]
 
 Array = NDArray[Any]
 
@@ -131,7 +140,7 @@ class HazardReport:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class _Recorder(NumpyExecutor):
+class Recorder(NumpyExecutor):
     """A float64 NumpyExecutor that keeps the input of every LayerNorm's mean, by (layer, site)."""
 
     def __post_init__(self) -> None:
@@ -232,18 +241,24 @@ def measure_hazard(
     runs: Any,
     groups: Sequence[tuple[NDArray[np.int64], Array, Array]],
     dtypes: Sequence[str],
+    recorded: Recorder | None = None,
 ) -> HazardReport:
     """The report of the module docstring for `model` on the sentence `groups` (`minilm.sentence_groups`), for the
-    16- and 8-bit storage dtypes among `dtypes` (float32's fold rounds at the level of its own mean: no hazard)."""
+    16- and 8-bit storage dtypes among `dtypes` (float32's fold rounds at the level of its own mean: no hazard).
+    `recorded`: the recorder the study's float64 run of the same groups ran on (`minilm.embed`); without it, that
+    run's forward passes are made here."""
     from ..models.bert.forward import forward
 
     cfg = model.cfg
     w = runs.weights(ORACLE)  # float64, baseline: gamma, beta, F as the file has them
-    rec = _Recorder(storage=np.float64)
-    masks = []
-    for _, ids, mask in groups:
-        forward(w, cfg, ids, mask, mode="baseline", ex=rec)
-        masks.append(mask.astype(bool))
+    rec = recorded
+    if rec is None:
+        rec = Recorder(storage=np.float64)
+        for _, ids, mask in groups:
+            forward(w, cfg, ids, mask, mode="baseline", ex=rec)
+    if any(len(xs) != len(groups) for xs in rec.inputs.values()):
+        raise ValueError("the recorder did not run the float64 forward of exactly these sentence groups")
+    masks = [mask.astype(bool) for _, _, mask in groups]
     sites, cells = [], []
     for (layer, op), xs in sorted(rec.inputs.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1])):
         z = np.concatenate([x[m] for x, m in zip(xs, masks, strict=True)])  # (rows, d)   real tokens only

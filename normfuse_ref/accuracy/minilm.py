@@ -32,6 +32,7 @@ groups.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,7 +54,8 @@ from .fp8 import BF16, E4M3, Fp8Executor, quantise, quantise_weights
 from .metrics import cosine_rows, nearest_neighbours
 from .orders import permute_bert, unpermute_hidden
 from .smollm2 import WIDE_FOLD
-from .study import Ablation, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
+from .stored import StoredWeights
+from .study import ORACLE, Ablation, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
 
 __all__ = ["BERT_ABLATIONS", "BERT_MITIGATIONS", "BertRuns", "embed", "sentence_groups", "study_bert"]
 
@@ -100,17 +102,21 @@ def _fp8_fold(gamma: Array, beta: Array, F: Array) -> tuple[Array, Array]:
     return quantise(F_prime, axis=0).astype(BF16), bF
 
 
-class BertRuns:
-    """Weights, executors and the rule's options of every `RunSpec` for one BERT model, from its float32 weights."""
+def _store(p: Mapping[str, Array], dtype: str) -> dict[str, Array]:
+    """A summation order's weights stored in `dtype` (fp8: `quantise_weights`, the lookup tables in bfloat16)."""
+    dt = resolve_dtype(dtype)
+    if dt == E4M3:
+        return quantise_weights(p, lookups=frozenset(_LOOKUPS))
+    return {k: np.asarray(v).astype(dt) for k, v in p.items()}
+
+
+class BertRuns(StoredWeights):
+    """Weights, executors and the rule's options of every `RunSpec` for one BERT model, from its float32 weights
+    (each summation order's weights stored in each dtype made once: `StoredWeights`)."""
 
     def __init__(self, params: Mapping[str, Array], cfg: BertConfig) -> None:
+        super().__init__(params, functools.partial(permute_bert, cfg=cfg), _store)
         self.cfg = cfg
-        self._params: dict[str, Mapping[str, Array]] = {"plain": params}
-
-    def params(self, summation: str) -> Mapping[str, Array]:
-        if summation not in self._params:
-            self._params[summation] = permute_bert(self._params["plain"], self.cfg)
-        return self._params[summation]
 
     @staticmethod
     def centring(spec: RunSpec) -> Centring:
@@ -129,13 +135,9 @@ class BertRuns:
         return ("fused", "baseline") if spec.sites == "norm_linear" else ("baseline", "fused")
 
     def weights(self, spec: RunSpec) -> dict[str, Array]:
-        p = self.params(spec.summation)
+        stored = self.stored(spec.dtype, spec.summation)
         mode, _ = self.modes(spec)
         dt = resolve_dtype(spec.dtype)
-        if dt == E4M3:
-            stored = quantise_weights(p, lookups=frozenset(_LOOKUPS))
-        else:
-            stored = {k: np.asarray(v).astype(dt) for k, v in p.items()}
         if spec.mitigation not in (None, "wide-fold", "compensate", "subtract", "wide-bias"):
             raise ValueError(f"no BERT mitigation {spec.mitigation!r}")
         if spec.mitigation == "wide-fold":
@@ -169,9 +171,17 @@ def sentence_groups(model: BertModel, sentences: Sequence[str]) -> list[tuple[ND
     return groups
 
 
-def embed(runs: BertRuns, spec: RunSpec, groups: Sequence[tuple[NDArray[np.int64], Array, Array]], n: int) -> Array:
-    """(n, d) float64 unit sentence embeddings of one run (the permuted model's put back in channel order)."""
-    w, ex, cfg = runs.weights(spec), runs.executor(spec), runs.cfg
+def embed(
+    runs: BertRuns,
+    spec: RunSpec,
+    groups: Sequence[tuple[NDArray[np.int64], Array, Array]],
+    n: int,
+    ex: Executor | None = None,
+) -> Array:
+    """(n, d) float64 unit sentence embeddings of one run (the permuted model's put back in channel order). `ex`:
+    an executor computing as `runs.executor(spec)` does (the float64 run's LayerNorm recorder, `hazard.Recorder`)."""
+    w, cfg = runs.weights(spec), runs.cfg
+    ex = runs.executor(spec) if ex is None else ex
     mode, softmax = runs.modes(spec)
     out = np.empty((n, cfg.dim))  # (N, d)
     for idx, ids, mask in groups:
@@ -195,9 +205,9 @@ def study_bert(
     progress: Progress | None = None,
     hazard: bool = True,
 ) -> ModelStudy:
-    """The study of one BERT model (module docstring); with `hazard`, also the LayerNorm centring hazard measured
-    on its real activations (`hazard.measure_hazard`)."""
-    from .hazard import measure_hazard
+    """The study of one BERT model (module docstring); with `hazard` (and arms: `config.mitigate` not "never"),
+    also the LayerNorm centring hazard measured on its real activations (`hazard.measure_hazard`)."""
+    from .hazard import Recorder, measure_hazard
 
     config = StudyConfig() if config is None else config
     t0 = time.perf_counter()
@@ -208,11 +218,13 @@ def study_bert(
     runs = BertRuns(model.params, model.cfg)
     report = progress or (lambda _what, _done, _total: None)
     e64: list[Array] = []
+    # The hazard measurement reads the LayerNorm inputs of the float64 run: recorded as it runs, not run again.
+    recorder = Recorder(storage=np.float64) if hazard and config.mitigate != "never" else None
 
     def run(spec: RunSpec, what: str) -> RunRecord:
         report(what, 0, 1)
         t_run = time.perf_counter()
-        e = embed(runs, spec, groups, len(sentences))  # (N, d)
+        e = embed(runs, spec, groups, len(sentences), recorder if spec == ORACLE else None)  # (N, d)
         if not e64:
             e64.append(e)
         cos = cosine_rows(e, e64[0])  # (N,)
@@ -224,7 +236,7 @@ def study_bert(
 
     records, verdicts = run_plan("bert", name, config, mitigations, run, ablations)
     report(f"{name} LayerNorm hazard on real activations", 0, 1)
-    measured = measure_hazard(model, runs, groups, config.dtypes) if hazard else None
+    measured = measure_hazard(model, runs, groups, config.dtypes, recorder) if recorder is not None else None
     folded = {k: v for k, v in bert_shapes(model.cfg).items() if k.endswith((".qkv", ".ffn_up"))}
     costs = study_costs(folded, {d: WIDE_FOLD[d] for d in config.dtypes if d in WIDE_FOLD}, model.cfg)
     return ModelStudy(

@@ -54,6 +54,7 @@ from .costs import study_costs
 from .fp8 import BF16, E4M3, Fp8Executor, quantise, quantise_weights
 from .metrics import Reference, ScoreAccumulator
 from .orders import permute_llama
+from .stored import StoredWeights
 from .study import ORACLE, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
 
 __all__ = ["LLAMA_MITIGATIONS", "WIDE_FOLD", "LlamaRuns", "Runner", "corpus_prompts", "corpus_windows", "study_llama"]
@@ -89,30 +90,18 @@ def _fold(spec: RunSpec) -> Fold:
     return _fp8_fold if resolve_dtype(spec.dtype) == E4M3 else fold_rms_norm
 
 
-class LlamaRuns:
-    """Weights and executors of every `RunSpec` for one Llama model, built on demand from its float32 weights."""
+class LlamaRuns(StoredWeights):
+    """Weights and executors of every `RunSpec` for one Llama model, built on demand from its float32 weights: a
+    summation order's weights stored in a dtype (`stored`) are packed into blocks, made once per dtype and order."""
 
     def __init__(self, params: Mapping[str, Array], cfg: LlamaConfig) -> None:
+        super().__init__(params, functools.partial(permute_llama, cfg=cfg), self._store_packed)
         self.cfg = cfg
-        self._params: dict[str, Mapping[str, Array]] = {"plain": params}
-        self._stored: dict[tuple[str, str], dict[str, Array]] = {}
 
-    def params(self, summation: str) -> Mapping[str, Array]:
-        if summation not in self._params:
-            self._params[summation] = permute_llama(self._params["plain"], self.cfg)
-        return self._params[summation]
-
-    def stored(self, dtype: str, summation: str) -> dict[str, Array]:
-        """The weights of one summation order stored in `dtype`, packed into blocks (fp8: quantised, ~4 s for
-        SmolLM2). Every order and mitigation of a dtype starts from them, so they are kept for the dtype at hand
-        (the study runs a dtype's runs together) and dropped when another dtype is asked for. Read-only."""
-        key = (dtype, summation)
-        if key not in self._stored:
-            self._stored = {k: v for k, v in self._stored.items() if k[0] == dtype}
-            p, dt = self.params(summation), resolve_dtype(dtype)
-            stored = quantise_weights(p, row_scaled=frozenset({"token_embd.weight"})) if dt == E4M3 else _cast(p, dt)
-            self._stored[key] = pack_blocks_inplace(stored, self.cfg)
-        return self._stored[key]
+    def _store_packed(self, p: Mapping[str, Array], dtype: str) -> dict[str, Array]:
+        dt = resolve_dtype(dtype)
+        stored = quantise_weights(p, row_scaled=frozenset({"token_embd.weight"})) if dt == E4M3 else _cast(p, dt)
+        return pack_blocks_inplace(stored, self.cfg)
 
     def weights(self, spec: RunSpec) -> dict[str, Array]:
         mode: Mode = "baseline" if spec.order == "float64" else spec.order

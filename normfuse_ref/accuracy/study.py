@@ -35,14 +35,28 @@ apart. So the spread is at least `floor` = FLOOR_ULPS roundings of the figure's 
 dtype (`spread_floor`): a difference below it is no loss any computation under the policy could show. Figures
 that count events (agreements) are read exactly and have no floor.
 
-**Where the time goes** (measured on the 2-core test machine, load 1-4, so roughly): a SmolLM2 run in 16/8-bit
-storage is the teacher-forced windows (~1.3 s per 512-token window, 8 windows), the greedy figure (one
-teacher-forced pass over the float64 continuation, ~3 s; decoding 64 steps of 8 prompts took ~8 s) and its weights
-(0.4-1.4 s; fp8's quantisation ~4 s, once per dtype and summation order); the float64 oracle is ~2x a run and
-decodes its continuation (~17 s). Products are ~2/3 of it all, at ~100 GFLOP/s on 2 cores: the runs are near the
-machine's floor, and their number (1 + 4 per dtype, + 2 per mitigation or ablation arm where the fused order is
-worse) sets the study's time. A MiniLM run (256 sentences) is ~2-4 s; its LayerNorm hazard measurement ~40 s, most
-of it the equivalence criterion's bounds (`equivalence.layer_norm_linear_bounds`, 144 calls).
+**Where the time goes** (CPU seconds of the process, all threads, on the 2-core Intel Xeon test machine while other
+work shared it, load 3-7, so +-10%; wall time there was 1.5-4x the CPU time and says little; on an idle 2-core
+machine wall is at best about half the CPU time). MiniLM's full study, 255 CPU-s: a run (256 sentences, 4,209
+tokens through 6 layers, ~89 GFLOP of products) is 3.2-5.4 CPU-s in 32/16-bit storage - ~1.8 of it the products
+(~50 GFLOP/s a core), ~0.5 the executor writing each result back in storage and ~0.45 GELU - and 4.4-6.2 in fp8
+(its operand quantisation, `fp8.quantise`); the float64 run 6.7; the 16 base runs with it 81, the 12 mitigation
+runs 61, the 16 ablation runs 61, the LayerNorm hazard measurement 42 (21 of it the criterion's bounds,
+`equivalence.layer_norm_linear_bounds`, 144 calls of 256 rows). A SmolLM2 run is one forward pass per 512-token
+window (~4 CPU-s each), the greedy figure (one teacher-forced pass over the float64 continuation, 8 x 95 tokens,
+4.5-8 CPU-s: more tokens than a window) and its weights (0.5-1.7 CPU-s; folding and casting ~135M weights); the
+float64 run is ~2x a run and decodes its continuation token by token (~15 CPU-s). SmolLM2's full study, 1,285
+CPU-s: 23 runs, the windows 1,013 of it, the greedy figure 156, scoring 79, weights 37; a float16 run 55-91 CPU-s
+against bfloat16's ~43 (the executor's float16 rounding of every result is the slower cast), fp8 ~66. The quick
+profile took 348 CPU-s for both models (17 + 17 runs). The runs are near the machine's
+floor, so their number (1 + 4 per dtype, + 2 per mitigation or ablation arm where the fused order is worse) sets the
+study's time: MiniLM's 1-minute target is out of reach with the arms (45 runs), and its figures and verdicts alone
+(17 runs, ~81 CPU-s) fit only on an idle machine.
+
+**The quick profile** (`mitigate="never"`, `--tokens 512 --mitigate never`): the figures and verdicts alone, SmolLM2
+on one 512-token window - no mitigation or ablation arm and no hazard measurement, which exist to find the cause
+and the fix of a loss the full study has found. Its verdicts on one window are noisier; it checks that the study
+runs. The full study (the default, docs/accuracy.md) keeps every figure, arm and measurement.
 
 **The ablation** (`RunSpec.sites`): the fused order applied at one kind of site only - "norm_linear" (the
 normalisation -> linear folds) or "softmax_linear" (softmax -> V deferred) - the other sites in the textbook order,
@@ -66,6 +80,7 @@ __all__ = [
     "DTYPES",
     "FIGURES",
     "FLOOR_ULPS",
+    "MITIGATE",
     "MODELS",
     "ORACLE",
     "SITES",
@@ -95,6 +110,10 @@ MODELS = ("smollm2-135m", "all-minilm-l6-v2")
 #: Storage dtypes studied, widest first; float32 accumulation in each (the policy for 16/8-bit storage).
 DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")
 
+#: When a study runs a dtype's mitigation and ablation arms (`StudyConfig.mitigate`).
+Mitigate = Literal["when-worse", "always", "never"]
+MITIGATE: tuple[Mitigate, ...] = ("when-worse", "always", "never")
+
 #: Reports progress: (what is running, steps done, steps in this stage).
 Progress = Callable[[str, int, int], None]
 
@@ -111,9 +130,10 @@ class StudyConfig:
     new_tokens: int = 64  # tokens generated greedily from each prompt, compared with the float64 run's
     sentences: int = 256  # MiniLM: corpus sentences embedded (nearest neighbours among 255 others)
     dtypes: tuple[str, ...] = DTYPES
-    mitigate: Literal["when-worse", "always"] = "when-worse"  # run a dtype's mitigations (and ablations) only
-    #                    where the fused order is worse (they exist to find the cause and the fix; each costs two
-    #                    full runs)
+    mitigate: Mitigate = "when-worse"  # run a dtype's mitigations (and ablations) only where the fused order is
+    #                    worse (they exist to find the cause and the fix; each costs two full runs); "never": the
+    #                    figures and verdicts alone - no mitigation or ablation arm, no hazard measurement (the
+    #                    quick profile, module docstring)
 
     def __post_init__(self) -> None:
         for name in ("tokens", "window", "prompts", "prompt_tokens", "new_tokens"):
@@ -123,8 +143,8 @@ class StudyConfig:
             raise ValueError("tokens and window must be >= 2 (a position is scored on the token after it)")
         if self.sentences < 2:
             raise ValueError(f"sentences must be >= 2 (each needs a nearest neighbour); got {self.sentences}")
-        if self.mitigate not in ("when-worse", "always"):
-            raise ValueError(f"mitigate must be 'when-worse' or 'always'; got {self.mitigate!r}")
+        if self.mitigate not in MITIGATE:
+            raise ValueError(f"mitigate must be one of {', '.join(MITIGATE)}; got {self.mitigate!r}")
         for d in self.dtypes:
             if d not in DTYPES:
                 raise ValueError(f"dtype {d!r} is not studied; choose from {', '.join(DTYPES)}")
@@ -295,7 +315,8 @@ def run_plan(
 ) -> tuple[tuple[RunRecord, ...], tuple[DtypeVerdict, ...]]:
     """Every run a study needs, in order, and the verdicts: the float64 oracle first; then per dtype baseline and
     fused, each in both summation orders; then, if the fused order is worse there (or `config.mitigate` is
-    "always"), each of the dtype's `mitigations`, then each of its `ablations` arms, in both summation orders.
+    "always"; never when it is "never"), each of the dtype's `mitigations`, then each of its `ablations` arms, in
+    both summation orders.
     `run(spec, label)` runs one."""
     records = [run(ORACLE, f"{name} {ORACLE.label}")]
     verdicts: list[DtypeVerdict] = []
@@ -307,7 +328,7 @@ def run_plan(
                 spec = RunSpec(d, order, summation)
                 records.append(run(spec, f"{name} {spec.label}"))
         verdicts.append(judge(family, records, d))
-        if verdicts[-1].no_worse and config.mitigate == "when-worse":
+        if config.mitigate == "never" or (verdicts[-1].no_worse and config.mitigate == "when-worse"):
             continue
         arms: list[tuple[str | None, Sites | None]] = [(m, None) for m in mitigations.get(d, ())]
         arms += [(m, k) for k, m in (ablations or {}).get(d, ())]

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..accuracy.corpus import EmptyCorpus, load_corpus
 from ..accuracy.report import UNITS, dtype_table, markdown, study_document, verdict_sentence
-from ..accuracy.study import DTYPES, MODELS, ModelStudy, StudyConfig
+from ..accuracy.study import DTYPES, MITIGATE, MODELS, ModelStudy, StudyConfig
 from ..extras import MissingExtra
 from ..models.llama.fetch import CorruptModel
 from .args import integer
@@ -42,6 +42,13 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         help=f"corpus tokens SmolLM2 is scored on (default {StudyConfig.tokens}; 512 is a quick profile)",
     )
+    p.add_argument(
+        "--mitigate",
+        choices=MITIGATE,
+        default=StudyConfig.mitigate,
+        help="run a dtype's mitigation and ablation arms where the fused order is worse (default), always, or never "
+        "(never: no arms and no LayerNorm hazard measurement; the quick profile is --tokens 512 --mitigate never)",
+    )
     p.add_argument("--markdown", metavar="FILE", help="also write the results as a Markdown page (docs/accuracy.md)")
     p.add_argument("--force", action="store_true", help="overwrite the --markdown / --figure file if it exists")
     add_figure_argument(p, "each figure's loss against baseline in units of its spread")
@@ -52,7 +59,9 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     models = list(dict.fromkeys(args.model or MODELS))
     dtypes = tuple(d for d in DTYPES if d in (args.dtype or DTYPES))  # widest first, whatever the order given
-    config = StudyConfig(tokens=args.tokens, window=min(StudyConfig.window, args.tokens), dtypes=dtypes)
+    config = StudyConfig(
+        tokens=args.tokens, window=min(StudyConfig.window, args.tokens), dtypes=dtypes, mitigate=args.mitigate
+    )
     with OutputFiles(force=args.force) as outputs:
         md = outputs.add("--markdown", args.markdown, suffixes=(".md",))
         fig = outputs.add_figure(args.figure)  # the plot extra required before the long run, not after it
