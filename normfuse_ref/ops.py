@@ -180,7 +180,7 @@ class NumpyExecutor:
 
     def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
         blocks = matmul_blocks(x.shape, F.shape) if F.ndim in (2, x.ndim) else None
-        if blocks is None:  # a decode step's product but its head (or a broadcast batch of F): one BLAS call
+        if blocks is None:  # a decode step's product, the head's aside (or a broadcast batch of F): one BLAS call
             return self._out(matmul_acc(x, F, self._acc), keep_acc)
         out = np.empty((*x.shape[:-1], F.shape[-1]), self._acc if keep_acc else self._st)  # (..., m)
         direct = out.dtype == self._acc and self._acc.itemsize >= 4  # BLAS writes each block in place

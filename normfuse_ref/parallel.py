@@ -113,8 +113,9 @@ MATMUL_WORK = 1 << 23
 MATMUL_COLUMNS = 256
 MATMUL_WIDE = 8
 #: Products of fewer rows are matrix-vector-like (a decode step's): memory-bound, one BLAS call, unless F has at
-#: least MATVEC_SPLIT elements (the logits' head): then an even number of blocks of at most ~MATVEC_BLOCK elements
-#: of F, each a multiple of MATMUL_COLUMNS columns wide, so that both cores stream it. Measured on the 2-core test machine (Intel Xeon, nothing else running; a decode step's products
+#: least MATVEC_SPLIT elements (the logits' head): then blocks of ~MATVEC_BLOCK elements of F (an even number of
+#: them, each widened to a multiple of MATMUL_COLUMNS columns, so the last may be short), so that both cores stream
+#: it. Measured on the 2-core test machine (Intel Xeon, nothing else running; a decode step's products
 #: cycled through SmolLM2's 537 MB so that F comes from memory, median of 12): 43.7 ms one call each; 41.8 ms with
 #: the head (113 MB) cut; 43.8 / 45.0 / 57.2 ms also cutting every F of at least 4 / 2 / 1 MiB (the two cores share
 #: the memory bandwidth, and each cut product pays a hand-off to the other thread). In the model (SmolLM2 fused
@@ -178,7 +179,7 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
     if len(x_shape) < 2 or rows < MATMUL_MIN_ROWS:
         if len(x_shape) < 2 or len(F_shape) != 2 or math.prod(F_shape) < MATVEC_SPLIT:
             return None
-        k = -(-math.prod(F_shape) // MATVEC_BLOCK)  # the head of a decode step: k blocks, k even
+        k = -(-math.prod(F_shape) // MATVEC_BLOCK)  # the head of a decode step: about k blocks, k made even
         width = -(-m // (k + k % 2) // MATMUL_COLUMNS) * MATMUL_COLUMNS
         return _column_blocks(x_shape, m, width)
     columns = len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS
