@@ -325,6 +325,24 @@ def test_attention_in_blocks_of_query_rows_equals_the_one_shot(dtype: str, mode:
         assert same(blocks[0], whole), "blocks of query rows differ from the whole"
 
 
+def test_a_block_of_early_queries_reads_only_the_keys_they_see() -> None:
+    """The causal mask's rows are query-major (row r is query r // G), so a block of consecutive rows is a run of
+    queries, and `keys_seen` (how many keys a block's products read) ends at its last query's last key, counted
+    here from the definition: query t of T new ones after S - T cached sees keys 0 .. t + S - T."""
+    T, S, G = 48, 60, 3
+    keep = causal_keep(T, S, G)  # (T*G, S)
+    assert keep is not None
+    for r in range(T * G):
+        assert keep[r].sum() == r // G + S - T + 1 and keep[r, : r // G + S - T + 1].all()
+    for a, b in ((0, 1), (0, 37), (37, 38), (90, 144), (0, 144)):
+        assert sites.keys_seen(keep[a:b]) == (b - 1) // G + S - T + 1, (a, b)
+    pad = np.ones((4, 1, 1, 24), bool)  # (B, 1, 1, S)
+    pad[1, ..., 17:] = False  # one sequence padded after 17 tokens
+    assert sites.keys_seen(pad[1:2]) == 17 and sites.keys_seen(pad) == 24
+    assert sites.keys_seen(np.zeros((5, 9), bool)) == 1  # no key seen: the rows are all masked, one key will do
+    assert sites.keys_seen(None) == float("inf")  # no mask: every key
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Whole models: 1 thread == 2 threads == whole, both orders
 # ---------------------------------------------------------------------------------------------------------------

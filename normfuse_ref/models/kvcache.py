@@ -98,14 +98,16 @@ def room_for(cache: KVCache, S: int, cfg: Any) -> KVCache:
 
 @functools.lru_cache(maxsize=8)
 def causal_keep(T: int, S: int, G: int) -> NDArray[np.bool_] | None:
-    """(G*T, S) keep-mask of grouped query rows over keys (row r is query t = r mod T, which sees keys
-    j <= t + S - T), or None when every query sees every key (a single new token).
+    """(T*G, S) keep-mask of grouped query rows over keys (row r is query t = r // G, one of the G query heads
+    sharing a key head, which sees keys j <= t + S - T), or None when every query sees every key (a single new
+    token). The rows are query-major, so a block of consecutive rows is a run of consecutive queries, whose keys
+    end where its last query's do (`sites.attention` reads no further).
 
     Cached (read-only) so that the layers of one forward call share one mask: for a long prompt it is large.
     """
     if T == 1:
         return None
-    t = np.arange(G * T) % T  # (G*T,)
-    keep = np.arange(S)[None, :] <= (t + S - T)[:, None]  # (G*T, S)
+    t = np.arange(T * G) // G  # (T*G,)
+    keep = np.arange(S)[None, :] <= (t + S - T)[:, None]  # (T*G, S)
     keep.flags.writeable = False
     return keep

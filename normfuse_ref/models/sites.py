@@ -92,14 +92,30 @@ def attention(ex: Executor, q: Any, kT: Any, v: Any, keep: NDArray[np.bool_] | N
 
     Each query row's output reads only its own scores, so the executor may run this on blocks of query rows
     (`Executor.rows`): the plain executor does, keeping a block's scores in cache from q k^T to P V; the emulator
-    issues the same primitives on the whole."""
+    issues the same primitives on the whole. Keys after the last one that any row of a block sees are left out of
+    its products: their weights e^{-inf} are exactly 0, so they add exact zeros (a causal block of early queries
+    reads only the keys before it; the whole, whose last query sees every key, reads all of them)."""
 
     def attend(ex: Executor, q: Any, keep: Any, kT: Any, v: Any) -> Any:  # a block of query rows
+        seen = keys_seen(keep)
+        if seen < np.shape(kT)[-1]:  # keys [seen, S) are masked for every row here
+            kT = ex.layout(lambda a: a[..., :seen], kT, op="keys_seen")  # (..., hd, seen)
+            v = ex.layout(lambda a: a[..., :seen, :], v, op="keys_seen")  # (..., seen, hd')
+            keep = keep[..., :seen]
         z = ex.matmul(q, kT, op="attn_scores", keep_acc=True)  # (..., rows, S)   scores stay in acc for the softmax
         z = masked_scores(ex, z, keep, hd)  # (..., rows, S)   z / sqrt(hd), -inf where a key is not seen
         return softmax_linear(ex, z, v, mode, "attn_pv")  # (..., rows, hd')
 
     return ex.rows(attend, q, keep, batched=(kT, v), op="attention")
+
+
+def keys_seen(keep: NDArray[np.bool_] | None) -> int | float:
+    """1 + the last key that some row of `keep` (..., rows, S) sees, at least 1 (a row that sees no key is all
+    masked whatever its length); infinity when there is no mask (every key is seen)."""
+    if keep is None:
+        return math.inf
+    seen = np.flatnonzero(keep.any(axis=tuple(range(keep.ndim - 1))))  # the keys some row sees
+    return max(1, int(seen[-1]) + 1) if seen.size else 1
 
 
 # reference: x @ F + b

@@ -96,17 +96,17 @@ def attention(
     L = tuple(range(len(lead)))  # the batch axis, if any (explicit transposes: np.moveaxis is slow per call)
     n = len(lead)
 
-    def heads_q(a: Array) -> Array:  # (.., T, Hkv, G, hd) -> (.., Hkv, G, T, hd) -> (.., Hkv, G*T, hd)
-        return a.reshape(*lead, T, Hkv, G, hd).transpose(*L, n + 1, n + 2, n, n + 3).reshape(*lead, Hkv, G * T, hd)
+    def heads_q(a: Array) -> Array:  # (.., T, Hkv, G, hd) -> (.., Hkv, T, G, hd) -> (.., Hkv, T*G, hd)
+        return a.reshape(*lead, T, Hkv, G, hd).transpose(*L, n + 1, n, n + 2, n + 3).reshape(*lead, Hkv, T * G, hd)
 
-    qh = ex.layout(heads_q, q, op="heads")  # (.., Hkv, G*T, hd)
+    qh = ex.layout(heads_q, q, op="heads")  # (.., Hkv, T*G, hd)   query-major rows: row t*G + g is query t, head g
     kT = ex.layout(lambda a: a.transpose(*L, n + 1, n + 2, n), k_all, op="heads")  # (.., Hkv, hd, S)
     vh = ex.layout(lambda a: np.swapaxes(a, -3, -2), v_all, op="heads")  # (.., Hkv, S, hd)
-    keep = causal_keep(T, S, G)  # (G*T, S) or None: causal, query t sees keys j <= t + S - T
-    o = sites.attention(ex, qh, kT, vh, keep, hd, mode)  # (.., Hkv, G*T, hd)
+    keep = causal_keep(T, S, G)  # (T*G, S) or None: causal, query t sees keys j <= t + S - T
+    o = sites.attention(ex, qh, kT, vh, keep, hd, mode)  # (.., Hkv, T*G, hd)
 
-    def merge_heads(a: Array) -> Array:  # (.., Hkv, G, T, hd) -> (.., T, Hkv, G, hd) -> (.., T, Hq hd)
-        return a.reshape(*lead, Hkv, G, T, hd).transpose(*L, n + 2, n, n + 1, n + 3).reshape(*lead, T, Hq * hd)
+    def merge_heads(a: Array) -> Array:  # (.., Hkv, T, G, hd) -> (.., T, Hkv, G, hd) -> (.., T, Hq hd)
+        return a.reshape(*lead, Hkv, T, G, hd).transpose(*L, n + 1, n, n + 2, n + 3).reshape(*lead, T, Hq * hd)
 
     return ex.layout(merge_heads, o, op="merge_heads")  # (.., T, Hq hd)
 
