@@ -72,7 +72,7 @@ LLAMA_MITIGATIONS: dict[str, tuple[str, ...]] = {
 }
 
 #: The format a "wide-fold" mitigation stores g ⊙ F in, per storage dtype: float32 for 16-bit weights, bfloat16
-#: for fp8 weights (what the issue asks: "fold fp8 weights in at least bfloat16").
+#: for fp8 weights (the fold of fp8 weights kept in at least bfloat16).
 WIDE_FOLD = {"bfloat16": "float32", "float16": "float32", "float8_e4m3fn": "bfloat16"}
 
 

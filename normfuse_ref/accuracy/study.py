@@ -120,9 +120,9 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What one study measures. Defaults are the issue's full study."""
+    """What one study measures. Defaults are the full study."""
 
-    tokens: int = 4096  # corpus tokens SmolLM2 is scored on: at least 4,000 (the issue), 8 windows of 512
+    tokens: int = 4096  # corpus tokens SmolLM2 is scored on: at least 4,000, 8 windows of 512
     window: int = 512  # tokens per teacher-forced window, each a fresh context: long enough for real context,
     #                    short enough that attention (quadratic in it) stays a small part of the cost
     prompts: int = 8  # greedy continuations: prompts, each the first `prompt_tokens` tokens of a corpus document
