@@ -497,7 +497,7 @@ class EmulatingExecutor:
 
     def _move_plan(self, x: Value, place: Place, out_shape: tuple[int, ...], stage: int) -> Plan:
         """Moving input x to the slices of `place`, where an elementwise op of output shape `out_shape` runs."""
-        key = ("mv", x.place, place, x.shape, out_shape, x.norm)
+        key = ("mv", x.place, place, x.shape, out_shape, x.norm, x.replicated)  # replicated: the span below
         plan = self._plans.get(key)
         if plan is None:
             width = self.hw.memory.word_bytes if x.norm else self._act_bytes()
@@ -639,13 +639,15 @@ class EmulatingExecutor:
         m0, l0, o0 = self._here(t.m), self._here(t.l), self._here(t.o)
         ms, os_ = self._data(m0).shape, self._data(o0).shape
         stage = self._stage
-        place = m0.place if self._mine(m0) else self._default_place(stage, ms)
-        key = ("sm", stage, ms, os_, place)
+        mine = self._mine(m0)
+        place = m0.place if mine else self._default_place(stage, ms)
+        key = ("sm", stage, ms, os_, place, mine)  # mine: which slices the states lie on (the span below)
         entry = self._plans.get(key)
         if entry is None:
             k, hd = ms[-2], os_[-1]
             rows = cdiv(math.prod(ms[:-2]), place.groups * place.rows)  # rows one set of key slices merges
-            span = network.span_of(self.hw, min(place.count, costs.pow2_ceil(k)) if self._mine(m0) else k, 1)
+            # this executor's states lie on the key slices of their place; states passed in, on k slices
+            span = network.span_of(self.hw, min(place.count, costs.pow2_ceil(k)) if mine else k, 1)
             plan = self._plan(costs.merge_steps(self.hw, span=span, rows=rows, width=hd), stage)
             entry = self._plans[key] = (plan, place._replace(count=1))  # merged on each group's root
         plan, root = entry
