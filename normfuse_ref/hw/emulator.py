@@ -15,7 +15,8 @@ the `tiled` kernels. Where work runs:
     softmax_tiles    on the KV layout: local max, exp and sum, then e @ V (no communication)
     softmax_merge    the online-softmax merge over the key slices, split into its partial-sum part and its
                      normalisation overhead (`costs.merge_steps`)
-    layout           free (addressing); the output lives where its largest input lives
+    layout           free (addressing); the output lives where its largest input lives, replicated if every
+                     input is replicated there
 A value produced on another stage first crosses to this one (`costs.stage_transfer_step`), once.
 
 Flags (each a separate pass of the same forward): `free_normalisation` makes every normalisation-statistic step
@@ -681,7 +682,12 @@ class EmulatingExecutor:
             if biggest is None or x.data.size > biggest.data.size:
                 biggest = x
         place = biggest.place if biggest is not None else self._default_place(self._stage, out.shape)
-        return Value(out, ready, src, place, self, self._epoch, min(fresh, out.size), norm, on_kv, pair)
+        # A layout is addressing: no data moves, so every slice holds after it what it held before. If every input
+        # is replicated on the output's place (each of its slices holds all of each input), each slice holds all of
+        # any reshape, slice or gather of them: the output is replicated too. An input living elsewhere, or a plain
+        # array (where it lives is not modelled), leaves some slices without part of it: not replicated.
+        replicated = len(mine) == len(xs) > 0 and all(x.replicated and x.place == place for x in mine)
+        return Value(out, ready, src, place, self, self._epoch, min(fresh, out.size), norm, on_kv, pair, replicated)
 
     def rows(self, fn: Callable[..., Any], x: Any, *xs: Any, batched: tuple[Any, ...] = (), op: str) -> Any:
         return fn(self, x, *xs, *batched)  # the machine runs the primitives themselves, each on its slices
