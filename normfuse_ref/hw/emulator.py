@@ -15,7 +15,8 @@ the `tiled` kernels. Where work runs:
     softmax_tiles    on the KV layout: local max, exp and sum, then e @ V (no communication)
     softmax_merge    the online-softmax merge over the key slices, split into its partial-sum part and its
                      normalisation overhead (`costs.merge_steps`)
-    layout           free (addressing); the output lives where its largest input lives
+    layout           free (addressing); the output lives where its largest input lives, replicated if every
+                     input is replicated there
 A value produced on another stage first crosses to this one (`costs.stage_transfer_step`), once.
 
 Flags (each a separate pass of the same forward): `free_normalisation` makes every normalisation-statistic step
@@ -497,7 +498,7 @@ class EmulatingExecutor:
 
     def _move_plan(self, x: Value, place: Place, out_shape: tuple[int, ...], stage: int) -> Plan:
         """Moving input x to the slices of `place`, where an elementwise op of output shape `out_shape` runs."""
-        key = ("mv", x.place, place, x.shape, out_shape, x.norm)
+        key = ("mv", x.place, place, x.shape, out_shape, x.norm, x.replicated)  # replicated: the span below
         plan = self._plans.get(key)
         if plan is None:
             width = self.hw.memory.word_bytes if x.norm else self._act_bytes()
@@ -639,13 +640,15 @@ class EmulatingExecutor:
         m0, l0, o0 = self._here(t.m), self._here(t.l), self._here(t.o)
         ms, os_ = self._data(m0).shape, self._data(o0).shape
         stage = self._stage
-        place = m0.place if self._mine(m0) else self._default_place(stage, ms)
-        key = ("sm", stage, ms, os_, place)
+        mine = self._mine(m0)
+        place = m0.place if mine else self._default_place(stage, ms)
+        key = ("sm", stage, ms, os_, place, mine)  # mine: which slices the states lie on (the span below)
         entry = self._plans.get(key)
         if entry is None:
             k, hd = ms[-2], os_[-1]
             rows = cdiv(math.prod(ms[:-2]), place.groups * place.rows)  # rows one set of key slices merges
-            span = network.span_of(self.hw, min(place.count, costs.pow2_ceil(k)) if self._mine(m0) else k, 1)
+            # this executor's states lie on the key slices of their place; states passed in, on k slices
+            span = network.span_of(self.hw, min(place.count, costs.pow2_ceil(k)) if mine else k, 1)
             plan = self._plan(costs.merge_steps(self.hw, span=span, rows=rows, width=hd), stage)
             entry = self._plans[key] = (plan, place._replace(count=1))  # merged on each group's root
         plan, root = entry
@@ -679,7 +682,12 @@ class EmulatingExecutor:
             if biggest is None or x.data.size > biggest.data.size:
                 biggest = x
         place = biggest.place if biggest is not None else self._default_place(self._stage, out.shape)
-        return Value(out, ready, src, place, self, self._epoch, min(fresh, out.size), norm, on_kv, pair)
+        # A layout is addressing: no data moves, so every slice holds after it what it held before. If every input
+        # is replicated on the output's place (each of its slices holds all of each input), each slice holds all of
+        # any reshape, slice or gather of them: the output is replicated too. An input living elsewhere, or a plain
+        # array (where it lives is not modelled), leaves some slices without part of it: not replicated.
+        replicated = len(mine) == len(xs) > 0 and all(x.replicated and x.place == place for x in mine)
+        return Value(out, ready, src, place, self, self._epoch, min(fresh, out.size), norm, on_kv, pair, replicated)
 
     def rows(self, fn: Callable[..., Any], x: Any, *xs: Any, batched: tuple[Any, ...] = (), op: str) -> Any:
         return fn(self, x, *xs, *batched)  # the machine runs the primitives themselves, each on its slices
