@@ -341,6 +341,7 @@ def test_a_block_of_early_queries_reads_only_the_keys_they_see() -> None:
     assert sites.keys_seen(pad[1:2]) == 17 and sites.keys_seen(pad) == 24
     assert sites.keys_seen(np.zeros((5, 9), bool)) == 1  # no key seen: the rows are all masked, one key will do
     assert sites.keys_seen(None) == float("inf")  # no mask: every key
+    assert sites.keys_seen(np.array([[True], [False]])) == float("inf")  # broadcast over the keys: not a key's index
 
 
 # ---------------------------------------------------------------------------------------------------------------

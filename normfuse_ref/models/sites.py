@@ -111,8 +111,9 @@ def attention(ex: Executor, q: Any, kT: Any, v: Any, keep: NDArray[np.bool_] | N
 
 def keys_seen(keep: NDArray[np.bool_] | None) -> int | float:
     """1 + the last key that some row of `keep` (..., rows, S) sees, at least 1 (a row that sees no key is all
-    masked whatever its length); infinity when there is no mask (every key is seen)."""
-    if keep is None:
+    masked whatever its length); infinity when there is no mask or it is broadcast over the keys (last axis of
+    length 1: every key, or none, for each row)."""
+    if keep is None or keep.shape[-1] == 1:
         return math.inf
     seen = np.flatnonzero(keep.any(axis=tuple(range(keep.ndim - 1))))  # the keys some row sees
     return max(1, int(seen[-1]) + 1) if seen.size else 1
