@@ -44,7 +44,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -54,7 +54,7 @@ from ..precision import accumulation_dtype, resolve_dtype
 from . import costs, network
 from .config import HardwareConfig
 from .costs import Step
-from .layout import Place, cdiv
+from .layout import KVLayout, Place, cdiv
 from .mapping import Mapping, adhoc_mapping
 from .schedule import Scheduler
 from .tiled import TiledKernels
@@ -159,6 +159,18 @@ def _event(
 def _kernels(acc: np.dtype, tile_rows: int) -> TiledKernels:
     """The tiled kernels, one set per accumulation dtype and tile height (they hold no state of a pass)."""
     return TiledKernels(acc, tile_rows)
+
+
+class _KVSite(NamedTuple):
+    """A layer's KV layout on one stage as a product or a softmax against it sees it (`EmulatingExecutor._kv_site`)."""
+
+    kv: KVLayout
+    keys: int  # positions a key slice holds
+    used: int  # key slices holding some of the S positions
+    rows: int  # query rows a slice processes
+    place: Place  # where values spread over the key slices live
+    deliver: float  # bytes of the call's new K or V rows sent to each key slice
+    nbytes: float  # bytes of the whole K or V of the layer
 
 
 #: Plans by mapping, then by signature: every block repeats the same shapes and places.
@@ -409,51 +421,75 @@ class EmulatingExecutor:
         entry = self._plans.get(key)
         if entry is not None:
             return entry
-        hw = self.hw
-        d = hw.dimc
+        d = self.hw.dimc
         n, m = Fs[-2], Fs[-1]
         groups = math.prod(Fs[:-2]) or 1
         S = n if pv else m
-        rows_pg = math.prod(xs[:-1]) // groups  # query rows of one group (G T)
-        kv = self.mapping.kv(stage, groups, S, rows_pg)
-        keys = kv.keys_per_slice(S)
-        used = cdiv(S, keys)
-        rows = cdiv(rows_pg * kv.groups_per_slice, kv.row_sets)  # rows a slice processes
-        kv_place = kv.place(stage)
-        per_dest = fresh * hw.memory.act_bits / 8 / max(1, used * kv_place.groups)
-        span = kv_place.footprint(hw)
+        site = self._kv_site(stage, groups, S, m if pv else n, math.prod(xs[:-1]) // groups, fresh)
+        per_dest, span = site.deliver, site.place.footprint(self.hw)
         if x_place is not None:  # q travels to its group's key slices (its share of the rows, to each copy)
-            per_dest += rows * n * self._act_bytes()
-            span = network.union(x_place.footprint(hw), span)
+            per_dest += site.rows * n * self._act_bytes()
+            span = network.union(x_place.footprint(self.hw), span)
         steps: list[Step] = []
-        mv = costs.move_step(hw, span, per_dest) if per_dest > 0 else None
+        mv = costs.move_step(self.hw, span, per_dest) if per_dest > 0 else None
         if mv is not None:
             steps.append(mv)
         k_tiles, n_tiles = (
-            (cdiv(keys, d.tile_rows), cdiv(m, d.tile_cols)) if pv else (cdiv(n, d.tile_rows), cdiv(keys, d.tile_cols))
+            (cdiv(site.keys, d.tile_rows), cdiv(m, d.tile_cols))
+            if pv
+            else (cdiv(n, d.tile_rows), cdiv(site.keys, d.tile_cols))
         )
-        total_bytes = groups * n * m * hw.memory.kv_bits / 8
-        off = costs.lpddr_cycles(hw, nbytes=kv.offchip * total_bytes, cards=self.mapping.tp_cards)
-        steps.append(
-            Step(
-                "DIMC",
-                "tiles",
-                "matmul",
-                costs.dimc_cycles(
-                    hw, k_tiles=k_tiles, n_tiles=n_tiles, rows=rows, tile_bytes=hw.kv_tile_bytes, offchip_cycles=off
-                ),
-                2 * math.prod(xs[:-1]) * n * m,
-                int(total_bytes),
-                (),
-                False,
-                used * kv_place.groups,
-            )
-        )
+        flops = 2 * math.prod(xs[:-1]) * n * m
+        steps.append(self._kv_dimc_step("tiles", site, k_tiles, n_tiles, flops, site.used * site.place.groups))
         if pv:
-            span = network.span_of(hw, min(kv.key_slices, costs.pow2_ceil(used)), 1)
-            steps += costs.psum_steps(hw, span=span, words=rows * n_tiles * d.tile_cols)
-        entry = self._plans[key] = (self._plan(tuple(steps), stage), kv.root(stage) if pv else kv_place, not pv)
+            span = network.span_of(self.hw, min(site.kv.key_slices, costs.pow2_ceil(site.used)), 1)
+            steps += costs.psum_steps(self.hw, span=span, words=site.rows * n_tiles * d.tile_cols)
+        out_place = site.kv.root(stage) if pv else site.place
+        entry = self._plans[key] = (self._plan(tuple(steps), stage), out_place, not pv)
         return entry
+
+    def _kv_site(self, stage: int, groups: int, S: int, hd: int, rows_pg: int, fresh: int) -> _KVSite:
+        """Where a layer's K or V (`groups` heads of S positions x hd) lives for `rows_pg` query rows a group, and
+        what a call that made `fresh` of its elements delivers to each key slice (see `_KVSite`)."""
+        hw = self.hw
+        kv = self.mapping.kv(stage, groups, S, rows_pg)
+        keys = kv.keys_per_slice(S)
+        used = cdiv(S, keys)
+        place = kv.place(stage)
+        nbytes = groups * S * hd * hw.memory.kv_bits / 8
+        return _KVSite(
+            kv,
+            keys,
+            used,
+            cdiv(rows_pg * kv.groups_per_slice, kv.row_sets),
+            place,
+            fresh * hw.memory.act_bits / 8 / max(1, used * place.groups),
+            nbytes,
+        )
+
+    def _kv_dimc_step(self, name: str, site: _KVSite, k_tiles: int, n_tiles: int, flops: int, slices: int) -> Step:
+        """The DIMC step of a product against the KV cache (q k^T, P V, or a softmax tile's e @ V)."""
+        hw = self.hw
+        return Step(
+            "DIMC",
+            name,
+            "matmul",
+            costs.dimc_cycles(
+                hw,
+                k_tiles=k_tiles,
+                n_tiles=n_tiles,
+                rows=site.rows,
+                tile_bytes=hw.kv_tile_bytes,
+                offchip_cycles=costs.lpddr_cycles(
+                    hw, nbytes=site.kv.offchip * site.nbytes, cards=self.mapping.tp_cards
+                ),
+            ),
+            flops,
+            int(site.nbytes),
+            (),
+            False,
+            slices,
+        )
 
     def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, keep_acc: bool = False) -> Value:
         mine = self._inputs(xs)
@@ -599,35 +635,12 @@ class EmulatingExecutor:
         hw, d = self.hw, self.hw.dimc
         S, hd = zs[-1], Vs[-1]
         groups = math.prod(Vs[:-2]) or 1
-        rows_pg = math.prod(zs[:-1]) // groups
-        kv = self.mapping.kv(stage, groups, S, rows_pg)
-        keys = kv.keys_per_slice(S)
-        used = cdiv(S, keys)
-        rows = cdiv(rows_pg * kv.groups_per_slice, kv.row_sets)
-        kv_place = kv.place(stage)
-        local = costs.softmax_local_steps(hw, chunk=keys, load=rows * keys, slices=kv_place.slices)
-        per_dest = fresh * hw.memory.act_bits / 8 / max(1, used * kv_place.groups)
-        mv = costs.move_step(hw, kv_place.footprint(hw), per_dest) if per_dest > 0 else None
-        total_bytes = groups * S * hd * hw.memory.kv_bits / 8
-        off = costs.lpddr_cycles(hw, nbytes=kv.offchip * total_bytes, cards=self.mapping.tp_cards)
-        dimc = Step(
-            "DIMC",
-            "e@V",
-            "matmul",
-            costs.dimc_cycles(
-                hw,
-                k_tiles=cdiv(keys, d.tile_rows),
-                n_tiles=cdiv(hd, d.tile_cols),
-                rows=rows,
-                tile_bytes=hw.kv_tile_bytes,
-                offchip_cycles=off,
-            ),
-            2 * math.prod(zs) * hd,
-            int(total_bytes),
-            (),
-            False,
-            kv_place.slices,
-        )
+        site = self._kv_site(stage, groups, S, hd, math.prod(zs[:-1]) // groups, fresh)
+        kv_place, keys = site.place, site.keys
+        local = costs.softmax_local_steps(hw, chunk=keys, load=site.rows * keys, slices=kv_place.slices)
+        mv = costs.move_step(hw, kv_place.footprint(hw), site.deliver) if site.deliver > 0 else None
+        flops = 2 * math.prod(zs) * hd
+        dimc = self._kv_dimc_step("e@V", site, cdiv(keys, d.tile_rows), cdiv(hd, d.tile_cols), flops, kv_place.slices)
         return (
             self._plan((mv,) if mv else (), stage),
             self._plan(local, stage),
