@@ -110,7 +110,7 @@ class Scheduler:
 
     def busy(self, resource: str) -> int:
         """Cycles the resource is occupied."""
-        starts, ends, _ = self._busy.get(resource, ([], [], []))
+        starts, ends, _ = self._busy.get(resource) or _idle()
         return sum(e - s for s, e in zip(starts, ends, strict=True))
 
 
