@@ -115,6 +115,8 @@ def keys_seen(keep: NDArray[np.bool_] | None) -> int | float:
     length 1: every key, or none, for each row)."""
     if keep is None or keep.shape[-1] == 1:
         return math.inf
+    if keep[..., -1].any():  # some row sees the last key (a whole causal mask's last query): all of them, and
+        return keep.shape[-1]  # only one column read (the emulator asks this of the whole mask at every layer)
     seen = np.flatnonzero(keep.any(axis=tuple(range(keep.ndim - 1))))  # the keys some row sees
     return max(1, int(seen[-1]) + 1) if seen.size else 1
 
