@@ -294,15 +294,17 @@ class NumpyExecutor:
             theirs = (block_of(a, b[:lead], a.ndim) if a.ndim == x.ndim else a for a in batched)
             return np.asarray(fn(inner, x[b], *mine, *theirs))
 
-        parts: dict[int, Array] = {}  # by block: fn's output width and dtype are known once a block is done
+        parts: list[Array | None] = [None] * len(blocks)
 
         def work(ib: tuple[int, Block]) -> None:
             parts[ib[0]] = part(ib[1])
 
         run_blocks(work, list(enumerate(blocks)), self._threads)
-        out = np.empty((*x.shape[:-1], parts[0].shape[-1]), parts[0].dtype)  # (..., rows, m)
-        for i, b in enumerate(blocks):
-            out[b] = parts[i]
+        first = next(p for p in parts if p is not None)
+        out = np.zeros((*x.shape[:-1], first.shape[-1]), first.dtype)  # (..., rows, m)
+        for b, p in zip(blocks, parts, strict=True):
+            if p is not None:  # (always, unless run_blocks is broken: then zeros, which every check sees)
+                out[b] = p
         return out
 
     def _one_thread(self) -> NumpyExecutor:
