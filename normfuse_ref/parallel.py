@@ -36,6 +36,11 @@ under load: 730 ms instead of 37). Set once, not around each call: threadpoolctl
 The one setting: the thread count, `NumpyExecutor(threads=...)`, default the environment variable NORMFUSE_THREADS,
 else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them).
 Only speed depends on it.
+
+Processes: work made of independent parts too large for threads (the accuracy study's runs, a sweep's points) is
+spread over worker processes (`process_pool`), forked, so that they start with everything the parent holds. A
+forked process has none of its parent's threads: the executor's worker-thread pool is made anew in it when first
+needed (`_pool` is forgotten at fork).
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ import concurrent.futures
 import ctypes
 import functools
 import math
+import multiprocessing
+import multiprocessing.pool
 import os
 import platform
+import signal
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -68,6 +76,7 @@ __all__ = [
     "keep_freed_memory",
     "matmul_blocks",
     "one_blas_thread",
+    "process_pool",
     "reads_only_arguments",
     "row_blocks",
     "run_blocks",
@@ -263,6 +272,28 @@ def _blas() -> Any:
 def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     """One pool of `workers` threads per count, shared by every executor (created when first needed)."""
     return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normfuse")
+
+
+# A forked child has none of its parent's threads, so a pool inherited from the parent would never run a block.
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def process_pool(
+    workers: int | None = None, initializer: Callable[[], None] | None = None
+) -> multiprocessing.pool.Pool:
+    """A pool of `workers` forked processes (default: the CPUs this process may run on), each first running
+    `initializer`. Forked, so a worker starts with everything this process holds (a function it is sent by name
+    may use module state set before the pool was made). Workers ignore Ctrl-C (the parent handles it); leaving the
+    pool's `with` block ends them, finished or not. Tasks and results travel between the processes pickled: only
+    values this process made, never a file's."""
+    n = workers or threads_setting(None)
+    return multiprocessing.get_context("fork").Pool(n, _worker_start, (initializer,))
+
+
+def _worker_start(initializer: Callable[[], None] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer()
 
 
 def run_blocks(work: Callable[[B], None], blocks: Sequence[B], threads: int) -> None:

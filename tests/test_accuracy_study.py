@@ -17,6 +17,7 @@ from normfuse_ref.accuracy.study import (
     FIGURES,
     ORACLE,
     ModelStudy,
+    Progress,
     RunRecord,
     RunSpec,
     StudyConfig,
@@ -176,14 +177,18 @@ def test_mitigations_run_where_the_fused_order_is_worse() -> None:
     fused_cos = {"float32": 1.0, "bfloat16": 0.90}  # only bfloat16's fused order is worse than its baseline (1.0)
     asked: list[str] = []
 
-    def run(spec: RunSpec, label: str) -> RunRecord:
+    def run(spec: RunSpec, label: str, _progress: Progress) -> RunRecord:
         asked.append(label)
         cos = 1.0 if spec.order != "fused" or spec.mitigation else fused_cos.get(spec.dtype, 1.0)
         return _record(spec, cosine_mean=cos if spec != ORACLE else 1.0)
 
     config = StudyConfig(dtypes=("float32", "bfloat16"))
     records, verdicts = run_plan("bert", "m", config, {"float32": ("compensate",), "bfloat16": ("compensate",)}, run)
-    assert [r.spec.label for r in records] == [s.removeprefix("m ") for s in asked]
+    # run in stages (the oracle, every dtype's four, the arms), recorded per dtype
+    assert asked[:9] == ["m float64 float64"] + [
+        f"m {d} {o}{s}" for d in ("float32", "bfloat16") for o in ("baseline", "fused") for s in ("", " permuted")
+    ]
+    assert [r.spec.label for r in records] == [s.removeprefix("m ") for s in asked]  # bfloat16's arm ran last
     assert [(v.dtype, v.mitigation, v.no_worse) for v in verdicts] == [
         ("float32", None, True),
         ("bfloat16", None, False),

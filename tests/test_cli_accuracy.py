@@ -23,7 +23,9 @@ def fake(monkeypatch: pytest.MonkeyPatch, tiny_study: ModelStudy) -> list[tuple[
     """Replace the real models' study by the tiny one; record what was asked for."""
     asked: list[tuple[str, StudyConfig]] = []
 
-    def study_model(name: str, corpus: Any, config: StudyConfig, *, progress: Any = None) -> ModelStudy:
+    def study_model(
+        name: str, corpus: Any, config: StudyConfig, *, progress: Any = None, workers: int = 1
+    ) -> ModelStudy:
         asked.append((name, config))
         if progress is not None:
             progress(f"{name} float64", 1, 2)
@@ -61,6 +63,30 @@ def test_quick_profile_and_both_models(fake: list[tuple[str, StudyConfig]], caps
     code, _, err = run(capsys, "accuracy", "--tokens", "512", "--mitigate", "never")
     assert code == 0, err
     assert [c.mitigate for _, c in fake] == ["never", "never"]
+
+
+@pytest.mark.parametrize(("argv", "env", "workers"), [((), "", 2), ((), "3", 3), (("--workers", "1"), "3", 1)])
+def test_workers_default_to_the_thread_setting(
+    argv: tuple[str, ...],
+    env: str,
+    workers: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tiny_study: ModelStudy,  # noqa: F811
+) -> None:
+    """--workers, else $NORMFUSE_THREADS, else the CPUs this process may run on (pinned to 2 here)."""
+    asked: list[int] = []
+
+    def study_model(name: str, corpus: Any, config: StudyConfig, *, progress: Any = None, workers: int = 1) -> Any:
+        asked.append(workers)
+        return tiny_study
+
+    monkeypatch.setattr("normfuse_ref.accuracy.real_models.study_model", study_model)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setenv("NORMFUSE_THREADS", env)
+    code, _, err = run(capsys, "accuracy", "--model", "smollm2-135m", *argv)
+    assert code == 0, err
+    assert asked == [workers]
 
 
 def test_json_records(

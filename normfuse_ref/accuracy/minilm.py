@@ -204,9 +204,11 @@ def study_bert(
     ablations: Mapping[str, Sequence[Ablation]] = BERT_ABLATIONS,
     progress: Progress | None = None,
     hazard: bool = True,
+    workers: int = 1,
 ) -> ModelStudy:
     """The study of one BERT model (module docstring); with `hazard` (and arms: `config.mitigate` not "never"),
-    also the LayerNorm centring hazard measured on its real activations (`hazard.measure_hazard`)."""
+    also the LayerNorm centring hazard measured on its real activations (`hazard.measure_hazard`). `workers`:
+    processes a stage's runs are spread over (`study.run_plan`)."""
     from .hazard import Recorder, measure_hazard
 
     config = StudyConfig() if config is None else config
@@ -221,7 +223,7 @@ def study_bert(
     # The hazard measurement reads the LayerNorm inputs of the float64 run: recorded as it runs, not run again.
     recorder = Recorder(storage=np.float64) if hazard and config.mitigate != "never" else None
 
-    def run(spec: RunSpec, what: str) -> RunRecord:
+    def run(spec: RunSpec, what: str, report: Progress) -> RunRecord:
         report(what, 0, 1)
         t_run = time.perf_counter()
         e = embed(runs, spec, groups, len(sentences), recorder if spec == ORACLE else None)  # (N, d)
@@ -234,7 +236,7 @@ def study_bert(
                    "neighbour_agreement": float(np.mean(agree))}  # fmt: skip
         return RunRecord(spec, figures, {"seconds": time.perf_counter() - t_run})
 
-    records, verdicts = run_plan("bert", name, config, mitigations, run, ablations)
+    records, verdicts = run_plan("bert", name, config, mitigations, run, ablations, progress=report, workers=workers)
     report(f"{name} LayerNorm hazard on real activations", 0, 1)
     measured = measure_hazard(model, runs, groups, config.dtypes, recorder) if recorder is not None else None
     folded = {k: v for k, v in bert_shapes(model.cfg).items() if k.endswith((".qkv", ".ffn_up"))}
@@ -247,6 +249,7 @@ def study_bert(
         runs=records,
         verdicts=verdicts,
         seconds=time.perf_counter() - t0,
+        workers=workers,
         hazard=measured,
         costs=costs,
     )

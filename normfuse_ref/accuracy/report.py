@@ -216,6 +216,7 @@ def study_document(studies: Sequence[ModelStudy]) -> dict[str, Any]:
                 "model": s.model,
                 "family": s.family,
                 "seconds": s.seconds,
+                "workers": s.workers,
                 "config": asdict(s.config),
                 "corpus": asdict(s.corpus),
                 "notes": list(s.notes),
@@ -266,6 +267,7 @@ def studies_from_document(doc: Mapping[str, Any]) -> list[ModelStudy]:
                 notes=tuple(m["notes"]),
                 hazard=_hazard(m["hazard"]),
                 costs=m.get("costs", {}),
+                workers=int(m["workers"]),
             )
         )
     return out
@@ -332,8 +334,8 @@ figure. Mitigations of the fused rule, and the ablation's arms, are judged the s
 **What runs.** This page is the full study: per model the float64 run, then per dtype both orders in both summation
 orders, and where the fused order is worse each mitigation and each ablation arm in both summation orders, and
 MiniLM's LayerNorm hazard measurement. Every run is a whole pass of the model over the same text, near what the
-machine can do (normfuse_ref/accuracy/study.py, "Where the time goes"), so the number of runs sets the time: on a
-2-core machine more than the 10 minutes for SmolLM2 and 1 minute for MiniLM the project aims at (the times below).
+machine can do (normfuse_ref/accuracy/study.py, "Where the time goes"), so the number of runs sets the time (below,
+with the processes the runs were spread over; on 2 cores the project aims at 10 minutes for SmolLM2, 1 for MiniLM).
 The quick profile, `normfuse accuracy --tokens 512 --mitigate never`, scores SmolLM2 on one window of 512 tokens and
 runs no arm and no hazard measurement: the figures and verdicts only, a check that the study runs, not a verdict on
 the claim.
@@ -509,6 +511,10 @@ def _claim(studies: Sequence[ModelStudy]) -> str:
     return "\n".join(lines)
 
 
+def _processes(workers: int) -> str:
+    return "in one process" if workers == 1 else f"its runs {workers} processes at a time"
+
+
 def markdown(studies: Sequence[ModelStudy], doc: Mapping[str, Any]) -> str:
     """docs/accuracy.md: the intro, per model its corpus, a table per dtype with its verdict, the LayerNorm hazard on
     real activations (MiniLM), the verdict on the claim, and the data the page was made from."""
@@ -519,7 +525,7 @@ def markdown(studies: Sequence[ModelStudy], doc: Mapping[str, Any]) -> str:
         parts.append(
             f"Corpus: {c.chars} characters from {c.documents} standard-library docstrings (Python {c.python}), "
             f"SHA-256 `{c.sha256}`; {c.tokens} {'positions scored' if s.family == 'llama' else 'sentences'}. "
-            f"The study took {s.seconds:.0f} s."
+            f"The study took {s.seconds:.0f} s ({_processes(s.workers)})."
         )
         parts.extend(s.notes)
         for d in s.config.dtypes:

@@ -192,8 +192,10 @@ def study_llama(
     name: str = "smollm2-135m",
     mitigations: Mapping[str, Sequence[str]] = LLAMA_MITIGATIONS,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> ModelStudy:
-    """The study of one Llama model (module docstring). `model` holds float32 weights and a tokenizer."""
+    """The study of one Llama model (module docstring). `model` holds float32 weights and a tokenizer. `workers`:
+    processes a stage's runs are spread over (`study.run_plan`)."""
     config = StudyConfig() if config is None else config
     if model.tokenizer is None:
         raise ValueError(f"model {model.cfg.name} has no tokenizer: the study reads text")
@@ -207,7 +209,7 @@ def study_llama(
     refs: list[Reference] = []
     greedy64: list[NDArray[np.int64]] = []
 
-    def run(spec: RunSpec, what: str) -> RunRecord:
+    def run(spec: RunSpec, what: str, report: Progress) -> RunRecord:
         report(what, 0, steps)
         t_run = time.perf_counter()
         runner = Runner(runs, spec)
@@ -234,7 +236,7 @@ def study_llama(
         }
         return RunRecord(spec, figures, {"greedy_agreement_per_prompt": agree, "seconds": time.perf_counter() - t_run})
 
-    records, verdicts = run_plan("llama", name, config, mitigations, run)
+    records, verdicts = run_plan("llama", name, config, mitigations, run, progress=report, workers=workers)
     scored = sum(w.size - 1 for w in windows)
     folded = {
         k: v for k, v in prepared_shapes(model.cfg).items() if k.endswith(("attn_qkv", "ffn_gate_up")) or k == "output"
@@ -249,4 +251,5 @@ def study_llama(
         costs=costs,
         verdicts=verdicts,
         seconds=time.perf_counter() - t0,
+        workers=workers,
     )

@@ -50,13 +50,29 @@ CPU-s: 23 runs, the windows 1,013 of it, the greedy figure 156, scoring 79, weig
 against bfloat16's ~43 (the executor's float16 rounding of every result is the slower cast), fp8 ~66. The quick
 profile took 348 CPU-s for both models (17 + 17 runs). The runs are near the machine's
 floor, so their number (1 + 4 per dtype, + 2 per mitigation or ablation arm where the fused order is worse) sets the
-study's time: MiniLM's 1-minute target is out of reach with the arms (45 runs), and its figures and verdicts alone
-(17 runs, ~81 CPU-s) fit only on an idle machine.
+study's time.
+
+**Processes** (`run_plan(workers=...)`; `normfuse accuracy --workers`, default one a core). The runs of a stage -
+every dtype's four base runs, then every arm - are independent, so they run side by side in forked processes of
+one executor thread each, after the oracle has run in the parent on every thread (each run reads the oracle's
+scores). On the 2-core test machine, idle, measured in one session against one process of two threads (whose
+threads meet at the end of every primitive): the quick profile 176 / 183 s -> 132 / 130 s (alternating, 1.36x);
+SmolLM2's full study 692 s -> 440 s (1.57x: 16 base runs of 32 s median at one thread each, 6 arm runs, the oracle
+48 s on two threads); MiniLM's 124 s (232 s in one process in an earlier session). Every figure is bit for bit the
+same (the executor's results do not depend on its thread count, `normfuse_ref.parallel`;
+tests/test_accuracy_workers.py compares the tiny model's study both ways). MiniLM's 1-minute target is out of reach
+with the arms (45 runs) and the hazard measurement (~37 s, in the parent); its figures and verdicts alone (17 runs,
+the quick profile's MiniLM part) take 32 s.
 
 **The quick profile** (`mitigate="never"`, `--tokens 512 --mitigate never`): the figures and verdicts alone, SmolLM2
 on one 512-token window - no mitigation or ablation arm and no hazard measurement, which exist to find the cause
 and the fix of a loss the full study has found. Its verdicts on one window are noisier; it checks that the study
-runs. The full study (the default, docs/accuracy.md) keeps every figure, arm and measurement.
+runs. The full study (the default, docs/accuracy.md) keeps every figure, arm and measurement. It takes ~130 s on the
+idle 2-core test machine, not the 90 s aimed at: SmolLM2's 16 runs are each a window (2.2-3.0 s at one thread), the
+greedy figure's pass over 760 tokens (3.3-4.5 s) and their weights (0.8-2.3 s), ~150 s of one core in all, and its
+oracle decodes 64 steps of 8 prompts token by token in float64 (~19 s at one thread; each step streams ~1 GB of
+float64 weights, which one thread reads at ~5.7 GB/s here), before any other run can be scored; MiniLM's 17 runs
+take 32 s. Every piece is a forward pass the figures need.
 
 **The ablation** (`RunSpec.sites`): the fused order applied at one kind of site only - "norm_linear" (the
 normalisation -> linear folds) or "softmax_linear" (softmax -> V deferred) - the other sites in the textbook order,
@@ -66,6 +82,7 @@ with a mitigation (e.g. the folds alone with the folded weight stored wider), it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -73,6 +90,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from ..parallel import THREADS_ENV, process_pool
 from ..precision import accumulation_dtype, dtype_info
 from .corpus import Corpus
 
@@ -91,6 +109,7 @@ __all__ = [
     "FigureVerdict",
     "ModelStudy",
     "Progress",
+    "Run",
     "RunRecord",
     "RunSpec",
     "StudyConfig",
@@ -305,39 +324,97 @@ def judge(
 Ablation = tuple[Sites, str | None]
 
 
+#: Runs one spec: run(spec, label, progress) -> its record, reporting its steps to `progress`.
+Run = Callable[[RunSpec, str, Progress], RunRecord]
+
+
 def run_plan(
     family: str,
     name: str,
     config: StudyConfig,
     mitigations: Mapping[str, Sequence[str]],
-    run: Callable[[RunSpec, str], RunRecord],
+    run: Run,
     ablations: Mapping[str, Sequence[Ablation]] | None = None,
+    *,
+    progress: Progress | None = None,
+    workers: int = 1,
 ) -> tuple[tuple[RunRecord, ...], tuple[DtypeVerdict, ...]]:
-    """Every run a study needs, in order, and the verdicts: the float64 oracle first; then per dtype baseline and
-    fused, each in both summation orders; then, if the fused order is worse there (or `config.mitigate` is
-    "always"; never when it is "never"), each of the dtype's `mitigations`, then each of its `ablations` arms, in
-    both summation orders.
-    `run(spec, label)` runs one."""
-    records = [run(ORACLE, f"{name} {ORACLE.label}")]
-    verdicts: list[DtypeVerdict] = []
+    """Every run a study needs, and the verdicts, in three stages: the float64 oracle (every other run is scored
+    against it); per dtype baseline and fused, each in both summation orders; then, for each dtype where the fused
+    order is worse (or every dtype if `config.mitigate` is "always"; none if "never"), each of its `mitigations`,
+    then each of its `ablations` arms, in both summation orders. The runs of a stage are independent, so with
+    `workers` > 1 they run side by side in that many forked processes of one executor thread each (`_map_runs`).
+    Records and verdicts come out in one order whatever `workers` is: the oracle, then per dtype its four runs and
+    its arms."""
+    report = progress or _silent
+    oracle = run(ORACLE, f"{name} {ORACLE.label}", report)
+    sums: tuple[Summation, ...] = ("plain", "permuted")
+    base = {d: [RunSpec(d, o, s) for o in ("baseline", "fused") for s in sums] for d in config.dtypes}
+    done = dict(zip(_flat(base), _map_runs(run, _flat(base), name, report, workers), strict=True))
+    verdicts = {d: [judge(family, [oracle, *done.values()], d)] for d in config.dtypes}
+    arms: dict[str, list[RunSpec]] = {d: [] for d in config.dtypes}
     for d in config.dtypes:
-        orders: tuple[Order, ...] = ("baseline", "fused")
-        sums: tuple[Summation, ...] = ("plain", "permuted")
-        for order in orders:
-            for summation in sums:
-                spec = RunSpec(d, order, summation)
-                records.append(run(spec, f"{name} {spec.label}"))
-        verdicts.append(judge(family, records, d))
-        if config.mitigate == "never" or (verdicts[-1].no_worse and config.mitigate == "when-worse"):
+        if config.mitigate == "never" or (verdicts[d][0].no_worse and config.mitigate == "when-worse"):
             continue
-        arms: list[tuple[str | None, Sites | None]] = [(m, None) for m in mitigations.get(d, ())]
-        arms += [(m, k) for k, m in (ablations or {}).get(d, ())]
-        for m, k in arms:
-            for summation in sums:
-                spec = RunSpec(d, "fused", summation, m, k)
-                records.append(run(spec, f"{name} {spec.label}"))
-            verdicts.append(judge(family, records, d, m, k))
-    return tuple(records), tuple(verdicts)
+        pairs: list[tuple[str | None, Sites | None]] = [(m, None) for m in mitigations.get(d, ())]
+        pairs += [(m, k) for k, m in (ablations or {}).get(d, ())]
+        arms[d] = [RunSpec(d, "fused", s, m, k) for m, k in pairs for s in sums]
+    done.update(zip(_flat(arms), _map_runs(run, _flat(arms), name, report, workers), strict=True))
+    records = [oracle]
+    for d in config.dtypes:
+        records += [done[spec] for spec in (*base[d], *arms[d])]
+        verdicts[d] += [judge(family, records, d, s.mitigation, s.sites) for s in arms[d][::2]]
+    return tuple(records), tuple(v for d in config.dtypes for v in verdicts[d])
+
+
+def _flat(specs: Mapping[str, Sequence[RunSpec]]) -> list[RunSpec]:
+    return [s for group in specs.values() for s in group]
+
+
+def _silent(_what: str, _done: int, _total: int) -> None:
+    pass
+
+
+#: The run a stage's worker processes run (`_map_runs` sets it before forking them, and they inherit it).
+_RUN: Run | None = None
+
+
+def _map_runs(run: Run, specs: Sequence[RunSpec], name: str, report: Progress, workers: int) -> list[RunRecord]:
+    """run(spec) for each spec, in order: here (workers 1, or a single spec), or in `workers` forked processes.
+
+    A process of one executor thread does more of this work than a thread of a process does: two processes of one
+    thread each did a stage's runs 1.5x as fast as one process of two threads, with the same figures (measured on
+    the 2-core test machine, alternating; bench/README.md). Each worker reports nothing itself (the progress bar
+    is the parent's); the parent reports runs as they finish. A run's figures do not depend on its thread count
+    (the executor's promise, `normfuse_ref.parallel`), so neither do the study's."""
+    global _RUN
+    labels = [f"{name} {s.label}" for s in specs]
+    if workers <= 1 or len(specs) < 2:
+        return [run(s, label, report) for s, label in zip(specs, labels, strict=True)]
+    out: dict[int, RunRecord] = {}
+    n = min(workers, len(specs))
+    what = f"{name}: {len(specs)} runs, {n} at a time"
+    report(what, 0, len(specs))
+    _RUN = run
+    try:
+        with process_pool(n, initializer=_one_thread) as pool:
+            for i, record in pool.imap_unordered(_worker_run, list(enumerate(zip(specs, labels, strict=True)))):
+                out[i] = record
+                report(what, len(out), len(specs))
+    finally:
+        _RUN = None
+    return [out[i] for i in range(len(specs))]
+
+
+def _one_thread() -> None:
+    os.environ[THREADS_ENV] = "1"  # read by each executor the worker makes (`parallel.threads_setting`)
+
+
+def _worker_run(task: tuple[int, tuple[RunSpec, str]]) -> tuple[int, RunRecord]:
+    i, (spec, label) = task
+    if _RUN is None:  # not forked from `_map_runs`
+        raise RuntimeError("a study worker runs only in a process forked by _map_runs")
+    return i, _RUN(spec, label, _silent)
 
 
 @dataclass(frozen=True)
@@ -365,10 +442,11 @@ class ModelStudy:
     corpus: CorpusInfo
     runs: tuple[RunRecord, ...]
     verdicts: tuple[DtypeVerdict, ...]
-    seconds: float
+    seconds: float  # wall-clock seconds of the whole study
     notes: tuple[str, ...] = ()
     hazard: Any = None  # MiniLM: the LayerNorm hazard measured on real activations (`hazard.HazardReport`)
     costs: Mapping[str, Any] = field(default_factory=dict)  # what the mitigations cost (`costs.py`): plain data
+    workers: int = 1  # processes a stage's runs were spread over (`run_plan`): what `seconds` was measured with
 
     def run(self, spec: RunSpec) -> RunRecord:
         return _run(self.runs, spec)

@@ -21,6 +21,7 @@ from ..accuracy.report import UNITS, dtype_table, markdown, study_document, verd
 from ..accuracy.study import DTYPES, MITIGATE, MODELS, ModelStudy, StudyConfig
 from ..extras import MissingExtra
 from ..models.llama.fetch import CorruptModel
+from ..parallel import threads_setting
 from .args import integer
 from .console import Console, UsageError, json_record
 from .outputs import OutputFiles, add_figure_argument
@@ -49,6 +50,14 @@ def add_parser(subparsers: Any) -> None:
         help="run a dtype's mitigation and ablation arms where the fused order is worse (default), always, or never "
         "(never: no arms and no LayerNorm hazard measurement; the quick profile is --tokens 512 --mitigate never)",
     )
+    p.add_argument(
+        "--workers",
+        type=integer(minimum=1),
+        default=None,
+        metavar="N",
+        help="processes a stage's runs are spread over, one executor thread each (default: all cores; 1: here, "
+        "on all of them)",
+    )
     p.add_argument("--markdown", metavar="FILE", help="also write the results as a Markdown page (docs/accuracy.md)")
     p.add_argument("--force", action="store_true", help="overwrite the --markdown / --figure file if it exists")
     add_figure_argument(p, "each figure's loss against baseline in units of its spread")
@@ -69,7 +78,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
             corpus = load_corpus()
         except EmptyCorpus as exc:
             raise UsageError(str(exc)) from None
-        studies = [_study(name, corpus, config, console) for name in models]
+        try:
+            workers = args.workers or threads_setting(None)
+        except ValueError as exc:  # a bad $NORMFUSE_THREADS
+            raise UsageError(str(exc)) from None
+        studies = [_study(name, corpus, config, console, workers) for name in models]
         doc = study_document(studies)
         if md is not None:
             outputs.write_text(md, markdown(studies, doc))
@@ -90,7 +103,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _study(name: str, corpus: Any, config: StudyConfig, console: Console) -> ModelStudy:
+def _study(name: str, corpus: Any, config: StudyConfig, console: Console, workers: int) -> ModelStudy:
     from ..accuracy.real_models import study_model
 
     with console.progress() as bar:
@@ -100,7 +113,7 @@ def _study(name: str, corpus: Any, config: StudyConfig, console: Console) -> Mod
             bar.update(task, description=what, completed=done, total=total)
 
         try:
-            return study_model(name, corpus, config, progress=progress)
+            return study_model(name, corpus, config, progress=progress, workers=workers)
         except (FileNotFoundError, CorruptModel, ValueError, MissingExtra) as exc:
             raise UsageError(str(exc)) from None
 
