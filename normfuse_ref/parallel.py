@@ -72,6 +72,7 @@ __all__ = [
     "MATVEC_SPLIT",
     "THREADS_ENV",
     "block_of",
+    "can_fork",
     "column_ranges",
     "keep_freed_memory",
     "matmul_blocks",
@@ -276,6 +277,11 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
 
 # A forked child has none of its parent's threads, so a pool inherited from the parent would never run a block.
 os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def can_fork() -> bool:
+    """Whether this platform can fork a process (`process_pool` needs it; Windows cannot)."""
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def process_pool(

@@ -100,3 +100,14 @@ def test_a_forked_process_makes_its_own_worker_threads() -> None:
     assert _blocks_sum(64) == sum(range(64))  # the parent's pool exists now
     with process_pool(1) as pool:
         assert pool.apply_async(_blocks_sum, (64,)).get(timeout=60) == sum(range(64))
+
+
+def test_without_fork_the_runs_run_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a process cannot fork (Windows), `workers` > 1 runs the study in this process instead of failing."""
+    monkeypatch.setattr("normfuse_ref.accuracy.study.can_fork", lambda: False)
+
+    def run(spec: RunSpec, _label: str, _progress: Progress) -> RunRecord:
+        return _bert_record(spec, pid=os.getpid())
+
+    records, _ = run_plan("bert", "m", StudyConfig(dtypes=("float32",)), {}, run, workers=2)
+    assert {r.details["pid"] for r in records} == {os.getpid()} and len(records) == 5

@@ -90,7 +90,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ..parallel import THREADS_ENV, process_pool
+from ..parallel import THREADS_ENV, can_fork, process_pool
 from ..precision import accumulation_dtype, dtype_info
 from .corpus import Corpus
 
@@ -389,7 +389,7 @@ def _map_runs(run: Run, specs: Sequence[RunSpec], name: str, report: Progress, w
     (the executor's promise, `normfuse_ref.parallel`), so neither do the study's."""
     global _RUN
     labels = [f"{name} {s.label}" for s in specs]
-    if workers <= 1 or len(specs) < 2:
+    if workers <= 1 or len(specs) < 2 or not can_fork():  # (no fork, e.g. on Windows: here, on all threads)
         return [run(s, label, report) for s, label in zip(specs, labels, strict=True)]
     out: dict[int, RunRecord] = {}
     n = min(workers, len(specs))
