@@ -74,6 +74,8 @@ __all__ = [
     "block_of",
     "can_fork",
     "column_ranges",
+    "fork_map",
+    "forks",
     "keep_freed_memory",
     "matmul_blocks",
     "one_blas_thread",
@@ -136,6 +138,7 @@ MATVEC_BLOCK = 2 << 20
 
 Block = tuple[slice, ...]
 B = TypeVar("B")  # a block, or a tuple of blocks (a product's operands and output)
+R = TypeVar("R")  # a result of `fork_map`
 
 
 def threads_setting(threads: int | None) -> int:
@@ -294,6 +297,54 @@ def process_pool(
     values this process made, never a file's."""
     n = workers or threads_setting(None)
     return multiprocessing.get_context("fork").Pool(n, _worker_start, (initializer,))
+
+
+def forks(workers: int, items: int) -> bool:
+    """Whether `fork_map` spreads `items` over processes: more than one of each, and a platform that forks."""
+    return workers > 1 and items > 1 and can_fork()
+
+
+#: The function `fork_map`'s workers call: set before they are forked, so they inherit it (it is not pickled).
+_FORKED: Callable[[Any], Any] | None = None
+
+
+def fork_map(
+    fn: Callable[[Any], R],
+    items: Sequence[Any],
+    workers: int,
+    *,
+    initializer: Callable[[], None] | None = None,
+    done: Callable[[int], None] | None = None,
+) -> list[R]:
+    """[fn(item) for item in items]: in min(workers, len(items)) forked processes (`process_pool`) when `forks`,
+    else here (and `initializer` is not run). `fn` may be any callable, a closure over this process's arrays
+    included: the workers inherit it; each item and each result is pickled. `done(k)` after the k-th result."""
+    global _FORKED
+    if not forks(workers, len(items)):
+        out: list[R] = []
+        for item in items:
+            out.append(fn(item))
+            if done is not None:
+                done(len(out))
+        return out
+    results: dict[int, R] = {}
+    _FORKED = fn
+    try:
+        with process_pool(min(workers, len(items)), initializer) as pool:
+            for i, r in pool.imap_unordered(_forked_call, list(enumerate(items))):
+                results[i] = r
+                if done is not None:
+                    done(len(results))
+    finally:
+        _FORKED = None
+    return [results[i] for i in range(len(items))]
+
+
+def _forked_call(task: tuple[int, Any]) -> tuple[int, Any]:
+    i, item = task
+    if _FORKED is None:  # not a worker forked by fork_map
+        raise RuntimeError("fork_map's function is called only in a process fork_map forked")
+    return i, _FORKED(item)
 
 
 def _worker_start(initializer: Callable[[], None] | None) -> None:

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from normfuse_ref.accuracy.corpus import load_corpus
+from normfuse_ref.accuracy.minilm import study_bert
 from normfuse_ref.accuracy.smollm2 import study_llama
 from normfuse_ref.accuracy.study import FIGURES, ORACLE, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
 from normfuse_ref.parallel import THREADS_ENV, process_pool, run_blocks
 
+from .test_accuracy_minilm import TINY as TINY_BERT
+from .test_accuracy_minilm import tiny_bert_study  # noqa: F401
 from .test_accuracy_study import TINY, tiny_study  # noqa: F401
 
 
@@ -28,6 +31,17 @@ def test_a_study_in_worker_processes_scores_what_one_process_does(tiny_study: Mo
     assert _figures(apart) == _figures(tiny_study)
     assert apart.verdicts == tiny_study.verdicts
     assert len(apart.runs) == 11  # the oracle, 2 dtypes x 4, one mitigation's 2 (mitigate="always")
+
+
+def test_a_bert_study_and_its_hazard_in_worker_processes_are_what_one_process_makes(
+    tiny_bert_study: ModelStudy,  # noqa: F811
+) -> None:
+    """The tiny BERT's study (mitigations and ablation arms in both summation orders) and its LayerNorm hazard
+    cells computed by two forked processes: every figure and every hazard cell as in one process."""
+    apart = study_bert(TINY_BERT, load_corpus(), tiny_bert_study.config, name="tiny-bert", workers=2)
+    assert _figures(apart) == _figures(tiny_bert_study)
+    assert apart.verdicts == tiny_bert_study.verdicts
+    assert apart.hazard == tiny_bert_study.hazard and len(apart.hazard.cells) >= 2
 
 
 def _bert_record(spec: RunSpec, **details: object) -> RunRecord:
@@ -104,7 +118,7 @@ def test_a_forked_process_makes_its_own_worker_threads() -> None:
 
 def test_without_fork_the_runs_run_here(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where a process cannot fork (Windows), `workers` > 1 runs the study in this process instead of failing."""
-    monkeypatch.setattr("normfuse_ref.accuracy.study.can_fork", lambda: False)
+    monkeypatch.setattr("normfuse_ref.parallel.can_fork", lambda: False)
 
     def run(spec: RunSpec, _label: str, _progress: Progress) -> RunRecord:
         return _bert_record(spec, pid=os.getpid())

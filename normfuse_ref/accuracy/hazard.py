@@ -36,6 +36,7 @@ from .. import fusion
 from ..models.bert.model import BertModel
 from ..models.bert.weights import ln_feeding
 from ..ops import NumpyExecutor, ReduceKind
+from ..parallel import fork_map
 from ..precision import resolve_dtype
 from . import equivalence as eq
 from .study import ORACLE
@@ -242,11 +243,13 @@ def measure_hazard(
     groups: Sequence[tuple[NDArray[np.int64], Array, Array]],
     dtypes: Sequence[str],
     recorded: Recorder | None = None,
+    workers: int = 1,
 ) -> HazardReport:
     """The report of the module docstring for `model` on the sentence `groups` (`minilm.sentence_groups`), for the
     16- and 8-bit storage dtypes among `dtypes` (float32's fold rounds at the level of its own mean: no hazard).
     `recorded`: the recorder the study's float64 run of the same groups ran on (`minilm.embed`); without it, that
-    run's forward passes are made here."""
+    run's forward passes are made here. The (site, dtype) cells are independent: `workers` processes compute them
+    (`parallel.fork_map`), with the same result."""
     from ..models.bert.forward import forward
 
     cfg = model.cfg
@@ -259,7 +262,7 @@ def measure_hazard(
     if any(len(xs) != len(groups) for xs in rec.inputs.values()):
         raise ValueError("the recorder did not run the float64 forward of exactly these sentence groups")
     masks = [mask.astype(bool) for _, _, mask in groups]
-    sites, cells = [], []
+    sites, cells = [], []  # cells: the arguments of each (site, dtype) cell, computed below
     for (layer, op), xs in sorted(rec.inputs.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1])):
         z = np.concatenate([x[m] for x, m in zip(xs, masks, strict=True)])  # (rows, d)   real tokens only
         ratio = _ratios(z)
@@ -281,8 +284,9 @@ def measure_hazard(
         rows = _subsample(z, MAX_ROWS)
         for d in dtypes:
             if resolve_dtype(d).itemsize <= 2:
-                cells.append(_site_dtype(name, rows, w[f"{ln}.gamma"], w[f"{ln}.beta"], F, cfg.norm_eps, d))
-    return HazardReport(tuple(sites), tuple(cells))
+                cells.append((name, rows, w[f"{ln}.gamma"], w[f"{ln}.beta"], F, cfg.norm_eps, d))
+    measured = fork_map(lambda k: _site_dtype(*cells[k]), list(range(len(cells))), workers)  # workers inherit cells
+    return HazardReport(tuple(sites), tuple(measured))
 
 
 def _prepared_ln(cfg: Any, layer: int, op: str) -> str:

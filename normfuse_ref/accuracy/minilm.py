@@ -238,7 +238,7 @@ def study_bert(
 
     records, verdicts = run_plan("bert", name, config, mitigations, run, ablations, progress=report, workers=workers)
     report(f"{name} LayerNorm hazard on real activations", 0, 1)
-    measured = measure_hazard(model, runs, groups, config.dtypes, recorder) if recorder is not None else None
+    measured = measure_hazard(model, runs, groups, config.dtypes, recorder, workers) if recorder is not None else None
     folded = {k: v for k, v in bert_shapes(model.cfg).items() if k.endswith((".qkv", ".ffn_up"))}
     costs = study_costs(folded, {d: WIDE_FOLD[d] for d in config.dtypes if d in WIDE_FOLD}, model.cfg)
     return ModelStudy(

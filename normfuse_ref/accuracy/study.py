@@ -61,8 +61,8 @@ SmolLM2's full study 692 s -> 440 s (1.57x: 16 base runs of 32 s median at one t
 48 s on two threads); MiniLM's 124 s (232 s in one process in an earlier session). Every figure is bit for bit the
 same (the executor's results do not depend on its thread count, `normfuse_ref.parallel`;
 tests/test_accuracy_workers.py compares the tiny model's study both ways). MiniLM's 1-minute target is out of reach
-with the arms (45 runs) and the hazard measurement (~37 s, in the parent); its figures and verdicts alone (17 runs,
-the quick profile's MiniLM part) take 32 s.
+with the arms (45 runs) and the hazard measurement (its 36 cells 34-38 s in one process, 19-20 s in two,
+alternating); its figures and verdicts alone (17 runs, the quick profile's MiniLM part) take 32 s.
 
 **The quick profile** (`mitigate="never"`, `--tokens 512 --mitigate never`): the figures and verdicts alone, SmolLM2
 on one 512-token window - no mitigation or ablation arm and no hazard measurement, which exist to find the cause
@@ -90,7 +90,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ..parallel import THREADS_ENV, can_fork, process_pool
+from ..parallel import THREADS_ENV, fork_map, forks
 from ..precision import accumulation_dtype, dtype_info
 from .corpus import Corpus
 
@@ -375,46 +375,26 @@ def _silent(_what: str, _done: int, _total: int) -> None:
     pass
 
 
-#: The run a stage's worker processes run (`_map_runs` sets it before forking them, and they inherit it).
-_RUN: Run | None = None
-
-
 def _map_runs(run: Run, specs: Sequence[RunSpec], name: str, report: Progress, workers: int) -> list[RunRecord]:
-    """run(spec) for each spec, in order: here (workers 1, or a single spec), or in `workers` forked processes.
+    """run(spec) for each spec, in order: here (workers 1, a single spec, or no fork), or in `workers` forked
+    processes of one executor thread each (`parallel.fork_map`).
 
-    A process of one executor thread does more of this work than a thread of a process does: two processes of one
-    thread each did a stage's runs 1.5x as fast as one process of two threads, with the same figures (measured on
-    the 2-core test machine, alternating; bench/README.md). Each worker reports nothing itself (the progress bar
-    is the parent's); the parent reports runs as they finish. A run's figures do not depend on its thread count
-    (the executor's promise, `normfuse_ref.parallel`), so neither do the study's."""
-    global _RUN
-    labels = [f"{name} {s.label}" for s in specs]
-    if workers <= 1 or len(specs) < 2 or not can_fork():  # (no fork, e.g. on Windows: here, on all threads)
-        return [run(s, label, report) for s, label in zip(specs, labels, strict=True)]
-    out: dict[int, RunRecord] = {}
+    A process of one executor thread does more of this work than a thread of a process does (module docstring,
+    "Processes"). Workers report nothing themselves (the progress bar is the parent's): the parent reports runs as
+    they finish. A run's figures do not depend on its thread count (the executor's promise, `normfuse_ref.parallel`),
+    so neither do the study's."""
+    tasks = [(s, f"{name} {s.label}") for s in specs]
+    if not forks(workers, len(specs)):
+        return [run(s, label, report) for s, label in tasks]
     n = min(workers, len(specs))
     what = f"{name}: {len(specs)} runs, {n} at a time"
     report(what, 0, len(specs))
-    _RUN = run
-    try:
-        with process_pool(n, initializer=_one_thread) as pool:
-            for i, record in pool.imap_unordered(_worker_run, list(enumerate(zip(specs, labels, strict=True)))):
-                out[i] = record
-                report(what, len(out), len(specs))
-    finally:
-        _RUN = None
-    return [out[i] for i in range(len(specs))]
+    return fork_map(lambda t: run(t[0], t[1], _silent), tasks, n, initializer=_one_thread,
+                    done=lambda k: report(what, k, len(specs)))  # fmt: skip
 
 
 def _one_thread() -> None:
     os.environ[THREADS_ENV] = "1"  # read by each executor the worker makes (`parallel.threads_setting`)
-
-
-def _worker_run(task: tuple[int, tuple[RunSpec, str]]) -> tuple[int, RunRecord]:
-    i, (spec, label) = task
-    if _RUN is None:  # not forked from `_map_runs`
-        raise RuntimeError("a study worker runs only in a process forked by _map_runs")
-    return i, _RUN(spec, label, _silent)
 
 
 @dataclass(frozen=True)
