@@ -37,10 +37,11 @@ The one setting: the thread count, `NumpyExecutor(threads=...)`, default the env
 else the CPUs this process may run on. It counts the executor's worker threads (the calling thread among them).
 Only speed depends on it.
 
-Processes: work made of independent parts too large for threads (the accuracy study's runs, a sweep's points) is
-spread over worker processes (`process_pool`), forked, so that they start with everything the parent holds. A
-forked process has none of its parent's threads: the executor's worker-thread pool is made anew in it when first
-needed (`_pool` is forgotten at fork).
+Processes: work made of independent parts, each too large to wait on threads' joins (the accuracy study's runs and
+hazard cells), is spread over forked worker processes (`fork_map`), which start with everything the parent holds.
+A forked process has none of its parent's threads: the executor's worker-thread pool is made anew in it when first
+needed (`_pool` is forgotten at fork). (A sweep's points use `hw.study.local_pool` instead: a concurrent.futures
+executor, which a Dask or Ray executor can replace.)
 """
 
 from __future__ import annotations
@@ -279,7 +280,8 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 # A forked child has none of its parent's threads, so a pool inherited from the parent would never run a block.
-os.register_at_fork(after_in_child=_pool.cache_clear)
+if hasattr(os, "register_at_fork"):  # (a platform that cannot fork has no such hook, and needs none)
+    os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def can_fork() -> bool:

@@ -60,7 +60,7 @@ threads meet at the end of every primitive): the quick profile 176 / 183 s -> 13
 SmolLM2's full study 692 s -> 440 s (1.57x: 16 base runs of 32 s median at one thread each, 6 arm runs, the oracle
 48 s on two threads); MiniLM's 124 s (232 s in one process in an earlier session). Every figure is bit for bit the
 same (the executor's results do not depend on its thread count, `normfuse_ref.parallel`;
-tests/test_accuracy_workers.py compares the tiny model's study both ways). MiniLM's 1-minute target is out of reach
+tests/test_accuracy_workers.py compares the tiny models' studies both ways). MiniLM's 1-minute target is out of reach
 with the arms (45 runs) and the hazard measurement (its 36 cells 34-38 s in one process, 19-20 s in two,
 alternating); its figures and verdicts alone (17 runs, the quick profile's MiniLM part) take 32 s.
 
