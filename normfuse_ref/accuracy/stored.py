@@ -15,8 +15,9 @@ Array = NDArray[Any]
 class StoredWeights:
     """A model's weights per summation order (`params`: the file's, or `permute` of them) and stored in each
     storage dtype (`stored`: `store(params, dtype)`), each made once. Every order, mitigation and ablation arm of a
-    dtype starts from the same stored weights, so they are kept for the dtype at hand (the study runs a dtype's
-    runs together: `run_plan`) and dropped when another dtype is asked for. Read-only."""
+    dtype starts from the same stored weights, so they are kept for the dtype at hand (each stage of `run_plan` runs
+    a dtype's runs one after another, in a process or a worker) and dropped when another dtype is asked for.
+    Read-only."""
 
     def __init__(
         self,
