@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from ..fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
 from ..ops import NumpyExecutor
-from ..parallel import MATMUL_COLUMNS, MATMUL_MIN_ROWS, column_ranges, matmul_blocks, run_blocks
+from ..parallel import MATMUL_COLUMNS, MATMUL_MIN_ROWS, column_ranges, run_blocks
 from ..precision import matmul_acc
 
 __all__ = ["TiledKernels", "tree_reduce"]
@@ -74,9 +74,7 @@ class TiledKernels:
         """x @ F with K cut into tiles, their partial products summed by a binary adder tree."""
         tk = self.tile_rows
         n = Fa.shape[-2]
-        if n <= tk:  # one tile: the plain product (one BLAS call where the plain executor would not cut it)
-            if matmul_blocks(xa.shape, Fa.shape) is None:
-                return matmul_acc(xa, Fa, self.acc)
+        if n <= tk:  # one tile: the plain product
             return self._tile.matmul(xa, Fa, op="tile")
         k = -(-n // tk)  # tiles along K; the last one's unused rows hold zeros, as a DIMC tile's would
         xr = _pad(xa, k * tk, 0.0, -1).reshape(*xa.shape[:-1], k, tk)  # (..., k, tk)
