@@ -687,10 +687,9 @@ class EmulatingExecutor:
                 out = dummy(out.shape)  # a materialised copy (e.g. a gather from real arrays): keep the shape only
         if len(xs) == 1 and type(x := xs[0]) is Value and x.owner is self and x.place.stage == self._stage:
             # the common case, one input of this stage's (a reshape, a slice): what the loop below makes of it
-            ready, src = (x.ready, x.src) if x.ready > 0 else (0, -1)
-            fresh = x.fresh if x.epoch == self._epoch else 0
-            return Value(out, ready, src, x.place, self, self._epoch, min(fresh, out.size), x.norm, x.on_kv, x.pair,
-                         x.replicated)  # fmt: skip
+            ready, src = self._ready(xs)
+            return Value(out, ready, src, x.place, self, self._epoch, min(self._fresh(x), out.size), x.norm, x.on_kv,
+                         x.pair, x.replicated)  # fmt: skip
         mine = self._inputs(xs)
         ready, src = self._ready(mine)
         biggest: Value | None = None

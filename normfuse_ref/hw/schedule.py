@@ -92,10 +92,6 @@ class Scheduler:
         """Place step number `index` (rule 3-4); returns (start, pred). `cause` is the input that sets `ready`."""
         if len(resources) == 1:  # most steps: the resource's earliest fit is the start
             blocks = self._busy[resources[0]]
-            ends = blocks[1]
-            if not ends or ready >= ends[-1]:  # idle from `ready` on, the commonest case: no fit to look for
-                _occupy(blocks, ready, ready + cycles, index)
-                return ready, cause
             t, blocker = _fit(blocks, ready, cycles)
             _occupy(blocks, t, t + cycles, index)
             return (t, blocker) if t > ready else (t, cause)
