@@ -55,7 +55,7 @@ from .metrics import cosine_rows, nearest_neighbours
 from .orders import permute_bert, unpermute_hidden
 from .smollm2 import WIDE_FOLD
 from .stored import StoredWeights
-from .study import ORACLE, Ablation, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
+from .study import ORACLE, Ablation, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan, silent
 
 __all__ = ["BERT_ABLATIONS", "BERT_MITIGATIONS", "BertRuns", "embed", "sentence_groups", "study_bert"]
 
@@ -218,7 +218,7 @@ def study_bert(
         raise ValueError(f"the corpus has {len(sentences)} sentences to embed; the study needs at least 2")
     groups = sentence_groups(model, sentences)
     runs = BertRuns(model.params, model.cfg)
-    report = progress or (lambda _what, _done, _total: None)
+    report = progress or silent
     e64: list[Array] = []
     # The hazard measurement reads the LayerNorm inputs of the float64 run: recorded as it runs, not run again.
     recorder = Recorder(storage=np.float64) if hazard and config.mitigate != "never" else None

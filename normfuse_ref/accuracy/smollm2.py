@@ -55,7 +55,7 @@ from .fp8 import BF16, E4M3, Fp8Executor, quantise, quantise_weights
 from .metrics import Reference, ScoreAccumulator
 from .orders import permute_llama
 from .stored import StoredWeights
-from .study import ORACLE, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan
+from .study import ORACLE, CorpusInfo, ModelStudy, Progress, RunRecord, RunSpec, StudyConfig, run_plan, silent
 
 __all__ = ["LLAMA_MITIGATIONS", "WIDE_FOLD", "LlamaRuns", "Runner", "corpus_prompts", "corpus_windows", "study_llama"]
 
@@ -205,7 +205,7 @@ def study_llama(
     prompts = corpus_prompts(corpus, tok, config)
     runs = LlamaRuns(model.params, model.cfg)
     steps = len(windows) + 1  # windows, then the greedy batch
-    report = progress or (lambda _what, _done, _total: None)
+    report = progress or silent
     refs: list[Reference] = []
     greedy64: list[NDArray[np.int64]] = []
 

@@ -114,6 +114,7 @@ __all__ = [
     "RunSpec",
     "StudyConfig",
     "judge",
+    "silent",
     "spread_floor",
 ]
 
@@ -346,7 +347,7 @@ def run_plan(
     `workers` > 1 they run side by side in that many forked processes of one executor thread each (`_map_runs`).
     Records and verdicts come out in one order whatever `workers` is: the oracle, then per dtype its four runs and
     its arms."""
-    report = progress or _silent
+    report = progress or silent
     oracle = run(ORACLE, f"{name} {ORACLE.label}", report)
     sums: tuple[Summation, ...] = ("plain", "permuted")
     base = {d: [RunSpec(d, o, s) for o in ("baseline", "fused") for s in sums] for d in config.dtypes}
@@ -371,8 +372,8 @@ def _flat(specs: Mapping[str, Sequence[RunSpec]]) -> list[RunSpec]:
     return [s for group in specs.values() for s in group]
 
 
-def _silent(_what: str, _done: int, _total: int) -> None:
-    pass
+def silent(_what: str, _done: int, _total: int) -> None:
+    """A Progress that reports nothing."""
 
 
 def _map_runs(run: Run, specs: Sequence[RunSpec], name: str, report: Progress, workers: int) -> list[RunRecord]:
@@ -389,7 +390,7 @@ def _map_runs(run: Run, specs: Sequence[RunSpec], name: str, report: Progress, w
     n = min(workers, len(specs))
     what = f"{name}: {len(specs)} runs, {n} at a time"
     report(what, 0, len(specs))
-    return fork_map(lambda t: run(t[0], t[1], _silent), tasks, n, initializer=_one_thread,
+    return fork_map(lambda t: run(t[0], t[1], silent), tasks, n, initializer=_one_thread,
                     done=lambda k: report(what, k, len(specs)))  # fmt: skip
 
 
