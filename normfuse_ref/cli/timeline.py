@@ -74,7 +74,8 @@ MAX_PREFILL_CHUNKS = 128
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "timeline",
-        help="baseline vs fused timeline of a Llama forward pass on the emulated SIMD/DIMC machine (the main job)",
+        help="baseline vs fused timeline of a model's forward pass (Llama, BERT, GPT-2/OPT) on the emulated SIMD/DIMC "
+        "machine (the main job)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     add_scenario_args(p)
