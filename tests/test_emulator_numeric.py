@@ -219,23 +219,27 @@ def test_smollm2_emulated_equals_plain(model: Model, mode: str) -> None:  # noqa
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("rows", "m"), [(32, 1100), (1, 21_000)])
 def test_tiled_products_in_column_blocks_agree_with_the_one_call_tiles(
-    monkeypatch: pytest.MonkeyPatch, dtype: str
+    monkeypatch: pytest.MonkeyPatch, dtype: str, rows: int, m: int
 ) -> None:
-    """A weight product of many rows runs its tiles' partials and adder tree a block of columns at a time on the
-    executor's workers; the same tiles in one batched call (the path of a decode step) must agree with it within
-    twice the product's rounding bound (only BLAS's choice of kernel for each call's shape differs), and both with
-    the exact product. 1100 columns: four full blocks and a short one; K = 200: three full tiles and a padded one."""
+    """A weight product runs its tiles' partials and adder tree a block of columns at a time on the executor's
+    workers: many rows (32 x 1100: four full blocks of MATMUL_COLUMNS and a short one), or a decode step's head
+    (one row against 200 x 21,000 >= MATVEC_SPLIT weights: the plain executor's cut). The same tiles in one batched
+    call must agree with it within twice the product's rounding bound (only BLAS's choice of kernel for each
+    call's shape differs), and both with the exact product. K = 200: three full tiles and a padded one."""
     from normfuse_ref.accuracy import bounds as bd
     from normfuse_ref.hw import tiled
 
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((32, 200)).astype(dtype)  # (T, n)
-    F = rng.standard_normal((200, 1100)).astype(dtype)  # (n, m)
+    x = rng.standard_normal((rows, 200)).astype(dtype)  # (T, n)
+    F = rng.standard_normal((200, m)).astype(dtype)  # (n, m)
     kernels = tiled.TiledKernels(np.dtype(dtype), tile_rows=64)
+    columns = kernels._columns(x.shape, F.shape)
+    assert columns is not None and len(columns) > 1  # the case cuts F's columns
     blocks = kernels.matmul(x, F)
-    monkeypatch.setattr(tiled, "MATMUL_COLUMNS", 10**9)  # every column in the one batched call
-    one_call = kernels.matmul(x, F)
+    monkeypatch.setattr(tiled.TiledKernels, "_columns", staticmethod(lambda x_shape, F_shape: None))
+    one_call = kernels.matmul(x, F)  # every column in the one batched call
     bound = bd.matmul(bd.exact(x), bd.exact(F), bd.Precision.of(dtype)).b  # (T, m)
     exact = x.astype(np.float64) @ F.astype(np.float64)
     assert (np.abs(blocks - one_call) <= 2 * bound).all()

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from ..fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
 from ..ops import NumpyExecutor
-from ..parallel import MATMUL_COLUMNS, MATMUL_MIN_ROWS, column_ranges, run_blocks
+from ..parallel import MATMUL_COLUMNS, MATMUL_MIN_ROWS, column_ranges, matmul_blocks, run_blocks
 from ..precision import matmul_acc
 
 __all__ = ["TiledKernels", "tree_reduce"]
@@ -82,19 +82,30 @@ class TiledKernels:
         Fr = _pad(Fa, k * tk, 0.0, -2).reshape(*Fa.shape[:-2], k, tk, Fa.shape[-1])  # (.., k, tk, m)
         Ft = Fr.transpose(Fr.ndim - 3, *range(Fr.ndim - 3), Fr.ndim - 2, Fr.ndim - 1)  # (k, .., tk, m)
         Ft = Ft.reshape(k, *(1,) * (xt.ndim - Ft.ndim), *Ft.shape[1:])  # a matrix F broadcasts over x's rows
-        m = Fa.shape[-1]
-        if Fa.ndim > 2 or math.prod(xa.shape[:-1]) < MATMUL_MIN_ROWS or m < 2 * MATMUL_COLUMNS:
+        columns = self._columns(xa.shape, Fa.shape)
+        if columns is None:
             parts = self._tile.matmul(xt, Ft, op="tile")  # (k, ..., m)   every tile's partial product, one call
             return tree_reduce(parts, np.add)  # (..., m)
-        # a weight matrix and many rows: the partials and their tree a block of columns at a time, on the
-        # executor's workers, so that a block's k partials stay in cache (the logits' are 9 x 6 MB for 32 rows)
-        out = np.empty((*xa.shape[:-1], m), self.acc)  # (..., m)
+        out = np.empty((*xa.shape[:-1], Fa.shape[-1]), self.acc)  # (..., m)
 
         def work(c: slice) -> None:
             out[..., c] = tree_reduce(matmul_acc(xt, Ft[..., c], self.acc), np.add)  # (k, ..., w) -> (..., w)
 
-        run_blocks(work, column_ranges(m), self._tile.thread_count)
+        run_blocks(work, columns, self._tile.thread_count)
         return out
+
+    @staticmethod
+    def _columns(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[slice] | None:
+        """The blocks of F's columns a product's partials and their tree are computed in, one at a time on the
+        executor's workers, or None for one call. A weight matrix and many rows: blocks of MATMUL_COLUMNS, so that
+        a block's k partials stay in cache (the logits' are 9 x 6 MB for 32 rows). A decode step: the plain
+        executor's cut (`matmul_blocks`: only the head's F is large enough to cut), so that both cores stream it."""
+        if len(F_shape) > 2:
+            return None
+        if math.prod(x_shape[:-1]) < MATMUL_MIN_ROWS:
+            blocks = matmul_blocks(x_shape, F_shape)
+            return None if blocks is None else [F_block[-1] for _, F_block, _ in blocks]
+        return column_ranges(F_shape[-1]) if F_shape[-1] >= 2 * MATMUL_COLUMNS else None
 
     def reduce(self, xa: Array, kind: str, eps: float, chunk: int) -> Array:
         """Per-slice partials over chunks of `chunk` elements, combined by a binary tree; then the kind's finish.
