@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -187,11 +188,12 @@ def test_pinned_list_scheduling_anomaly_in_a_chunked_prefill() -> None:
     faster. No step got cheaper (every step's cost is at least what it was); the greedy list scheduler placed
     steps of different chunks in another order on the shared resources, and that order happens to be shorter:
     a Graham anomaly of list scheduling, inherent to the ordering rule (schedule.py). Decode steps (one chunk)
-    showed none in the property above."""
+    showed none in the property above. Pinned on the mapping it was found on, one copy of each weight (the mapper
+    now holds copies of this small model's weights, a different schedule)."""
     sc = Scenario(NARROW, "prefill", 63, 1, chunk=16)
     hw = with_overrides(BARE, {"network": {"noc": {"hop_ns": 0.0}}})
     slower = with_overrides(BARE, {"network": {"noc": {"hop_ns": 1.0}}})
-    mp = map_scenario(sc, hw)
+    mp = dataclasses.replace(map_scenario(sc, hw), copies=1)
     a = emulate(sc, hw, "baseline", mapping=mp)
     b = emulate(sc, slower, "baseline", mapping=mp.on(slower))
     assert b.makespan < a.makespan
@@ -245,9 +247,11 @@ def test_fused_is_never_slower_than_the_one_pass_baseline_near_corsair(
     hw: HardwareConfig, model: str, context: int, batch: int
 ) -> None:
     """Decode on a machine near corsair-like (a mesh NoC, tree collectives, latencies and bandwidths within their
-    plausible ranges), two blocks of each preset: the fused order is never slower than the one-pass (m, l)
-    baseline. Outside this domain it can be: the two cases pinned below."""
-    c = compare(Scenario(MODELS[model].replace(n_layers=2), "decode", context, batch), hw)
+    plausible ranges), two blocks of each preset, on the mapper's mapping with one copy of each weight: the fused
+    order is never slower than the one-pass (m, l) baseline. Outside this domain it can be: the cases pinned below
+    (with copies of the weights, the third)."""
+    sc = Scenario(MODELS[model].replace(n_layers=2), "decode", context, batch)
+    c = Comparison(sc, hw, dataclasses.replace(map_scenario(sc, hw), copies=1))
     assert c.fused.makespan <= c.one_pass.makespan
 
 
@@ -256,14 +260,40 @@ def test_pinned_a_star_noc_makes_one_slice_merge_every_state() -> None:
     root combines every key slice's state for every packet, each a rescale of m, l and a rescale-and-add of the
     outputs; the one-pass baseline's root combines (m, l) pairs and adds partial sums. With many rows the root's
     SIMD work for the merge exceeds what the baseline's collectives cost, and the fused order loses. Mitigation:
-    a mesh (the trees then spread the merging over many slices)."""
+    a mesh (the trees then spread the merging over many slices). Pinned on one copy of each weight, the mapping it
+    was found on (with the copies the mapper now holds, the fused order still loses to the two-pass baseline)."""
     hw = with_overrides(TOY, {"network": {"noc": {"topology": "all-to-all", "hop_ns": 0.0}}})
     cfg = LlamaConfig("star", 16, 2, 1, 1, 16, 32, 512, 1e4, 1e-5, False)
-    c = compare(Scenario(cfg, "prefill", 250, 1, chunk=16), hw)
+    sc = Scenario(cfg, "prefill", 250, 1, chunk=16)
+    c = Comparison(sc, hw, dataclasses.replace(map_scenario(sc, hw), copies=1))
     assert c.fused.makespan > c.one_pass.makespan
     baseline_softmax = c.one_pass.op_total("softmax.max") + c.one_pass.op_total("softmax.sum")
     baseline_psum = sum(e.duration for e in c.one_pass.events if e.op == "attn_pv" and e.kind == "psum")
     assert c.fused.op_total("softmax.merge") > baseline_softmax + baseline_psum
+
+
+def test_pinned_copies_make_the_matmul_too_short_to_hide_moving_the_statistic() -> None:
+    """Two blocks of llama2-13b decoding 64 sequences leave SRAM spare, so the mapper holds 8 copies of each weight,
+    each computing 8 of the 64 rows: the pass takes 40,853 cycles in the two-pass order against 65,075 with one
+    copy. The fused order applies s to the matmul's output, which now lies on the roots of all 8 copies, so s is
+    moved across all of them (the baseline applies it where x lives); with 1 ns NoC hops that move outlasts the
+    8-row matmul beside it, and the fused order is slower than the one-pass baseline. With one copy the same pass
+    is 5,240 cycles faster fused; with 10 ns hops the baseline's collectives cost more again and fused wins."""
+    sc = Scenario(MODELS["llama2-13b"].replace(n_layers=2), "decode", 128, 64)
+
+    def passes(hop_ns: float, copies: int | None = None) -> Comparison:
+        hw = with_overrides(CORSAIR, {"network": {"noc": {"hop_ns": hop_ns}}})
+        mp = map_scenario(sc, hw)
+        return Comparison(sc, hw, mp if copies is None else dataclasses.replace(mp, copies=copies))
+
+    fast = passes(1.0)
+    assert fast.mapping.copies == 8 and fast.fused.makespan > fast.one_pass.makespan
+    on_path = [fast.fused.events[i] for i in fast.fused.critical_path()]
+    assert any(e.op == "attn_qkv.scale" and e.engine == "NET" for e in on_path)  # s moving to y's copies
+    one = passes(1.0, copies=1)
+    assert one.fused.makespan < one.one_pass.makespan and fast.baseline.makespan < one.baseline.makespan
+    slow = passes(10.0)
+    assert slow.fused.makespan < slow.one_pass.makespan
 
 
 def test_pinned_a_slow_noc_makes_moving_the_statistic_cost_more_than_it_saves() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from normfuse_ref.hw import costs, network
@@ -110,3 +112,29 @@ def test_reduce_steps_by_algorithm() -> None:
         ("local sum", True),
         ("all-reduce", True),
     ]
+
+
+@pytest.mark.parametrize("rows", [64, 100, 512])
+def test_copies_of_a_grid_cost_what_one_copy_costs_for_its_share_of_the_rows(rows: int) -> None:
+    """Two implementations agree: c copies of a grid over R rows take, step by step, what one copy takes for
+    ceil(R / c) rows (the busiest copy), while the work counted is all R rows' and the bytes all c copies'; the
+    copies' delivery crosses all of their slices. And a copy never slows the matmul down against one copy."""
+    one = Grid(384, 1152, 1, 18, 6, 1)  # all-MiniLM's QKV, 6 x 18 tiles over 18 slices
+    for c in (2, 8, 64):
+        many = dataclasses.replace(one, copies=c)
+        share = -(-rows // c)
+        got = costs.matmul_steps(CORSAIR, many, rows=rows, src=None)
+        ref = costs.matmul_steps(CORSAIR, one, rows=share, src=None)
+        assert [(st.engine, st.kind, st.cycles) for st in got if st.engine != "NET"] == [
+            (st.engine, st.kind, st.cycles) for st in ref if st.engine != "NET"
+        ]
+        (dimc,) = [st for st in got if st.engine == "DIMC"]
+        assert dimc.flops == 2 * rows * 384 * 1152 and dimc.slices == 18 * c
+        assert many.tile_bytes_total(CORSAIR) == c * one.tile_bytes_total(CORSAIR)
+        assert costs.grid_cycles(CORSAIR, many, rows=rows) <= costs.grid_cycles(CORSAIR, one, rows=rows)
+    # the mapper's grid for those rows on a card, allowed 64 copies: no slower than the best with one copy
+    best1 = choose_grid(CORSAIR, 2048, 384, 1152, rows, "search")
+    best64 = choose_grid(CORSAIR, 2048, 384, 1152, rows, "search", 64)
+    assert best64.copies > 1 and best64.slices <= 2048
+    assert costs.grid_cycles(CORSAIR, best64, rows=rows) < costs.grid_cycles(CORSAIR, best1, rows=rows)
+    assert choose_grid(CORSAIR, 2048, 384, 1152, 1, "search", 64).copies == 1  # one row: nothing to share out

@@ -8,7 +8,7 @@ import pytest
 
 from normfuse_ref.hw.config import PRESETS, with_overrides
 from normfuse_ref.hw.mapping import MappingPolicy, build, crossing_level, kv_layout, search, weight_cards
-from normfuse_ref.hw.study import Scenario, emulate, estimate_mapping, map_scenario
+from normfuse_ref.hw.study import Phase, Scenario, emulate, estimate_mapping, map_scenario
 from normfuse_ref.hw.workload import workload_of
 from normfuse_ref.models.llama.config import PRESETS as MODELS
 
@@ -140,3 +140,45 @@ def test_crossing_between_stages_costs_a_hop_and_the_activation_by_hand() -> Non
     assert by_link["NET.pcie@1>2"] == -(-round((1000 + 8192 / 63) * ghz * 1e6) // 10**6)
     path = {tl.events[i].resources[0] for i in tl.critical_path() if tl.events[i].op == "stage transfer"}
     assert path == {"NET.bridge@0>1", "NET.pcie@1>2", "NET.bridge@2>3"}
+
+
+def test_spare_sram_holds_copies_of_the_weights_each_computing_a_share_of_the_rows() -> None:
+    """all-MiniLM's weights use ~1% of a card's SRAM: a 512-token prefill holds copies of every matrix, each copy
+    computing its share of the rows, within capacity, and faster than the same mapping with one copy of each."""
+    from normfuse_ref.models import bert
+
+    sc = Scenario(bert.get_preset("all-minilm-l6-v2"), "prefill", 512, 1)
+    mp = map_scenario(sc, CORSAIR)
+    assert mp.copies > 1
+    grids = [mp.grid(mat.n, mat.m) for mat in (*mp.workload.block, *mp.workload.head)] if mp.workload else []
+    assert grids and all(1 < g.copies <= mp.copies and g.slices <= mp.slices_per_stage for g in grids)
+    for st in mp.stages:
+        assert st.weight_bytes + st.act_bytes + st.kv_sram_bytes <= CORSAIR.memory.sram_bytes_per_slice
+    single = dataclasses.replace(mp, copies=1)
+    assert all(single.grid(g.n, g.m).copies == 1 for g in grids)
+    fast, slow = (emulate(sc, CORSAIR, "baseline", mapping=m).makespan for m in (mp, single))
+    assert 2 * fast < slow
+
+
+@pytest.mark.parametrize(
+    ("model", "phase", "context", "batch", "max_cards", "spills"),
+    [
+        ("llama2-7b", "decode", 2048, 1, None, False),
+        ("smollm2-135m", "decode", 2048, 1, None, False),  # SRAM to spare, but one row
+        ("llama3-8b", "decode", 8192, 64, 8, True),
+        ("llama2-7b", "prefill", 2048, 1, None, False),
+    ],
+)
+def test_copies_take_no_sram_the_kv_cache_needs_and_one_row_has_one_copy(
+    model: str, phase: Phase, context: int, batch: int, max_cards: int | None, spills: bool
+) -> None:
+    """A decode step at batch 1 has one row a pass: nothing to share out, one copy. Where the KV cache spills to
+    LPDDR (llama3-8b at batch 64, context 8192, on one server) no SRAM is spare: one copy, though 64 rows could
+    share the work out. Capacity holds either way."""
+    policy = MappingPolicy(max_cards=max_cards)
+    mp = map_scenario(Scenario(MODELS[model], phase, context, batch, mapping=policy), CORSAIR)
+    assert (max(st.kv_offchip for st in mp.stages) > 0) == spills
+    if spills or (phase == "decode" and batch == 1):
+        assert mp.copies == 1
+    for st in mp.stages:
+        assert st.weight_bytes + st.act_bytes + st.kv_sram_bytes <= CORSAIR.memory.sram_bytes_per_slice

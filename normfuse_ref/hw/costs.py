@@ -465,15 +465,15 @@ def elementwise_step(
     )
 
 
-def matmul_steps(
-    hw: HardwareConfig, grid: Grid, *, rows: int, src: Span | None, src_rows_chunk_bytes: float | None = None
-) -> tuple[Step, ...]:
+def matmul_steps(hw: HardwareConfig, grid: Grid, *, rows: int, src: Span | None) -> tuple[Step, ...]:
     """x (rows, n) @ F (n, m) for a stationary F spread as `grid`: deliver each slice its chunk of x (a move over
-    the union of x's footprint `src` and the grid), the DIMC tiles, and the partial sums of each column group."""
+    the union of x's footprint `src` and the grid), the DIMC tiles, and the partial sums of each column group;
+    with copies of the grid, each copy does all three for its share of the rows, side by side."""
     d = hw.dimc
     steps: list[Step] = []
     chunk = min(grid.n, grid.k_tiles * d.tile_rows)
-    per_dest = rows * chunk * hw.memory.act_bits / 8 if src_rows_chunk_bytes is None else src_rows_chunk_bytes
+    total_rows, rows = rows, grid.copy_rows(rows)  # the busiest copy's rows set every step's time
+    per_dest = rows * chunk * hw.memory.act_bits / 8
     dst = network.span_of(hw, grid.slices, 1)
     mv = move_step(hw, dst if src is None else network.union(src, dst), per_dest)
     if mv is not None:
@@ -484,7 +484,7 @@ def matmul_steps(
             "tiles",
             "matmul",
             dimc_cycles(hw, k_tiles=grid.k_tiles, n_tiles=grid.n_tiles, rows=rows, tile_bytes=hw.tile_bytes),
-            2 * rows * grid.n * grid.m,
+            2 * total_rows * grid.n * grid.m,
             grid.tile_bytes_total(hw),
             (),
             False,

@@ -6,7 +6,9 @@ slice, in the machine's numbering (`network.py`: slices of a chiplet first, Mort
 
     Grid     a stationary weight F (n, m) in DIMC tiles over gk x gn slices: column group j holds tile columns
              j, j + gn, ...; its gk slices (offsets j gk .. j gk + gk - 1) split the K tiles of those columns, and
-             their partial sums meet at the group's root. The output y lives on the gn roots (gk apart).
+             their partial sums meet at the group's root. The output y lives on the gn roots (gk apart). With
+             `copies` > 1 the whole grid is held that many times side by side (copy c on offsets c gk gn ..), each
+             copy computing its share of the rows (data parallelism inside a stage, in SRAM the stage has spare).
     KVLayout a layer's KV cache: the stage's slices are split into one group per (sequence, key/value head); a
              group's keys lie over `key_slices` slices, `ceil(S / key_slices)` positions each, in `row_sets` copies
              on the group's otherwise idle slices, so that its query rows are dealt out over the copies.
@@ -72,23 +74,29 @@ class Grid:
     gn: int  # column groups side by side
     k_tiles: int  # K tiles a slice holds of each of its columns
     n_tiles: int  # tile columns a slice holds
+    copies: int = 1  # copies of the whole gk x gn grid, each computing its share of the rows
 
     @property
     def slices(self) -> int:
-        return self.gk * self.gn
+        return self.gk * self.gn * self.copies
+
+    def copy_rows(self, rows: int) -> int:
+        """Rows one copy computes (the busiest copy's share)."""
+        return cdiv(rows, self.copies)
 
     def place(self, stage: int) -> Place:
         """All of its slices: where the input row must be delivered."""
         return Place(stage, self.slices)
 
     def roots(self, stage: int, rows: int = 1) -> Place:
-        """Where the output lives: each row across the gn column groups (gk slices apart); the partial sums are
-        reduce-scattered by rows, so `rows` rows are dealt out over the gk slices of a group (up to a power of two
-        <= gk; a single row stays on the groups' roots)."""
+        """Where the output lives: each row across the gn column groups (gk slices apart) of the copy that computed
+        it (the copies are groups, gk gn slices apart); the partial sums are reduce-scattered by rows, so a copy's
+        rows are dealt out over the gk slices of a group (up to a power of two <= gk; a single row stays on the
+        groups' roots)."""
         split = 1
-        while split * 2 <= min(self.gk, rows):
+        while split * 2 <= min(self.gk, self.copy_rows(rows)):
             split *= 2
-        return Place(stage, self.gn, self.gk, rows=split)
+        return Place(stage, self.gn, self.gk, self.copies, self.gk * self.gn, rows=split)
 
     def tile_bytes_total(self, hw: HardwareConfig) -> int:
         """Bytes of SRAM this weight takes over all of its slices (tiles padded to whole tiles)."""

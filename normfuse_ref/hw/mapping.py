@@ -106,6 +106,7 @@ class Mapping:
     rows: int
     positions: int
     batch: int = 1
+    copies: int = 1  # the most copies of a weight the grids may hold (spare SRAM; `build`)
     estimate_cycles: int = 0  # the mapper's estimate of this mapping's latency
     candidates: int = 0  # how many mappings the search compared
     workload: Workload | None = field(default=None, compare=False)
@@ -135,7 +136,7 @@ class Mapping:
             for shape, g in self.fixed_grids:
                 if shape == (n, m):
                     return g
-        return choose_grid(self.hw, self.slices_per_stage, n, m, self.rows, self.kind)
+        return choose_grid(self.hw, self.slices_per_stage, n, m, self.rows, self.kind, self.copies)
 
     def on(self, hw: HardwareConfig) -> Mapping:
         """The same mapping (stages, grids, KV placement) on another machine of the same shape: for asking how a
@@ -175,6 +176,7 @@ class Mapping:
             "slices_per_stage": self.slices_per_stage,
             "design_rows": self.rows,
             "design_positions": self.positions,
+            "weight_copies": self.copies,
             "candidates_compared": self.candidates,
             "estimate_us": self.estimate_cycles / (hw.clock.ghz * 1e3),
             "stage_list": [
@@ -214,7 +216,15 @@ class Mapping:
 
 
 def _grid_dict(g: Grid) -> dict[str, int]:
-    return {"n": g.n, "m": g.m, "gk": g.gk, "gn": g.gn, "slices": g.slices, "tiles_per_slice": g.k_tiles * g.n_tiles}
+    return {
+        "n": g.n,
+        "m": g.m,
+        "gk": g.gk,
+        "gn": g.gn,
+        "copies": g.copies,
+        "slices": g.slices,
+        "tiles_per_slice": g.k_tiles * g.n_tiles,
+    }
 
 
 def crossing_level(hw: HardwareConfig, card_a: int, card_b: int) -> str:
@@ -233,8 +243,9 @@ def crossing_level(hw: HardwareConfig, card_a: int, card_b: int) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def choose_grid(hw: HardwareConfig, slices: int, n: int, m: int, rows: int, kind: MappingKind) -> Grid:
-    """The grid of a stationary weight (n, m) on a stage of `slices` slices (see the module docstring)."""
+def choose_grid(hw: HardwareConfig, slices: int, n: int, m: int, rows: int, kind: MappingKind, copies: int = 1) -> Grid:
+    """The grid of a stationary weight (n, m) on a stage of `slices` slices (see the module docstring), with at
+    most `copies` copies (a power of two; never more than the rows, which they share out)."""
     kt, nt = costs.tiles_of(hw, n, m)
     if kind == "dense":
         C = max(1, int(DENSE_WEIGHT_FRACTION * hw.memory.sram_bytes_per_slice) // hw.tile_bytes)
@@ -248,16 +259,18 @@ def choose_grid(hw: HardwareConfig, slices: int, n: int, m: int, rows: int, kind
     # that give it, ceil(nt / t): with the same tiles a slice, more groups only widen the delivery of x
     ts = sorted({*range(1, 17), *(1 << i for i in range(5, nt.bit_length() + 1))})
     widths = sorted({cdiv(nt, t) for t in ts if t <= nt})
+    counts = [c for c in (1 << i for i in range(copies.bit_length())) if c <= min(copies, rows)]
     gk = 1
     while gk <= slices and gk < 4 * kt:
         for gn in widths:
-            if gk * gn > slices:
-                continue
-            g = Grid(n, m, gk, gn, cdiv(kt, gk), cdiv(nt, gn))
-            if g.k_tiles * g.n_tiles * hw.tile_bytes <= hw.memory.sram_bytes_per_slice:
-                key = (costs.grid_cycles(hw, g, rows=rows), g.slices, gk)
-                if best is None or key < best[0]:
-                    best = (key, g)
+            for c in counts:
+                if gk * gn * c > slices:
+                    break
+                g = Grid(n, m, gk, gn, cdiv(kt, gk), cdiv(nt, gn), c)
+                if g.k_tiles * g.n_tiles * hw.tile_bytes <= hw.memory.sram_bytes_per_slice:
+                    key = (costs.grid_cycles(hw, g, rows=rows), g.slices, gk)
+                    if best is None or key < best[0]:
+                        best = (key, g)
         gk *= 4
     if best is None:
         raise ValueError(
@@ -328,41 +341,51 @@ def build(
     positions: int,
     batch: int,
 ) -> Mapping | str:
-    """The mapping with this many cards a stage and stages, or the reason it does not fit (a one-line string)."""
+    """The mapping with this many cards a stage and stages, or the reason it does not fit (a one-line string).
+
+    Copies: once a split of the blocks fits, the SRAM its stages leave spare (beside their weights, activation
+    buffers and on-chip KV cache) holds copies of the weights, the same most-copies bound for every matrix of the
+    mapping (a power of two, at most the rows); each matrix then takes as many as make it faster
+    (`choose_grid`). Copies never push KV cache off chip: the copies bound halves until they do not."""
     slices = tp_cards * hw.slices_per_card
     mem = hw.memory
     sram = mem.sram_bytes_per_slice
-    grids = {mat: choose_grid(hw, slices, mat.n, mat.m, rows, kind) for mat in (*wl.block, *wl.head)}
-    layer_bytes = sum(grids[mat].tile_bytes_total(hw) for mat in wl.block)
-    head_bytes = sum(grids[mat].tile_bytes_total(hw) for mat in wl.head)
     kv = kv_layout(hw, slices, batch * wl.kv_heads, positions)  # (the copies do not change bytes a slice)
     keys = kv.keys_per_slice(positions)
-    # activation buffers: a slice holds one block of up to ROW_BLOCK rows of a matmul's input chunk and output
-    # share, double-buffered (the rest of the rows stream through); fewer rows if the weights leave too little
-    # SRAM (dense packing keeps whole input rows on a slice); the lm head's logits stream out as they are made
     q_rows = rows // max(1, batch) * (wl.q_heads // wl.kv_heads)
-
-    def buffers(block: int) -> int:
-        widest = max(
-            max(g.k_tiles * hw.dimc.tile_rows, g.n_tiles * hw.dimc.tile_cols)
-            for mat, g in grids.items()
-            if mat in wl.block
-        )
-        scores = min(block, q_rows) * keys * kv.groups_per_slice * mem.word_bytes
-        return 2 * max(block * widest * mem.act_bits // 8, scores)
-
-    block_rows = min(rows, ROW_BLOCK)
-    if kind == "dense":
-        heaviest = int(DENSE_WEIGHT_FRACTION * sram)
-    else:
-        heaviest = max(grids[mat].k_tiles * grids[mat].n_tiles for mat in wl.block) * hw.tile_bytes
-    while block_rows > 1 and buffers(block_rows) + heaviest > sram:
-        block_rows //= 2
-    act_bytes = buffers(block_rows)
     kv_layer_slice = 2 * keys * wl.head_dim * kv.groups_per_slice * mem.kv_bits // 8  # K and V, one layer
     kv_layer_total = batch * positions * wl.kv_bytes_per_position(mem.kv_bits)
 
-    def place(split: list[tuple[int, int]]) -> list[Stage] | str:
+    def sized(copies: int) -> tuple[dict[Any, Grid], int, int, int]:
+        """The grids with at most `copies` copies, a block's and the head's weight bytes, and the activation
+        buffers a slice holds."""
+        grids = {mat: choose_grid(hw, slices, mat.n, mat.m, rows, kind, copies) for mat in (*wl.block, *wl.head)}
+        layer_bytes = sum(grids[mat].tile_bytes_total(hw) for mat in wl.block)
+        head_bytes = sum(grids[mat].tile_bytes_total(hw) for mat in wl.head)
+
+        # activation buffers: a slice holds one block of up to ROW_BLOCK rows of a matmul's input chunk and output
+        # share, double-buffered (the rest of the rows stream through); fewer rows if the weights leave too little
+        # SRAM (dense packing keeps whole input rows on a slice); the lm head's logits stream out as they are made
+        def buffers(block: int) -> int:
+            widest = max(
+                max(g.k_tiles * hw.dimc.tile_rows, g.n_tiles * hw.dimc.tile_cols)
+                for mat, g in grids.items()
+                if mat in wl.block
+            )
+            scores = min(block, q_rows) * keys * kv.groups_per_slice * mem.word_bytes
+            return 2 * max(block * widest * mem.act_bits // 8, scores)
+
+        block_rows = min(rows, ROW_BLOCK)
+        if kind == "dense":
+            heaviest = int(DENSE_WEIGHT_FRACTION * sram)
+        else:
+            heaviest = max(grids[mat].k_tiles * grids[mat].n_tiles for mat in wl.block) * hw.tile_bytes
+        while block_rows > 1 and buffers(block_rows) + heaviest > sram:
+            block_rows //= 2
+        return grids, layer_bytes, head_bytes, buffers(block_rows)
+
+    def place(split: list[tuple[int, int]], copies: int) -> list[Stage] | str:
+        grids, layer_bytes, head_bytes, act_bytes = sized(copies)
         out = []
         for s, (lo, hi) in enumerate(split):
             head = s == stages - 1
@@ -393,12 +416,30 @@ def build(
             out.append(Stage(s, s * tp_cards, tp_cards, (lo, hi), head, per_slice, act_bytes, in_sram, offchip, lpddr))
         return out
 
+    def spare_copies(got: list[Stage]) -> int:
+        """The most copies (a power of two, at most the rows) whose weights fit beside each stage's activation
+        buffers and KV cache, as placed with one copy."""
+        room = min((sram - st.act_bytes - st.kv_sram_bytes) // max(1, st.weight_bytes) for st in got)
+        c = 1
+        while c * 2 <= min(room, rows):
+            c *= 2
+        return c
+
     first: str | None = None
+    _, layer_bytes, head_bytes, _ = sized(1)
     for split in _splits(wl.n_layers, stages, layer_bytes, head_bytes):
-        got = place(split)
-        if not isinstance(got, str):
-            return Mapping(hw, kind, tp_cards, tuple(got), rows, positions, batch, workload=wl)
-        first = first or got
+        got = place(split, 1)
+        if isinstance(got, str):
+            first = first or got
+            continue
+        copies = 1 if kind == "dense" else spare_copies(got)
+        while copies > 1:
+            wide = place(split, copies)
+            if not isinstance(wide, str) and all(w.kv_offchip <= g.kv_offchip for w, g in zip(wide, got, strict=True)):
+                got = wide
+                break
+            copies //= 2
+        return Mapping(hw, kind, tp_cards, tuple(got), rows, positions, batch, copies, workload=wl)
     assert first is not None
     return first
 
