@@ -24,11 +24,17 @@ def test_an_encoder_defaults_to_a_prefill_of_its_positions(capsys: pytest.Captur
     )
     assert "Whole model (6 blocks + final LayerNorm)" in out
     assert "beyond" not in err  # 512 is the model's own context: no warning
+    # its weights leave SRAM spare: the mapping line says the matrices are held in copies, as --json does
+    assert "weights in up to 64 copies (each computing a share of the rows)" in " ".join(out.split())
     code, out, err = run(capsys, "timeline", "--model", "all-minilm-l6-v2", "--context", "128", "--json")
     assert code == 0, err
     data = json.loads(out)
     assert (data["phase"], data["context"], data["chunk"], data["layers"]) == ("prefill", 128, 128, 6)
     assert data["fused_latency"] < data["baseline_latency"]
+    held = {g["copies"] for g in data["mapping"]["matrices"].values()}
+    assert max(held) > 1 and max(held) <= data["mapping"]["weight_copies"]
+    code, out, err = run(capsys, "timeline")  # llama2-7b decode: one row, one copy, nothing said
+    assert code == 0 and "weights in up to" not in out, err
 
 
 def test_a_decoder_beyond_its_positions_is_timed_at_them_by_default(capsys: pytest.CaptureFixture[str]) -> None:

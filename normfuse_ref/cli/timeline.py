@@ -388,9 +388,11 @@ def _mapping_line(c: Comparison) -> str:
     def n(k: int, what: str, plural: str = "") -> str:
         return f"{k} {what if k == 1 else plural or what + 's'}"
 
+    copies = max((g.get("copies", 1) for g in m.get("matrices", {}).values()), default=1)
+    held = f", weights in up to {copies} copies (each computing a share of the rows)" if copies > 1 else ""
     return (
         f"mapping ({m['kind']}, {m['candidates_compared']} compared): {n(m['cards'], 'card')} = "
-        f"{n(m['stages'], 'stage')} of {n(m['tp_cards'], 'card')}, blocks {spans}; KV of a head group on "
+        f"{n(m['stages'], 'stage')} of {n(m['tp_cards'], 'card')}, blocks {spans}{held}; KV of a head group on "
         f"{n(kv.get('key_slices_per_group', 0), 'slice')} x {n(kv.get('copies_per_group', 1), 'copy', 'copies')}, "
         f"{100 * off:.0f}% in LPDDR"
     )
