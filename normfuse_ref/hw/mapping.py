@@ -10,6 +10,10 @@ describes: a matrix is spread over the slices of a card or a chosen group). With
             partial sums; `costs.grid_cycles`) over gk in powers of 4 and gn in powers of 2 (so that every group
             of slices is a full lattice of the NoC). A stage's matrices are laid out so that every slice carries
             the same share of the stage's tile bytes.
+  copies    where the weights leave SRAM spare, a grid is held several times side by side, each copy computing
+            its share of the rows (data parallelism inside a stage): `build` bounds the copies by the SRAM every
+            stage has beside its weights, activation buffers and on-chip KV cache (one power of two for the
+            mapping, at most the rows), and each matrix takes as many as make its matmul faster.
   KV cache  each layer's cache is split into one group per (sequence, key/value head), spread over the stage's
             slices (`layout.KVLayout`); what does not fit in SRAM goes to the cards' LPDDR (the off-chip tier)
             and is streamed from there at the LPDDR rate.
