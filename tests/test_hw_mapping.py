@@ -61,6 +61,7 @@ def test_kv_cache_spills_to_lpddr_when_sram_is_full() -> None:
     ("model", "policy", "needle"),
     [
         ("llama2-70b", MappingPolicy(max_cards=8), "llama2-70b does not fit on corsair-like within 8 cards"),
+        ("llama2-7b", MappingPolicy(max_cards=1), "llama2-7b does not fit on corsair-like within 1 card: its"),
         ("llama2-7b", MappingPolicy(tp_cards=128), "a stage of 128 cards is more than the 64 cards available"),
         ("llama2-7b", MappingPolicy(tp_cards=8, stages=9), "9 stages of 8 cards need 72 cards; corsair-like has 64"),
         ("llama2-7b", MappingPolicy(max_cards=100), "--max-cards 100 exceeds the 64 cards of corsair-like"),

@@ -504,8 +504,8 @@ def search(
         need = weight_cards(wl, hw)
         last = reasons[-1] if reasons else "no candidate"
         raise ValueError(
-            f"{wl.name} does not fit on {hw.name} within {max_cards} cards: its weights alone need {need:.1f} cards "
-            f"of SRAM ({last})"
+            f"{wl.name} does not fit on {hw.name} within {max_cards} card{'s' if max_cards > 1 else ''}: its weights "
+            f"alone need {need:.1f} cards of SRAM ({last})"
         )
     # widths in increasing order; stop once two wider widths in a row estimate slower than the best so far (the
     # wider a stage, the more of every collective crosses slow levels: the estimate turns up and stays up)
