@@ -334,6 +334,11 @@ def _splits(n_layers: int, stages: int, layer_bytes: int, head_bytes: int) -> li
     return out
 
 
+#: What `build` sizes a stage by: the grids (at most so many copies each), a block's and the head's weight bytes,
+#: and the activation buffers a slice holds.
+_Sized = tuple[dict[Any, Grid], int, int, int]
+
+
 def build(
     wl: Workload,
     hw: HardwareConfig,
@@ -360,7 +365,7 @@ def build(
     kv_layer_slice = 2 * keys * wl.head_dim * kv.groups_per_slice * mem.kv_bits // 8  # K and V, one layer
     kv_layer_total = batch * positions * wl.kv_bytes_per_position(mem.kv_bits)
 
-    def sized(copies: int) -> tuple[dict[Any, Grid], int, int, int]:
+    def sized(copies: int) -> _Sized:
         """The grids with at most `copies` copies, a block's and the head's weight bytes, and the activation
         buffers a slice holds."""
         grids = {mat: choose_grid(hw, slices, mat.n, mat.m, rows, kind, copies) for mat in (*wl.block, *wl.head)}
@@ -388,8 +393,8 @@ def build(
             block_rows //= 2
         return grids, layer_bytes, head_bytes, buffers(block_rows)
 
-    def place(split: list[tuple[int, int]], copies: int) -> list[Stage] | str:
-        grids, layer_bytes, head_bytes, act_bytes = sized(copies)
+    def place(split: list[tuple[int, int]], sizes: _Sized) -> list[Stage] | str:
+        grids, layer_bytes, head_bytes, act_bytes = sizes
         out = []
         for s, (lo, hi) in enumerate(split):
             head = s == stages - 1
@@ -430,15 +435,15 @@ def build(
         return c
 
     first: str | None = None
-    _, layer_bytes, head_bytes, _ = sized(1)
-    for split in _splits(wl.n_layers, stages, layer_bytes, head_bytes):
-        got = place(split, 1)
+    one = sized(1)  # the grids of one copy each, shared by every split
+    for split in _splits(wl.n_layers, stages, one[1], one[2]):
+        got = place(split, one)
         if isinstance(got, str):
             first = first or got
             continue
         copies = 1 if kind == "dense" else spare_copies(got)
         while copies > 1:
-            wide = place(split, copies)
+            wide = place(split, sized(copies))
             if not isinstance(wide, str) and all(w.kv_offchip <= g.kv_offchip for w, g in zip(wide, got, strict=True)):
                 got = wide
                 break
