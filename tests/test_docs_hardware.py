@@ -151,3 +151,5 @@ def test_the_layernorm_ranges_quoted_in_prose_hold(ln_rows: list[dict[str, Any]]
     assert round(bert["baseline_latency"]) == quoted(r"bert-large's on 8 cards: (\d+) µs") and bert["cards"] == 8
     assert round(100 * bert["normalisation_share_baseline"]) == quoted(r"keep its share at (\d+)%")
     assert round(100 * bert["hidden_fraction"]) == quoted(r"share at \d+%, (\d+)% of it hidden")
+    readme = re.search(r"normalisation is\s+again ~(\d+)% of the latency, a third of it hidden", README)  # its summary
+    assert readme and round(100 * mini["normalisation_share_baseline"]) == int(readme.group(1))
