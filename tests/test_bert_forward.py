@@ -29,6 +29,7 @@ from normfuse_ref.models.bert.weights import Mode
 from normfuse_ref.ops import NumpyExecutor, SoftmaxTiles
 from normfuse_ref.precision import dtype_info
 from tests.bert_support import MODES
+from tests.test_rule_sites import RecordingExecutor
 
 Array = NDArray[Any]
 CFG = get_preset("tiny-bert")
@@ -137,6 +138,27 @@ def test_padded_batch_equals_each_text_alone(mode: Mode, dtype: str) -> None:
         tol = hidden_bound(CFG, alone, dtype)
         np.testing.assert_allclose(batch[b, :n], alone[0], rtol=0, atol=tol, err_msg=f"text {b}")
         np.testing.assert_allclose(pooled[b], mean_pool(alone, mask[b : b + 1, :n])[0], rtol=0, atol=10 * tol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_padded_batch_runs_its_real_tokens_rows_alone(mode: Mode) -> None:
+    """Padding costs no work outside the attention: every linear layer reads the N real tokens' rows (N = the
+    mask's ones), not B x T, and the output is exactly zero at the padded positions and nowhere else; the batch
+    without its padding (each text alone, so nothing to pack) is the other implementation the rows must match."""
+    params = random_params(CFG, seed=7, dtype="float32")
+    lengths = [6, 2, 9]
+    ids, mask = padded_batch(lengths, seed=4)
+    keep = mask.astype(bool)
+    ex = RecordingExecutor("float32")
+    h = np.asarray(forward(prepare(params, CFG, mode), CFG, ids, mask, mode=mode, ex=ex))  # (B, T, d)
+    for op in ("attn_qkv", "attn_output", "ffn_up", "ffn_down"):
+        (x, _), y = ex.calls[op]
+        assert x.shape[:-1] == y.shape[:-1] == (sum(lengths),), op
+    assert h.shape == (*ids.shape, CFG.dim)
+    assert not h[~keep].any() and h[keep].any(axis=-1).all()
+    for b, n in enumerate(lengths):
+        alone = run(params, ids[b : b + 1, :n], mask[b : b + 1, :n], mode, NumpyExecutor("float32"))  # (1, n, d)
+        np.testing.assert_allclose(h[b, :n], alone[0], rtol=0, atol=hidden_bound(CFG, alone, "float32"))
 
 
 def test_padding_changes_nothing_even_with_other_ids_under_the_mask() -> None:

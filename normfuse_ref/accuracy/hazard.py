@@ -250,7 +250,7 @@ def measure_hazard(
     `recorded`: the recorder the study's float64 run of the same groups ran on (`minilm.embed`); without it, that
     run's forward passes are made here. The (site, dtype) cells are independent: `workers` processes compute them
     (`parallel.fork_map`), with the same result."""
-    from ..models.bert.forward import forward
+    from ..models.bert.forward import forward, real_rows
 
     cfg = model.cfg
     w = runs.weights(ORACLE)  # float64, baseline: gamma, beta, F as the file has them
@@ -264,7 +264,7 @@ def measure_hazard(
     masks = [mask.astype(bool) for _, _, mask in groups]
     sites, cells = [], []  # cells: the arguments of each (site, dtype) cell, computed below
     for (layer, op), xs in sorted(rec.inputs.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1])):
-        z = np.concatenate([x[m] for x, m in zip(xs, masks, strict=True)])  # (rows, d)   real tokens only
+        z = np.concatenate([real_rows(x, m) for x, m in zip(xs, masks, strict=True)])  # (rows, d)   real tokens only
         ratio = _ratios(z)
         name = f"layer.{layer} {op}" if layer is not None else op
         sites.append(
