@@ -108,7 +108,8 @@ def normalise_rows(o: Array, l: Array) -> Array:
     """
     empty = l == 0  # (..., 1)
     out = o / np.where(empty, 1, l)  # (..., m)
-    np.copyto(out, 0, where=empty)
+    if empty.any():  # (a pass over every row otherwise)
+        np.copyto(out, 0, where=empty)
     return out
 
 

@@ -13,7 +13,18 @@ from hypothesis import strategies as st
 from normfuse_ref.accuracy import bounds as bd
 from normfuse_ref.accuracy import oracle
 from normfuse_ref.fuzz import strategies as fz
-from normfuse_ref.layers import RopeLayout, attention, layer_norm, linear, rms_norm, rope, silu, softmax, swiglu
+from normfuse_ref.layers import (
+    RopeLayout,
+    attention,
+    layer_norm,
+    linear,
+    normalise_rows,
+    rms_norm,
+    rope,
+    silu,
+    softmax,
+    swiglu,
+)
 from normfuse_ref.precision import DTYPES, Array
 from tests.tolerances import assert_within
 
@@ -37,6 +48,14 @@ def test_softmax_matches_a_scalar_loop() -> None:
     z[4] = -np.inf
     want = np.array([naive_softmax_row(list(r)) for r in z])
     np.testing.assert_allclose(softmax(z), want, rtol=0, atol=TOL)
+
+
+def test_a_row_with_no_visible_entry_divides_to_zeros_whatever_its_numerator() -> None:
+    """normalise_rows defines a row with l = 0 as zeros: the fused order's o = e @ V of a fully masked row is 0 @ V,
+    which is NaN where V holds an inf, and must still finalise to zeros (the other rows are divided as usual)."""
+    o = np.array([[np.nan, 0.0, -np.inf], [2.0, -4.0, 6.0]])  # (2, 3)
+    l = np.array([[0.0], [2.0]])  # (2, 1)
+    np.testing.assert_array_equal(normalise_rows(o, l), [[0.0, 0.0, 0.0], [1.0, -2.0, 3.0]])
 
 
 def test_layer_norm_and_rms_norm_match_scalar_loops() -> None:

@@ -365,8 +365,9 @@ class EmulatingExecutor:
         return x.data if type(x) is Value else x
 
     def _a(self, x: Any) -> Array:
+        """An operand in acc; a boolean mask stays boolean, as in the plain executor (it selects; not a value)."""
         d = x.data if type(x) is Value else np.asarray(x)
-        return d if d.dtype == self._acc else d.astype(self._acc)
+        return d if d.dtype == self._acc or d.dtype == np.bool_ else d.astype(self._acc)
 
     @staticmethod
     def _matmul_shape(xs: tuple[int, ...], Fs: tuple[int, ...]) -> tuple[int, ...]:
