@@ -12,6 +12,7 @@ import pytest
 
 from normfuse_ref.accuracy.bounds import cosine_bound
 from normfuse_ref.models.bert import BertModel, TextTooLong, compare_modes, embedding_bound, hidden_bound, load_model
+from normfuse_ref.models.bert.model import mean_pool
 from tests.bert_support import MINILM, MODES, minilm  # noqa: F401  (fixture)
 
 TEXTS = ["A cat sits on the mat.", "A dog lies on the rug.", "hi", "The stock market fell sharply today."]
@@ -41,6 +42,32 @@ def test_embedding_does_not_depend_on_the_batch(tiny: BertModel) -> None:
     batch = tiny.tokenize(TEXTS)
     h = tiny.forward(batch.ids, batch.attention_mask)
     assert np.abs(together - alone).max() <= embedding_bound(tiny.cfg, h, batch.attention_mask)
+
+
+def test_groups_are_in_length_order_and_embeddings_come_back_in_the_texts_order(tiny: BertModel) -> None:
+    """Texts are grouped by token length (so a group pads little) and embedded in that order; each embedding is
+    returned at its text's own place: equal, within the bound, to that text run alone through forward and pooling,
+    in both orders and through compare_modes too."""
+    long = "a much longer sentence than the others, with many more characters in it"
+    texts = [TEXTS[0], "hi", long, "A dog lies on the rug!!", "ok", TEXTS[3]]  # 19, 4, 61, 20, 4, 33 tokens
+    batch = tiny.tokenize(texts)
+    groups = list(tiny.groups(batch, batch_size=2))
+    seen = [int(i) for idx, _, _ in groups for i in idx]
+    assert sorted(seen) == list(range(len(texts)))
+    assert any(list(idx) != sorted(idx) for idx, _, _ in groups)  # a group out of the texts' order: [5, 2]
+    lengths = [batch.lengths[i] for i in seen]
+    assert lengths == sorted(lengths)
+    assert all(ids.shape[1] == max(batch.lengths[i] for i in idx) for idx, ids, _ in groups)
+    cmp = compare_modes(tiny, texts, batch_size=2)
+    for mode in MODES:
+        e = tiny.embed(texts, mode, batch_size=2)  # (B, d)
+        for i, t in enumerate(texts):
+            one = tiny.tokenize([t])
+            h = tiny.forward(one.ids, one.attention_mask, mode)  # (1, T, d)
+            alone = mean_pool(h, one.attention_mask)[0]  # (d,)
+            bound = embedding_bound(tiny.cfg, h, one.attention_mask)
+            assert np.abs(e[i] - alone).max() <= bound, (mode, i)
+            assert np.abs(cmp.embeddings[mode][i] - alone).max() <= bound, (mode, i)
 
 
 def test_tokenize_pads_on_the_right(tiny: BertModel) -> None:

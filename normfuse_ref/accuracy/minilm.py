@@ -161,14 +161,7 @@ class BertRuns(StoredWeights):
 def sentence_groups(model: BertModel, sentences: Sequence[str]) -> list[tuple[NDArray[np.int64], Array, Array]]:
     """(indices, ids, attention mask) of GROUP sentences at a time, in order of token length (each group cut to its
     own longest sentence, so it pads little)."""
-    batch = model.tokenize(sentences, truncate=True)
-    order = np.argsort(np.asarray(batch.lengths), kind="stable")  # (N,)
-    groups = []
-    for j in range(0, order.size, GROUP):
-        idx = order[j : j + GROUP]  # (b,)
-        T = max(batch.lengths[i] for i in idx)
-        groups.append((idx, batch.ids[idx, :T], batch.attention_mask[idx, :T]))  # (b,), (b, T), (b, T)
-    return groups
+    return list(model.groups(model.tokenize(sentences, truncate=True), GROUP))  # (b,), (b, T), (b, T) each
 
 
 def embed(

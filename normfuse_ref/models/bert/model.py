@@ -17,8 +17,9 @@ the mean of the last hidden states over the text's real tokens ([CLS] and [SEP] 
 divided by its Euclidean norm. Pooling is not a fusion site; it runs in float64 on the hidden states and the
 result is rounded once to the model's dtype.
 
-Texts are embedded `batch_size` at a time, each group padded to its own longest text; a text's embedding does not
-depend on the group it is in, up to rounding (tests/test_bert_model.py checks it).
+Texts are embedded `batch_size` at a time in order of token length, each group padded to its own longest text (padding
+costs only the attention's products: `forward` packs the rest); a text's embedding does not depend on the group it
+is in, up to rounding (tests/test_bert_model.py checks it), and comes back in the order the texts were given.
 """
 
 from __future__ import annotations
@@ -128,18 +129,24 @@ class BertModel(LoadedModel[BertConfig, WordPieceTokenizer]):
             raise ValueError(f"model {self.cfg.name} has no tokenizer (no tokenizer.json); pass token ids to forward")
         return self.tokenizer.encode_batch(texts, self.cfg.max_positions, truncate=truncate)
 
-    def groups(self, batch: Batch, batch_size: int = 32) -> Iterator[tuple[Array, Array]]:
-        """(ids, attention_mask) of `batch_size` texts at a time, each group cut to its own longest text."""
+    def groups(self, batch: Batch, batch_size: int = 32) -> Iterator[tuple[NDArray[np.int64], Array, Array]]:
+        """(indices into the batch, ids, attention_mask) of `batch_size` texts at a time, in order of token length
+        (a stable sort), each group cut to its own longest text: texts of like length share a group, so the
+        attention's products, the only work padding still costs (`forward.packed`), pad little."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        for j in range(0, len(batch.lengths), batch_size):
-            T = max(batch.lengths[j : j + batch_size])  # this group's longest text
-            yield batch.ids[j : j + batch_size, :T], batch.attention_mask[j : j + batch_size, :T]  # (b, T) each
+        order = np.argsort(np.asarray(batch.lengths), kind="stable")  # (B,)
+        for j in range(0, order.size, batch_size):
+            idx = order[j : j + batch_size]  # (b,)
+            T = max(batch.lengths[i] for i in idx)  # this group's longest text
+            yield idx, batch.ids[idx, :T], batch.attention_mask[idx, :T]  # (b,), (b, T), (b, T)
 
     def embed_batch(self, batch: Batch, mode: Mode = "fused", *, batch_size: int = 32) -> Array:
-        """Unit-norm sentence embeddings (B, d) of a tokenised batch, in the model's dtype."""
-        pooled = [mean_pool(self.forward(ids, mask, mode), mask) for ids, mask in self.groups(batch, batch_size)]
-        return np.concatenate(pooled).astype(self.dtype)  # (B, d)
+        """Unit-norm sentence embeddings (B, d) of a tokenised batch, in the model's dtype, in the batch's order."""
+        out = np.empty((len(batch.lengths), self.cfg.dim), dtype=np.float64)  # (B, d)
+        for idx, ids, mask in self.groups(batch, batch_size):
+            out[idx] = mean_pool(self.forward(ids, mask, mode), mask)  # (b, d)
+        return out.astype(self.dtype)  # (B, d)
 
     def embed(
         self, texts: Sequence[str], mode: Mode = "fused", *, truncate: bool = False, batch_size: int = 32
@@ -223,16 +230,16 @@ def compare_modes(
 ) -> ModeComparison:
     """Embed `texts` in fused and in baseline order (same tokens, same groups) and measure how far apart they are."""
     batch = model.tokenize(texts, truncate=truncate)
-    pooled: dict[str, list[Array]] = {"fused": [], "baseline": []}
+    pooled = {m: np.empty((len(texts), model.cfg.dim)) for m in ("fused", "baseline")}  # mode -> (B, d)
     hidden_diff, bound = 0.0, 0.0
-    for ids, mask in model.groups(batch, batch_size):
+    for idx, ids, mask in model.groups(batch, batch_size):
         h = {m: model.forward(ids, mask, m) for m in ("fused", "baseline")}
         keep = mask.astype(bool)  # (b, T)
         hidden_diff = max(hidden_diff, float(np.abs(h["fused"].astype(np.float64) - h["baseline"])[keep].max()))
         bound = max(bound, embedding_bound(model.cfg, h["baseline"], mask, model.dtype))
         for m, hm in h.items():
-            pooled[m].append(mean_pool(hm, mask))  # (b, d)
-    e = {m: np.concatenate(p).astype(model.dtype) for m, p in pooled.items()}  # mode -> (B, d)
+            pooled[m][idx] = mean_pool(hm, mask)  # (b, d)
+    e = {m: p.astype(model.dtype) for m, p in pooled.items()}  # mode -> (B, d)
     f, b = e["fused"].astype(np.float64), e["baseline"].astype(np.float64)  # (B, d)
     cos = np.sum(f * b, axis=-1) / (np.linalg.norm(f, axis=-1) * np.linalg.norm(b, axis=-1))  # (B,)
     return ModeComparison(batch, e, float(np.max(np.abs(f - b))), float(np.min(cos)), hidden_diff, bound)
