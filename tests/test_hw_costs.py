@@ -8,7 +8,7 @@ import pytest
 
 from normfuse_ref.hw import costs, network
 from normfuse_ref.hw.config import PRESETS, with_overrides
-from normfuse_ref.hw.layout import Grid
+from normfuse_ref.hw.layout import Grid, pow2_floor
 from normfuse_ref.hw.mapping import choose_grid
 
 TOY = PRESETS["toy"]  # tiles 8x8, 16 MACs/cycle, 8 lanes, 4 KiB SRAM at 8 B/cycle a slice
@@ -138,3 +138,10 @@ def test_copies_of_a_grid_cost_what_one_copy_costs_for_its_share_of_the_rows(row
     assert best64.copies > 1 and best64.slices <= 2048
     assert costs.grid_cycles(CORSAIR, best64, rows=rows) < costs.grid_cycles(CORSAIR, best1, rows=rows)
     assert choose_grid(CORSAIR, 2048, 384, 1152, 1, "search", 64).copies == 1  # one row: nothing to share out
+
+
+def test_pow2_floor_is_the_largest_power_of_two_not_above_n() -> None:
+    """The count of slices, copies or row groups a budget of n allows (at least one): against a plain search."""
+    for n in range(-3, 2100):
+        want = max([1, *(1 << i for i in range(12) if 1 << i <= n)])
+        assert pow2_floor(n) == want, n

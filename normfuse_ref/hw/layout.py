@@ -32,6 +32,11 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def pow2_floor(n: int) -> int:
+    """The largest power of two <= n (1 for n <= 1): how many slices, copies or row groups a count allows."""
+    return 1 << (max(1, n).bit_length() - 1)
+
+
 class Place(NamedTuple):
     """Where an activation lives (see the module docstring). `count` slices hold one group's row vectors.
 
@@ -93,9 +98,7 @@ class Grid:
         it (the copies are groups, gk gn slices apart); the partial sums are reduce-scattered by rows, so a copy's
         rows are dealt out over the gk slices of a group (up to a power of two <= gk; a single row stays on the
         groups' roots)."""
-        split = 1
-        while split * 2 <= min(self.gk, self.copy_rows(rows)):
-            split *= 2
+        split = pow2_floor(min(self.gk, self.copy_rows(rows)))
         return Place(stage, self.gn, self.gk, self.copies, self.gk * self.gn, rows=split)
 
     def tile_bytes_total(self, hw: HardwareConfig) -> int:

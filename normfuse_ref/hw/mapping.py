@@ -36,11 +36,11 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import costs
 from .config import LEVELS, HardwareConfig
-from .layout import Grid, KVLayout, Place, cdiv
+from .layout import Grid, KVLayout, Place, cdiv, pow2_floor
 from .workload import Workload
 
 __all__ = [
@@ -263,7 +263,7 @@ def choose_grid(hw: HardwareConfig, slices: int, n: int, m: int, rows: int, kind
     # that give it, ceil(nt / t): with the same tiles a slice, more groups only widen the delivery of x
     ts = sorted({*range(1, 17), *(1 << i for i in range(5, nt.bit_length() + 1))})
     widths = sorted({cdiv(nt, t) for t in ts if t <= nt})
-    counts = [c for c in (1 << i for i in range(copies.bit_length())) if c <= min(copies, rows)]
+    counts = [1 << i for i in range(pow2_floor(min(copies, rows)).bit_length())]  # 1, 2, 4, .. copies
     gk = 1
     while gk <= slices and gk < 4 * kt:
         for gn in widths:
@@ -295,7 +295,7 @@ def kv_layout(
     else:
         per_group, per_slice = 1, cdiv(groups, slices)
     wanted = costs.pow2_ceil(cdiv(max(1, positions), hw.dimc.tile_rows))
-    key_slices = min(wanted, 1 << (per_group.bit_length() - 1))
+    key_slices = min(wanted, pow2_floor(per_group))
     copies = 1
     while copies * 2 * key_slices <= per_group and copies * 2 <= rows * per_slice:
         copies *= 2
@@ -334,9 +334,13 @@ def _splits(n_layers: int, stages: int, layer_bytes: int, head_bytes: int) -> li
     return out
 
 
-#: What `build` sizes a stage by: the grids (at most so many copies each), a block's and the head's weight bytes,
-#: and the activation buffers a slice holds.
-_Sized = tuple[dict[Any, Grid], int, int, int]
+class _Sized(NamedTuple):
+    """What `build` sizes a stage by, for grids of at most so many copies each."""
+
+    grids: dict[Any, Grid]
+    layer_bytes: int  # a block's weights, all of its slices
+    head_bytes: int  # the head's weights
+    act_bytes: int  # the activation buffers a slice holds
 
 
 def build(
@@ -391,7 +395,7 @@ def build(
             heaviest = max(grids[mat].k_tiles * grids[mat].n_tiles for mat in wl.block) * hw.tile_bytes
         while block_rows > 1 and buffers(block_rows) + heaviest > sram:
             block_rows //= 2
-        return grids, layer_bytes, head_bytes, buffers(block_rows)
+        return _Sized(grids, layer_bytes, head_bytes, buffers(block_rows))
 
     def place(split: list[tuple[int, int]], sizes: _Sized) -> list[Stage] | str:
         grids, layer_bytes, head_bytes, act_bytes = sizes
@@ -429,14 +433,11 @@ def build(
         """The most copies (a power of two, at most the rows) whose weights fit beside each stage's activation
         buffers and KV cache, as placed with one copy."""
         room = min((sram - st.act_bytes - st.kv_sram_bytes) // max(1, st.weight_bytes) for st in got)
-        c = 1
-        while c * 2 <= min(room, rows):
-            c *= 2
-        return c
+        return pow2_floor(min(room, rows))
 
     first: str | None = None
     one = sized(1)  # the grids of one copy each, shared by every split
-    for split in _splits(wl.n_layers, stages, one[1], one[2]):
+    for split in _splits(wl.n_layers, stages, one.layer_bytes, one.head_bytes):
         got = place(split, one)
         if isinstance(got, str):
             first = first or got

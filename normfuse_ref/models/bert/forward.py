@@ -159,7 +159,7 @@ def attention(ex: Executor, qkv: Any, keep: NDArray[np.bool_], cfg: BertConfig, 
     packed batch is laid out padded for the products of its texts' own tokens (zeros under the padding), and its
     padded query rows, which see the same real keys, are computed and then dropped.
     """
-    pack = qkv.shape[:-1] != keep.shape
+    pack = packed(keep)
     if pack:  # (N, 3d) -> ([B,] T, 3d)
         qkv = ex.layout(lambda a: unpack(a, keep), qkv, op="pad_rows")
     lead = tuple(qkv.shape[:-2])  # () or (B,)
