@@ -56,6 +56,35 @@ def test_load_model_dispatches_by_name_and_path(ckpt: Path) -> None:
     assert family_of(llama_dir) == "llama"
 
 
+def test_a_config_file_stands_for_its_directory(ckpt: Path, tmp_path: Path) -> None:
+    """`--model dir/config.json` (the path the emulator takes) loads the directory's model, in either family."""
+    by_dir, by_file = load_model(ckpt), load_model(ckpt / "config.json")
+    assert isinstance(by_file, BertModel) and family_of(ckpt / "config.json") == "bert"
+    for k, v in by_dir.params.items():
+        assert np.array_equal(by_file.params[k], v), k
+    from normfuse_ref.models.llama import random_params as llama_params
+    from normfuse_ref.models.llama.weights import convert_rope_layout
+    from tests.test_llama_loaders import CFG as LLAMA_CFG
+    from tests.test_llama_loaders import write_hf_dir as write_llama_dir
+
+    half, _ = convert_rope_layout(llama_params(LLAMA_CFG, seed=3), LLAMA_CFG, "half")
+    llama_dir = write_llama_dir(tmp_path / "llama", half)
+    llama = load_model(llama_dir / "config.json")
+    assert isinstance(llama, LlamaModel) and family_of(llama_dir / "config.json") == "llama"
+    for k, v in load_model(llama_dir).params.items():
+        assert np.array_equal(llama.params[k], v), k
+
+
+def test_a_file_that_is_no_model_is_named_so(tmp_path: Path) -> None:
+    """Any file but config.json is read as GGUF; one that does not start as GGUF is refused before a family is
+    named for it (`normfuse embed` said such a file "is a Llama decoder model")."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello, not a model")
+    for call in (family_of, load_model):
+        with pytest.raises(ValueError, match=r"notes.txt is not a GGUF file \(it starts with b'hell'"):
+            call(notes)
+
+
 def test_a_model_that_is_not_there(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither a known model"):
         load_model(tmp_path / "nothing")

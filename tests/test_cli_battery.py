@@ -205,6 +205,8 @@ MISTAKES: list[Mistake] = [
     Mistake("embed-llama", ("embed", "--model", "tiny", "hi"), "tiny is a Llama decoder model; normfuse embed needs a BERT-family encoder"),
     Mistake("embed-llama-dir", ("embed", "--model", "hf", "hi"), "hf is a Llama decoder model", files=hf_dir(hf_config())),
     Mistake("embed-shape-only", ("embed", "--model", "llama2-7b", "hi"), "llama2-7b is a Llama decoder model"),
+    Mistake("embed-not-a-model-file", ("embed", "--model", "notes.txt", "hi"), "notes.txt is not a GGUF file",
+            files={"notes.txt": b"hello, not a model"}),
     Mistake("embed-model-markup", ("embed", "--model", "a[/]b", "hi"), "model not found: 'a[/]b' is neither"),
     Mistake("embed-too-long", ("embed", "--model", "tiny-bert", "ok", "x" * 100),
             "text 2 has 102 tokens but the model takes at most 64 ([CLS] and [SEP] included); shorten it, or truncate (--truncate)"),

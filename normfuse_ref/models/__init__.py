@@ -11,7 +11,9 @@ family's loader:
 - a name one family knows (its fetched models, its random-weight presets; a shape-only preset is refused there);
 - a directory: by the `model_type` of its config.json ("llama" -> Llama, "bert" -> BERT); any other type is one
   `UnsupportedArchitecture` error naming it and the supported ones;
-- any other existing file: a GGUF file, read by the Llama family (the only family that reads GGUF).
+- a file named config.json: the directory holding it, as above (the emulator's `--model` takes the same path);
+- any other existing file: a GGUF file, read by the Llama family (the only family that reads GGUF); a file that
+  does not start as one is refused here, before any family is named for it.
 
 The emulator needs only a model's shape: `shapes.shape_config` reads any family's preset or config.json.
 """
@@ -54,7 +56,7 @@ def model_names() -> dict[str, str]:
 def family_of(name_or_path: str | Path) -> str:
     """ "llama" or "bert": the family a model name or path belongs to (see the module docstring)."""
     from .bert.config import PRESETS as BERT_PRESETS
-    from .checkpoint import read_config
+    from .checkpoint import checkpoint_dir, read_config
     from .gpt.config import PRESETS as GPT_PRESETS
     from .llama.config import PRESETS as LLAMA_PRESETS
 
@@ -71,7 +73,7 @@ def family_of(name_or_path: str | Path) -> str:
             f"{name} is a preset of the GPT family (GPT-2, OPT), which has no loaded model: run it with "
             "normfuse_ref.models.gpt (random weights) or time it with normfuse timeline --model"
         )
-    path = Path(name).expanduser()
+    path = checkpoint_dir(Path(name).expanduser())
     if path.is_dir():
         kind = read_config(path).get("model_type")
         if kind not in MODEL_TYPES:
@@ -80,6 +82,9 @@ def family_of(name_or_path: str | Path) -> str:
             )
         return MODEL_TYPES[kind]
     if path.is_file():
+        from .llama.gguf_loader import check_gguf_magic
+
+        check_gguf_magic(path)
         return "llama"
     raise FileNotFoundError(
         f"model not found: {name!r} is neither a known model ({', '.join(known)}) nor an existing "

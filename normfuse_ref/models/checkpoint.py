@@ -16,7 +16,13 @@ from numpy.typing import NDArray
 
 from .. import fields
 
-__all__ = ["read_config", "read_safetensors"]
+__all__ = ["checkpoint_dir", "read_config", "read_safetensors"]
+
+
+def checkpoint_dir(path: Path) -> Path:
+    """The checkpoint directory `path` names: a config.json file stands for the directory holding it (the path a
+    user may give, as the emulator's `--model` takes it); any other path is itself."""
+    return path.parent if path.name == "config.json" and path.is_file() else path
 
 
 def read_config(path: Path) -> Mapping[str, Any]:

@@ -47,9 +47,9 @@ def read_bert_dir(
 ) -> BertCheckpoint:
     """Config, weights (in `dtype`, source names, row-vector orientation) and tokenizer of a BERT checkpoint dir.
     `on_tensor(done, total)` is called after each tensor is converted (for a progress display)."""
-    from ..checkpoint import read_config, read_safetensors
+    from ..checkpoint import checkpoint_dir, read_config, read_safetensors
 
-    path = Path(path).expanduser()
+    path = checkpoint_dir(Path(path).expanduser())
     dt = resolve_dtype(dtype)
     cfg = config_from_hf(read_config(path), path, name)
     tensors = {k.removeprefix("bert."): v for k, v in read_safetensors(path).items()}

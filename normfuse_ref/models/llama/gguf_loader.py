@@ -34,7 +34,7 @@ from ...precision import resolve_dtype
 from .config import LlamaConfig
 from .weights import pack_blocks_inplace, param_shapes
 
-__all__ = ["GGUFFile", "GGUFModel", "GGUFTensor", "read_gguf", "read_gguf_file"]
+__all__ = ["GGUFFile", "GGUFModel", "GGUFTensor", "check_gguf_magic", "read_gguf", "read_gguf_file"]
 
 Array = NDArray[Any]
 
@@ -126,6 +126,14 @@ class GGUFFile:
     tensors: dict[str, GGUFTensor]
 
 
+def check_gguf_magic(path: Path) -> None:
+    """ValueError unless the file at `path` starts as a GGUF file does (OSError if it cannot be read)."""
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise ValueError(f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
+
+
 def read_gguf_file(path: Path) -> GGUFFile:
     """Parse a GGUF file (memory-mapped; tensor bytes are not read until dequantised). FileNotFoundError for a
     missing file, ValueError for anything that is not a complete GGUF v2/v3 file."""
@@ -135,10 +143,7 @@ def read_gguf_file(path: Path) -> GGUFFile:
         raise FileNotFoundError(f"model file not found: {path}")
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != GGUF_MAGIC:
-        raise ValueError(f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
+    check_gguf_magic(path)
     if path.stat().st_size < 24:
         raise ValueError(f"{path} is a damaged or truncated GGUF file (only {path.stat().st_size} bytes)")
     mm = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)  # a plain view: memmap slicing is slow

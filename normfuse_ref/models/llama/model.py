@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from ...extras import require
 from ...precision import Array, resolve_dtype
+from ..checkpoint import checkpoint_dir
 from ..loaded import LoadedModel
 from .config import PRESETS, LlamaConfig, get_preset
 from .fetch import SOURCES, find_model
@@ -119,7 +120,7 @@ def load_model(
     require("model", "loading a real model")
     if name in SOURCES:
         return _from_gguf(find_model(name), dt, name, on_tensor)
-    path = Path(name).expanduser()
+    path = checkpoint_dir(Path(name).expanduser())
     if path.is_dir():
         from .hf_loader import read_hf_dir
 
