@@ -197,6 +197,12 @@ MISTAKES: list[Mistake] = [
     Mistake("acc-markdown-no-parent", ("accuracy", "--markdown", "nowhere/page.md"), "directory nowhere does not exist"),
     Mistake("acc-figure-suffix", ("accuracy", "--figure", "fig.gif"), "--figure fig.gif: the file name must end in .png or .svg or .pdf"),
     Mistake("acc-figure-markdown-suffix", ("accuracy", "--markdown", "a.md", "--figure", "a.md"), "--figure a.md: the file name must end in .png or .svg or .pdf"),
+    # -- the environment's settings, whichever command reads them --------------------------------------------------
+    *(Mistake(f"threads-env-{argv[0]}-{bad}", argv, f"NORMFUSE_THREADS must be a positive integer; got '{bad}'",
+              env={"NORMFUSE_THREADS": bad})
+      for argv in (("embed", "--model", "tiny-bert", "hi"), ("demo",), ("fuzz", "--examples", "5"),
+                   ("sweep", "--param", "context", "1,2"), ("generate", "--model", "tiny", *HELLO))
+      for bad in ("abc", "0")),
     # -- embed -----------------------------------------------------------------------------------------------------
     Mistake("embed-no-text", ("embed",), "the following arguments are required: TEXT"),
     Mistake("embed-batch-zero", ("embed", "hi", "--batch-size", "0"), "argument --batch-size: must be an integer >= 1; got '0'"),

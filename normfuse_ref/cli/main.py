@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not getattr(args, "func", None):
                 raise UsageError(f"no command given; choose one of: {', '.join(SUBCOMMANDS)} (normfuse --help)")
             args.given = given_options(args_in)
+            _check_settings()
             return int(args.func(args, console))
     except (UsageError, MissingExtra) as exc:
         console.error(str(exc))
@@ -147,6 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.error("interrupted")
         return 130
+
+
+def _check_settings() -> None:
+    """The environment's settings, which code deep inside a command reads, checked before the command starts: a
+    bad one is one error line, not a traceback (or a sweep's every point "does not fit") from where it is read."""
+    from ..parallel import threads_setting
+
+    try:
+        threads_setting(None)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _silence_stdout() -> None:
