@@ -94,6 +94,21 @@ def test_json_points_and_metric(capsys: pytest.CaptureFixture[str]) -> None:
         assert 0 <= p["hidden_fraction"] <= 1 and p["baseline_latency"] > 0
 
 
+def test_only_a_point_that_does_not_fit_is_a_result(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any other error inside a point is one error line, not "n/f" at every point (a bad NORMFUSE_THREADS read
+    inside the emulator once showed as a sweep of models that do not fit)."""
+
+    def broken(*_: object) -> None:
+        raise ValueError("something else went wrong")
+
+    monkeypatch.setattr("normfuse_ref.hw.study.compare", broken)
+    code, out, err = run(capsys, "sweep", "--param", "batch", "1,2", *TINY, "--workers", "1")
+    assert code == 2 and "n/f" not in out
+    assert err.strip() == "error: something else went wrong"
+
+
 def test_a_dotted_hardware_field_and_points_that_do_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(
         capsys, "sweep", "--param", "simd.exp_cycles", "1,16", "--param", "tp-cards", "1,128", *TINY, "--workers", "1"

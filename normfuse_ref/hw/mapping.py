@@ -45,6 +45,7 @@ from .workload import Workload
 
 __all__ = [
     "DENSE_WEIGHT_FRACTION",
+    "DoesNotFit",
     "Mapping",
     "MappingPolicy",
     "Stage",
@@ -62,6 +63,11 @@ ROW_BLOCK = 64
 
 #: normfuse 0.1's dense packing kept this share of a slice's SRAM for weights (the rest for KV and activations).
 DENSE_WEIGHT_FRACTION = 0.75
+
+
+class DoesNotFit(ValueError):
+    """The model (or one of its weights) does not fit the machine under the mapping asked for: a finding about that
+    machine, which a sweep reports as a point that does not fit, not a mistake in what was asked."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +283,7 @@ def choose_grid(hw: HardwareConfig, slices: int, n: int, m: int, rows: int, kind
                         best = (key, g)
         gk *= 4
     if best is None:
-        raise ValueError(
+        raise DoesNotFit(
             f"a {n} x {m} weight does not fit on {slices} slices of {hw.memory.sram_bytes_per_slice} bytes"
         )
     return best[1]
@@ -476,9 +482,9 @@ def search(
     if max_cards > hw.max_cards:
         raise ValueError(f"--max-cards {max_cards} exceeds the {hw.max_cards} cards of {hw.name}")
     if policy.tp_cards is not None and policy.tp_cards > max_cards:
-        raise ValueError(f"a stage of {policy.tp_cards} cards is more than the {max_cards} cards available")
+        raise DoesNotFit(f"a stage of {policy.tp_cards} cards is more than the {max_cards} cards available")
     if policy.tp_cards is not None and policy.stages is not None and policy.tp_cards * policy.stages > max_cards:
-        raise ValueError(
+        raise DoesNotFit(
             f"{policy.stages} stages of {policy.tp_cards} cards need {policy.tp_cards * policy.stages} cards; "
             f"{hw.name} has {max_cards}"
         )
@@ -509,7 +515,7 @@ def search(
     if not tried:
         need = weight_cards(wl, hw)
         last = reasons[-1] if reasons else "no candidate"
-        raise ValueError(
+        raise DoesNotFit(
             f"{wl.name} does not fit on {hw.name} within {max_cards} card{'s' if max_cards > 1 else ''}: its weights "
             f"alone need {need:.1f} cards of SRAM ({last})"
         )

@@ -40,7 +40,7 @@ from ..models.shapes import shape_config
 from . import costs
 from .config import HardwareConfig, field_value, nested, with_overrides
 from .emulator import EmulatingExecutor
-from .mapping import Mapping, MappingPolicy, Stage, search
+from .mapping import DoesNotFit, Mapping, MappingPolicy, Stage, search
 from .timeline import ENGINES, Timeline
 from .workload import ModelShape, Workload, is_encoder, run_pass, with_context, with_layers, workload_of
 
@@ -790,7 +790,7 @@ def _point(task: tuple[Scenario, HardwareConfig, tuple[tuple[str, Any], ...]]) -
         sc, hw = apply(sc, hw, name, value)
     try:
         c = compare(sc, hw)
-    except ValueError as exc:  # this point does not fit: a result, not a crash
+    except DoesNotFit as exc:  # this point does not fit: a result, not a crash (any other error is one)
         return {"params": dict(assignment), "error": str(exc)}
     row = composed_row(c) if sc.phase == "decode" else paper_row(c, one_pass_share=False)
     row["params"] = dict(assignment)
