@@ -49,6 +49,28 @@ def test_prefill_then_decode_equals_full_recompute_float32(mode: Mode, prompt_le
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_logits_to_keep_gives_the_last_rows_of_the_whole_call(mode: Mode, batch: tuple[int, ...]) -> None:
+    """The kept rows are the whole call's last rows (their output product is cut differently, so within
+    `decode_tol`, which bounds such a difference; bit for bit when nothing is cut off), and the cache is the same
+    bits: only the output layer reads fewer rows."""
+    cfg, T = TINY, 24
+    w = prepare(pack_blocks(random_params(cfg, seed=4), cfg), cfg, mode)
+    ids = np.random.default_rng(5).integers(0, cfg.vocab_size, (*batch, T))
+    full, cache = forward(w, cfg, ids, mode=mode)  # ([B,] T, V)
+    for k in (1, 3, 17, T - 1, T, T + 5):
+        kept, kcache = forward(w, cfg, ids, mode=mode, logits_to_keep=k)
+        assert kept.shape == (*batch, min(k, T), cfg.vocab_size), k
+        assert np.array_equal(kcache.k, cache.k) and np.array_equal(kcache.v, cache.v) and kcache.length == T
+        if k >= T:
+            assert np.array_equal(kept, full), k
+        np.testing.assert_allclose(kept, full[..., -min(k, T) :, :], rtol=0, atol=decode_tol(cfg, full, T))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="logits_to_keep must be a positive integer or None"):
+            forward(w, cfg, ids, mode=mode, logits_to_keep=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_cache_branches_by_explicit_copy(mode: Mode) -> None:
     """Branching: continuing a copy of a cache leaves the first branch intact; continuing the same cache twice is
     refused (it would overwrite the slots the first continuation wrote)."""

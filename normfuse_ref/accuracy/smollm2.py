@@ -139,10 +139,10 @@ class Runner:
     def greedy_agreement(self, prompts: NDArray[np.int64], reference: NDArray[np.int64]) -> list[int]:
         """Per prompt, how many leading tokens of this run's greedy continuation of prompts (P, T0) equal
         `reference` (P, n), the float64 run's, from one teacher-forced pass (module docstring)."""
-        T0, n = prompts.shape[1], reference.shape[1]
+        n = reference.shape[1]
         ids = np.concatenate([prompts, reference[:, : n - 1]], axis=1)  # (P, T0 + n - 1)
-        out, _ = forward(self.w, self.cfg, ids, None, mode=self.mode, ex=self.ex)  # (P, T0 + n - 1, V)
-        steps = np.argmax(np.asarray(out[:, T0 - 1 :], dtype=np.float32), axis=-1)  # (P, n)   as `greedy` takes them
+        out, _ = forward(self.w, self.cfg, ids, None, mode=self.mode, ex=self.ex, logits_to_keep=n)  # (P, n, V)
+        steps = np.argmax(np.asarray(out, dtype=np.float32), axis=-1)  # (P, n)   from position T0 - 1, as `greedy`
         differs = steps != reference  # (P, n)
         return [int(np.argmax(row)) if row.any() else n for row in differs]
 
@@ -154,7 +154,7 @@ class Runner:
         ids = prompts
         steps: list[NDArray[np.int64]] = []
         for _ in range(n):
-            logits, cache = forward(self.w, self.cfg, ids, cache, mode=self.mode, ex=self.ex)  # (P, T, V)
+            logits, cache = forward(self.w, self.cfg, ids, cache, mode=self.mode, ex=self.ex, logits_to_keep=1)
             steps.append(np.argmax(np.asarray(logits[:, -1], dtype=np.float32), axis=-1))  # (P,)
             ids = steps[-1][:, None]  # (P, 1)
         return np.stack(steps, axis=1).astype(np.int64)  # (P, n)

@@ -158,15 +158,26 @@ def forward(
     *,
     mode: Mode = "fused",
     ex: Executor | None = None,
+    logits_to_keep: int | None = None,
 ) -> tuple[Any, KVCache]:
     """Logits ([B,] T, V) for the new tokens `ids` ((T,) or (B, T)) after the cached positions, and the cache
     extended by them (see `KVCache`: the buffers of the cache passed in are written, past its length). `w` is
     `weights.prepare(params, cfg, mode)` for the same mode; `ex` defaults to a float32 NumpyExecutor. Without a
     cache, one with room for exactly these tokens is made, in the weights' dtype. A batch shares one position
     counter: all B sequences have the same length.
+
+    `logits_to_keep` (as HF's argument of that name): the logits of the last that many positions only, ([B,] k,
+    V); None for all T. The output layer is the widest product of a short prompt (V = 49,152 columns for SmolLM2),
+    and a prefill that only chooses the next token needs one row of it. Every kept row is what the whole call
+    computes, up to the blocking of the output product (a row of a product cut differently may differ in its last
+    bits, as between a prefill and a decode step).
     """
     if mode not in ("baseline", "fused"):
         raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
+    if logits_to_keep is not None and (
+        isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 1
+    ):
+        raise ValueError(f"logits_to_keep must be a positive integer or None; got {logits_to_keep!r}")
     ex = NumpyExecutor() if ex is None else ex
     ids_arr = np.asarray(ids)
     past = 0 if cache is None else cache.length
@@ -191,8 +202,11 @@ def forward(
         with ex.scope(layer=i):
             x = decoder_block(ex, x, w, i, cache, positions, cfg, mode, rope_cs=rope_cs)  # ([B,] T, d)
     with ex.scope(layer=None):
+        if logits_to_keep is not None and logits_to_keep < T:
+            k = logits_to_keep
+            x = ex.layout(lambda x: np.ascontiguousarray(x[..., -k:, :]), x, op="logits_to_keep")  # ([B,] k, d)
         logits = sites.rms_norm_linear(
             ex, x, w["output_norm"], w["output"], cfg.norm_eps, mode, "output"
-        )  # ([B,] T, V)
+        )  # ([B,] T or k, V)
     cache.filled[0] = past + T
     return logits, KVCache(cache.k, cache.v, past + T, cache.filled)

@@ -66,9 +66,14 @@ class Model(LoadedModel[LlamaConfig, TextTokenizer]):
         """An empty KV cache in the model's dtype with room for `capacity` positions (at most the context)."""
         return empty_cache(self.cfg, self.dtype, capacity=min(capacity, self.cfg.context_length))
 
-    def forward(self, ids: ArrayLike, cache: KVCache | None = None, mode: Mode = "fused") -> tuple[Array, KVCache]:
-        """Logits ([B,] T, V) of the new tokens `ids` after `cache`, and the extended cache (see `forward`)."""
-        return forward(self.weights(mode), self.cfg, ids, cache, mode=mode, ex=self.executor())
+    def forward(
+        self, ids: ArrayLike, cache: KVCache | None = None, mode: Mode = "fused", *, logits_to_keep: int | None = None
+    ) -> tuple[Array, KVCache]:
+        """Logits ([B,] T, V) of the new tokens `ids` after `cache` (of the last `logits_to_keep` only, if given),
+        and the extended cache (see `forward`)."""
+        return forward(
+            self.weights(mode), self.cfg, ids, cache, mode=mode, ex=self.executor(), logits_to_keep=logits_to_keep
+        )
 
 
 def _other_family_presets() -> dict[str, str]:
@@ -256,7 +261,7 @@ def generate(
     model.weights(mode)  # prepare (fold) the weights before the clock starts
     cache = model.cache(len(ids) + max_new_tokens)  # room for the whole generation: no cache copy while decoding
     t0 = time.perf_counter()
-    logits, cache = model.forward(ids, cache, mode)  # (T, V) prefill
+    logits, cache = model.forward(ids, cache, mode, logits_to_keep=1)  # (1, V) prefill: the next token's row only
     row = logits[-1]  # (V,)
     del logits
     t1 = time.perf_counter()
@@ -306,7 +311,7 @@ def teacher_forced_logits(
     prefill and decode seconds."""
     model.weights(mode)
     t0 = time.perf_counter()
-    logits, cache = model.forward(list(ids), model.cache(len(ids) + len(tokens)), mode)  # (T, V)
+    logits, cache = model.forward(list(ids), model.cache(len(ids) + len(tokens)), mode, logits_to_keep=1)  # (1, V)
     rows = [np.asarray(logits[-1], dtype=np.float32)]
     del logits
     t1 = time.perf_counter()
