@@ -63,6 +63,8 @@ import numpy as np
 
 __all__ = [
     "BLOCK_ELEMENTS",
+    "FEW_ROWS_COLUMNS",
+    "FEW_ROWS_SPLIT",
     "KEEP_MEMORY_ENV",
     "MATMUL_COLUMNS",
     "MATMUL_MIN_ROWS",
@@ -136,6 +138,17 @@ MATMUL_WIDE = 8
 MATMUL_MIN_ROWS = 16
 MATVEC_SPLIT = 4 << 20
 MATVEC_BLOCK = 2 << 20
+#: Products of 2 to MATMUL_MIN_ROWS - 1 rows (a batch of decode steps, a short prompt or text) are not
+#: matrix-vector products: OpenBLAS runs them as a GEMM that streams F at a fraction of a matrix-vector product's
+#: speed. Measured on the 2-core test machine (Intel Xeon, nothing else running; SmolLM2's 120 layer matrices,
+#: 425 MB in float32, cycled so that F comes from memory; best of 8, one BLAS thread each), ms for one call / the
+#: two column halves on two threads: float32 2 rows 153 / 70, 4 rows 161 / 85, 8 rows 172 / 96; float64 (850 MB)
+#: 2 rows 122 / 90, 4 rows 114 / 84, 8 rows 134 / 84 (one row, a matrix-vector product: 40 ms in float32, 58 in
+#: float64; cutting it only adds the hand-off, see above). So an F of at least FEW_ROWS_SPLIT entries is cut into
+#: two halves of whole FEW_ROWS_COLUMNS-column groups, one a thread; on one thread the halves run one after the
+#: other at the speed of one call (within 5%).
+FEW_ROWS_SPLIT = 1 << 18
+FEW_ROWS_COLUMNS = 64
 
 Block = tuple[slice, ...]
 B = TypeVar("B")  # a block, or a tuple of blocks (a product's operands and output)
@@ -191,11 +204,15 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
     small to cut). See MATMUL_ROWS."""
     rows, m = math.prod(x_shape[:-1]), F_shape[-1]
     if len(x_shape) < 2 or rows < MATMUL_MIN_ROWS:
-        if len(x_shape) < 2 or len(F_shape) != 2 or math.prod(F_shape) < MATVEC_SPLIT:
+        if len(x_shape) < 2 or len(F_shape) != 2:
             return None
-        k = -(-math.prod(F_shape) // MATVEC_BLOCK)  # the head of a decode step: about k blocks, k made even
-        width = -(-m // (k + k % 2) // MATMUL_COLUMNS) * MATMUL_COLUMNS
-        return _column_blocks(x_shape, m, width)
+        if math.prod(F_shape) >= MATVEC_SPLIT:  # the head of a decode step: about k blocks, k made even
+            k = -(-math.prod(F_shape) // MATVEC_BLOCK)
+            width = -(-m // (k + k % 2) // MATMUL_COLUMNS) * MATMUL_COLUMNS
+            return _column_blocks(x_shape, m, width)
+        if rows >= 2 and math.prod(F_shape) >= FEW_ROWS_SPLIT and m >= 2 * FEW_ROWS_COLUMNS:  # two halves
+            return _column_blocks(x_shape, m, -(-m // 2 // FEW_ROWS_COLUMNS) * FEW_ROWS_COLUMNS)
+        return None
     columns = len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS
     if columns and m >= MATMUL_WIDE * rows:  # F far larger than x (the logits): each block streams its own columns
         return _column_blocks(x_shape, m)

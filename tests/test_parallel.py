@@ -254,7 +254,13 @@ def test_products_cut_into_blocks_agree_with_the_whole(dtype: str, keep_acc: boo
     xb = rng.standard_normal((2, 300, 700)).astype(dtype)  # (B, T, n) @ (n, m): 2 blocks of 150 rows a sequence
     v = rng.standard_normal((1, 64)).astype(dtype)  # (1, n): a decode step's row against a head of 4.2M entries,
     H = rng.standard_normal((64, 66_000)).astype(dtype)  # (n, m): 4 blocks of 16,640 columns
-    for a, b in ((x, F), (q, kT), (qs, ks), (w, W), (xb, F), (v, H)):
+    r = rng.standard_normal((5, 600)).astype(dtype)  # (rows, n): a few rows (a short prompt) against an F of
+    R = rng.standard_normal((600, 500)).astype(dtype)  # 300K entries: two halves of 256 and 244 columns
+    s = rng.standard_normal((4, 1, 256)).astype(dtype)  # (B, 1, n): a batch's decode step, the halves written
+    S = rng.standard_normal((256, 1100)).astype(dtype)  # through a copy (a column block of out is not contiguous)
+    assert [b[1][-1] for b in parallel.matmul_blocks(r.shape, R.shape) or []] == [slice(0, 256), slice(256, 512)]
+    assert parallel.matmul_blocks(r[:1].shape, R.shape) is None  # one row: a matrix-vector product, one call
+    for a, b in ((x, F), (q, kT), (qs, ks), (w, W), (xb, F), (v, H), (r, R), (s, S)):
         assert parallel.matmul_blocks(a.shape, b.shape) is not None
         one = NumpyExecutor(dtype, threads=1).matmul(a, b, op="mm", keep_acc=keep_acc)
         two = NumpyExecutor(dtype, threads=2).matmul(a, b, op="mm", keep_acc=keep_acc)
