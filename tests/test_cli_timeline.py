@@ -158,6 +158,16 @@ def test_beyond_the_trained_context_warns_and_times(capsys: pytest.CaptureFixtur
     assert "exceed llama2-7b's trained context of 4096; timed anyway" in err
 
 
+def test_a_fused_order_that_costs_more_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """MiniLM's prefill over 65,536 positions: the fused order's normalisation costs more than the baseline's
+    (its merges of many key slices), which the last line says in words, not as "hides -2%"."""
+    code, out, err = run(capsys, "timeline", "--model", "all-minilm-l6-v2", "--phase", "prefill", "--context", "65536")
+    assert code == 0, err
+    last = " ".join(out.split())  # the line wraps at the pinned width
+    assert "its normalisation costs 2% more than the baseline's normalisation cost" in last
+    assert "hides -" not in last
+
+
 def test_calibrate_on_request_is_labelled_fitted(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "timeline", "--calibrate", "network.d2d.hop_ns=paper-share", "--layers", "2")
     assert code == 0, err

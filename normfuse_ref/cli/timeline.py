@@ -441,10 +441,12 @@ def print_comparison(c: Comparison, s: dict[str, Any], layer: int, console: Cons
     )
     console.note(fitted_note(hw) + ". Parameters, sources and assumptions: docs/hardware.md.")
     verb = "faster" if c.reduction >= 0 else "slower"
+    h = 100 * c.hidden_fraction
+    hides = f"it hides {h:.0f}% of the" if h >= 0 else f"its normalisation costs {-h:.0f}% more than the"
     console.success(
         f"fused order is {abs(100 * c.reduction):.1f}% {verb} than the two-pass baseline "
-        f"({100 * c.reduction_vs_one_pass:.1f}% vs one-pass); it hides {100 * c.hidden_fraction:.0f}% of the "
-        f"baseline's normalisation cost ({pct(c.normalisation_share)} of its latency)"
+        f"({100 * c.reduction_vs_one_pass:.1f}% vs one-pass); {hides} baseline's normalisation cost "
+        f"({pct(c.normalisation_share)} of its latency)"
     )
 
 
