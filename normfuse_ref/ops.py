@@ -67,7 +67,7 @@ from .parallel import (
     run_blocks,
     threads_setting,
 )
-from .precision import Array, accumulation_dtype, matmul_acc, mean_acc, resolve_dtype, sum_acc
+from .precision import Array, accumulation_dtype, in_acc, matmul_acc, mean_acc, resolve_dtype, sum_acc
 
 __all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles"]
 
@@ -171,8 +171,8 @@ class NumpyExecutor:
         return self._threads
 
     def _a(self, x: Array) -> Array:
-        """An operand in acc; a boolean mask stays boolean (it selects, it is not a value to round)."""
-        return x if x.dtype == self._acc or x.dtype == np.bool_ else x.astype(self._acc)
+        """An operand in acc (`precision.in_acc`: a boolean mask stays boolean)."""
+        return in_acc(x, self._acc)
 
     def _out(self, y: Array, keep_acc: bool) -> Array:
         """The rounding rule: written back in storage, or kept in acc."""

@@ -36,6 +36,7 @@ __all__ = [
     "accumulation_dtype",
     "as_float_array",
     "dtype_info",
+    "in_acc",
     "matmul_acc",
     "mean_acc",
     "resolve_dtype",
@@ -150,6 +151,12 @@ def tree_sum(x: Array, axis: int = -1) -> Array:
             p = np.concatenate([p, np.zeros((*p.shape[:-1], 1), dtype=dt)], axis=-1)
         p = (p[..., 0::2] + p[..., 1::2]).astype(dt)  # (..., n/2)
     return np.moveaxis(p, -1, axis)  # keepdims
+
+
+def in_acc(x: Array, acc: np.dtype) -> Array:
+    """An executor's operand in its accumulation dtype `acc` (x itself when already so); a boolean mask stays
+    boolean: it selects, it is not a value to round."""
+    return x if x.dtype == acc or x.dtype == np.bool_ else x.astype(acc)
 
 
 def sum_acc(x: Array, axis: int = -1) -> Array:

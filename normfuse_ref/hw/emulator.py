@@ -50,7 +50,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..ops import ReduceKind, SoftmaxTiles
-from ..precision import accumulation_dtype, resolve_dtype
+from ..precision import accumulation_dtype, in_acc, resolve_dtype
 from . import costs, network
 from .config import HardwareConfig
 from .costs import Step
@@ -365,9 +365,8 @@ class EmulatingExecutor:
         return x.data if type(x) is Value else x
 
     def _a(self, x: Any) -> Array:
-        """An operand in acc; a boolean mask stays boolean, as in the plain executor (it selects; not a value)."""
-        d = x.data if type(x) is Value else np.asarray(x)
-        return d if d.dtype == self._acc or d.dtype == np.bool_ else d.astype(self._acc)
+        """An operand in acc, as the plain executor reads it (`precision.in_acc`)."""
+        return in_acc(x.data if type(x) is Value else np.asarray(x), self._acc)
 
     @staticmethod
     def _matmul_shape(xs: tuple[int, ...], Fs: tuple[int, ...]) -> tuple[int, ...]:
