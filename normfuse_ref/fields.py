@@ -24,7 +24,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["FieldError", "boolean", "construct", "integer", "json_object", "mapping", "number", "string", "text_file"]
+__all__ = [
+    "FieldError",
+    "boolean",
+    "construct",
+    "integer",
+    "json_object",
+    "mapping",
+    "number",
+    "positive_int",
+    "string",
+    "text_file",
+]
 
 T = TypeVar("T")
 
@@ -111,6 +122,14 @@ def integer(
         raise _bad(source, key, allowed, v)
     if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
         raise _bad(source, key, allowed, v)
+    return v
+
+
+def positive_int(v: Any, name: str) -> int:
+    """`v`, an argument called `name` that must be a positive integer under the rule above (an int, never a bool);
+    ValueError naming it otherwise."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer; got {v!r}")
     return v
 
 

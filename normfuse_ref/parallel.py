@@ -61,6 +61,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .fields import positive_int
+
 __all__ = [
     "BLOCK_ELEMENTS",
     "FEW_ROWS_COLUMNS",
@@ -169,9 +171,7 @@ def threads_setting(threads: int | None) -> int:
         if threads < 1:
             raise ValueError(f"{THREADS_ENV} must be a positive integer; got {text!r}")
         return threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer; got {threads!r}")
-    return threads
+    return positive_int(threads, "threads")
 
 
 def reads_only_arguments(fn: Callable[..., Any]) -> bool:

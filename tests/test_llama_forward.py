@@ -66,7 +66,7 @@ def test_logits_to_keep_gives_the_last_rows_of_the_whole_call(mode: Mode, batch:
             assert np.array_equal(kept, full), k
         np.testing.assert_allclose(kept, full[..., -min(k, T) :, :], rtol=0, atol=decode_tol(cfg, full, T))
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="logits_to_keep must be a positive integer or None"):
+        with pytest.raises(ValueError, match="logits_to_keep must be a positive integer; got"):
             forward(w, cfg, ids, mode=mode, logits_to_keep=bad)  # type: ignore[arg-type]
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ...fields import positive_int
 from ...layers import rope_angles, rotate_pairs, silu_gate
 from ...ops import Executor, NumpyExecutor
 from ...precision import Array
@@ -174,10 +175,8 @@ def forward(
     """
     if mode not in ("baseline", "fused"):
         raise ValueError(f"mode must be 'baseline' or 'fused'; got {mode!r}")
-    if logits_to_keep is not None and (
-        isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 1
-    ):
-        raise ValueError(f"logits_to_keep must be a positive integer or None; got {logits_to_keep!r}")
+    if logits_to_keep is not None:
+        positive_int(logits_to_keep, "logits_to_keep")
     ex = NumpyExecutor() if ex is None else ex
     ids_arr = np.asarray(ids)
     past = 0 if cache is None else cache.length
