@@ -208,10 +208,9 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
             return None
         if math.prod(F_shape) >= MATVEC_SPLIT:  # the head of a decode step: about k blocks, k made even
             k = -(-math.prod(F_shape) // MATVEC_BLOCK)
-            width = -(-m // (k + k % 2) // MATMUL_COLUMNS) * MATMUL_COLUMNS
-            return _column_blocks(x_shape, m, width)
+            return _column_blocks(x_shape, m, _width(m, k + k % 2, MATMUL_COLUMNS))
         if rows >= 2 and math.prod(F_shape) >= FEW_ROWS_SPLIT and m >= 2 * FEW_ROWS_COLUMNS:  # two halves
-            return _column_blocks(x_shape, m, -(-m // 2 // FEW_ROWS_COLUMNS) * FEW_ROWS_COLUMNS)
+            return _column_blocks(x_shape, m, _width(m, 2, FEW_ROWS_COLUMNS))
         return None
     columns = len(F_shape) == 2 and m >= 2 * MATMUL_COLUMNS
     if columns and m >= MATMUL_WIDE * rows:  # F far larger than x (the logits): each block streams its own columns
@@ -224,6 +223,11 @@ def matmul_blocks(x_shape: tuple[int, ...], F_shape: tuple[int, ...]) -> list[tu
     if blocks is not None:  # blocks of x's rows; a batched F's leading axes are x's, sliced alike
         return [(b, b[:batch], b) for b in blocks]  # (a matrix F is read whole)
     return _column_blocks(x_shape, m) if columns else None  # too few rows to cut, a wide F: its columns
+
+
+def _width(m: int, parts: int, group: int) -> int:
+    """The width of `parts` column blocks of m columns, each whole groups of `group` (the last may be short)."""
+    return -(-m // parts // group) * group
 
 
 def _column_blocks(x_shape: tuple[int, ...], m: int, width: int = MATMUL_COLUMNS) -> list[tuple[Block, Block, Block]]:
