@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from normfuse_ref.hw.config import PRESETS
-from normfuse_ref.hw.study import LAYERNORM_MODELS, paper_check, validate
+from normfuse_ref.hw.study import LAYERNORM_MODELS, Scenario, compare, paper_check, shape_config, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "hardware.md").read_text(encoding="utf-8")
@@ -153,3 +153,37 @@ def test_the_layernorm_ranges_quoted_in_prose_hold(ln_rows: list[dict[str, Any]]
     assert round(100 * bert["hidden_fraction"]) == quoted(r"share at \d+%, (\d+)% of it hidden")
     readme = re.search(r"normalisation is\s+again ~(\d+)% of the latency, a third of it hidden", README)  # its summary
     assert readme and round(100 * mini["normalisation_share_baseline"]) == int(readme.group(1))
+
+
+def test_what_minilm_prefill_saves_beyond_hidden_normalisation_is_quoted_from_its_critical_paths() -> None:
+    """The prose says why all-MiniLM's prefill saves more than the normalisation it hides: the latencies with every
+    statistic free, and what the critical paths of softmax -> V (and the centring before QKV) hold in each order."""
+    c = compare(Scenario(shape_config("all-minilm-l6-v2"), "prefill", 512), CORSAIR)
+    b, f, bf, ff = c.baseline, c.fused, c.baseline_free, c.fused_free
+
+    def quoted(pattern: str) -> str:
+        m = re.search(pattern, " ".join(DOCS.split()))  # the prose is wrapped: whitespace runs are one space
+        assert m, pattern
+        return m.group(1)
+
+    def on_path(tl: Any, op: str, step: str) -> float:  # µs of the critical path spent in op's step
+        events = (tl.events[i] for i in tl.critical_path())
+        return tl.us(sum(e.duration for e in events if (e.op, e.step) == (op, step)))
+
+    assert close(quoted(r"all-MiniLM's prefill takes (\d+) µs"), b.us(b.makespan))  # the table's scenario
+    hidden_share = 100 * c.normalisation_share * c.hidden_fraction  # of the latency: a third of 27%
+    assert close(quoted(r"more than the (\d+)% of the latency that hiding"), hidden_share)
+    assert 100 * c.reduction > hidden_share + 5  # what the paragraph explains
+    assert close(quoted(r"the fused order still takes ([\d.]+) µs against"), f.us(ff.makespan))
+    assert close(quoted(r"against the baseline's ([\d.]+)\. The difference"), b.us(bf.makespan))
+    for pattern, tl, op, step in [
+        (r"partial sums of P V across the key slices \(([\d.]+) µs\)", bf, "attn_pv", "psum"),
+        (r"new rows to those slices \(([\d.]+) µs, exposed", bf, "attn_pv", "deliver"),
+        (r"the division of p \(([\d.]+) µs\)", bf, "softmax.div", "vector"),
+        (r"\(m, l, o\) states \(([\d.]+) µs\)", ff, "softmax.merge", "merge psum"),
+        (r"the scale of its output \(([\d.]+) µs\)", ff, "softmax.scale", "vector"),
+        (r"in front of the QKV product off the path \(([\d.]+) µs\)", bf, "attn_qkv.centre", "vector"),
+    ]:
+        assert close(quoted(pattern), on_path(tl, op, step)), pattern
+    # and the fused order's free pass has none of the baseline's three on its path, nor the centring
+    assert on_path(ff, "attn_pv", "deliver") == on_path(ff, "attn_qkv.centre", "vector") == 0
