@@ -47,7 +47,8 @@ window (~4 CPU-s each), the greedy figure (one teacher-forced pass over the floa
 4.5-8 CPU-s: more tokens than a window) and its weights (0.5-1.7 CPU-s; folding and casting ~135M weights); the
 float64 run is ~2x a run and decodes its continuation token by token (~15 CPU-s). SmolLM2's full study, 1,285
 CPU-s: 23 runs, the windows 1,013 of it, the greedy figure 156, scoring 79, weights 37; a float16 run 55-91 CPU-s
-against bfloat16's ~43 (the executor's float16 rounding of every result is the slower cast), fp8 ~66. The quick
+against bfloat16's ~43 (mostly the baseline's: a third of the attention probabilities it stores lie below float16's
+smallest normal, where NumPy's cast is ~20x slower; bench/README.md), fp8 ~66. The quick
 profile took 348 CPU-s for both models (17 + 17 runs). The runs are near the machine's
 floor, so their number (1 + 4 per dtype, + 2 per mitigation or ablation arm where the fused order is worse) sets the
 study's time.
