@@ -7,7 +7,9 @@ import json
 import pytest
 
 from normfuse_ref.cli.console import UsageError
+from normfuse_ref.cli.main import main
 from normfuse_ref.cli.sweep import parse_values
+from normfuse_ref.hw.study import SCENARIO_PARAMS, SWEEP_SHORTCUTS
 from tests.cli_support import pinned_width, run  # noqa: F401 (pinned_width is an autouse fixture)
 
 TINY = ("--model", "tiny", "--hw", "toy", "--context", "16")
@@ -115,3 +117,13 @@ def test_a_dotted_hardware_field_and_points_that_do_not_fit(capsys: pytest.Captu
     )
     assert code == 0, err
     assert "n/f" in out and "n/f: the model does not fit that machine or mapping" in out
+
+
+def test_help_lists_every_parameter_and_the_values_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--param`'s help points at the list below it: every parameter the sweep takes is named there."""
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the text: whitespace runs are one space
+    for name in (*SCENARIO_PARAMS, *SWEEP_SHORTCUTS):
+        assert name in out.split("Parameters:")[1], name
+    assert "`a..b` doubles" in out and "`a,b,c` lists" in out

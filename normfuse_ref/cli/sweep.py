@@ -52,6 +52,7 @@ def add_parser(subparsers: Any) -> None:
         "sweep",
         help="where fusion pays: the comparison over one or two parameters (a 2-D table)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog=__doc__.split("\n\n")[2] if __doc__ else None,  # the parameters and the VALUES syntax
     )
     p.add_argument(
         "--param",
@@ -59,7 +60,7 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         metavar=("NAME", "VALUES"),
         required=True,
-        help="a parameter and its values (give --param once or twice; see `normfuse sweep --help`)",
+        help="a parameter and its values (give --param once or twice; the parameters and VALUES are listed below)",
     )
     p.add_argument(
         "--metric", choices=tuple(METRICS), default="reduction", help="what the table and bars show (default reduction)"
