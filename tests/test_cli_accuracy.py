@@ -116,7 +116,7 @@ def test_markdown_page(fake: list[tuple[str, StudyConfig]], capsys: pytest.Captu
     code, out, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--markdown", str(page))
     assert code == 0, err
     text = page.read_text()
-    assert f"wrote {page}" in out.replace("\n", "")
+    assert f"wrote {page}" in err.replace("\n", "") and "wrote" not in out  # stdout is the table alone
     studies = studies_from_document(document_of_page(text))
     assert markdown(studies, study_document(studies)) == text
     code, _, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--markdown", str(page))
@@ -136,7 +136,7 @@ def test_figure(
     assert code == 0, err
     data = fig.read_bytes()
     assert data.startswith({"png": b"\x89PNG", "svg": b"<?xml", "pdf": b"%PDF"}[suffix])
-    assert f"wrote {fig}" in out.replace("\n", "")
+    assert f"wrote {fig}" in err.replace("\n", "") and "wrote" not in out
 
 
 def test_figure_without_the_plot_extra_fails_before_the_study(

@@ -107,8 +107,9 @@ def test_trace_and_svg_are_written_and_never_overwritten_silently(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     trace, svg = tmp_path / "t.json", tmp_path / "t.svg"
-    code, _, err = run(capsys, "timeline", *TINY, "--trace", str(trace), "--svg", str(svg), "--detail-layer", "1")
+    code, out, err = run(capsys, "timeline", *TINY, "--trace", str(trace), "--svg", str(svg), "--detail-layer", "1")
     assert code == 0, err
+    assert f"wrote {trace}" in err.replace("\n", "") and "wrote" not in out  # stdout is the timeline alone
     data = json.loads(trace.read_text())
     assert {e["ph"] for e in data["traceEvents"]} == {"X", "M"}
     names = {e["args"]["name"] for e in data["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}

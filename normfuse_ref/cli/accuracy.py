@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         _print(console, s)
     for path in (md, fig):
         if path is not None:
-            console.success(f"wrote {path}")
+            console.wrote(path)
     return 0
 
 

@@ -10,7 +10,7 @@ written all-or-nothing, never over a user's file without `--force`.
         if svg:
             outputs.write_with(svg, lambda tmp: console.out.save_svg(str(tmp)))
         outputs.commit()                                                # every file, or none
-    console.success(f"wrote {trace}")
+    console.wrote(trace)                                                # on stderr: stdout is the result
 
 `add` refuses, with one line that names the flag and the path (a UsageError: exit status 2), and before anything
 runs:

@@ -334,8 +334,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if svg_path is not None:
             outputs.write_with(svg_path, lambda tmp: console.out.save_svg(str(tmp), title="normfuse timeline"))
         outputs.commit()
-    if trace_path is not None and not args.json:
-        console.success(f"wrote {trace_path} (open it in ui.perfetto.dev)")
+    if trace_path is not None:
+        console.wrote(f"{trace_path} (open it in ui.perfetto.dev)")
     for path in (svg_path, figure_path):
         if path is not None:
             console.wrote(path)
