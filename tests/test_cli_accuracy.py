@@ -170,3 +170,11 @@ def test_the_committed_page_is_the_codes_output_for_its_own_data() -> None:
     assert markdown(again, study_document(again)) == page
     assert {s.model for s in again} == {"smollm2-135m", "all-minilm-l6-v2"}
     assert all(s.config == StudyConfig(dtypes=s.config.dtypes) for s in again)  # the full study, every dtype
+
+
+def test_force_without_an_output_file_is_refused_before_the_study(
+    fake: list[tuple[str, StudyConfig]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "accuracy", "--model", "smollm2-135m", "--force")
+    assert code == 2 and out == "" and fake == []
+    assert err.strip() == "error: --force does not apply without an output file (--markdown or --figure)"

@@ -22,7 +22,7 @@ from ..accuracy.study import DTYPES, MITIGATE, MODELS, ModelStudy, StudyConfig
 from ..extras import MissingExtra
 from ..models.llama.fetch import CorruptModel
 from ..parallel import threads_setting
-from .args import integer
+from .args import integer, refuse
 from .console import Console, UsageError, json_record
 from .outputs import OutputFiles, add_figure_argument
 
@@ -66,6 +66,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    if args.markdown is None and args.figure is None:
+        refuse(getattr(args, "given", frozenset()), ("--force",), "without an output file (--markdown or --figure)")
     models = list(dict.fromkeys(args.model or MODELS))
     dtypes = tuple(d for d in DTYPES if d in (args.dtype or DTYPES))  # widest first, whatever the order given
     config = StudyConfig(
