@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from normfuse_ref.hw.config import PRESETS
+from normfuse_ref.hw.mapping import MappingPolicy
 from normfuse_ref.hw.study import LAYERNORM_MODELS, Scenario, compare, paper_check, shape_config, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +188,14 @@ def test_what_minilm_prefill_saves_beyond_hidden_normalisation_is_quoted_from_it
         assert close(quoted(pattern), on_path(tl, op, step)), pattern
     # and the fused order's free pass has none of the baseline's three on its path, nor the centring
     assert on_path(ff, "attn_pv", "deliver") == on_path(ff, "attn_qkv.centre", "vector") == 0
+
+
+def test_the_corsair_fitted_figures_quoted_are_what_it_gives_now() -> None:
+    """corsair-fitted keeps normfuse 0.1's fitted step; the share and saving it gives today are quoted."""
+    sc = Scenario(shape_config("llama2-7b"), "decode", 2048, mapping=MappingPolicy(kind="dense"))
+    c = compare(sc, PRESETS["corsair-fitted"])
+    text = " ".join(DOCS.split())
+    m = re.search(r"now spends ([\d.]+)% of its two-pass latency on normalisation there, and the fused order saves "
+                  r"([\d.]+)%", text)  # fmt: skip
+    assert m, "the corsair-fitted sentence"
+    assert close(m.group(1), 100 * c.normalisation_share) and close(m.group(2), 100 * c.reduction)
