@@ -96,7 +96,7 @@ console.print(
 
 # %%
 zm = z.copy()
-zm[0, :40] = -np.inf  # row 0: the first three tiles are fully masked
+zm[0, :40] = -np.inf  # row 0: the first four tiles (of 10) are fully masked
 zm[1, :] = -np.inf  # row 1: fully masked
 out = fusion.softmax_linear(zm, V, tile_size=10)
 console.print(f"row 0 matches the reference: {np.allclose(out[0], layers.softmax(zm)[0] @ V)}")

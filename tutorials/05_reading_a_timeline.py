@@ -89,7 +89,7 @@ for mode in ("baseline", "fused"):
 c = compare(sc, corsair)
 console.print(repr(c))  # a Comparison runs its passes on first use; its repr is the one-line answer
 table = Table(
-    "order", "latency µs", "without normalisation µs", "normalisation cost", "fused saves", title="c.to_records()"
+    "order", "latency µs", "without normalisation µs", "normalisation share", "fused saves", title="c.to_records()"
 )
 for r in c.to_records():
     table.add_row(

@@ -324,7 +324,7 @@ _FITTED = (
 PRESETS: dict[str, HardwareConfig] = {
     # A Corsair-style system: every parameter public or assumed (sources above), nothing fitted.
     "corsair-like": HardwareConfig(),
-    # A small machine for teaching and tests: 16 slices a chiplet, 2 chiplets a card, 4 cards; tiles, vectors and
+    # A small machine for teaching and tests: 16 slices a chiplet, 2 chiplets a card, 2 cards; tiles, vectors and
     # collectives small enough to see one by one. Not a model of anything.
     "toy": HardwareConfig(
         name="toy",
