@@ -199,3 +199,22 @@ def test_the_corsair_fitted_figures_quoted_are_what_it_gives_now() -> None:
                   r"([\d.]+)%", text)  # fmt: skip
     assert m, "the corsair-fitted sentence"
     assert close(m.group(1), 100 * c.normalisation_share) and close(m.group(2), 100 * c.reduction)
+
+
+def test_the_batch_64_case_quoted_among_the_pinned_cases_holds() -> None:
+    """At corsair-like's own hops, llama2-7b decode at batch 64 is slower fused than two-pass: the quoted latencies,
+    copies, and the scale's delivery on the fused critical path."""
+    c = compare(Scenario(shape_config("llama2-7b"), "decode", 2048, 64), CORSAIR)
+    text = " ".join(DOCS.split())
+    m = re.search(r"batch 64 \((\d+) cards, (\d+) copies\) takes ([\d.]+) µs two-pass, ([\d.]+) µs fused \(([\d.]+)% "
+                  r"slower\) and ([\d.]+) µs one-pass", text)  # fmt: skip
+    assert m, "the batch-64 sentence"
+    cards, copies, two, fused, slower, one = m.groups()
+    assert int(cards) == c.mapping.cards and int(copies) == c.mapping.copies
+    b, f, o = (tl.us(tl.makespan) for tl in (c.baseline, c.fused, c.one_pass))
+    assert close(two, b) and close(fused, f) and close(one, o) and close(slower, 100 * (f - b) / b)
+    fl = c.fused
+    on_path = [fl.events[i] for i in fl.critical_path()]
+    deliver = sum(e.duration for e in on_path if (e.op, e.step) == ("ffn_gate_up.scale", "deliver"))
+    m = re.search(r"delivering s to the gate/up product's outputs takes ([\d.]+) µs", text)
+    assert m and close(m.group(1), fl.us(deliver))

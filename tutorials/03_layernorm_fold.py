@@ -97,8 +97,9 @@ console.print(table)
 #
 # - The centring (I - E/n) folds into the weight: F' = (I - E/n) Gamma F has zero column sums, and beta F is a
 #   constant bias. Only the variance is still a collective, and it runs beside the matmul.
-# - The fold trades a collective for cancellation: with a large |mu| / sigma its error grows faster than the
-#   reference's.
+# - The fold trades a collective for cancellation: with a large |mu| / sigma its error is a few times the
+#   reference's in float32 storage (the table), and grows with |mu| / sigma in 16- and 8-bit storage
+#   (docs/hazards.md, hazard 1).
 #
 # **Try this:** repeat the table in float64 (`astype(np.float64)` everywhere). At what |mu|/sigma does the fused
 # error become visible there?

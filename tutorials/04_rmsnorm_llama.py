@@ -79,14 +79,14 @@ console.print(
 
 
 class Recorder(NumpyExecutor):
-    """A NumpyExecutor that remembers the name of every matmul and reduction it runs."""
+    """A NumpyExecutor that remembers the name of every matmul, reduction and softmax step it runs."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.log: list[str] = []
 
     def matmul(self, x, F, *, op, keep_acc=False):  # type: ignore[no-untyped-def]
-        self.log.append(f"matmul   {op}" + ("  (kept in acc for the scale)" if keep_acc else ""))
+        self.log.append(f"matmul   {op}" + ("  (kept in acc)" if keep_acc else ""))
         return super().matmul(x, F, op=op, keep_acc=keep_acc)
 
     def reduce(self, x, kind, *, op, eps=0.0):  # type: ignore[no-untyped-def]
@@ -97,6 +97,14 @@ class Recorder(NumpyExecutor):
         if op.endswith((".norm", ".scale")):
             self.log.append(f"scale    {op}")
         return super().elementwise(fn, *xs, op=op, keep_acc=keep_acc)
+
+    def softmax_tiles(self, z, V, *, op):  # type: ignore[no-untyped-def]
+        self.log.append(f"tiles    {op}  (per slice: local max, exp, sum, e @ V; no communication)")
+        return super().softmax_tiles(z, V, op=op)
+
+    def softmax_merge(self, t, *, op):  # type: ignore[no-untyped-def]
+        self.log.append(f"merge    {op}  (collective)")
+        return super().softmax_merge(t, op=op)
 
 
 cfg = get_preset("tiny")

@@ -106,6 +106,13 @@ for b, p in zip(batches, pts, strict=True):
 console.print(table)
 
 # %% [markdown]
+# Read the last row: at batch 64 the fused order is no faster, a little slower than the two-pass baseline. The
+# mapper spreads the batch over 64 cards with 8 copies of every weight, so each copy's matmul is short, and the
+# fused order's scale has to reach the output of every copy: the case "Copies of the weights" of
+# docs/hardware.md's pinned cases, here at the machine's own hop latencies. Fusion pays where a matmul is long
+# against the collective beside it.
+
+# %% [markdown]
 # ## What would the paper's 20% take?
 #
 # `calibrate` fits one named parameter to one published point, only on request: here the die-to-die hop so that
