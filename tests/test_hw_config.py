@@ -132,6 +132,11 @@ def test_toml_full_spec_round_trips(tmp_path: Path) -> None:
         ("fitted = 3\n", "hardware field fitted must be a list of strings"),
         ('base = "nope"\n', "unknown hardware preset 'nope'"),
         ("[clock\nghz = 1\n", "is not valid TOML"),
+        # beyond what any machine has, where the emulator's costs overflowed or the mapper ran out of memory
+        ("[clock]\nghz = 1e308\n", "hardware field clock.ghz must lie between 1e-06 and 1e+12; got 1e+308"),
+        ("[network.noc]\nlink_gbps = 1e-320\n", "hardware field network.noc.link_gbps must lie between 1e-06 and"),
+        ("[network.nic]\nfanout = 10000000000000\n", "hardware field network.nic.fanout must lie between"),
+        ("[network.nic]\nfanout = 1000000000\n", "the network has 1.64e+13 slices in all"),
     ],
 )
 def test_toml_mistakes_name_the_field(tmp_path: Path, text: str, needle: str) -> None:

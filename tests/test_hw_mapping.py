@@ -66,12 +66,23 @@ def test_kv_cache_spills_to_lpddr_when_sram_is_full() -> None:
         ("llama2-7b", MappingPolicy(tp_cards=8, stages=9), "9 stages of 8 cards need 72 cards; corsair-like has 64"),
         ("llama2-7b", MappingPolicy(max_cards=100), "--max-cards 100 exceeds the 64 cards of corsair-like"),
         ("llama2-7b", MappingPolicy(tp_cards=1, stages=1), "stage 0: weights"),
+        ("llama2-7b", MappingPolicy(stages=20, max_cards=16), "20 stages of 1 card need 20 cards; corsair-like has 16"),
+        ("tiny", MappingPolicy(stages=4), "--stages 4 is more than tiny can use: 2 blocks and the lm head make at"),
     ],
 )
 def test_impossible_mappings_are_one_clear_error(model: str, policy: MappingPolicy, needle: str) -> None:
     with pytest.raises(ValueError, match=needle) as err:
         map_scenario(Scenario(MODELS[model], mapping=policy), CORSAIR)
     assert "\n" not in str(err.value)
+
+
+def test_a_machine_of_many_cards_is_searched_over_the_stages_a_model_can_use() -> None:
+    """A billion servers: the mapper tries the stage counts a model has blocks for, not one per card (it listed
+    them all and ran out of memory)."""
+    huge = with_overrides(PRESETS["toy"], {"network": {"nic": {"fanout": 10**9}}})
+    assert huge.max_cards == 2 * 10**9
+    mp = map_scenario(Scenario(MODELS["tiny"]), huge)
+    assert mp.stages[-1].head and len(mp.stages) <= MODELS["tiny"].n_layers + 1
 
 
 def test_the_weights_alone_name_the_capacity() -> None:

@@ -46,7 +46,10 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "ALGORITHMS",
+    "FIELD_MAX",
+    "FIELD_MIN",
     "LEVELS",
+    "MAX_SLICES",
     "PRESETS",
     "TOPOLOGIES",
     "Algorithm",
@@ -74,8 +77,17 @@ ALGORITHMS: tuple[str, ...] = ("tree", "ring", "gather")
 LEVELS: tuple[str, ...] = ("noc", "d2d", "bridge", "pcie", "nic")
 
 
+#: The range every numeric hardware field must lie in (besides > 0, or >= 0 where zero is allowed): far beyond any
+#: machine's in each direction, and narrow enough that no cost the emulator computes from them overflows (a clock
+#: of 1e308 GHz or a link of 1e-320 GB/s made cycle counts infinite; a fanout of 1e9 made the mapper list a
+#: billion stage counts). MAX_SLICES bounds the whole network's slices, the product of the five fanouts.
+FIELD_MIN, FIELD_MAX = 1e-6, 1e12
+MAX_SLICES = 1 << 40
+
+
 def _check(obj: Any, section: str, *, zero_ok: tuple[str, ...] = ()) -> None:
-    """Every numeric field > 0 (or >= 0 for the names in zero_ok), ints really ints: ValueError naming the field."""
+    """Every numeric field > 0 (or >= 0 for the names in zero_ok) and within [FIELD_MIN, FIELD_MAX], ints really
+    ints: ValueError naming the field."""
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         name = f"{section}.{f.name}"
@@ -92,6 +104,8 @@ def _check(obj: Any, section: str, *, zero_ok: tuple[str, ...] = ()) -> None:
                 raise ValueError(f"hardware field {name} must be >= 0; got {v!r}")
         elif v <= 0:
             raise ValueError(f"hardware field {name} must be > 0; got {v!r}")
+        if v > FIELD_MAX or 0 < v < FIELD_MIN:
+            raise ValueError(f"hardware field {name} must lie between {FIELD_MIN:g} and {FIELD_MAX:g}; got {v!r}")
 
 
 def _choice(value: object, name: str, allowed: tuple[str, ...]) -> None:
@@ -254,6 +268,12 @@ class NetworkConfig:
                 raise ValueError(f"hardware field network.{name} must be a table of fields; got {level!r}")
             level.check(f"network.{name}")
         _choice(self.algorithm, "network.algorithm", ALGORITHMS)
+        slices = math.prod(level.fanout for level in self.levels())
+        if slices > MAX_SLICES:
+            raise ValueError(
+                f"the network has {slices:.3g} slices in all (the product of its five fanouts); the emulator takes "
+                "at most 2**40"
+            )
 
     def levels(self) -> tuple[LevelConfig, ...]:
         return tuple(getattr(self, name) for name in LEVELS)

@@ -483,9 +483,16 @@ def search(
         raise ValueError(f"--max-cards {max_cards} exceeds the {hw.max_cards} cards of {hw.name}")
     if policy.tp_cards is not None and policy.tp_cards > max_cards:
         raise DoesNotFit(f"a stage of {policy.tp_cards} cards is more than the {max_cards} cards available")
-    if policy.tp_cards is not None and policy.stages is not None and policy.tp_cards * policy.stages > max_cards:
+    most_stages = wl.n_layers + 1  # a stage holds at least one block, or the lm head alone
+    if policy.stages is not None and policy.stages > most_stages:
+        raise ValueError(
+            f"--stages {policy.stages} is more than {wl.name} can use: {wl.n_layers} blocks and the lm head make at "
+            f"most {most_stages} stages"
+        )
+    if policy.stages is not None and (policy.tp_cards or 1) * policy.stages > max_cards:
+        tp = policy.tp_cards or 1
         raise DoesNotFit(
-            f"{policy.stages} stages of {policy.tp_cards} cards need {policy.tp_cards * policy.stages} cards; "
+            f"{policy.stages} stages of {tp} card{'s' if tp > 1 else ''} need {tp * policy.stages} cards; "
             f"{hw.name} has {max_cards}"
         )
     if policy.kind == "dense":
@@ -500,7 +507,7 @@ def search(
         if policy.stages is not None:
             ns = [policy.stages]
         else:
-            ns = list(range(1, max_cards // tp + 1))
+            ns = range(1, min(max_cards // tp, most_stages) + 1)  # (a range: max_cards may be huge)
         first_fit: int | None = None
         for n in ns:
             if first_fit is not None and (n > first_fit + 3 or max(s.kv_offchip for s in tried[-1].stages) == 0):
