@@ -504,10 +504,8 @@ def search(
     tried: list[Mapping] = []
     reasons: list[str] = []
     for tp in tps:
-        if policy.stages is not None:
-            ns = [policy.stages]
-        else:
-            ns = range(1, min(max_cards // tp, most_stages) + 1)  # (a range: max_cards may be huge)
+        # the stage counts to try: at most one stage a block, plus the head (not one a card: there may be billions)
+        ns = [policy.stages] if policy.stages is not None else list(range(1, min(max_cards // tp, most_stages) + 1))
         first_fit: int | None = None
         for n in ns:
             if first_fit is not None and (n > first_fit + 3 or max(s.kv_offchip for s in tried[-1].stages) == 0):
