@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
+    "MAX_TEXT_FILE",
     "FieldError",
     "boolean",
     "construct",
@@ -53,10 +54,21 @@ def mapping(obj: Any, source: str) -> Mapping[str, Any]:
     return obj
 
 
+#: The largest file `text_file` reads: a config or hardware description is kilobytes (HF's tokenizer_config.json
+#: of a large model a few megabytes); anything larger was given by mistake.
+MAX_TEXT_FILE = 64 << 20
+
+
 def text_file(path: Path, kind: str) -> str:
-    """The UTF-8 text of the file at `path`; one FieldError naming the file if it cannot be read or is not UTF-8
-    text (a binary file given where `kind`, e.g. "JSON" or "a TOML hardware description", was expected)."""
+    """The UTF-8 text of the file at `path`; one FieldError naming the file if it cannot be read, is not a regular
+    file (a device such as /dev/zero would be read forever, a FIFO wait forever) or is larger than MAX_TEXT_FILE, or
+    is not UTF-8 text (a binary file given where `kind`, e.g. "JSON" or "a TOML hardware description", was
+    expected)."""
     try:
+        if path.exists() and not path.is_file():
+            raise FieldError(f"{path} is not a regular file, so not {kind}")
+        if path.exists() and path.stat().st_size > MAX_TEXT_FILE:
+            raise FieldError(f"{path} is {path.stat().st_size / 2**20:.0f} MiB, too large for {kind}")
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise FieldError(f"{path} is not a UTF-8 text file, so not {kind}") from None

@@ -173,3 +173,21 @@ def test_machines_are_hashable_and_compare_by_value() -> None:
     a = with_overrides(PRESETS["corsair-like"], {"network": {"noc": {"hop_ns": 3.0}}})
     b = with_overrides(PRESETS["corsair-like"], {"network": {"noc": {"hop_ns": 3.0}}})
     assert a == b and hash(a) == hash(b) and isinstance(a, HardwareConfig)
+
+
+def test_a_hardware_file_that_is_no_regular_file_or_too_large_is_refused_unread(tmp_path: Path) -> None:
+    """/dev/zero would be read until memory ran out, a FIFO waited on forever."""
+    import os
+
+    from normfuse_ref.fields import MAX_TEXT_FILE
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        with pytest.raises(ValueError, match="is not a regular file, so not a TOML hardware description"):
+            load_hardware(path)
+    big = tmp_path / "big.toml"
+    with big.open("wb") as f:
+        f.truncate(MAX_TEXT_FILE + 1)  # sparse: no disk used
+    with pytest.raises(ValueError, match="MiB, too large for a TOML hardware description"):
+        load_hardware(str(big))
