@@ -119,3 +119,16 @@ def test_demo_fetch_generate_embed(
     assert_reads(out, width, ["tiny"])
     out = shown(capsys, monkeypatch, width, "embed", "--model", "tiny-bert", "a sentence", "another one")
     assert_reads(out, width, ["tiny-bert"])
+
+
+@pytest.mark.parametrize("columns", ["0", "5", "abc", "-3", ""])
+def test_an_unusable_columns_is_read_as_80(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    """COLUMNS=0 made rich lay everything out in no columns: every command printed nothing, its errors included."""
+    monkeypatch.setenv("COLUMNS", columns)
+    assert main(["timeline", "--model", "nosuch"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown model preset 'nosuch'")
+    assert main(["timeline", "--model", "tiny", "--hw", "toy"]) == 0
+    out = capsys.readouterr().out
+    assert "fused order is" in " ".join(out.split()) and max(cell_len(line) for line in out.splitlines()) <= 80

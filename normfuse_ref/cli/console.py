@@ -17,7 +17,8 @@ is bold, `note` is dim, `error` says "error:" in red), never the caller's. `prin
 renderables built elsewhere (a Gantt `Text`, a `Table`); a `str` given to it is text too, so no command can print
 markup by accident. `verbatim(line)` prints a line to copy (code, a command) exactly, never wrapped.
 
-**80 columns.** Output is laid out for the terminal's width (`COLUMNS`, 80 when piped). `table` never cuts an
+**80 columns.** Output is laid out for the terminal's width (`COLUMNS`, 80 when piped or when COLUMNS is not a
+width of at least 20). `table` never cuts an
 identifier or a number: every cell is printed whole; headers wrap at spaces; when even that does not fit, the
 table turns into one block per row ("first cell", then "header: value" lines). Titles and captions are
 paragraphs that wrap at word boundaries.

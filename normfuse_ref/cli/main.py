@@ -113,9 +113,13 @@ def _hypothesis_scratch() -> Iterator[None]:
 
 
 def _width() -> int | None:
-    """COLUMNS if it is a usable width (>= 20), else None (rich asks the terminal, or uses 80 when piped)."""
-    text = os.environ.get("COLUMNS", "")
-    return int(text) if text.isdigit() and int(text) >= 20 else None
+    """COLUMNS if it is a usable width (>= 20); 80 if it is set to anything else (rich would read COLUMNS=0 as a
+    width of 0 and print nothing at all, error lines included); None when it is not set (rich asks the terminal, or
+    uses 80 when piped)."""
+    text = os.environ.get("COLUMNS")
+    if text is None:
+        return None
+    return int(text) if text.strip().isdigit() and int(text) >= 20 else 80
 
 
 def main(argv: Sequence[str] | None = None) -> int:
