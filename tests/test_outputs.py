@@ -144,3 +144,29 @@ def test_file_mode_follows_the_umask() -> None:
         assert file_mode() == 0o644
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_command_terminated_while_writing_leaves_nothing(tmp_path: Path, signame: str) -> None:
+    """`kill` (SIGTERM) or a closed terminal (SIGHUP) arriving as a command writes its files: it ends like Ctrl-C
+    ("error: terminated", 128 + the signal) and leaves no staged file (SIGTERM used to kill it on the spot, leaving
+    `.trace.json.*.part.json` behind). The signal is sent from inside the real `normfuse` process, at commit."""
+    import signal
+    import subprocess
+    import sys
+
+    trace = tmp_path / "trace.json"
+    script = f"""
+import os, signal, sys
+from normfuse_ref.cli import outputs
+def commit(self):
+    os.kill(os.getpid(), signal.{signame})  # the files are staged, not yet renamed into place
+outputs.OutputFiles.commit = commit
+from normfuse_ref.cli.main import main
+sys.argv = ["normfuse", "timeline", "--model", "tiny", "--hw", "toy", "--trace", {str(trace)!r}]
+sys.exit(main())
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 128 + getattr(signal, signame), r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "error: terminated"
+    assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,9 @@ module imported, is built only for `normfuse --help` and when no valid command i
 
 Errors: a `UsageError` (a user's mistake), a `MissingExtra` (an optional part not installed) and an `OSError`
 that escapes a command (a file that cannot be read or written) are each printed as one line on stderr, exit
-status 2, no traceback. Ctrl-C is "error: interrupted", status 130.
+status 2, no traceback. Ctrl-C is "error: interrupted", status 130; SIGTERM (what `kill` and `timeout` send) and
+SIGHUP (a closed terminal) take the same way out, "error: terminated", status 128 + the signal, so that a command
+stopped by one leaves no half-written file behind either (every writer cleans up when an exception passes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -33,6 +36,30 @@ SUBCOMMANDS = ["timeline", "demo", "prove", "fetch", "generate", "embed", "sweep
 #: Commands that run Hypothesis: its working files go to a temporary directory, not a `.hypothesis/` folder in
 #: the user's current directory.
 HYPOTHESIS_COMMANDS = {"fuzz"}
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the CLI's process by SIGTERM or SIGHUP: an interruption, unwound like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM and SIGHUP raise `Terminated` in this process (its processes forked later die of them as before)."""
+    me = os.getpid()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if os.getpid() != me:  # a forked worker: the default action, as if no handler were set
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, handler)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,6 +152,8 @@ def _width() -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     console = Console(width=_width(), no_color="NO_COLOR" in os.environ)
+    if argv is None:  # the `normfuse` process itself (not a caller's, e.g. a test's, which keeps its own handlers)
+        _terminate_like_ctrl_c()
     try:
         command = _chosen(args_in)
         if command is None and args_in[:1] == ["--version"]:
@@ -149,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         console.error(f"{exc.strerror or exc}{where}")
         return 2
+    except Terminated as exc:
+        console.error("terminated")
+        return 128 + exc.signum
     except KeyboardInterrupt:
         console.error("interrupted")
         return 130
