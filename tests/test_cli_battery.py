@@ -126,6 +126,8 @@ MISTAKES: list[Mistake] = [
     Mistake("gen-dtype", ("generate", *HELLO, "--dtype", "float8_e4m3fn"), "argument --dtype: invalid choice"),
     Mistake("gen-empty-prompt", ("generate", "--model", "tiny", "--prompt", ""), "the prompt is empty"),
     Mistake("gen-long-prompt", ("generate", "--model", "tiny", "--prompt", "x" * 300), "300 tokens but the model's context is 256"),
+    # a command line that is not UTF-8 reaches Python with the bad byte as a lone surrogate (PEP 383)
+    Mistake("gen-prompt-not-utf8", ("generate", "--model", "tiny", "--prompt", "ab\udcffcd"), "the prompt is not valid UTF-8 text (byte 0xff at character 3)"),
     # -- generate: which model -------------------------------------------------------------------------------------
     Mistake("gen-model-markup", ("generate", "--model", "a[/]b", *HELLO), "model not found: 'a[/]b' is neither"),
     Mistake("gen-model-shape-only", ("generate", "--model", "llama2-7b", *HELLO), "preset 'llama2-7b' is shape-only"),
@@ -207,6 +209,7 @@ MISTAKES: list[Mistake] = [
     Mistake("embed-no-text", ("embed",), "the following arguments are required: TEXT"),
     Mistake("embed-batch-zero", ("embed", "hi", "--batch-size", "0"), "argument --batch-size: must be an integer >= 1; got '0'"),
     Mistake("embed-mode", ("embed", "hi", "--mode", "sideways"), "argument --mode: invalid choice: 'sideways'"),
+    Mistake("embed-text-not-utf8", ("embed", "--model", "tiny-bert", "hi", "ab\udcffcd"), "text 2 is not valid UTF-8 text (byte 0xff at character 3)"),
     Mistake("embed-not-fetched", ("embed", "hi"), "run: normfuse fetch all-minilm-l6-v2"),
     Mistake("embed-llama", ("embed", "--model", "tiny", "hi"), "tiny is a Llama decoder model; normfuse embed needs a BERT-family encoder"),
     Mistake("embed-llama-dir", ("embed", "--model", "hf", "hi"), "hf is a Llama decoder model", files=hf_dir(hf_config())),

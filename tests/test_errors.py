@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -122,3 +123,29 @@ def test_other_bad_arguments() -> None:
         resolve_dtype("int8")
     with pytest.raises(ValueError, match="storage-only"):
         accumulation_dtype(np.float16, "float8_e4m3fn")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "error", "needle"),
+    [
+        ([1.5], TypeError, "integer token ids; got dtype float64"),  # was run as token 1
+        (b"hi", TypeError, "integer token ids; got bytes"),  # was run as the tokens 104, 105
+        (["12"], TypeError, "integer token ids; got dtype str"),  # was run as token 12
+        (None, TypeError, "integer token ids; got NoneType"),
+        ([[1, 2]], TypeError, "integer token ids; got dtype int64, shape (1, 2)"),
+        ("a\ud800b", ValueError, "the prompt is not valid UTF-8 text (a lone surrogate U+D800 at character 2)"),
+    ],
+)
+def test_a_prompt_is_text_or_integer_token_ids_never_coerced(prompt: Any, error: type, needle: str) -> None:
+    from normfuse_ref import load_model
+    from normfuse_ref.models.llama.model import generate
+
+    with pytest.raises(error, match=re.escape(needle)):
+        generate(load_model("tiny"), prompt, 2)
+
+
+def test_texts_to_embed_must_be_utf8_text() -> None:
+    from normfuse_ref import load_model
+
+    with pytest.raises(ValueError, match=re.escape("text 2 is not valid UTF-8 text (a lone surrogate U+DFFF at")):
+        load_model("tiny-bert").embed(["fine", "not \udfff fine"])

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..inputs import check_text
+
 __all__ = ["Batch", "TextTooLong", "WordPieceTokenizer", "tiny_wordpiece"]
 
 
@@ -77,7 +79,7 @@ class WordPieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """The ids of one text with [CLS] and [SEP], untruncated."""
-        return list(self.backend.encode(text).ids)
+        return list(self.backend.encode(check_text(text, "the text")).ids)
 
     def tokens(self, text: str) -> list[str]:
         """The WordPiece tokens of one text, [CLS] and [SEP] included (for display)."""
@@ -90,8 +92,7 @@ class WordPieceTokenizer:
         if not texts:
             raise ValueError("no texts to encode")
         for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"text {i + 1} is a {type(t).__name__}, not a string")
+            check_text(t, f"text {i + 1}")
         rows = [e.ids for e in self.backend.encode_batch(list(texts))]
         long = {i: len(r) for i, r in enumerate(rows) if len(r) > max_tokens}
         if long and not truncate:

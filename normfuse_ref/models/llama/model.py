@@ -38,6 +38,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from ...extras import require
 from ...precision import Array, resolve_dtype
 from ..checkpoint import checkpoint_dir
+from ..inputs import check_text
 from ..loaded import LoadedModel
 from .config import PRESETS, LlamaConfig, get_preset
 from .fetch import SOURCES, find_model
@@ -200,10 +201,15 @@ def prompt_ids(model: Model, prompt: str | Sequence[int], *, chat: bool = True) 
         tok = model.tokenizer
         if tok is None:
             raise ValueError(f"model {model.cfg.name} has no tokenizer normfuse can rebuild; pass token ids")
+        check_text(prompt, "the prompt")
         text = tok.chat_prompt(prompt) if chat and tok.has_chat_template else prompt
         ids = tok.encode(text)
-    else:
-        ids = [int(i) for i in prompt]
+    else:  # token ids: integers, never coerced (1.5, "12" or the bytes of b"hi" are not token ids)
+        arr = np.asarray(prompt) if isinstance(prompt, (list, tuple, np.ndarray)) else None
+        if arr is None or arr.dtype.kind not in "iu" or arr.ndim != 1:
+            what = type(prompt).__name__ if arr is None else f"dtype {arr.dtype.name}, shape {arr.shape}"
+            raise TypeError(f"the prompt must be a string or a sequence of integer token ids; got {what}")
+        ids = [int(i) for i in arr]
     if not ids:
         raise ValueError("the prompt is empty")
     if len(ids) > model.cfg.context_length:
