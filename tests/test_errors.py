@@ -138,14 +138,19 @@ def test_other_bad_arguments() -> None:
 )
 def test_a_prompt_is_text_or_integer_token_ids_never_coerced(prompt: Any, error: type, needle: str) -> None:
     from normfuse_ref import load_model
-    from normfuse_ref.models.llama.model import generate
+    from normfuse_ref.models.llama.model import Model, generate
 
+    model = load_model("tiny")
+    assert isinstance(model, Model)
     with pytest.raises(error, match=re.escape(needle)):
-        generate(load_model("tiny"), prompt, 2)
+        generate(model, prompt, 2)
 
 
 def test_texts_to_embed_must_be_utf8_text() -> None:
     from normfuse_ref import load_model
+    from normfuse_ref.models.bert import BertModel
 
+    model = load_model("tiny-bert")
+    assert isinstance(model, BertModel)
     with pytest.raises(ValueError, match=re.escape("text 2 is not valid UTF-8 text (a lone surrogate U+DFFF at")):
-        load_model("tiny-bert").embed(["fine", "not \udfff fine"])
+        model.embed(["fine", "not \udfff fine"])
