@@ -156,8 +156,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
         cfg = resolve_defaults(args)  # --phase and --context from the model where not given
         params: list[tuple[str, list[Any]]] = []
         for name, text in args.param:
-            if any(name == n for n, _ in params):
-                raise UsageError(f"--param {name} is given twice")
+            same = [n for n, _ in params if SWEEP_SHORTCUTS.get(n, n) == SWEEP_SHORTCUTS.get(name, name)]
+            if same:
+                also = "" if same[0] == name else f" (as {same[0]})"
+                raise UsageError(f"--param {name} is given twice{also}")
+            if name == "chunk" and (args.phase == "decode" or is_encoder(cfg)):
+                why = (
+                    f"{cfg.name}, an encoder (a prompt is one call)" if is_encoder(cfg) else "decode (one token a step)"
+                )
+                raise UsageError(f"--param chunk does not apply to {why}")
+            fitted = (getattr(args, "calibrate", None) or "").partition("=")[0]
+            if fitted and SWEEP_SHORTCUTS.get(name, name) == fitted:
+                raise UsageError(f"--calibrate {fitted} fits the field that --param {name} sweeps; give one of them")
             integer, choices = _kind(name, hw)
             try:
                 values = parse_values(text, integer=integer, choices=choices)

@@ -236,6 +236,10 @@ def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "
     phase: Phase = args.phase
     if is_encoder(cfg):
         refuse(getattr(args, "given", frozenset()), ("--chunk",), f"to {cfg.name}, an encoder (a prompt is one call)")
+    if phase == "decode":
+        refuse(
+            getattr(args, "given", frozenset()), ("--chunk",), "to decode (one token a step; it sets prefill's chunks)"
+        )
     if layers != "all":
         try:
             n = int(layers)
@@ -311,6 +315,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         refuse(given, ("--svg",), "to --json (it saves the terminal picture, and --json prints none)")
     if not any(getattr(args, f[2:]) is not None for f in OUTPUT_FLAGS):
         refuse(given, ("--force",), "without an output file (--trace, --svg or --figure)")
+    if args.trace is None:
+        refuse(given, ("--detail-layer",), "without --trace (it adds block N's per-slice events to the trace)")
     if args.paper:
         if args.context is None:  # decode rows at DEFAULT_CONTEXT (with --models: or a model's positions, if fewer)
             args.context = DEFAULT_CONTEXT
