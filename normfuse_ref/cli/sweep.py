@@ -47,6 +47,19 @@ UNITS = {
 }
 
 
+def unit_of(name: str) -> str:
+    """The unit of a sweep parameter: UNITS for the named ones, else read off a dotted hardware field's name (the
+    units of docs/hardware.md's field table: `hop_ns` ns, `link_gbps` GB/s, `*_cycles` cycles, ...)."""
+    if name in UNITS:
+        return UNITS[name]
+    leaf = SWEEP_SHORTCUTS.get(name, name).rsplit(".", 1)[-1]
+    for part, unit in (("macs_per_cycle", "MACs/cycle"), ("bytes_per_cycle", "bytes/cycle"), ("_cycles", "cycles"),
+                       ("ghz", "GHz"), ("gbps", "GB/s"), ("_bits", "bits"), ("bytes", "bytes"), ("_ns", "ns")):  # fmt: skip
+        if part in leaf:
+            return unit
+    return ""
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sweep",
@@ -184,7 +197,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if figure_path is not None:
             from ..plot import sweep_figure
 
-            fig = sweep_figure(points, params, args.metric, units=UNITS, title=_heading(params, sc, hw.name))
+            fig = sweep_figure(
+                points,
+                params,
+                args.metric,
+                units={n: unit_of(n) for n, _ in params},
+                title=_heading(params, sc, hw.name),
+            )
             outputs.write_figure(figure_path, fig)
         _print(args, console, hw, params, points, sc)
         outputs.commit()
@@ -195,7 +214,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def _heading(params: list[tuple[str, list[Any]]], sc: Any, hw_name: str) -> str:
     """What was swept, and what was held fixed (the swept parameters are left out of the fixed ones)."""
-    names = " x ".join(f"{n} ({UNITS[n]})" if n in UNITS else n for n, _ in params)  # units as in the tables
+    names = " x ".join(f"{n} ({unit_of(n)})" if unit_of(n) else n for n, _ in params)  # units as in the tables
     swept = {n for n, _ in params}
     fixed = [sc.model.name, sc.phase]
     if "context" not in swept:
@@ -243,7 +262,7 @@ def _print(
     key, meaning = METRICS[args.metric]
 
     def named(n: str) -> str:
-        return f"{n} ({UNITS[n]})" if n in UNITS else n
+        return f"{n} ({unit_of(n)})" if unit_of(n) else n
 
     if args.json:
         units = units_of(*(p for p in points if "error" not in p))
@@ -251,7 +270,7 @@ def _print(
             json_record(
                 "sweep",
                 units,
-                params=[{"name": n, "unit": UNITS.get(n, ""), "values": vs} for n, vs in params],
+                params=[{"name": n, "unit": unit_of(n), "values": vs} for n, vs in params],
                 metric=key,
                 model=sc.model.name,
                 hardware=hw.name,
@@ -281,8 +300,8 @@ def _print(
                 else (
                     _label(p["params"][params[0][0]]) + (" *" if p["beyond_context"] else ""),
                     str(p["cards"]),
-                    f"{p['baseline_latency']:.0f}",
-                    f"{p['fused_latency']:.0f}",
+                    f"{p['baseline_latency']:.1f}",
+                    f"{p['fused_latency']:.1f}",
                     f"{100 * p['normalisation_share_baseline']:.1f}%",
                     f"{100 * p['hidden_fraction']:.1f}%",
                     f"{100 * p['reduction']:.1f}%",
