@@ -126,10 +126,10 @@ def rms_norm_linear_folded(
     op: str = "rms_norm_linear",
 ) -> Any:
     """The fused order: s * (x @ F_g), F_g = fold_rms_norm(g, F), s = 1/sqrt(mean(x^2) + eps) applied after."""
+    eps = check_eps(eps)  # a scalar: checked whichever executor runs the rule
     if ex is None:
         x = check_rows(x, "x")
         F_g = check_matrix(F_g, "F_g", x.shape[-1], "x", x.shape)
-        eps = check_eps(eps)
     ex = _executor(ex, acc, x)
     y = ex.matmul(x, F_g, op=op, keep_acc=True)  # (..., m)   DIMC starts at once on raw x; y waits for s in acc
     s = ex.reduce(x, "rms_scale", op=f"{op}.rms", eps=eps)  # (..., 1)   the collective, beside the matmul
@@ -147,11 +147,11 @@ def rms_norm_linear_reference(
     op: str = "rms_norm_linear",
 ) -> Any:
     """The reference order: linear(rms_norm(x, g, eps), F); the matmul waits for the collective s."""
+    eps = check_eps(eps)  # a scalar: checked whichever executor runs the rule
     if ex is None:
         x = check_rows(x, "x")
         g = check_vector(g, "g", x.shape[-1], "x", x.shape)
         F = check_matrix(F, "F", x.shape[-1], "x", x.shape)
-        eps = check_eps(eps)
     ex = _executor(ex, acc, x)
     s = ex.reduce(x, "rms_scale", op=f"{op}.rms", eps=eps)  # (..., 1)   the collective, then the matmul waits
     h = ex.elementwise(lambda x, s, g: x * s * g, x, s, g, op=f"{op}.norm")  # (..., n)   stored: the DIMC operand
@@ -239,11 +239,11 @@ def layer_norm_alone(
     x: Any, gamma: Any, beta: Any, eps: float = 1e-5, *, ex: Executor | None = None, op: str = "layer_norm"
 ) -> Any:
     """A LayerNorm that feeds no linear layer (a post-LN encoder's last), with the primitives of both orders."""
+    eps = check_eps(eps)  # a scalar: checked whichever executor runs the rule
     if ex is None:
         x = check_rows(x, "x")
         gamma = check_vector(gamma, "gamma", x.shape[-1], "x", x.shape)
         beta = check_vector(beta, "beta", x.shape[-1], "x", x.shape)
-        eps = check_eps(eps)
     ex = _executor(ex, None, x)
     _, d, s = _layer_norm_stats(ex, x, eps, op)  # (..., n), (..., 1)
     return _layer_norm_out(ex, d, s, gamma, beta, op)  # (..., n)
@@ -290,6 +290,7 @@ def layer_norm_linear_folded(
     s * ((x - mu) @ F') + b, the centred row stored as the DIMC operand, the matmul after the mean collective.
     """
     r = _check_centring(centring, r, ex, F_prime)
+    eps = check_eps(eps)  # a scalar: checked whichever executor runs the rule
     if ex is None:
         x = check_rows(x, "x")
         F_prime = check_matrix(F_prime, "F_prime", x.shape[-1], "x", x.shape)
@@ -300,7 +301,6 @@ def layer_norm_linear_folded(
             )
         if r is not None and np.shape(r) != (F_prime.shape[1],):
             raise ValueError(f"r has shape {np.shape(r)} but F_prime has shape {F_prime.shape}")
-        eps = check_eps(eps)
         if norm is not None:
             gamma, beta = norm
             norm = (
@@ -342,13 +342,13 @@ def layer_norm_linear_reference(
 ) -> Any:
     """The reference order: linear(layer_norm(x, gamma, beta, eps), F) (+ b, the linear layer's own bias, added to
     the product in acc and rounded once with it); with `return_norm` the pair (y, LN(x))."""
+    eps = check_eps(eps)  # a scalar: checked whichever executor runs the rule
     if ex is None:
         x = check_rows(x, "x")
         n = x.shape[-1]
         gamma = check_vector(gamma, "gamma", n, "x", x.shape)
         beta = check_vector(beta, "beta", n, "x", x.shape)
         F = check_matrix(F, "F", n, "x", x.shape)
-        eps = check_eps(eps)
         if b is not None:
             b = check_vector(b, "b", F.shape[1], "F", F.shape)
     ex = _executor(ex, acc, x)

@@ -73,10 +73,13 @@ def check_matrix(F: ArrayLike, name: str, n: int, x_name: str, x_shape: tuple[in
 
 def check_eps(eps: float) -> float:
     """eps must be a finite positive number (it keeps 1/sqrt(var + eps) finite)."""
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps > 0):
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a finite number > 0; got {eps!r}") from None
+    if not (np.isfinite(value) and value > 0):
         raise ValueError(f"eps must be finite and > 0; got {eps!r}")
-    return eps
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,6 +232,12 @@ def rope_angles(positions: ArrayLike, hd: int, base: float) -> tuple[NDArray[np.
     p = np.asarray(positions)
     if p.dtype.kind not in "iu":
         raise TypeError(f"positions must be an integer array; got dtype {p.dtype.name}")
+    if (
+        isinstance(base, bool)
+        or not isinstance(base, (int, float, np.floating))
+        or not (np.isfinite(base) and base > 1)
+    ):
+        raise ValueError(f"the RoPE base must be a finite number > 1; got {base!r}")  # 0, 1 or NaN: angles NaN or 0
     inv_freq = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (hd/2,)
     angle = p[..., None].astype(np.float64) * inv_freq  # (..., hd/2)
     return np.cos(angle), np.sin(angle)
@@ -344,6 +353,8 @@ def attention(
     head h // (Hq / Hkv). Scores are q.k / sqrt(hd). `mask` is boolean, True = attend, broadcastable to the score
     shape (..., Hq, T, S); with `causal` the queries are the last T of the S key positions. Returns (..., T, Hq, hdv).
     """
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be True or False; got {causal!r}")  # causal="no" would be true
     q = check_rows(q, "q")
     k = check_rows(k, "k")
     v = check_rows(v, "v")

@@ -54,6 +54,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import numpy as np
 from numpy.typing import DTypeLike
 
+from .fields import positive_int
 from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
 from .parallel import (
     BLOCK_ELEMENTS,
@@ -158,8 +159,8 @@ class NumpyExecutor:
     def __post_init__(self) -> None:
         self._st = resolve_dtype(self.storage)
         self._acc = accumulation_dtype(self._st, self.acc)
-        if self.tile_size is not None and self.tile_size < 1:
-            raise ValueError(f"tile_size must be >= 1; got {self.tile_size}")
+        if self.tile_size is not None:
+            positive_int(self.tile_size, "tile_size")
         self._threads = threads_setting(self.threads)
         self._inner: NumpyExecutor | None = None  # `rows`' executor for a block, made when first needed
         keep_freed_memory()  # once a process: fresh arrays from reused memory, not page-faulted in (parallel.py)

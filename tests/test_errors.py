@@ -154,3 +154,42 @@ def test_texts_to_embed_must_be_utf8_text() -> None:
     assert isinstance(model, BertModel)
     with pytest.raises(ValueError, match=re.escape("text 2 is not valid UTF-8 text (a lone surrogate U+DFFF at")):
         model.embed(["fine", "not \udfff fine"])
+
+
+def test_more_bad_arguments_name_the_argument() -> None:
+    """A second battery's findings: each was a deep NumPy error, a silent NaN or a silent coercion."""
+    from normfuse_ref import load_model
+    from normfuse_ref.models.bert import BertModel
+    from normfuse_ref.models.llama.model import Model, generate
+    from normfuse_ref.ops import NumpyExecutor
+
+    ex = NumpyExecutor()
+    with pytest.raises(ValueError, match="eps must be finite and > 0; got -1"):  # with an executor: a silent NaN
+        fusion.rms_norm_linear_folded(x, F, eps=-1, ex=ex)
+    for bad_eps in ("a", None):
+        with pytest.raises(TypeError, match="eps must be a finite number > 0"):
+            fusion.rms_norm_linear(x, g, F, eps=bad_eps)  # type: ignore[arg-type]
+    for base in (0, -1, 1, float("nan")):  # angles of NaN, or all 0
+        with pytest.raises(ValueError, match="the RoPE base must be a finite number > 1"):
+            layers.rope(np.ones((2, 1, 4)), np.arange(2)[:, None], base=base)
+    with pytest.raises(TypeError, match="causal must be True or False; got 'no'"):  # "no" is truthy: causal
+        layers.attention(np.ones((2, 1, 4)), np.ones((2, 1, 4)), np.ones((2, 1, 4)), causal="no")  # type: ignore[arg-type]
+    for tile in (1.5, True, 0):
+        with pytest.raises(ValueError, match="tile_size must be a positive integer"):
+            NumpyExecutor(tile_size=tile)  # type: ignore[arg-type]
+    llama = load_model("tiny")
+    assert isinstance(llama, Model)
+    for kwargs, needle in [
+        ({"max_new_tokens": 1.5}, "max_new_tokens must be a positive integer; got 1.5"),
+        ({"temperature": "1"}, "temperature must be a finite number >= 0; got '1'"),
+        ({"seed": -1}, "seed must be an integer >= 0; got -1"),
+        ({"seed": 1.5}, "seed must be an integer >= 0; got 1.5"),
+        ({"temperature": 1.0, "top_k": 2.0}, "top_k must be a positive integer; got 2.0"),
+    ]:
+        with pytest.raises((TypeError, ValueError), match=re.escape(needle)):
+            generate(llama, "hi", **kwargs)
+    bert = load_model("tiny-bert")
+    assert isinstance(bert, BertModel)
+    with pytest.raises(ValueError, match=re.escape("batch_size must be a positive integer; got 1.5")):
+        bert.embed(["hi"], batch_size=1.5)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(bert.embed(t for t in ("hi", "there")), bert.embed(["hi", "there"]))  # any iterable

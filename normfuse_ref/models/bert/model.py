@@ -34,6 +34,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ...accuracy.bounds import forward_bound, pooled_bound
 from ...extras import require
+from ...fields import positive_int
 from ...precision import resolve_dtype
 from ..loaded import LoadedModel
 from .config import PRESETS, BertConfig, get_preset
@@ -133,8 +134,7 @@ class BertModel(LoadedModel[BertConfig, WordPieceTokenizer]):
         """(indices into the batch, ids, attention_mask) of `batch_size` texts at a time, in order of token length
         (a stable sort), each group cut to its own longest text: texts of like length share a group, so the
         attention's products, the only work padding still costs (`forward.packed`), pad little."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        positive_int(batch_size, "batch_size")
         order = np.argsort(np.asarray(batch.lengths), kind="stable")  # (B,)
         for j in range(0, order.size, batch_size):
             idx = order[j : j + batch_size]  # (b,)

@@ -89,6 +89,7 @@ class WordPieceTokenizer:
         """Ids and attention mask of `texts`, padded to the longest (see the module docstring for length limits)."""
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
+        texts = list(texts)  # any iterable of strings (a generator is read once, here)
         if not texts:
             raise ValueError("no texts to encode")
         for i, t in enumerate(texts):

@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ...extras import require
+from ...fields import positive_int
 from ...precision import Array, resolve_dtype
 from ..checkpoint import checkpoint_dir
 from ..inputs import check_text
@@ -178,13 +179,18 @@ def choose_token(logits: ArrayLike, *, temperature: float = 0.0, top_k: int | No
     return int(order[min(int(np.searchsorted(c, u * c[-1], side="right")), order.size - 1)])
 
 
-def _check_sampling(temperature: float, top_k: int | None, max_new_tokens: int) -> None:
+def _check_sampling(temperature: float, top_k: int | None, max_new_tokens: int, seed: int) -> None:
+    """The sampling arguments, each named in its error: a bool, a string or a float where an integer goes is a
+    mistake, not a number to convert."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a finite number >= 0; got {temperature!r}")
     if not (np.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0; got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1; got {top_k}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    if top_k is not None:
+        positive_int(top_k, "top_k")
+    positive_int(max_new_tokens, "max_new_tokens")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
 
 
 def _uniforms(seed: int, n: int, temperature: float) -> list[float]:
@@ -256,7 +262,7 @@ def generate(
     `on_token(id, piece)` is called for every new token as soon as it is chosen, with the printable text it
     completes ("" while a multi-byte character is still incomplete, or for a special token).
     """
-    _check_sampling(temperature, top_k, max_new_tokens)
+    _check_sampling(temperature, top_k, max_new_tokens, seed)
     ids = prompt_ids(model, prompt, chat=chat)
     ctx = model.cfg.context_length
     # The context bounds the steps (the loop stops when the cache is full), so a huge max_new_tokens costs nothing.
