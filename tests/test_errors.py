@@ -179,13 +179,14 @@ def test_more_bad_arguments_name_the_argument() -> None:
             NumpyExecutor(tile_size=tile)  # type: ignore[arg-type]
     llama = load_model("tiny")
     assert isinstance(llama, Model)
-    for kwargs, needle in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"max_new_tokens": 1.5}, "max_new_tokens must be a positive integer; got 1.5"),
         ({"temperature": "1"}, "temperature must be a finite number >= 0; got '1'"),
         ({"seed": -1}, "seed must be an integer >= 0; got -1"),
         ({"seed": 1.5}, "seed must be an integer >= 0; got 1.5"),
         ({"temperature": 1.0, "top_k": 2.0}, "top_k must be a positive integer; got 2.0"),
-    ]:
+    ]
+    for kwargs, needle in cases:
         with pytest.raises((TypeError, ValueError), match=re.escape(needle)):
             generate(llama, "hi", **kwargs)
     bert = load_model("tiny-bert")

@@ -24,7 +24,7 @@ is in, up to rounding (tests/test_bert_model.py checks it), and comes back in th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ class BertModel(LoadedModel[BertConfig, WordPieceTokenizer]):
         """Last hidden states ([B,] T, d) of token ids ([B,] T); see `forward.forward`."""
         return forward(self.weights(mode), self.cfg, ids, attention_mask, token_type_ids, mode=mode, ex=self.executor())
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool = False) -> Batch:
+    def tokenize(self, texts: Iterable[str], *, truncate: bool = False) -> Batch:
         """Ids and attention mask of `texts`, padded to the longest; a text longer than the model's positions is a
         `TextTooLong` error unless `truncate` (then `Batch.truncated` says which texts were cut)."""
         if self.tokenizer is None:
@@ -149,7 +149,7 @@ class BertModel(LoadedModel[BertConfig, WordPieceTokenizer]):
         return out.astype(self.dtype)  # (B, d)
 
     def embed(
-        self, texts: Sequence[str], mode: Mode = "fused", *, truncate: bool = False, batch_size: int = 32
+        self, texts: Iterable[str], mode: Mode = "fused", *, truncate: bool = False, batch_size: int = 32
     ) -> Array:
         """Unit-norm sentence embeddings (B, d) of `texts` (masked mean pooling, L2 normalisation)."""
         return self.embed_batch(self.tokenize(texts, truncate=truncate), mode, batch_size=batch_size)

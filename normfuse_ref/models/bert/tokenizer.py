@@ -17,7 +17,7 @@ sentence-transformers saves all-MiniLM-L6-v2's tokenizer.json with truncation at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ class WordPieceTokenizer:
         """The WordPiece tokens of one text, [CLS] and [SEP] included (for display)."""
         return list(self.backend.encode(text).tokens)
 
-    def encode_batch(self, texts: Sequence[str], max_tokens: int, *, truncate: bool = False) -> Batch:
+    def encode_batch(self, texts: Iterable[str], max_tokens: int, *, truncate: bool = False) -> Batch:
         """Ids and attention mask of `texts`, padded to the longest (see the module docstring for length limits)."""
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
