@@ -260,3 +260,39 @@ def test_the_page_is_regenerated_from_its_own_data(tiny_study: ModelStudy) -> No
     again = studies_from_document(document_of_page(page))
     assert markdown(again, study_document(again)) == page
     assert "### tiny, bfloat16" in page and tiny_study.corpus.sha256 in page
+
+
+def test_a_loss_in_one_summation_order_alone_is_not_a_verdict_and_perplexity_counts_its_distance() -> None:
+    """Two rules of `judge` that only the committed page pinned before: the loss must exceed the spread in *both*
+    summation orders (here it does in the plain order only: 0.03 > 0.01, but 0.01 is not), and perplexity is
+    judged by its distance from the float64 run's, either side (a fused perplexity 0.1 below the oracle's is
+    worse than a baseline 0.01 above it)."""
+
+    def bert(b: float, bp: float, f: float, fp: float) -> bool:
+        runs = [
+            _record(ORACLE, cosine_mean=1.0),
+            _record(RunSpec("bfloat16", "baseline"), cosine_mean=b),
+            _record(RunSpec("bfloat16", "baseline", "permuted"), cosine_mean=bp),
+            _record(RunSpec("bfloat16", "fused"), cosine_mean=f),
+            _record(RunSpec("bfloat16", "fused", "permuted"), cosine_mean=fp),
+        ]
+        return judge("bert", runs, "bfloat16").figures[0].worse
+
+    assert not bert(0.99, 0.98, 0.96, 0.97)  # spread 0.01; losses 0.03 (plain) and 0.01 (permuted)
+    assert bert(0.99, 0.98, 0.96, 0.95)  # 0.03 in both
+
+    def llama(b: float, bp: float, f: float, fp: float) -> bool:
+        def rec(spec: RunSpec, ppl: float) -> RunRecord:
+            return RunRecord(spec, {fig.key: ppl if fig.key == "perplexity" else 0.5 for fig in FIGURES["llama"]})
+
+        runs = [
+            rec(ORACLE, 10.0),
+            rec(RunSpec("bfloat16", "baseline"), b),
+            rec(RunSpec("bfloat16", "baseline", "permuted"), bp),
+            rec(RunSpec("bfloat16", "fused"), f),
+            rec(RunSpec("bfloat16", "fused", "permuted"), fp),
+        ]
+        return next(v for v in judge("llama", runs, "bfloat16").figures if v.figure.key == "perplexity").worse
+
+    assert llama(10.01, 10.012, 9.9, 9.902)  # fused 0.1 below the oracle, baseline 0.01 above: farther, worse
+    assert not llama(10.01, 10.012, 10.005, 10.007)  # closer to the oracle than baseline

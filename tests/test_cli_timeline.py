@@ -204,3 +204,25 @@ def test_paper_check(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
     assert "paper (arXiv 2502.17728): collectives ~20% of latency, completely hidden" in out
     assert "Published d-Matrix figures" in out and "calibrated: false" in out
     assert all(len(line) <= 100 for line in lines)
+
+
+def test_the_whole_model_table_is_the_json_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    """The table's latency, cost and share rows, per order, against `--json` (the cost divided by that order's own
+    latency: a share of the one-pass column computed over the baseline's latency went unseen)."""
+    code, out, err = run(capsys, "timeline", *TINY, "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    code, out, err = run(capsys, "timeline", *TINY)
+    assert code == 0, err
+
+    def row(label: str) -> list[float]:
+        line = next(ln for ln in out.splitlines() if ln.strip("│ ").startswith(label))
+        return [float(cell.strip(" %")) for cell in line.split("│")[2:5]]
+
+    orders = ("baseline", "one_pass_baseline", "fused")
+    costs = ("normalisation_cost_baseline", "normalisation_cost_one_pass", "normalisation_cost_fused")
+    latency, cost, share = row("latency (µs)"), row("normalisation cost (µs)"), row("share of latency")
+    for i, (order, key) in enumerate(zip(orders, costs, strict=True)):
+        assert latency[i] == pytest.approx(s[f"{order}_latency"], rel=5e-3), order  # printed to 3 digits
+        assert cost[i] == pytest.approx(s[key], rel=5e-3), order
+        assert share[i] == pytest.approx(100 * s[key] / s[f"{order}_latency"], abs=0.05), order

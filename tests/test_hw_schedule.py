@@ -95,3 +95,15 @@ def test_determinism_and_a_gap_free_critical_path() -> None:
 def test_an_input_issued_later_is_an_error() -> None:
     with pytest.raises(ValueError, match="needs task 1, which is not issued before it"):
         schedule([Task("a", ("DIMC@0",), 1, after=(1,)), Task("b", ("DIMC@0",), 1)])
+
+
+def test_a_step_that_exactly_fills_a_gap_is_back_filled_into_it() -> None:
+    """Rule 3: the resource must be idle for [t, t + cycles), so a gap of exactly `cycles` takes the step. a holds R
+    for [0, 2); b, after q, holds it for [5, 7); c (3 cycles, after a) fits [2, 5) exactly, caused by a."""
+    tasks = [
+        Task("a", ("R",), 2),
+        Task("q", ("Q",), 5),
+        Task("b", ("R",), 2, after=(1,)),
+        Task("c", ("R",), 3, after=(0,)),
+    ]
+    assert places(tasks) == [(0, 2, -1), (0, 5, -1), (5, 7, 1), (2, 5, 0)]

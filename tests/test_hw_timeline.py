@@ -70,3 +70,30 @@ def test_chrome_trace_is_valid_and_complete() -> None:
     on_path = {(e["args"]["start_cycles"], e["name"]) for e in complete if e["pid"] == 1 and e["args"]["critical"]}
     assert len(on_path) == len(c.baseline.critical_path())
     assert trace["otherData"] == {"m": 1}
+
+
+def test_the_critical_path_ends_at_the_last_issued_of_the_events_ending_last() -> None:
+    """Ties at the makespan: the event issued last ends the path (the module's rule), so a collective ending with
+    the matmul it ran beside is counted exposed."""
+    tl = Timeline(
+        [
+            ev("DIMC", "mm", "matmul", 0, 10, -1, ("DIMC@0",)),
+            ev("NET", "r", "collective", 2, 10, -1, ("NET.noc@0",)),
+        ],
+        ghz=1.0,
+    )
+    assert tl.critical_path() == (1,) and tl.collective_exposed == 8
+
+
+def test_the_emulator_takes_the_first_of_inputs_ready_at_the_same_cycle_as_the_cause() -> None:
+    """Rule 4 of the scheduler, in the emulator's own reading of its inputs: among inputs ready at the same cycle the
+    first argument is the cause (the `pred` the critical path follows)."""
+    from normfuse_ref.hw.emulator import Value, dummy
+
+    mp = map_scenario(Scenario(MODELS["tiny"], "decode", 4, 1), get_hardware("toy"))
+    ex = EmulatingExecutor(get_hardware("toy"), mp, numeric=False)
+    place = mp.default_place(0, 4)
+    x, y = (Value(dummy((4,)), 10, src, place, ex, 0) for src in (3, 7))
+    early = Value(dummy((4,)), 5, 1, place, ex, 0)
+    assert ex._ready((x, y)) == (10, 3) and ex._ready((y, x)) == (10, 7)
+    assert ex._ready((early, y)) == (10, 7)  # a later input is the cause, wherever it is
