@@ -170,3 +170,22 @@ sys.exit(main())
     assert r.returncode == 128 + getattr(signal, signame), r.stderr
     assert r.stderr.strip().splitlines()[-1] == "error: terminated"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_names_the_file_it_was_writing(tmp_path: Path) -> None:
+    """ENOSPC from a write names no file ("No space left on device"): the output it was for is named, and nothing
+    is left behind. /dev/full stands for a full disk inside the writer (a temporary file there cannot be made)."""
+    import errno
+
+    out = tmp_path / "t.json"
+
+    def full(_tmp: Path) -> None:
+        with open("/dev/full", "wb") as fh:
+            fh.write(b"x" * 65536)
+            fh.flush()
+
+    with pytest.raises(OSError) as err, OutputFiles(force=False) as outputs:
+        outputs.add("--trace", str(out), suffixes=(".json",))
+        outputs.write_with(out, full)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(out)
+    assert list(tmp_path.iterdir()) == []

@@ -30,9 +30,10 @@ deletes the temporary files and leaves the user's files exactly as they were.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -117,13 +118,14 @@ class OutputFiles:
 
     def write_bytes(self, path: Path, data: bytes) -> None:
         """Stage `data` for `path`."""
-        with self._staging.open(path) as fh:
+        with _naming(path), self._staging.open(path) as fh:
             fh.write(data)
 
     def write_with(self, path: Path, writer: Callable[[Path], object]) -> None:
         """Stage `path` by calling `writer(temporary_path)`: for writers that open files by name (matplotlib's
         `savefig`, rich's `save_svg`). The temporary file ends in path's suffix."""
-        writer(self._staging.path_for(path))
+        with _naming(path):
+            writer(self._staging.path_for(path))
 
     def commit(self) -> None:
         """Rename every staged file into place: all, or none (an OSError leaves the user's files as they were)."""
@@ -150,3 +152,14 @@ def _can_write_in(directory: Path) -> bool:
     os.close(fd)
     os.unlink(probe)
     return True
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError that names no file (a full disk: "No space left on device") named after the output it was for."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
