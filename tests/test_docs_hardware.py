@@ -94,6 +94,13 @@ def test_the_decode_ranges_quoted_in_prose_hold(rows: list[dict[str, Any]]) -> N
     assert m and int(m.group(2)) <= min(saves) + 0.5 and max(saves) <= int(m.group(3)) + 0.5
     hidden = [100 * r["hidden_fraction"] for r in decode]
     assert all(abs(h - int(m.group(1))) <= 2 for h in hidden)
+    # and the prefill rows' share and saving: the range's ends are the extremes, to the digit shown
+    prefill = [r for r in rows if r["phase"] == "prefill"]
+    m = re.search(r"the matmuls grow faster than the statistics:\s+([\d.]+)-([\d.]+)% and ([\d.]+)-([\d.]+)%\.", DOCS)
+    assert m, "the prefill ranges"
+    for (lo, hi), key in zip(((1, 2), (3, 4)), ("normalisation_share_baseline", "reduction"), strict=True):
+        values = [100 * r[key] for r in prefill]
+        assert close(m.group(lo), min(values)) and close(m.group(hi), max(values)), (key, values)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,3 +225,24 @@ def test_the_batch_64_case_quoted_among_the_pinned_cases_holds() -> None:
     deliver = sum(e.duration for e in on_path if (e.op, e.step) == ("ffn_gate_up.scale", "deliver"))
     m = re.search(r"delivering s to the gate/up product's outputs takes ([\d.]+) µs", text)
     assert m and close(m.group(1), fl.us(deliver))
+
+
+def test_the_gpt2_xl_prefill_sentence_holds(ln_rows: list[dict[str, Any]]) -> None:
+    """gpt2-xl's prefill: what the prose says of it against the LayerNorm table's row and its fused critical path."""
+    row = {(r["model"], r["phase"]): r for r in ln_rows}[("gpt2-xl", "prefill")]
+    text = " ".join(DOCS.split())
+    m = re.search(r"gpt2-xl's prefill hides nothing \(its fused order's normalisation costs (\d+)% more than the "
+                  r"baseline's\) and saves ([\d.]+)%: on its (\d+) cards the mapper holds (\d+) copies", text)  # fmt: skip
+    assert m, "the gpt2-xl sentence"
+    assert close(m.group(1), -100 * row["hidden_fraction"]) and close(m.group(2), 100 * row["reduction"])
+    c = compare(Scenario(shape_config("gpt2-xl"), "prefill", row["context"]), CORSAIR)
+    assert int(m.group(3)) == c.mapping.cards == row["cards"] and int(m.group(4)) == c.mapping.copies
+    fl = c.fused
+    by_site: dict[str, int] = {}  # a LayerNorm site's scale delivered, over the prompt's chunks
+    for i in fl.critical_path():
+        e = fl.events[i]
+        if e.op.endswith(".scale_shift") and e.step == "deliver":
+            by_site[e.op] = by_site.get(e.op, 0) + e.duration
+    m = re.search(r"critical path \(~([\d.]+) µs a LayerNorm site over the prompt's (\w+) chunks", text)
+    assert m and close(m.group(1), fl.us(max(by_site.values())))
+    assert m.group(2) == {4: "four"}[len(c.scenario.chunks)]

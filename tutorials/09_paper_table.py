@@ -128,7 +128,7 @@ console.print(f"on it: share {cf.normalisation_share:.1%}, hidden {cf.hidden_fra
 # ## What to remember
 #
 # - With every parameter physical and nothing fitted, the emulated Corsair-like machine puts normalisation at
-#   ~6-13% of a decode step and ~3-9% of a prefill; the fused order hides most but not all of it.
+#   ~6-13% of a decode step and ~2-9% of a prefill; the fused order hides most but not all of it.
 # - The paper's ~20% appears where a collective is slow against a block: slow die-to-die hops, ring collectives,
 #   gather-to-one. It is a statement about the network, worth checking against measurements.
 # - A fitted parameter is a diagnosis, not a prediction: the fitted hop says what the network would have to cost.

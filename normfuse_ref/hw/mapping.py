@@ -22,7 +22,8 @@ describes: a matrix is spread over the slices of a card or a chosen group). With
             SRAM: a model that does not fit on the machine is an error naming what failed.
 
 The mapper (`search`) tries the tensor-parallel widths (powers of two up to the system) and, for each, the fewest
-stages that hold the weights and a few more (more stages keep more of the KV cache on chip), and keeps the
+stages that hold the weights and a few more (more stages keep more of the KV cache on chip), or for a prefill of
+several chunks as many as it has chunks (more stages then work on more chunks at once), and keeps the
 candidate whose estimated latency (`estimate`, a timed pass of one block: `study.estimate_mapping`) is lowest. It
 stops widening once two wider widths in a row estimate slower than the best so far.
 `kind="dense"` is normfuse 0.1's packing instead: each matrix on the fewest slices that hold it at 75% of SRAM,
@@ -475,9 +476,11 @@ def search(
     positions: int,
     batch: int,
     estimate: Callable[[Mapping], int],
+    chunks: int = 1,
 ) -> Mapping:
     """The latency-optimal mapping under capacity (see the module docstring); ValueError, one line, naming the
-    capacity that failed when nothing fits."""
+    capacity that failed when nothing fits. `chunks`: the forward calls the pass makes (a chunked prefill's), which
+    stages can pipeline."""
     max_cards = policy.max_cards or hw.max_cards
     if max_cards > hw.max_cards:
         raise ValueError(f"--max-cards {max_cards} exceeds the {hw.max_cards} cards of {hw.name}")
@@ -508,8 +511,10 @@ def search(
         ns = [policy.stages] if policy.stages is not None else list(range(1, min(max_cards // tp, most_stages) + 1))
         first_fit: int | None = None
         for n in ns:
-            if first_fit is not None and (n > first_fit + 3 or max(s.kv_offchip for s in tried[-1].stages) == 0):
-                break  # more stages only help while some of the KV cache is off chip
+            if first_fit is not None and n > first_fit + 3 and n > chunks:
+                break  # more stages help while some of the KV cache is off chip, and pipeline a prompt's chunks
+            if first_fit is not None and chunks == 1 and max(s.kv_offchip for s in tried[-1].stages) == 0:
+                break  # one forward call: more stages only help while some of the KV cache is off chip
             m = build(wl, hw, kind=policy.kind, tp_cards=tp, stages=n, rows=rows, positions=positions, batch=batch)
             if isinstance(m, str):
                 reasons.append(f"{n} stage(s) of {tp} card(s): {m}")

@@ -240,6 +240,7 @@ def map_scenario(sc: Scenario, hw: HardwareConfig) -> Mapping:
         positions=sc.positions,
         batch=sc.batch,
         estimate=lambda mp: estimate_mapping(sc, hw, mp),
+        chunks=len(sc.chunks),
     )
 
 
