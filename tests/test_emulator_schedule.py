@@ -19,6 +19,7 @@ from normfuse_ref.hw.config import (
     nested,
     with_overrides,
 )
+from normfuse_ref.hw.mapping import MappingPolicy
 from normfuse_ref.hw.study import Comparison, Scenario, compare, emulate, map_scenario
 from normfuse_ref.hw.timeline import Timeline
 from normfuse_ref.models.llama.config import PRESETS as MODELS
@@ -188,9 +189,10 @@ def test_pinned_list_scheduling_anomaly_in_a_chunked_prefill() -> None:
     faster. No step got cheaper (every step's cost is at least what it was); the greedy list scheduler placed
     steps of different chunks in another order on the shared resources, and that order happens to be shorter:
     a Graham anomaly of list scheduling, inherent to the ordering rule (schedule.py). Decode steps (one chunk)
-    showed none in the property above. Pinned on the mapping it was found on, one copy of each weight (the mapper
-    now holds copies of this small model's weights, a different schedule)."""
-    sc = Scenario(NARROW, "prefill", 63, 1, chunk=16)
+    showed none in the property above. Pinned on the mapping it was found on: one stage of 2 cards, one copy of
+    each weight (the mapper now holds copies of this small model's weights, and pipelines a prefill's chunks over
+    more stages: different schedules)."""
+    sc = Scenario(NARROW, "prefill", 63, 1, chunk=16, mapping=MappingPolicy(tp_cards=2, stages=1))
     hw = with_overrides(BARE, {"network": {"noc": {"hop_ns": 0.0}}})
     slower = with_overrides(BARE, {"network": {"noc": {"hop_ns": 1.0}}})
     mp = dataclasses.replace(map_scenario(sc, hw), copies=1)
