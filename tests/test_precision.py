@@ -132,3 +132,13 @@ def test_a_stack_of_rows_against_one_matrix_is_every_row_times_the_matrix(acc: s
     for got in (matmul_acc(x, F, a), out, matmul_acc(np.swapaxes(np.swapaxes(x, 0, 1).copy(), 0, 1), F, a)):
         assert got.dtype == a and got.shape == (5, 7, 6)
         np.testing.assert_array_equal(got, want.astype(a))
+
+
+@pytest.mark.parametrize(("name", "p"), [("bfloat16", 8), ("float8_e4m3fn", 4), ("float8_e5m2", 3)])
+def test_a_float64_value_is_rounded_to_a_narrow_dtype_once(name: str, p: int) -> None:
+    """1 + 2^-p + 2^-30 lies just above the midpoint of two neighbours of a p-bit significand: rounded once it goes
+    up, but through float32 (which drops the 2^-30) it becomes the midpoint and rounds to even, down. The folds
+    are float64 stored in these dtypes: ml_dtypes before 0.7 rounded twice."""
+    x = np.array([1 + 2.0**-p + 2.0**-30, -(1 + 2.0**-p + 2.0**-30)])
+    got = x.astype(DTYPES[name]).astype(np.float64)
+    np.testing.assert_array_equal(got, [1 + 2.0 ** (1 - p), -(1 + 2.0 ** (1 - p))])
