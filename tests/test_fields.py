@@ -69,8 +69,10 @@ def test_json_object_names_the_file(tmp_path: Path) -> None:
         with pytest.raises(FieldError, match=r"config\.json") as info:
             fields.json_object(good)
         assert message in str(info.value)
-    with pytest.raises(FieldError, match="cannot read"):
+    with pytest.raises(FieldError, match="is not a regular file, so not JSON"):
         fields.json_object(tmp_path)  # a directory
+    with pytest.raises(FieldError, match="cannot read"):
+        fields.json_object(tmp_path / "missing.json")
 
 
 def test_construct_names_the_file_for_cross_field_checks() -> None:
