@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,10 +66,11 @@ def text_file(path: Path, kind: str) -> str:
     is not UTF-8 text (a binary file given where `kind`, e.g. "JSON" or "a TOML hardware description", was
     expected)."""
     try:
-        if path.exists() and not path.is_file():
+        info = path.stat()  # (a missing file: the OSError below)
+        if not stat.S_ISREG(info.st_mode):
             raise FieldError(f"{path} is not a regular file, so not {kind}")
-        if path.exists() and path.stat().st_size > MAX_TEXT_FILE:
-            raise FieldError(f"{path} is {path.stat().st_size / 2**20:.0f} MiB, too large for {kind}")
+        if info.st_size > MAX_TEXT_FILE:
+            raise FieldError(f"{path} is {info.st_size / 2**20:.0f} MiB, too large for {kind}")
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise FieldError(f"{path} is not a UTF-8 text file, so not {kind}") from None

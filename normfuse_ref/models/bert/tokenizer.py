@@ -94,7 +94,7 @@ class WordPieceTokenizer:
             raise ValueError("no texts to encode")
         for i, t in enumerate(texts):
             check_text(t, f"text {i + 1}")
-        rows = [e.ids for e in self.backend.encode_batch(list(texts))]
+        rows = [e.ids for e in self.backend.encode_batch(texts)]
         long = {i: len(r) for i, r in enumerate(rows) if len(r) > max_tokens}
         if long and not truncate:
             i, n = next(iter(long.items()))
