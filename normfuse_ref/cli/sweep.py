@@ -29,7 +29,15 @@ from .args import integer, refuse
 from .console import Col, Console, UsageError, json_record
 from .gantt import bars
 from .outputs import OutputFiles, add_figure_argument
-from .timeline import add_scenario_args, check_timeable, fitted_note, resolve_defaults, resolve_hw, resolve_scenario
+from .timeline import (
+    add_scenario_args,
+    check_timeable,
+    chunkless,
+    fitted_note,
+    resolve_defaults,
+    resolve_hw,
+    resolve_scenario,
+)
 
 METRICS = SWEEP_METRICS  # --metric NAME -> (JSON key, meaning); one table for the terminal and the figures
 CHOICES = {"algorithm": ALGORITHMS, "mapping": ("search", "dense")}
@@ -58,6 +66,12 @@ def unit_of(name: str) -> str:
         if part in leaf:
             return unit
     return ""
+
+
+def named(name: str) -> str:
+    """A parameter as the tables and headings show it: with its unit, if it has one."""
+    unit = unit_of(name)
+    return f"{name} ({unit})" if unit else name
 
 
 def add_parser(subparsers: Any) -> None:
@@ -169,17 +183,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
         cfg = resolve_defaults(args)  # --phase and --context from the model where not given
         params: list[tuple[str, list[Any]]] = []
         for name, text in args.param:
-            same = [n for n, _ in params if SWEEP_SHORTCUTS.get(n, n) == SWEEP_SHORTCUTS.get(name, name)]
+            field = SWEEP_SHORTCUTS.get(name, name)  # a shortcut and its dotted field are one parameter
+            same = [n for n, _ in params if SWEEP_SHORTCUTS.get(n, n) == field]
             if same:
                 also = "" if same[0] == name else f" (as {same[0]})"
                 raise UsageError(f"--param {name} is given twice{also}")
-            if name == "chunk" and (args.phase == "decode" or is_encoder(cfg)):
-                why = (
-                    f"{cfg.name}, an encoder (a prompt is one call)" if is_encoder(cfg) else "decode (one token a step)"
-                )
+            why = chunkless(cfg, args.phase) if name == "chunk" else None
+            if why:
                 raise UsageError(f"--param chunk does not apply to {why}")
             fitted = (getattr(args, "calibrate", None) or "").partition("=")[0]
-            if fitted and SWEEP_SHORTCUTS.get(name, name) == fitted:
+            if fitted == field:
                 raise UsageError(f"--calibrate {fitted} fits the field that --param {name} sweeps; give one of them")
             integer, choices = _kind(name, hw)
             try:
@@ -214,7 +227,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def _heading(params: list[tuple[str, list[Any]]], sc: Any, hw_name: str) -> str:
     """What was swept, and what was held fixed (the swept parameters are left out of the fixed ones)."""
-    names = " x ".join(f"{n} ({unit_of(n)})" if unit_of(n) else n for n, _ in params)  # units as in the tables
+    names = " x ".join(named(n) for n, _ in params)  # units as in the tables
     swept = {n for n, _ in params}
     fixed = [sc.model.name, sc.phase]
     if "context" not in swept:
@@ -260,9 +273,6 @@ def _print(
     sc: Any,
 ) -> None:
     key, meaning = METRICS[args.metric]
-
-    def named(n: str) -> str:
-        return f"{n} ({unit_of(n)})" if unit_of(n) else n
 
     if args.json:
         units = units_of(*(p for p in points if "error" not in p))

@@ -234,12 +234,9 @@ def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "
     The defaults follow the model (`resolve_defaults`)."""
     cfg = resolve_defaults(args)
     phase: Phase = args.phase
-    if is_encoder(cfg):
-        refuse(getattr(args, "given", frozenset()), ("--chunk",), f"to {cfg.name}, an encoder (a prompt is one call)")
-    if phase == "decode":
-        refuse(
-            getattr(args, "given", frozenset()), ("--chunk",), "to decode (one token a step; it sets prefill's chunks)"
-        )
+    why = chunkless(cfg, phase)
+    if why:
+        refuse(getattr(args, "given", frozenset()), ("--chunk",), f"to {why}")
     if layers != "all":
         try:
             n = int(layers)
@@ -257,6 +254,16 @@ def resolve_scenario(args: argparse.Namespace, console: Console, layers: str = "
     if warn:
         warn_beyond_context(sc, console)
     return sc
+
+
+def chunkless(cfg: Any, phase: str) -> str | None:
+    """Why a prefill chunk size does not apply to this model and phase (what `--chunk` or a swept chunk is refused
+    for), or None when it does."""
+    if is_encoder(cfg):
+        return f"{cfg.name}, an encoder (a prompt is one call)"
+    if phase == "decode":
+        return "decode (one token a step; a chunk is a prefill's)"
+    return None
 
 
 def warn_beyond_context(sc: Scenario, console: Console) -> None:
