@@ -41,6 +41,22 @@ def table_after(text: str, marker: str) -> list[list[str]]:
     return body[2:]  # header and rule
 
 
+#: docs/hardware.md's prose with every run of whitespace one space (its lines are wrapped anywhere in a sentence)
+PROSE = " ".join(DOCS.split())
+
+
+def sentence(pattern: str) -> tuple[str, ...]:
+    """The groups of `pattern` in the prose, which must quote it."""
+    m = re.search(pattern, PROSE)
+    assert m, pattern
+    return m.groups()
+
+
+def on_path(tl: Any, op: str, step: str) -> int:
+    """Cycles of `tl`'s critical path spent in `op`'s `step`."""
+    return sum(e.duration for e in (tl.events[i] for i in tl.critical_path()) if (e.op, e.step) == (op, step))
+
+
 def close(quoted: str, value: float) -> bool:
     """The quoted number is `value` rounded to the digits it shows."""
     q = quoted.rstrip("%")
@@ -170,13 +186,7 @@ def test_what_minilm_prefill_saves_beyond_hidden_normalisation_is_quoted_from_it
     b, f, bf, ff = c.baseline, c.fused, c.baseline_free, c.fused_free
 
     def quoted(pattern: str) -> str:
-        m = re.search(pattern, " ".join(DOCS.split()))  # the prose is wrapped: whitespace runs are one space
-        assert m, pattern
-        return m.group(1)
-
-    def on_path(tl: Any, op: str, step: str) -> float:  # µs of the critical path spent in op's step
-        events = (tl.events[i] for i in tl.critical_path())
-        return tl.us(sum(e.duration for e in events if (e.op, e.step) == (op, step)))
+        return sentence(pattern)[0]
 
     assert close(quoted(r"all-MiniLM's prefill takes (\d+) µs"), b.us(b.makespan))  # the table's scenario
     hidden_share = 100 * c.normalisation_share * c.hidden_fraction  # of the latency: a third of 27%
@@ -192,7 +202,7 @@ def test_what_minilm_prefill_saves_beyond_hidden_normalisation_is_quoted_from_it
         (r"the scale of its output \(([\d.]+) µs\)", ff, "softmax.scale", "vector"),
         (r"in front of the QKV product off the path \(([\d.]+) µs\)", bf, "attn_qkv.centre", "vector"),
     ]:
-        assert close(quoted(pattern), on_path(tl, op, step)), pattern
+        assert close(quoted(pattern), tl.us(on_path(tl, op, step))), pattern
     # and the fused order's free pass has none of the baseline's three on its path, nor the centring
     assert on_path(ff, "attn_pv", "deliver") == on_path(ff, "attn_qkv.centre", "vector") == 0
 
@@ -201,48 +211,38 @@ def test_the_corsair_fitted_figures_quoted_are_what_it_gives_now() -> None:
     """corsair-fitted keeps normfuse 0.1's fitted step; the share and saving it gives today are quoted."""
     sc = Scenario(shape_config("llama2-7b"), "decode", 2048, mapping=MappingPolicy(kind="dense"))
     c = compare(sc, PRESETS["corsair-fitted"])
-    text = " ".join(DOCS.split())
-    m = re.search(r"now spends ([\d.]+)% of its two-pass latency on normalisation there, and the fused order saves "
-                  r"([\d.]+)%", text)  # fmt: skip
-    assert m, "the corsair-fitted sentence"
-    assert close(m.group(1), 100 * c.normalisation_share) and close(m.group(2), 100 * c.reduction)
+    share, saves = sentence(r"now spends ([\d.]+)% of its two-pass latency on normalisation there, and the fused "
+                            r"order saves ([\d.]+)%")  # fmt: skip
+    assert close(share, 100 * c.normalisation_share) and close(saves, 100 * c.reduction)
 
 
 def test_the_batch_64_case_quoted_among_the_pinned_cases_holds() -> None:
     """At corsair-like's own hops, llama2-7b decode at batch 64 is slower fused than two-pass: the quoted latencies,
     copies, and the scale's delivery on the fused critical path."""
     c = compare(Scenario(shape_config("llama2-7b"), "decode", 2048, 64), CORSAIR)
-    text = " ".join(DOCS.split())
-    m = re.search(r"batch 64 \((\d+) cards, (\d+) copies\) takes ([\d.]+) µs two-pass, ([\d.]+) µs fused \(([\d.]+)% "
-                  r"slower\) and ([\d.]+) µs one-pass", text)  # fmt: skip
-    assert m, "the batch-64 sentence"
-    cards, copies, two, fused, slower, one = m.groups()
+    cards, copies, two, fused, slower, one = sentence(
+        r"batch 64 \((\d+) cards, (\d+) copies\) takes ([\d.]+) µs two-pass, ([\d.]+) µs fused \(([\d.]+)% slower\) "
+        r"and ([\d.]+) µs one-pass"
+    )
     assert int(cards) == c.mapping.cards and int(copies) == c.mapping.copies
     b, f, o = (tl.us(tl.makespan) for tl in (c.baseline, c.fused, c.one_pass))
     assert close(two, b) and close(fused, f) and close(one, o) and close(slower, 100 * (f - b) / b)
-    fl = c.fused
-    on_path = [fl.events[i] for i in fl.critical_path()]
-    deliver = sum(e.duration for e in on_path if (e.op, e.step) == ("ffn_gate_up.scale", "deliver"))
-    m = re.search(r"delivering s to the gate/up product's outputs takes ([\d.]+) µs", text)
-    assert m and close(m.group(1), fl.us(deliver))
+    (deliver,) = sentence(r"delivering s to the gate/up product's outputs takes ([\d.]+) µs")
+    assert close(deliver, c.fused.us(on_path(c.fused, "ffn_gate_up.scale", "deliver")))
 
 
 def test_the_gpt2_xl_prefill_sentence_holds(ln_rows: list[dict[str, Any]]) -> None:
     """gpt2-xl's prefill: what the prose says of it against the LayerNorm table's row and its fused critical path."""
     row = {(r["model"], r["phase"]): r for r in ln_rows}[("gpt2-xl", "prefill")]
-    text = " ".join(DOCS.split())
-    m = re.search(r"gpt2-xl's prefill hides nothing \(its fused order's normalisation costs (\d+)% more than the "
-                  r"baseline's\) and saves ([\d.]+)%: on its (\d+) cards the mapper holds (\d+) copies", text)  # fmt: skip
-    assert m, "the gpt2-xl sentence"
-    assert close(m.group(1), -100 * row["hidden_fraction"]) and close(m.group(2), 100 * row["reduction"])
+    more, saves, cards, copies = sentence(
+        r"gpt2-xl's prefill hides nothing \(its fused order's normalisation costs (\d+)% more than the baseline's\) "
+        r"and saves ([\d.]+)%: on its (\d+) cards the mapper holds (\d+) copies"
+    )
+    assert close(more, -100 * row["hidden_fraction"]) and close(saves, 100 * row["reduction"])
     c = compare(Scenario(shape_config("gpt2-xl"), "prefill", row["context"]), CORSAIR)
-    assert int(m.group(3)) == c.mapping.cards == row["cards"] and int(m.group(4)) == c.mapping.copies
+    assert int(cards) == c.mapping.cards == row["cards"] and int(copies) == c.mapping.copies
     fl = c.fused
-    by_site: dict[str, int] = {}  # a LayerNorm site's scale delivered, over the prompt's chunks
-    for i in fl.critical_path():
-        e = fl.events[i]
-        if e.op.endswith(".scale_shift") and e.step == "deliver":
-            by_site[e.op] = by_site.get(e.op, 0) + e.duration
-    m = re.search(r"critical path \(~([\d.]+) µs a LayerNorm site over the prompt's (\w+) chunks", text)
-    assert m and close(m.group(1), fl.us(max(by_site.values())))
-    assert m.group(2) == {4: "four"}[len(c.scenario.chunks)]
+    sites = {fl.events[i].op for i in fl.critical_path() if fl.events[i].op.endswith(".scale_shift")}
+    per_site, chunks = sentence(r"critical path \(~([\d.]+) µs a LayerNorm site over the prompt's (\w+) chunks")
+    assert close(per_site, fl.us(max(on_path(fl, op, "deliver") for op in sites)))  # each site over all chunks
+    assert chunks == {4: "four"}[len(c.scenario.chunks)]
