@@ -17,14 +17,21 @@ Supported storage dtypes:
 | float8_e5m2    | 2^-3            | 57344      | storage only                           |
 
 fp8 is *storage only*: it is never a sensible accumulation dtype, and `accumulation_dtype` refuses it.
+
+bfloat16 and the fp8 dtypes come from `ml_dtypes`, imported when one of them is first asked for (`DTYPES[name]`,
+its values, or `resolve_dtype` of anything but NumPy's own float64, float32 and float16), not when this module is:
+its import (ml_dtypes 0.7) takes 1.0-1.3 s on the 2-core test machine, which
+was more than half the time of `normfuse timeline`, a command that never meets them.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, TypeAlias
 
-import ml_dtypes
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
@@ -49,17 +56,50 @@ Array: TypeAlias = NDArray[Any]
 #: A float64 array: oracle values and error bounds.
 F64: TypeAlias = NDArray[np.float64]
 
-#: Every storage dtype the toolkit supports, by its short name.
-DTYPES: dict[str, np.dtype] = {
-    "float64": np.dtype(np.float64),
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
-}
+#: NumPy's own floating dtypes among the supported ones: resolved without importing ml_dtypes.
+_NUMPY_FLOATS = {dt.name: dt for dt in map(np.dtype, (np.float64, np.float32, np.float16))}
+#: The supported dtypes that ml_dtypes defines (the attribute of the module that is each one's type).
+_ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 
-_FP8 = {np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2)}
+
+@functools.cache
+def _ml_dtypes() -> ModuleType:
+    """The ml_dtypes module, imported on first use (module docstring)."""
+    import ml_dtypes
+
+    return ml_dtypes
+
+
+class _Dtypes(Mapping[str, np.dtype]):
+    """The name -> dtype table: its names are known at once, ml_dtypes' dtypes made when first looked up."""
+
+    _names = (*_NUMPY_FLOATS, *_ML_DTYPES)
+
+    def __getitem__(self, name: str) -> np.dtype:
+        if name in _NUMPY_FLOATS:
+            return _NUMPY_FLOATS[name]
+        if name in _ML_DTYPES:
+            return np.dtype(getattr(_ml_dtypes(), name))
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"DTYPES({', '.join(self._names)})"
+
+
+#: Every storage dtype the toolkit supports, by its short name (float64, float32, float16, bfloat16,
+#: float8_e4m3fn, float8_e5m2, in that order; a read-only mapping).
+DTYPES: Mapping[str, np.dtype] = _Dtypes()
+
+
+def _is_fp8(dt: np.dtype) -> bool:
+    """Whether `dt` is one of the storage-only fp8 dtypes (only an ml_dtypes dtype can be)."""
+    return dt.name not in _NUMPY_FLOATS and dt in (DTYPES["float8_e4m3fn"], DTYPES["float8_e5m2"])
 
 
 @dataclass(frozen=True)
@@ -83,7 +123,7 @@ def resolve_dtype(dtype: DTypeLike | str) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError as exc:
         raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(DTYPES)}") from exc
-    if dt not in DTYPES.values():
+    if dt not in DTYPES.values():  # (NumPy's own are looked up first: no import of ml_dtypes for them)
         raise ValueError(f"unsupported dtype {dt.name!r}; supported: {', '.join(DTYPES)}")
     return dt
 
@@ -91,16 +131,15 @@ def resolve_dtype(dtype: DTypeLike | str) -> np.dtype:
 def dtype_info(dtype: DTypeLike | str) -> DtypeInfo:
     """Unit roundoff, range and width of a supported dtype."""
     dt = resolve_dtype(dtype)
-    fi = ml_dtypes.finfo(dt) if dt in _FP8 or dt == np.dtype(ml_dtypes.bfloat16) else np.finfo(dt)
-    name = next(k for k, v in DTYPES.items() if v == dt)
+    fi = np.finfo(dt) if dt.name in _NUMPY_FLOATS else _ml_dtypes().finfo(dt)
     return DtypeInfo(
-        name=name,
+        name=dt.name,  # (a supported dtype's name is its key in DTYPES)
         dtype=dt,
         bits=dt.itemsize * 8,
         unit_roundoff=float(fi.eps) / 2,
         max=float(fi.max),
         tiny=float(fi.tiny),
-        storage_only=dt in _FP8,
+        storage_only=_is_fp8(dt),
     )
 
 
@@ -115,7 +154,7 @@ def accumulation_dtype(storage: DTypeLike | str, acc: DTypeLike | str | None = N
     if acc is None:
         return np.dtype(np.float32) if st.itemsize <= 2 else st
     a = resolve_dtype(acc)
-    if a in _FP8:
+    if _is_fp8(a):
         raise ValueError(f"{a.name} is a storage-only dtype and cannot be an accumulation dtype")
     return a
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -9,7 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from normfuse_ref.precision import DTYPES, accumulation_dtype, dtype_info, matmul_acc, mean_acc, sum_acc, tree_sum
+from normfuse_ref.precision import (
+    DTYPES,
+    accumulation_dtype,
+    dtype_info,
+    matmul_acc,
+    mean_acc,
+    resolve_dtype,
+    sum_acc,
+    tree_sum,
+)
 
 # (name, significand bits p including the hidden bit, largest finite value): u = 2^-p. Sources: IEEE 754-2019
 # for binary64/32/16; bfloat16 = float32's exponent with 8 significant bits; OCP 8-bit FP spec (2023) for E4M3
@@ -142,3 +154,35 @@ def test_a_float64_value_is_rounded_to_a_narrow_dtype_once(name: str, p: int) ->
     x = np.array([1 + 2.0**-p + 2.0**-30, -(1 + 2.0**-p + 2.0**-30)])
     got = x.astype(DTYPES[name]).astype(np.float64)
     np.testing.assert_array_equal(got, [1 + 2.0 ** (1 - p), -(1 + 2.0 ** (1 - p))])
+
+
+def test_the_dtype_table_names_every_dtype_and_resolves_each_to_itself() -> None:
+    assert list(DTYPES) == [name for name, _, _ in FORMATS] and len(DTYPES) == len(FORMATS)
+    assert [dt.name for dt in DTYPES.values()] == list(DTYPES)
+    assert DTYPES["bfloat16"] == np.dtype(ml_dtypes.bfloat16)
+    for name, dt in DTYPES.items():
+        assert resolve_dtype(name) == resolve_dtype(dt) == dt and dtype_info(dt).name == name
+    for bad in ("int8", ">f4", "float8_e4m3", "complex64"):  # (a big-endian float32 is not float32)
+        with pytest.raises(ValueError, match="unsupported dtype"):
+            resolve_dtype(bad)
+    with pytest.raises(KeyError):
+        DTYPES["float128"]
+
+
+def test_the_main_job_does_not_import_ml_dtypes() -> None:
+    """ml_dtypes' import takes ~1 s (normfuse_ref.precision's docstring): `normfuse timeline`, the float32
+    model and every dtype NumPy has must not pay for it; bfloat16 must still be there when asked for."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from normfuse_ref.cli.main import main\n"
+        "from normfuse_ref.precision import accumulation_dtype, dtype_info, resolve_dtype\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['timeline', '--model', 'tiny']) == 0\n"
+        "import numpy as np\n"
+        "for d in ('float64', 'float32', 'float16', np.float64, np.float32, np.float16, np.dtype('f2')):\n"
+        "    resolve_dtype(d); dtype_info(d); accumulation_dtype(d)\n"
+        "assert 'ml_dtypes' not in sys.modules, 'imported'\n"
+        "assert dtype_info('bfloat16').unit_roundoff == 2**-8 and 'ml_dtypes' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
