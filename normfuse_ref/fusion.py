@@ -406,11 +406,19 @@ class SoftmaxState(NamedTuple):
     o: Array
 
 
-def softmax_tile_state(z_tile: Array, V_tile: Array) -> SoftmaxState:
-    """The state of one tile, computed in the arrays' own (accumulation) dtype, no collective needed."""
-    m = np.max(z_tile, axis=-1, keepdims=True)  # (..., 1)   local max only
-    p = shifted_exp(z_tile, m)  # (..., n_t)
-    return SoftmaxState(m=m, l=sum_acc(p), o=matmul_acc(p, V_tile, p.dtype))
+def softmax_tile_state(z_tile: ArrayLike, V_tile: ArrayLike) -> SoftmaxState:
+    """The state of one tile of scores z (..., n_t) against values V (n_t, m) or (..., n_t, m), computed in z's
+    (accumulation) dtype, no collective needed; TypeError or ValueError (one line) for operands that are not a
+    tile's scores and values."""
+    z, V = _check_scores(z_tile, V_tile, None)
+    return tile_state(z, V)
+
+
+def tile_state(z: Array, V: Array) -> SoftmaxState:
+    """`softmax_tile_state` without the checks: the executors' inner loop (operands they made themselves)."""
+    m = np.max(z, axis=-1, keepdims=True)  # (..., 1)   local max only
+    p = shifted_exp(z, m)  # (..., n_t)
+    return SoftmaxState(m=m, l=sum_acc(p), o=matmul_acc(p, V, p.dtype))
 
 
 def online_softmax_merge(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
@@ -419,8 +427,20 @@ def online_softmax_merge(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
         l = l_a e^{m_a - m} + l_b e^{m_b - m},   o = o_a e^{m_a - m} + o_b e^{m_b - m}
 
     A side whose max is -inf (all masked) gets weight e^{-inf} = 0; when both are, m = -inf and `shifted_exp`
-    shifts by 0 instead of computing e^{-inf - (-inf)} = NaN. NaN maxima propagate.
+    shifts by 0 instead of computing e^{-inf - (-inf)} = NaN. NaN maxima propagate. a and b must be states of the
+    same rows (TypeError or ValueError, one line, otherwise).
     """
+    a, b = _check_state(a, "a"), _check_state(b, "b")
+    if a.m.shape != b.m.shape or a.o.shape != b.o.shape:
+        raise ValueError(
+            f"a and b must be states of the same rows; got m of shapes {a.m.shape} and {b.m.shape}, "
+            f"o of shapes {a.o.shape} and {b.o.shape}"
+        )
+    return merge_states(a, b)
+
+
+def merge_states(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
+    """`online_softmax_merge` without the checks: the executors' inner loop (states they made themselves)."""
     m = np.maximum(a.m, b.m)  # (..., 1)
     alpha = shifted_exp(a.m, m)  # (..., 1)   e^{m_a - m}: 0 for a masked side, also when both are (m = -inf)
     beta = shifted_exp(b.m, m)  # (..., 1)   e^{m_b - m}
@@ -429,7 +449,21 @@ def online_softmax_merge(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
 
 def softmax_finalize(state: SoftmaxState) -> Array:
     """The deferred division o / l; a row with l = 0 (fully masked) is defined to be zeros."""
-    return normalise_rows(state.o, state.l)
+    s = _check_state(state, "state")
+    return normalise_rows(s.o, s.l)
+
+
+def _check_state(s: Any, name: str) -> SoftmaxState:
+    """`s` as a SoftmaxState of floating arrays: m and l (..., 1), o (..., k) with m's leading axes."""
+    if not isinstance(s, SoftmaxState):
+        raise TypeError(f"{name} must be a SoftmaxState (m, l, o); got {type(s).__name__}")
+    m, l, o = (as_float_array(v, f"{name}.{k}") for k, v in zip("mlo", s, strict=True))
+    if m.ndim == 0 or m.shape[-1] != 1 or l.shape != m.shape or o.ndim != m.ndim or o.shape[:-1] != m.shape[:-1]:
+        raise ValueError(
+            f"{name} must hold m and l of shape (..., 1) and o of shape (..., k) with the same leading axes; "
+            f"got m {m.shape}, l {l.shape}, o {o.shape}"
+        )
+    return SoftmaxState(m, l, o)
 
 
 # reference: softmax(z) @ V

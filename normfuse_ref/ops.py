@@ -55,7 +55,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .fields import positive_int
-from .fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
+from .fusion import SoftmaxState, merge_states, tile_state
 from .parallel import (
     BLOCK_ELEMENTS,
     Block,
@@ -262,7 +262,7 @@ class NumpyExecutor:
         """The slice states of rows za (..., n) against Va (..., n, m): slices of `tile_size`, left to right."""
         n = za.shape[-1]
         t = n if self.tile_size is None else self.tile_size
-        states = [softmax_tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]
+        states = [tile_state(za[..., i : i + t], Va[..., i : i + t, :]) for i in range(0, n, t)]
         if len(states) == 1:  # one slice (a whole row): its slice axis is a view, no copies (a decode step's case)
             (one,) = states
             return SoftmaxTiles(m=one.m[..., None, :], l=one.l[..., None, :], o=one.o[..., None, :])
@@ -275,7 +275,7 @@ class NumpyExecutor:
     def softmax_merge(self, t: SoftmaxTiles, *, op: str) -> SoftmaxTiles:
         state = SoftmaxState(m=t.m[..., 0, :], l=t.l[..., 0, :], o=t.o[..., 0, :])
         for i in range(1, t.m.shape[-2]):  # left to right
-            state = online_softmax_merge(state, SoftmaxState(m=t.m[..., i, :], l=t.l[..., i, :], o=t.o[..., i, :]))
+            state = merge_states(state, SoftmaxState(m=t.m[..., i, :], l=t.l[..., i, :], o=t.o[..., i, :]))
         return SoftmaxTiles(m=state.m[..., None, :], l=state.l[..., None, :], o=state.o[..., None, :])
 
     def layout(self, fn: Callable[..., Array], *xs: Array, op: str) -> Array:

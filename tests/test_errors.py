@@ -50,6 +50,24 @@ SHAPE_MISMATCHES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
         ("(3, 3)",),
     ),
     ("swiglu up", lambda: layers.swiglu(x, F, np.ones((4, 3)), np.ones((2, 4))), ("(4, 3)", "(4, 2)")),
+    ("softmax_tile_state V", lambda: fusion.softmax_tile_state(x, np.ones((5, 2))), ("(5, 2)", "(3, 4)")),
+    (
+        "online_softmax_merge rows",
+        lambda: fusion.online_softmax_merge(fusion.softmax_tile_state(x, F), fusion.softmax_tile_state(x[:2], F)),
+        ("(3, 1)", "(2, 1)"),
+    ),
+    (
+        "online_softmax_merge state",
+        lambda: fusion.online_softmax_merge(
+            fusion.SoftmaxState(np.ones(3), np.ones(3), F), fusion.softmax_tile_state(x, F)
+        ),
+        ("m (3,)", "l (3,)", "o (4, 2)"),
+    ),
+    (
+        "softmax_finalize o",
+        lambda: fusion.softmax_finalize(fusion.SoftmaxState(np.ones((3, 1)), np.ones((3, 1)), np.ones((2, 5)))),
+        ("o (2, 5)",),
+    ),
 ]
 
 
@@ -77,6 +95,8 @@ def test_shape_mismatch_is_a_value_error_naming_the_shapes(
         lambda a: fusion.layer_norm_linear(a, g, g, F),
         lambda a: fusion.softmax_linear(a, F),
         lambda a: fusion.rms_norm_linear(x, g, a.T[:, :2] if a.ndim == 2 else a),
+        lambda a: fusion.softmax_tile_state(a, F),
+        lambda a: fusion.softmax_finalize(fusion.SoftmaxState(np.ones((3, 1)), np.ones((3, 1)), a)),
     ],
 )
 def test_integer_bool_complex_arrays_are_type_errors(bad: np.ndarray, call: Callable[[np.ndarray], Any]) -> None:
@@ -106,6 +126,14 @@ def test_empty_last_axis_is_a_value_error(empty: np.ndarray) -> None:
     ):
         with pytest.raises(ValueError, match="non-empty last axis"):
             call()
+
+
+def test_a_softmax_state_is_a_softmax_state_of_floating_arrays() -> None:
+    state = fusion.softmax_tile_state(x, F)
+    with pytest.raises(TypeError, match="b must be a SoftmaxState"):
+        fusion.online_softmax_merge(state, tuple(state))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"state\.l must be a floating array"):
+        fusion.softmax_finalize(fusion.SoftmaxState(state.m, state.l.astype(int), state.o))
 
 
 def test_other_bad_arguments() -> None:

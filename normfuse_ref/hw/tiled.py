@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..fusion import SoftmaxState, online_softmax_merge, softmax_tile_state
+from ..fusion import SoftmaxState, merge_states, tile_state
 from ..ops import NumpyExecutor
 from ..parallel import MATMUL_COLUMNS, MATMUL_MIN_ROWS, column_ranges, matmul_blocks, run_blocks
 from ..precision import matmul_acc
@@ -141,7 +141,7 @@ class TiledKernels:
         gap = zk.ndim - Vr.ndim
         if gap > 0:
             Vr = Vr.reshape(*(1,) * gap, *Vr.shape)
-        st = softmax_tile_state(zk, Vr)  # m, l (..., k, GT, 1), o (..., k, GT, hd): each slice on its own keys
+        st = tile_state(zk, Vr)  # m, l (..., k, GT, 1), o (..., k, GT, hd): each slice on its own keys
         return tuple(np.swapaxes(a, -2, -3) for a in st)  # type: ignore[return-value]
 
     @staticmethod
@@ -150,7 +150,7 @@ class TiledKernels:
         while m.shape[-2] > 1:
             kk = m.shape[-2]
             a, b = slice(0, kk - 1, 2), slice(1, kk, 2)
-            s = online_softmax_merge(
+            s = merge_states(
                 SoftmaxState(m[..., a, :], l[..., a, :], o[..., a, :]),
                 SoftmaxState(m[..., b, :], l[..., b, :], o[..., b, :]),
             )
