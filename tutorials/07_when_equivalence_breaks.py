@@ -26,6 +26,7 @@ from rich.table import Table
 
 from normfuse_ref import fusion, layers
 from normfuse_ref.fusion import SoftmaxState, online_softmax_merge, softmax_finalize, softmax_tile_state
+from normfuse_ref.precision import DTYPES  # bfloat16 and the fp8 formats by name (ml_dtypes' dtypes)
 
 console = Console(width=100)
 f64 = np.float64
@@ -43,7 +44,7 @@ def errors(fused: np.ndarray, reference: np.ndarray, exact: np.ndarray) -> tuple
 # counterexample (bfloat16, n = 4, |mu|/sigma = 4):
 
 # %%
-bf16 = np.dtype("bfloat16")
+bf16 = DTYPES["bfloat16"]
 x = np.array([[1.25, 0.75, 1.25, 0.75]], dtype=bf16)
 gamma, beta = np.ones(4, dtype=bf16), np.zeros(4, dtype=bf16)
 F = np.array([[0.9296875], [0.0], [0.0], [0.0]], dtype=bf16)
@@ -88,7 +89,7 @@ console.print(f"exact {exact[0, 0]:.5f}; nearest bfloat16 values {0.92578125} an
 # (float8_e5m2, n = 11):
 
 # %%
-e5m2 = np.dtype("float8_e5m2")
+e5m2 = DTYPES["float8_e5m2"]
 x = np.ones((1, 11), dtype=e5m2)
 g = np.full(11, 0.25, dtype=e5m2)
 F = np.full((11, 1), 2.0**-15, dtype=e5m2)
