@@ -231,18 +231,49 @@ def test_the_batch_64_case_quoted_among_the_pinned_cases_holds() -> None:
     assert close(deliver, c.fused.us(on_path(c.fused, "ffn_gate_up.scale", "deliver")))
 
 
-def test_the_gpt2_xl_prefill_sentence_holds(ln_rows: list[dict[str, Any]]) -> None:
-    """gpt2-xl's prefill: what the prose says of it against the LayerNorm table's row and its fused critical path."""
+def test_the_gpt2_xl_prefill_sentences_hold(ln_rows: list[dict[str, Any]]) -> None:
+    """gpt2-xl's prefill: what the prose says of it against the LayerNorm table's row, and of the mapping the search
+    picked before (pinned) against its full pass and its fused critical path."""
     row = {(r["model"], r["phase"]): r for r in ln_rows}[("gpt2-xl", "prefill")]
-    more, saves, cards, copies = sentence(
-        r"gpt2-xl's prefill hides nothing \(its fused order's normalisation costs (\d+)% more than the baseline's\) "
-        r"and saves ([\d.]+)%: on its (\d+) cards the mapper holds (\d+) copies"
+    chunks, stages, tp, share, hidden, saves = sentence(
+        r"gpt2-xl's prefill \((\w+) chunks of 256 tokens through (\d+) stages of (\d+) cards\) spends ([\d.]+)% of its "
+        r"latency on normalisation, hides (\d+)% of it and saves ([\d.]+)%"
     )
-    assert close(more, -100 * row["hidden_fraction"]) and close(saves, 100 * row["reduction"])
-    c = compare(Scenario(shape_config("gpt2-xl"), "prefill", row["context"]), CORSAIR)
-    assert int(cards) == c.mapping.cards == row["cards"] and int(copies) == c.mapping.copies
-    fl = c.fused
+    gpt2 = shape_config("gpt2-xl")
+    c = compare(Scenario(gpt2, "prefill", row["context"]), CORSAIR)
+    assert chunks == {4: "four"}[len(c.scenario.chunks)] and row["cards"] == c.mapping.cards
+    assert (int(stages), int(tp)) == (len(c.mapping.stages), c.mapping.tp_cards)
+    assert close(share, 100 * row["normalisation_share_baseline"]) and close(hidden, 100 * row["hidden_fraction"])
+    assert close(saves, 100 * row["reduction"])
+    stages, tp, copies, took, more = sentence(
+        r"on (\d+) stages of (\d+) cards with (\d+) copies of each weight \(what the search picked before it tried more "
+        r"stages than chunks\) the same prompt takes (\d+) µs, and the fused order hides nothing \(its normalisation "
+        r"costs (\d+)% more than the baseline's\)"
+    )
+    policy = MappingPolicy(tp_cards=int(tp), stages=int(stages))
+    old = compare(Scenario(gpt2, "prefill", row["context"], mapping=policy), CORSAIR)
+    assert int(copies) == old.mapping.copies and close(took, old.baseline.us(old.baseline.makespan))
+    assert close(more, -100 * old.hidden_fraction) and old.hidden_fraction < 0
+    fl = old.fused
     sites = {fl.events[i].op for i in fl.critical_path() if fl.events[i].op.endswith(".scale_shift")}
-    per_site, chunks = sentence(r"critical path \(~([\d.]+) µs a LayerNorm site over the prompt's (\w+) chunks")
+    (per_site,) = sentence(r"critical path \(~([\d.]+) µs a LayerNorm site over the four chunks")
     assert close(per_site, fl.us(max(on_path(fl, op, "deliver") for op in sites)))  # each site over all chunks
-    assert chunks == {4: "four"}[len(c.scenario.chunks)]
+
+
+def test_the_search_bullets_figures_hold() -> None:
+    """ "The search": each prompt's latency on the mapping the mapper picks, and on the one it stopped at before."""
+    quoted = re.findall(
+        r"([\w.-]+)'s (\d+)(?:-token prompt| tokens) in (\d+) chunks takes? (\d+) µs on (\d+) stages of (\d+) cards, "
+        r"against (\d+) µs on the (\d+) stages of (\d+) cards",
+        PROSE,
+    )
+    assert [q[0] for q in quoted] == ["llama2-7b", "gpt2-xl"]
+    for model, prompt, chunks, us, stages, tp, us_old, stages_old, tp_old in quoted:
+        sc = Scenario(shape_config(model), "prefill", int(prompt))
+        picked = compare(sc, CORSAIR)
+        assert len(picked.scenario.chunks) == int(chunks)
+        assert (len(picked.mapping.stages), picked.mapping.tp_cards) == (int(stages), int(tp))
+        assert close(us, picked.baseline.us(picked.baseline.makespan))
+        policy = MappingPolicy(tp_cards=int(tp_old), stages=int(stages_old))
+        old = compare(Scenario(shape_config(model), "prefill", int(prompt), mapping=policy), CORSAIR)
+        assert close(us_old, old.baseline.us(old.baseline.makespan))

@@ -8,7 +8,7 @@ import pytest
 
 from normfuse_ref.hw.config import PRESETS, with_overrides
 from normfuse_ref.hw.mapping import MappingPolicy, build, crossing_level, kv_layout, search, weight_cards
-from normfuse_ref.hw.study import Phase, Scenario, emulate, estimate_mapping, map_scenario
+from normfuse_ref.hw.study import Phase, Scenario, emulate, estimate_mapping, map_scenario, shape_config
 from normfuse_ref.hw.workload import workload_of
 from normfuse_ref.models.llama.config import PRESETS as MODELS
 
@@ -47,19 +47,21 @@ def test_the_mapper_picks_the_fastest_candidate_and_its_estimate_is_the_pass() -
             assert best_latency <= t, f"{tp} cards x {n} stages is faster than the mapper's pick"
 
 
-def test_a_chunked_prefill_is_mapped_no_slower_than_any_pinned_mapping() -> None:
+@pytest.mark.parametrize(("model", "prompt"), [("llama2-7b", 2048), ("gpt2-xl", 1024)])
+def test_a_chunked_prefill_is_mapped_no_slower_than_any_pinned_mapping(model: str, prompt: int) -> None:
     """A prefill's estimate is only an estimate (every chunk timed at the final context), so the check is on the full
-    emulated pass: the mapper's pick is within 2% of the fastest of the pinned widths and stage counts, pipelines of
-    up to a stage per chunk included. (It picked 3 stages of 2 cards, 4x slower than 8 stages of 8, while it tried
-    more stages only to keep KV cache on chip.)"""
-    sc = Scenario(MODELS["llama2-7b"], "prefill", 2048, 1)  # 8 chunks of 256
+    emulated pass: the mapper's pick is within 2% of the fastest of the pinned widths and stage counts (up to 8
+    stages: one a chunk for llama2-7b, two for gpt2-xl). (llama2-7b, 8 chunks: it picked 3 stages of 2 cards, 4x slower than 8
+    stages of 8, while it tried more stages only to keep KV cache on chip; gpt2-xl, 4 chunks: 4 stages of 8 cards,
+    1.4x slower than 8 stages of 2, while it tried at most one stage a chunk.)"""
+    sc = Scenario(shape_config(model), "prefill", prompt, 1)
     best = emulate(sc, CORSAIR, "baseline", mapping=map_scenario(sc, CORSAIR)).makespan
     pinned = []
     for tp in (1, 2, 4, 8, 16):
         for n in (1, 2, 4, 8):
             policy = MappingPolicy(tp_cards=tp, stages=n)
             try:
-                mp = map_scenario(Scenario(MODELS["llama2-7b"], "prefill", 2048, 1, mapping=policy), CORSAIR)
+                mp = map_scenario(Scenario(shape_config(model), "prefill", prompt, 1, mapping=policy), CORSAIR)
             except ValueError:  # does not fit, or more cards than the system has
                 continue
             pinned.append((emulate(sc, CORSAIR, "baseline", mapping=mp).makespan, tp, n))

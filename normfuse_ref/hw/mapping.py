@@ -23,7 +23,8 @@ describes: a matrix is spread over the slices of a card or a chosen group). With
 
 The mapper (`search`) tries the tensor-parallel widths (powers of two up to the system) and, for each, the fewest
 stages that hold the weights and a few more (more stages keep more of the KV cache on chip), or for a prefill of
-several chunks as many as it has chunks (more stages then work on more chunks at once), and keeps the
+several chunks every stage count up to one stage a block (its chunks pipeline through the stages, and each stage
+added shortens the pipeline, past one a chunk too, until the crossings outweigh it), and keeps the
 candidate whose estimated latency (`estimate`, a timed pass of one block: `study.estimate_mapping`) is lowest. It
 stops widening once two wider widths in a row estimate slower than the best so far.
 `kind="dense"` is normfuse 0.1's packing instead: each matrix on the fewest slices that hold it at 75% of SRAM,
@@ -504,45 +505,52 @@ def search(
         tps = [policy.tp_cards]
     else:
         tps = [1 << i for i in range(max_cards.bit_length()) if 1 << i <= max_cards]
-    tried: list[Mapping] = []
     reasons: list[str] = []
-    for tp in tps:
-        # the stage counts to try: at most one stage a block, plus the head (not one a card: there may be billions)
-        ns = [policy.stages] if policy.stages is not None else list(range(1, min(max_cards // tp, most_stages) + 1))
-        first_fit: int | None = None
-        for n in ns:
-            if first_fit is not None and n > first_fit + 3 and n > chunks:
-                break  # more stages help while some of the KV cache is off chip, and pipeline a prompt's chunks
-            if first_fit is not None and chunks == 1 and max(s.kv_offchip for s in tried[-1].stages) == 0:
-                break  # one forward call: more stages only help while some of the KV cache is off chip
+
+    def candidates(tp: int) -> list[Mapping]:
+        """The mappings of stages `tp` cards wide to compare, in increasing stage count (why a count does not fit
+        goes to `reasons`). One forward call (a decode step, an encoder's prompt): the fewest stages that hold the
+        weights and up to three more, until the KV cache is all on chip (more stages then only add crossings). A
+        prefill of C chunks: every count up to one stage a block and the head (not one a card: there may be
+        billions). With n stages of equal time its chunks take (n + C - 1) / n times one chunk's pass through all
+        of them, which shrinks with every stage added, past one a chunk too, until the crossings between stages
+        outweigh it: the estimate decides."""
+        counts = [policy.stages] if policy.stages is not None else range(1, min(max_cards // tp, most_stages) + 1)
+        out: list[Mapping] = []
+        for n in counts:
+            if out and chunks == 1 and (n > len(out[0].stages) + 3 or max(s.kv_offchip for s in out[-1].stages) == 0):
+                break
             m = build(wl, hw, kind=policy.kind, tp_cards=tp, stages=n, rows=rows, positions=positions, batch=batch)
             if isinstance(m, str):
                 reasons.append(f"{n} stage(s) of {tp} card(s): {m}")
-                continue
-            if first_fit is None:
-                first_fit = n
-            tried.append(m)
-    if not tried:
+            else:
+                out.append(m)
+        return out
+
+    # widths in increasing order, each estimated as soon as its stage counts are built; stop once two wider widths
+    # in a row estimate slower than the best so far (the wider a stage, the more of every collective crosses slow
+    # levels: the estimate turns up and stays up)
+    scored: list[tuple[int, int, int, Mapping]] = []  # (estimate, cards, order tried, mapping)
+    worse = 0
+    for tp in tps:
+        here = candidates(tp)
+        if not here:
+            continue
+        best_before = min((t[0] for t in scored), default=None)
+        mine = [(estimate(m), m.cards, len(scored) + i, m) for i, m in enumerate(here)]
+        scored += mine
+        if best_before is not None and min(t[0] for t in mine) > best_before:
+            worse += 1
+            if worse == 2:
+                break
+        else:
+            worse = 0
+    if not scored:
         need = weight_cards(wl, hw)
         last = reasons[-1] if reasons else "no candidate"
         raise DoesNotFit(
             f"{wl.name} does not fit on {hw.name} within {max_cards} card{'s' if max_cards > 1 else ''}: its weights "
             f"alone need {need:.1f} cards of SRAM ({last})"
         )
-    # widths in increasing order; stop once two wider widths in a row estimate slower than the best so far (the
-    # wider a stage, the more of every collective crosses slow levels: the estimate turns up and stays up)
-    scored: list[tuple[int, int, int, Mapping]] = []
-    worse = 0
-    for tp in sorted({m.tp_cards for m in tried}):
-        best_before = min((s[0] for s in scored), default=None)
-        here = [(estimate(m), m.cards, i, m) for i, m in enumerate(tried) if m.tp_cards == tp]
-        scored += here
-        if best_before is not None and min(h[0] for h in here) > best_before:
-            worse += 1
-            if worse == 2:
-                break
-        else:
-            worse = 0
     best_est, _, _, best = min(scored, key=lambda t: t[:3])
-    tried = [s[3] for s in scored]
-    return replace(best, estimate_cycles=best_est, candidates=len(tried))
+    return replace(best, estimate_cycles=best_est, candidates=len(scored))
