@@ -190,18 +190,30 @@ def compose(
     and chunks then compose as a pipeline: the sum over stages of (its blocks + the head + the crossing into it)
     for the first chunk, plus the slowest stage for each further chunk. For a decode step (one chunk) this is the
     full pass, exactly (tests/test_hw_mapping.py, tests/test_hw_study.py); for a chunked prefill, an estimate."""
-    two = workload_of(with_layers(sc.timed_model(), min(2, sc.model.n_layers)))
-    wl = workload_of(sc.timed_model())
+    two, wl = _workloads(sc)
     xfer = wl.width * sc.rows * hw.memory.act_bits / 8
     per_stage = []
+    timed: dict[tuple[int, float], tuple[int, int, int]] = {}  # stages of one width and KV placement time alike
+    crossings: dict[str, int] = {}  # and crossings of one level
     for s in mp.stages:
-        first, block, head = _timed_blocks(sc, hw, _single_stage(mp, two, s), mode, free, one_pass)
+        if (s.cards, s.kv_offchip) not in timed:
+            timed[s.cards, s.kv_offchip] = _timed_blocks(sc, hw, _single_stage(mp, two, s), mode, free, one_pass)
+        first, block, head = timed[s.cards, s.kv_offchip]
         n = s.layers[1] - s.layers[0]
         t = n * block + (head if s.head else 0) + ((first - block) if s.layers[0] == 0 and n else 0)
         if s.index:
-            t += costs.stage_transfer_step(hw, mp.crossing(s.index - 1, s.index), xfer).cycles
+            level = mp.crossing(s.index - 1, s.index)
+            if level not in crossings:
+                crossings[level] = costs.stage_transfer_step(hw, level, xfer).cycles
+            t += crossings[level]
         per_stage.append(t)
     return sum(per_stage) + (len(sc.chunks) - 1) * max(per_stage)
+
+
+@functools.lru_cache(maxsize=256)
+def _workloads(sc: Scenario) -> tuple[Workload, Workload]:
+    """The workloads `compose` times and composes: two blocks and the head, and the whole model."""
+    return workload_of(with_layers(sc.timed_model(), min(2, sc.model.n_layers))), workload_of(sc.timed_model())
 
 
 def estimate_mapping(sc: Scenario, hw: HardwareConfig, mp: Mapping) -> int:
@@ -240,7 +252,6 @@ def map_scenario(sc: Scenario, hw: HardwareConfig) -> Mapping:
         positions=sc.positions,
         batch=sc.batch,
         estimate=lambda mp: estimate_mapping(sc, hw, mp),
-        chunks=len(sc.chunks),
     )
 
 
