@@ -151,9 +151,13 @@ def test_kv_layout_copies_only_use_idle_slices() -> None:
 
 
 def test_dense_policy_packs_one_card_stages() -> None:
+    """normfuse 0.1's packing, not a search: stages of one card, as few as hold the model (the one candidate)."""
     sc = Scenario(MODELS["llama2-7b"], mapping=MappingPolicy(kind="dense"))
     mp = map_scenario(sc, CORSAIR)
-    assert mp.kind == "dense" and mp.tp_cards == 1
+    assert mp.kind == "dense" and mp.tp_cards == 1 and mp.candidates == 1
+    wl = workload_of(MODELS["llama2-7b"])
+    fewer = build(wl, CORSAIR, kind="dense", tp_cards=1, stages=len(mp.stages) - 1, rows=1, positions=2049, batch=1)
+    assert isinstance(fewer, str)  # one stage fewer does not fit
     qkv = mp.grid(4096, 12288)
     assert qkv.slices == 64  # normfuse 0.1: 192 tiles a slice
 

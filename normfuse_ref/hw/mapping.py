@@ -507,8 +507,8 @@ def search(
 
     def candidates(tp: int) -> list[Mapping]:
         """The mappings of stages `tp` cards wide that fit, in increasing stage count, up to one stage a block and
-        the head (not one a card: there may be billions); why a count does not fit goes to `reasons`. Every count is
-        tried: with fewer layers a stage each layer's matrices spread over more slices and the KV cache has more
+        the head (not one a card: there may be billions), or for `kind="dense"` the first that fits; why a count does
+        not fit goes to `reasons`. Every count is tried: with fewer layers a stage each layer's matrices spread over more slices and the KV cache has more
         SRAM (opt-66b's decode step: 765 us on 64 stages of one card, 1008 us on the 10 stages of 4 cards found
         while counts stopped three past the fewest), and C chunks through n stages of equal time take (n + C - 1)
         / n of one chunk's pass, which shrinks past one stage a chunk too (gpt2-xl's 4-chunk prefill: 1010 us on
@@ -516,6 +516,8 @@ def search(
         counts = [policy.stages] if policy.stages is not None else range(1, min(max_cards // tp, most_stages) + 1)
         out: list[Mapping] = []
         for n in counts:
+            if out and policy.kind == "dense":
+                break  # normfuse 0.1's packing: stages of one card filled in order, as few as hold the model
             m = build(wl, hw, kind=policy.kind, tp_cards=tp, stages=n, rows=rows, positions=positions, batch=batch)
             if isinstance(m, str):
                 reasons.append(f"{n} stage(s) of {tp} card(s): {m}")
