@@ -51,9 +51,9 @@ def test_the_mapper_picks_the_fastest_candidate_and_its_estimate_is_the_pass() -
 def test_a_chunked_prefill_is_mapped_no_slower_than_any_pinned_mapping(model: str, prompt: int) -> None:
     """A prefill's estimate is only an estimate (every chunk timed at the final context), so the check is on the full
     emulated pass: the mapper's pick is within 2% of the fastest of the pinned widths and stage counts (up to 8
-    stages: one a chunk for llama2-7b, two for gpt2-xl). (llama2-7b, 8 chunks: it picked 3 stages of 2 cards, 4x slower than 8
-    stages of 8, while it tried more stages only to keep KV cache on chip; gpt2-xl, 4 chunks: 4 stages of 8 cards,
-    1.4x slower than 8 stages of 2, while it tried at most one stage a chunk.)"""
+    stages: one a chunk for llama2-7b, two for gpt2-xl). (llama2-7b, 8 chunks: it picked 3 stages of 2 cards, 4x
+    slower than 8 stages of 8, while it tried more stages only to keep KV cache on chip; gpt2-xl, 4 chunks: 4
+    stages of 8 cards, 1.4x slower than 8 stages of 2, while it tried at most one stage a chunk.)"""
     sc = Scenario(shape_config(model), "prefill", prompt, 1)
     best = emulate(sc, CORSAIR, "baseline", mapping=map_scenario(sc, CORSAIR)).makespan
     pinned = []

@@ -507,12 +507,12 @@ def search(
 
     def candidates(tp: int) -> list[Mapping]:
         """The mappings of stages `tp` cards wide that fit, in increasing stage count, up to one stage a block and
-        the head (not one a card: there may be billions), or for `kind="dense"` the first that fits; why a count does
-        not fit goes to `reasons`. Every count is tried: with fewer layers a stage each layer's matrices spread over more slices and the KV cache has more
-        SRAM (opt-66b's decode step: 765 us on 64 stages of one card, 1008 us on the 10 stages of 4 cards found
-        while counts stopped three past the fewest), and C chunks through n stages of equal time take (n + C - 1)
-        / n of one chunk's pass, which shrinks past one stage a chunk too (gpt2-xl's 4-chunk prefill: 1010 us on
-        10 stages of 2 cards, 1515 us on 4 of 8)."""
+        the head (not one a card: there may be billions), or for `kind="dense"` the first that fits; why a count
+        does not fit goes to `reasons`. Every count is tried: with fewer layers a stage each layer's matrices
+        spread over more slices and the KV cache has more SRAM (opt-66b's decode step: 765 us on 64 stages of one
+        card, 1008 us on the 10 stages of 4 cards found while counts stopped three past the fewest), and C chunks
+        through n stages of equal time take (n + C - 1) / n of one chunk's pass, which shrinks past one stage a
+        chunk too (gpt2-xl's 4-chunk prefill: 1010 us on 10 stages of 2 cards, 1515 us on 4 of 8)."""
         counts = [policy.stages] if policy.stages is not None else range(1, min(max_cards // tp, most_stages) + 1)
         out: list[Mapping] = []
         for n in counts:
