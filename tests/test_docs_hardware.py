@@ -314,3 +314,19 @@ def test_the_search_bullets_figures_hold() -> None:
     policy = MappingPolicy(tp_cards=int(tp_old), stages=int(stages_old))
     old = compare(Scenario(shape_config("opt-66b"), "decode", 2047, mapping=policy), CORSAIR)
     assert close(us_old, old.baseline.us(old.baseline.makespan))
+
+
+def test_why_the_layernorm_decoders_hide_what_they_hide() -> None:
+    """The prose's reason, per decoder: gpt2-xl's one-row QKV matmul is shorter than the LayerNorm's two all-reduces
+    in series beside it (so the fused order cannot hide them), opt-66b's outlasts them (so it hides them)."""
+    (others,) = sentence(r"matmul of a 1600-wide layer sharing a card with some (\d+) others is shorter than both")
+    gpt2 = compare(Scenario(shape_config("gpt2-xl"), "decode", 1023), CORSAIR).mapping
+    assert gpt2.tp_cards == 1 and int(others) == max(b - a for a, b in (s.layers for s in gpt2.stages)) - 1
+    assert sentence(
+        r"opt-66b is mapped one layer to a card .* its one-row matmuls span a card's slices and (outlast) the"
+    )
+    for model, context, longer in (("gpt2-xl", 1023, False), ("opt-66b", 2047, True)):
+        tl = compare(Scenario(shape_config(model), "decode", context), CORSAIR).baseline
+        took = {(e.op, e.step): e.duration for e in tl.events if e.layer == 1}
+        stats = took["blk.1.attn_qkv.mean", "all-reduce"] + took["blk.1.attn_qkv.rms", "all-reduce"]
+        assert (took["blk.1.attn_qkv", "tiles"] > stats) == longer, (model, took["blk.1.attn_qkv", "tiles"], stats)
