@@ -149,7 +149,7 @@ def test_the_layernorm_figures_quoted_in_prose_hold(ln_rows: list[dict[str, Any]
     the mappings it compares them with."""
 
     def quoted(pattern: str) -> float:
-        m = re.search(pattern, DOCS)
+        m = re.search(pattern, PROSE)
         assert m, pattern
         return float(m.group(1))
 
