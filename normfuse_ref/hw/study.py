@@ -190,7 +190,8 @@ def compose(
     and chunks then compose as a pipeline: the sum over stages of (its blocks + the head + the crossing into it)
     for the first chunk, plus the slowest stage for each further chunk. For a decode step (one chunk) this is the
     full pass, exactly (tests/test_hw_mapping.py, tests/test_hw_study.py); for a chunked prefill, an estimate."""
-    two, wl = _workloads(sc)
+    two = workload_of(with_layers(sc.timed_model(), min(2, sc.model.n_layers)))
+    wl = workload_of(sc.timed_model())
     xfer = wl.width * sc.rows * hw.memory.act_bits / 8
     per_stage = []
     timed: dict[tuple[int, float], tuple[int, int, int]] = {}  # stages of one width and KV placement time alike
@@ -208,12 +209,6 @@ def compose(
             t += crossings[level]
         per_stage.append(t)
     return sum(per_stage) + (len(sc.chunks) - 1) * max(per_stage)
-
-
-@functools.lru_cache(maxsize=256)
-def _workloads(sc: Scenario) -> tuple[Workload, Workload]:
-    """The workloads `compose` times and composes: two blocks and the head, and the whole model."""
-    return workload_of(with_layers(sc.timed_model(), min(2, sc.model.n_layers))), workload_of(sc.timed_model())
 
 
 def estimate_mapping(sc: Scenario, hw: HardwareConfig, mp: Mapping) -> int:

@@ -56,6 +56,7 @@ class ModelShape(Protocol):
     def head_dim(self) -> int: ...
     @property
     def context_length(self) -> int: ...  # positions the model was trained on (a KV cache, or an encoder's text)
+    def __hash__(self) -> int: ...  # a frozen config: scenarios and the workload cache are keyed by it
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,11 @@ def is_encoder(model: ModelShape) -> bool:
     return _family(model).encoder
 
 
+@functools.lru_cache(maxsize=256)
 def workload_of(model: ModelShape) -> Workload:
     """What the mapper must know of the model: one block's stationary weights (from the prepared weights of a
-    one-block config), the head's, and the attention shape."""
+    one-block config), the head's, and the attention shape. Cached per model (configs are frozen): the mapper's
+    estimate asks for it once a candidate."""
     fam = _family(model)
     shapes = fam.shapes(fam.with_layers(model, 1))
     mats = {k: s for k, s in shapes.items() if len(s) == 2 and k not in fam.tables}
