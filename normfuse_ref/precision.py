@@ -20,8 +20,8 @@ fp8 is *storage only*: it is never a sensible accumulation dtype, and `accumulat
 
 bfloat16 and the fp8 dtypes come from `ml_dtypes`, imported when one of them is first asked for (`DTYPES[name]`,
 its values, or `resolve_dtype` of anything but NumPy's own float64, float32 and float16), not when this module is:
-its import (ml_dtypes 0.7) takes 1.0-1.3 s on the 2-core test machine, which
-was more than half the time of `normfuse timeline`, a command that never meets them.
+its import (ml_dtypes 0.7) takes 1.0-1.3 s on the 2-core test machine, which was more than half the time of
+`normfuse timeline`, a command that never meets them.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ F64: TypeAlias = NDArray[np.float64]
 _NUMPY_FLOATS = {dt.name: dt for dt in map(np.dtype, (np.float64, np.float32, np.float16))}
 #: The supported dtypes that ml_dtypes defines (the attribute of the module that is each one's type).
 _ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+#: The storage-only ones, by name (a supported dtype's name is its key in DTYPES).
+_FP8 = ("float8_e4m3fn", "float8_e5m2")
 
 
 @functools.cache
@@ -95,11 +97,6 @@ class _Dtypes(Mapping[str, np.dtype]):
 #: Every storage dtype the toolkit supports, by its short name (float64, float32, float16, bfloat16,
 #: float8_e4m3fn, float8_e5m2, in that order; a read-only mapping).
 DTYPES: Mapping[str, np.dtype] = _Dtypes()
-
-
-def _is_fp8(dt: np.dtype) -> bool:
-    """Whether `dt` is one of the storage-only fp8 dtypes (only an ml_dtypes dtype can be)."""
-    return dt.name not in _NUMPY_FLOATS and dt in (DTYPES["float8_e4m3fn"], DTYPES["float8_e5m2"])
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,7 @@ def dtype_info(dtype: DTypeLike | str) -> DtypeInfo:
         unit_roundoff=float(fi.eps) / 2,
         max=float(fi.max),
         tiny=float(fi.tiny),
-        storage_only=_is_fp8(dt),
+        storage_only=dt.name in _FP8,
     )
 
 
@@ -154,7 +151,7 @@ def accumulation_dtype(storage: DTypeLike | str, acc: DTypeLike | str | None = N
     if acc is None:
         return np.dtype(np.float32) if st.itemsize <= 2 else st
     a = resolve_dtype(acc)
-    if _is_fp8(a):
+    if a.name in _FP8:
         raise ValueError(f"{a.name} is a storage-only dtype and cannot be an accumulation dtype")
     return a
 
