@@ -47,6 +47,25 @@ def test_the_mapper_picks_the_fastest_candidate_and_its_estimate_is_the_pass() -
             assert best_latency <= t, f"{tp} cards x {n} stages is faster than the mapper's pick"
 
 
+def picked_and_fastest_pinned(
+    model: str, phase: Phase, context: int, widths: tuple[int, ...], counts: tuple[int, ...]
+) -> tuple[int, tuple[int, int, int]]:
+    """Cycles of the mapper's pick by full emulation, and (cycles, width, stages) of the fastest of the pinned
+    mappings of `widths` x `counts` cards and stages that fit on corsair-like."""
+    sc = Scenario(shape_config(model), phase, context, 1)
+    best = emulate(sc, CORSAIR, "baseline", mapping=map_scenario(sc, CORSAIR)).makespan
+    pinned = []
+    for tp in widths:
+        for n in counts:
+            policy = MappingPolicy(tp_cards=tp, stages=n)
+            try:
+                mp = map_scenario(Scenario(shape_config(model), phase, context, 1, mapping=policy), CORSAIR)
+            except ValueError:  # does not fit, more cards than the system has, or more stages than blocks
+                continue
+            pinned.append((emulate(sc, CORSAIR, "baseline", mapping=mp).makespan, tp, n))
+    return best, min(pinned)
+
+
 @pytest.mark.parametrize(("model", "prompt"), [("llama2-7b", 2048), ("gpt2-xl", 1024)])
 def test_a_chunked_prefill_is_mapped_no_slower_than_any_pinned_mapping(model: str, prompt: int) -> None:
     """A prefill's estimate is only an estimate (every chunk timed at the final context), so the check is on the full
@@ -54,18 +73,7 @@ def test_a_chunked_prefill_is_mapped_no_slower_than_any_pinned_mapping(model: st
     stages: one a chunk for llama2-7b, two for gpt2-xl). (llama2-7b, 8 chunks: it picked 3 stages of 2 cards, 4x
     slower than 8 stages of 8, while it tried more stages only to keep KV cache on chip; gpt2-xl, 4 chunks: 4
     stages of 8 cards, 1.4x slower than 8 stages of 2, while it tried at most one stage a chunk.)"""
-    sc = Scenario(shape_config(model), "prefill", prompt, 1)
-    best = emulate(sc, CORSAIR, "baseline", mapping=map_scenario(sc, CORSAIR)).makespan
-    pinned = []
-    for tp in (1, 2, 4, 8, 16):
-        for n in (1, 2, 4, 8):
-            policy = MappingPolicy(tp_cards=tp, stages=n)
-            try:
-                mp = map_scenario(Scenario(shape_config(model), "prefill", prompt, 1, mapping=policy), CORSAIR)
-            except ValueError:  # does not fit, or more cards than the system has
-                continue
-            pinned.append((emulate(sc, CORSAIR, "baseline", mapping=mp).makespan, tp, n))
-    fastest = min(pinned)
+    best, fastest = picked_and_fastest_pinned(model, "prefill", prompt, (1, 2, 4, 8, 16), (1, 2, 4, 8))
     assert best <= 1.02 * fastest[0], f"the mapper's pick takes {best} cycles; {fastest[1:]} takes {fastest[0]}"
 
 
@@ -75,18 +83,7 @@ def test_a_one_call_pass_is_mapped_no_slower_than_any_pinned_mapping(model: str,
     is no slower than any pinned width and stage count by full emulation. (It stopped three stage counts past the
     fewest that hold the weights, or once the KV cache was on chip: opt-66b's decode took 1008 us on 10 stages of 4
     cards, against 765 on 64 stages of 1; bert-large's prompt 328 us on one stage of 8, against 303 on 3 of 2.)"""
-    sc = Scenario(shape_config(model), phase, context, 1)
-    best = emulate(sc, CORSAIR, "baseline", mapping=map_scenario(sc, CORSAIR)).makespan
-    pinned = []
-    for tp in (1, 2, 4, 8):
-        for n in (1, 2, 3, 4, 8, 16, 32, 64):
-            policy = MappingPolicy(tp_cards=tp, stages=n)
-            try:
-                mp = map_scenario(Scenario(shape_config(model), phase, context, 1, mapping=policy), CORSAIR)
-            except ValueError:  # does not fit, more cards than the system has, or more stages than blocks
-                continue
-            pinned.append((emulate(sc, CORSAIR, "baseline", mapping=mp).makespan, tp, n))
-    fastest = min(pinned)
+    best, fastest = picked_and_fastest_pinned(model, phase, context, (1, 2, 4, 8), (1, 2, 3, 4, 8, 16, 32, 64))
     assert best <= fastest[0], f"the mapper's pick takes {best} cycles; {fastest[1:]} takes {fastest[0]}"
 
 
