@@ -14,7 +14,16 @@ import pytest
 
 from normfuse_ref.hw.config import PRESETS
 from normfuse_ref.hw.mapping import MappingPolicy
-from normfuse_ref.hw.study import LAYERNORM_MODELS, Scenario, compare, paper_check, shape_config, validate
+from normfuse_ref.hw.study import (
+    LAYERNORM_MODELS,
+    Comparison,
+    Phase,
+    Scenario,
+    compare,
+    paper_check,
+    shape_config,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "hardware.md").read_text(encoding="utf-8")
@@ -62,6 +71,17 @@ def close(quoted: str, value: float) -> bool:
     q = quoted.rstrip("%")
     digits = len(q.split(".")[1]) if "." in q else 0
     return abs(float(q) - value) <= 0.5 * 10**-digits + 1e-9
+
+
+def pinned(model: str, phase: Phase, context: int, tp: str, stages: str) -> Comparison:
+    """Both orders of a scenario on corsair-like, on `stages` stages of `tp` cards (numbers as the prose quotes them)."""
+    policy = MappingPolicy(tp_cards=int(tp), stages=int(stages))
+    return compare(Scenario(shape_config(model), phase, context, mapping=policy), CORSAIR)
+
+
+def two_pass_us(c: Comparison) -> float:
+    """The two-pass baseline's latency of a comparison, in µs."""
+    return c.baseline.us(c.baseline.makespan)
 
 
 def test_the_paper_table_in_the_docs_is_what_the_code_prints(rows: list[dict[str, Any]]) -> None:
@@ -176,9 +196,8 @@ def test_the_layernorm_figures_quoted_in_prose_hold(ln_rows: list[dict[str, Any]
         r"On (\d+) stages of (\d+) cards \(what the search picked before it tried every stage count: (\d+) µs, "
         r"against (\d+)\) .* normalisation was (\d+)% of the latency, and the fused order hid (\d+)% of it"
     )
-    policy = MappingPolicy(tp_cards=int(tp), stages=int(stages))
-    old = compare(Scenario(shape_config("opt-66b"), "decode", opt["context"], mapping=policy), CORSAIR)
-    assert close(took, old.baseline.us(old.baseline.makespan)) and close(now, opt["baseline_latency"])
+    old = pinned("opt-66b", "decode", opt["context"], tp, stages)
+    assert close(took, two_pass_us(old)) and close(now, opt["baseline_latency"])
     assert close(share, 100 * old.normalisation_share) and close(hid, 100 * old.hidden_fraction)
     # the encoders' prefill, each quoted on its own (whole percents and microseconds)
     mini, bert = ({r["model"]: r for r in ln_rows}[k] for k in ("all-minilm-l6-v2", "bert-large"))
@@ -193,10 +212,8 @@ def test_the_layernorm_figures_quoted_in_prose_hold(ln_rows: list[dict[str, Any]
     assert (int(cards), int(stages) * int(tp)) == (bert["cards"], bert["cards"])
     assert close(took, bert["baseline_latency"])
     took, tp, copies = sentence(r"against (\d+) µs on one stage of (\d+) cards with (\d+) copies")
-    wide = compare(
-        Scenario(shape_config("bert-large"), "prefill", 512, mapping=MappingPolicy(tp_cards=int(tp), stages=1)), CORSAIR
-    )
-    assert close(took, wide.baseline.us(wide.baseline.makespan)) and int(copies) == wide.mapping.copies
+    wide = pinned("bert-large", "prefill", 512, tp, "1")
+    assert close(took, two_pass_us(wide)) and int(copies) == wide.mapping.copies
     assert round(100 * bert["normalisation_share_baseline"]) == quoted(r"keep its share at (\d+)%")
     assert round(100 * bert["hidden_fraction"]) == quoted(r"share at \d+%, (\d+)% of it hidden")
     readme = re.search(r"normalisation is\s+again ~(\d+)% of the latency, a third of it hidden", README)  # its summary
@@ -265,8 +282,7 @@ def test_the_gpt2_xl_prefill_sentences_hold(ln_rows: list[dict[str, Any]]) -> No
         r"gpt2-xl's prefill \((\w+) chunks of 256 tokens through (\d+) stages of (\d+) cards\) spends ([\d.]+)% of its "
         r"latency on normalisation, hides (\d+)% of it and saves ([\d.]+)%"
     )
-    gpt2 = shape_config("gpt2-xl")
-    c = compare(Scenario(gpt2, "prefill", row["context"]), CORSAIR)
+    c = compare(Scenario(shape_config("gpt2-xl"), "prefill", row["context"]), CORSAIR)
     assert chunks == {4: "four"}[len(c.scenario.chunks)] and row["cards"] == c.mapping.cards
     assert (int(stages), int(tp)) == (len(c.mapping.stages), c.mapping.tp_cards)
     assert close(share, 100 * row["normalisation_share_baseline"]) and close(hidden, 100 * row["hidden_fraction"])
@@ -276,9 +292,8 @@ def test_the_gpt2_xl_prefill_sentences_hold(ln_rows: list[dict[str, Any]]) -> No
         r"stages than chunks\) the same prompt takes (\d+) µs, and the fused order hides nothing \(its normalisation "
         r"costs (\d+)% more than the baseline's\)"
     )
-    policy = MappingPolicy(tp_cards=int(tp), stages=int(stages))
-    old = compare(Scenario(gpt2, "prefill", row["context"], mapping=policy), CORSAIR)
-    assert int(copies) == old.mapping.copies and close(took, old.baseline.us(old.baseline.makespan))
+    old = pinned("gpt2-xl", "prefill", row["context"], tp, stages)
+    assert int(copies) == old.mapping.copies and close(took, two_pass_us(old))
     assert close(more, -100 * old.hidden_fraction) and old.hidden_fraction < 0
     fl = old.fused
     sites = {fl.events[i].op for i in fl.critical_path() if fl.events[i].op.endswith(".scale_shift")}
@@ -295,25 +310,19 @@ def test_the_search_bullets_figures_hold() -> None:
     )
     assert [q[0] for q in quoted] == ["llama2-7b", "gpt2-xl"]
     for model, prompt, chunks, us, stages, tp, us_old, stages_old, tp_old in quoted:
-        sc = Scenario(shape_config(model), "prefill", int(prompt))
-        picked = compare(sc, CORSAIR)
+        picked = compare(Scenario(shape_config(model), "prefill", int(prompt)), CORSAIR)
         assert len(picked.scenario.chunks) == int(chunks)
         assert (len(picked.mapping.stages), picked.mapping.tp_cards) == (int(stages), int(tp))
-        assert close(us, picked.baseline.us(picked.baseline.makespan))
-        policy = MappingPolicy(tp_cards=int(tp_old), stages=int(stages_old))
-        old = compare(Scenario(shape_config(model), "prefill", int(prompt), mapping=policy), CORSAIR)
-        assert close(us_old, old.baseline.us(old.baseline.makespan))
+        assert close(us, two_pass_us(picked))
+        assert close(us_old, two_pass_us(pinned(model, "prefill", int(prompt), tp_old, stages_old)))
     us, stages, us_old, stages_old, tp_old = sentence(
         r"opt-66b's decode step takes (\d+) µs on (\d+) stages of one card, against (\d+) µs on the (\d+) stages of "
         r"(\d+) cards it stopped at three counts past the fewest"
     )
-    sc = Scenario(shape_config("opt-66b"), "decode", 2047)
-    picked = compare(sc, CORSAIR)
+    picked = compare(Scenario(shape_config("opt-66b"), "decode", 2047), CORSAIR)
     assert (len(picked.mapping.stages), picked.mapping.tp_cards) == (int(stages), 1)
-    assert close(us, picked.baseline.us(picked.baseline.makespan))
-    policy = MappingPolicy(tp_cards=int(tp_old), stages=int(stages_old))
-    old = compare(Scenario(shape_config("opt-66b"), "decode", 2047, mapping=policy), CORSAIR)
-    assert close(us_old, old.baseline.us(old.baseline.makespan))
+    assert close(us, two_pass_us(picked))
+    assert close(us_old, two_pass_us(pinned("opt-66b", "decode", 2047, tp_old, stages_old)))
 
 
 def test_why_the_layernorm_decoders_hide_what_they_hide() -> None:
