@@ -1,5 +1,5 @@
 """`python -m normfuse_ref ...` is the `normfuse` command."""
 
-from .cli.main import main
+from .cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -71,7 +71,48 @@ def test_a_command_imports_only_what_it_needs(argv: tuple[str, ...], allowed: se
     commands = {m for m in loaded if m.startswith("normfuse_ref.cli.") and m.count(".") == 2}
     assert commands <= {f"normfuse_ref.cli.{m}" for m in ("main", "console", "args", "outputs", *argv[:1])}, commands
     if argv == ("--version",):
-        assert not {"sympy", "rich.table", "rich.progress", "normfuse_ref.hw"} & loaded
+        assert not {"numpy", "sympy", "rich.table", "rich.progress", "normfuse_ref.hw"} & loaded
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line() -> None:
+    """The installed command's entry point (read from pyproject.toml) turns Ctrl-C during its own imports into
+    "error: interrupted", status 130, as later. Here the interrupt is raised when rich, which the console imports,
+    is loaded (a real Ctrl-C in that tenth of a second printed the import's traceback)."""
+    module, _, attr = PYPROJECT["scripts"]["normfuse"].partition(":")
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'rich.console':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        f"from {module} import {attr}\n"
+        "sys.argv = ['normfuse', '--version']\n"
+        f"sys.exit({attr}())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr, r.stdout) == (130, "error: interrupted\n", "")
+
+
+def test_the_public_names_load_when_first_used() -> None:
+    """`import normfuse_ref` imports none of its modules (so neither NumPy); each public name is then the object
+    of the module that defines it, and `from normfuse_ref import *` gives them all."""
+    code = (
+        "import sys, importlib\n"
+        "import normfuse_ref as nf\n"
+        "assert 'numpy' not in sys.modules and 'normfuse_ref.fusion' not in sys.modules\n"
+        "names = {}\n"
+        "exec('from normfuse_ref import *', names)\n"
+        "assert set(nf.__all__) <= set(names) and set(nf.__all__) <= set(dir(nf))\n"
+        "for name in nf.__all__:\n"
+        "    value = getattr(nf, name)\n"
+        "    if callable(value):\n"
+        "        assert value is getattr(importlib.import_module(value.__module__), name), name\n"
+        "print(len(nf.__all__))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 24
 
 
 def test_fuzz_leaves_no_hypothesis_folder(tmp_path: Path) -> None:
