@@ -23,7 +23,12 @@ layer, written four times). glibc's malloc hands arrays above its mmap threshold
 blocks are freed) to and from the kernel, so every fresh array is page-faulted in and zeroed again: ~39,000 page
 faults and 0.3-0.5 s of system time a 512-token prefill, measured. `keep_freed_memory` (applied once, when the
 first plain executor is made) has malloc keep freed memory for the next array instead: 50-60 faults a prefill. It
-changes where memory comes from, never a value; $NORMFUSE_KEEP_MEMORY=0 leaves malloc as the process found it.
+also serves arrays of any size from the heap, the logits (100 MB for 512 SmolLM2 positions) and the accuracy
+study's float64 scores (200 MB a window) included, which mmap would fault in afresh on every call: on the 2-core
+AMD EPYC test machine, where a fault costs ~7-10 us, a 512-token SmolLM2 prefill 1.07 / 1.16 s -> 1.02 / 1.05 s
+(baseline / fused, best of 9 alternating; medians 1.15x / 1.13x faster) and the accuracy study's quick SmolLM2 part
+alone 93 -> 81-86 s (system time 37 -> 20-24 s; bench/README.md). It changes where memory comes from, never a value; $NORMFUSE_KEEP_MEMORY=0 leaves
+malloc as the process found it.
 
 BLAS: on one thread for the whole process, from when the first plain executor is made (`one_blas_thread`); the
 executor's own workers run the parallel work, each block one single-threaded BLAS call. Two reasons, both measured
@@ -97,13 +102,14 @@ THREADS_ENV = "NORMFUSE_THREADS"
 #: The environment variable that, set to 0, leaves the C allocator's settings alone (`keep_freed_memory`).
 KEEP_MEMORY_ENV = "NORMFUSE_KEEP_MEMORY"
 
-#: glibc mallopt parameters (malloc.h) and the values `keep_freed_memory` gives them. Arrays below MMAP_THRESHOLD
-#: come from malloc's heap, where freed memory stays resident for the next array unless more than TRIM_THRESHOLD
-#: of it is free at the heap's top. 32 MiB is the largest threshold 64-bit glibc accepts (half its 64 MiB heap
-#: size); it covers every activation of SmolLM2 and MiniLM but the logits of a long prompt (mapped and faulted in
-#: once a call, in 2 MiB huge pages). The 1 GiB trim threshold bounds what a process keeps beyond its peak.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 << 20
+#: glibc mallopt parameters (malloc.h) and the values `keep_freed_memory` gives them. With MMAP_MAX 0 malloc
+#: never maps an array of its own (a thread's arena still maps an array too large for its 64 MiB heaps), so every
+#: array comes from its heap, where freed memory stays resident for the next array unless more than
+#: TRIM_THRESHOLD of it is free at the heap's top. The 1 GiB trim threshold bounds what a process keeps beyond its
+#: peak. (Before, the largest mmap threshold 64-bit glibc accepts, 32 MiB, left the logits and the study's scores
+#: mapped and faulted in on every call.)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+MMAP_MAX = 0
 TRIM_THRESHOLD = 1 << 30
 
 #: Output elements a block holds (at least one row of the last axis): 256K, 1 MB of float32. Each block is a
@@ -275,7 +281,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(mallopt(_M_MMAP_MAX, MMAP_MAX) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 @functools.cache

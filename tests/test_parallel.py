@@ -53,7 +53,8 @@ def same(a: object, b: object) -> bool:
 # Memory: freed arrays are reused, not page-faulted in again
 # ---------------------------------------------------------------------------------------------------------------
 
-# A prefill's pattern in miniature: a few arrays of a layer's score size made, written and freed, again and again.
+# A prefill's pattern in miniature: a few arrays of a layer's score size and one of the logits' size made, written
+# and freed, again and again.
 # Prints the page faults of the rounds after the first (the first grows the heap) and whether the setting applied.
 _FAULTS = """
 import resource, numpy as np
@@ -62,6 +63,7 @@ from normfuse_ref import parallel
 NumpyExecutor()
 def round_():
     arrays = [np.empty(9 << 18, np.float32) for _ in range(4)]  # 4 x 9 MiB
+    arrays.append(np.empty(25 << 20, np.float32))  # 100 MiB, above any mmap threshold glibc accepts (32 MiB)
     for a in arrays:
         a.fill(1.0)
 round_()
@@ -81,10 +83,12 @@ def _faults(env: dict[str, str]) -> tuple[int, bool]:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc's settings are glibc's")
 def test_the_executor_keeps_freed_memory_for_the_next_array() -> None:
-    """With the setting (applied by making a NumpyExecutor), 5 rounds of 4 fresh 9 MiB arrays reuse the memory
-    the first round freed: a handful of page faults, against ~2,300 a round (one per 4 KiB page) when malloc
-    returns the arrays to the kernel. The control, the same rounds with $NORMFUSE_KEEP_MEMORY=0, shows the test
-    can fail: glibc's own adaptive threshold trims the freed arrays at the heap's top and faults them in again."""
+    """With the setting (applied by making a NumpyExecutor), 5 rounds of 4 fresh 9 MiB arrays and one of 100 MiB
+    reuse the memory the first round freed: a handful of page faults, against ~2,300 a round for each small array
+    (one per 4 KiB page) and ~25,600 (or ~50 huge pages) for the large one when malloc returns them to the kernel.
+    The control, the same rounds with $NORMFUSE_KEEP_MEMORY=0, shows the test can fail: glibc maps the large array
+    afresh each time and its adaptive threshold trims the freed small ones at the heap's top. (With the earlier
+    setting, a 32 MiB mmap threshold, the 100 MiB array alone faulted in again every round: 250-128,000 faults.)"""
     kept, applied = _faults({parallel.KEEP_MEMORY_ENV: "1"})
     assert applied
     assert kept < 100
