@@ -43,7 +43,8 @@ else the CPUs this process may run on. It counts the executor's worker threads (
 Only speed depends on it.
 
 Processes: work made of independent parts, each too large to wait on threads' joins (the accuracy study's runs and
-hazard cells), is spread over forked worker processes (`fork_map`), which start with everything the parent holds.
+hazard cells), is spread over forked worker processes (`fork_map`), which start with everything the parent holds
+(the parent first returns the memory it kept free to the kernel, `return_freed_memory`).
 A forked process has none of its parent's threads: the executor's worker-thread pool is made anew in it when first
 needed (`_pool` is forgotten at fork). (A sweep's points use `hw.study.local_pool` instead: a concurrent.futures
 executor, which a Dask or Ray executor can replace.)
@@ -91,6 +92,7 @@ __all__ = [
     "one_blas_thread",
     "process_pool",
     "reads_only_arguments",
+    "return_freed_memory",
     "row_blocks",
     "run_blocks",
     "threads_setting",
@@ -284,6 +286,17 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, MMAP_MAX) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def return_freed_memory() -> bool:
+    """Give the heap's free memory back to the kernel (glibc's `malloc_trim`); True if any was. Called before
+    forking workers: memory this process kept for reuse (`keep_freed_memory`) would otherwise be the workers' too,
+    and each page a worker writes there is copied from the parent's on first write rather than handed over zeroed.
+    On the 2-core AMD EPYC test machine the accuracy study's quick profile spent 27-28 s of system time with the
+    pages kept, 19-24 s with them returned (2 alternating pairs, 12-02; bench/README.md). Never changes a value."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).malloc_trim(0))
+
+
 @functools.cache
 def one_blas_thread() -> None:
     """BLAS on one thread from now on, for the whole process (see the module docstring). Once a process; a BLAS
@@ -325,6 +338,7 @@ def process_pool(
     pool's `with` block ends them, finished or not. Tasks and results travel between the processes pickled: only
     values this process made, never a file's."""
     n = workers or threads_setting(None)
+    return_freed_memory()
     return multiprocessing.get_context("fork").Pool(n, _worker_start, (initializer,))
 
 

@@ -97,6 +97,43 @@ def test_the_executor_keeps_freed_memory_for_the_next_array() -> None:
     assert returned > 5 * 1000  # 5 rounds x 4 arrays x 2,304 pages, less what the kernel's huge pages save
 
 
+# Memory kept free for reuse, then returned: RSS (MiB) after freeing a 200 MiB array, and after returning it.
+_RETURNED = """
+import os, numpy as np
+from normfuse_ref.ops import NumpyExecutor
+from normfuse_ref import parallel
+NumpyExecutor()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+a = np.ones(50 << 20, np.float32)  # 200 MiB
+del a
+kept = rss()
+parallel.return_freed_memory()
+print(kept, rss())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc's settings are glibc's")
+def test_workers_are_forked_after_the_kept_memory_is_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory the executor keeps free (above: kept resident for the next array) is given back before a pool of
+    workers is forked, so that a worker writing there gets fresh pages, not copies of the parent's. The control is
+    the RSS just before the call: the freed 200 MiB array is still resident then."""
+    run = subprocess.run([sys.executable, "-c", _RETURNED], capture_output=True, text=True, env=os.environ.copy())
+    assert run.returncode == 0, run.stderr
+    kept, returned = map(int, run.stdout.split())
+    assert kept - returned > 150, (kept, returned)
+    calls: list[bool] = []
+
+    def record() -> bool:
+        calls.append(True)
+        return True
+
+    monkeypatch.setattr(parallel, "return_freed_memory", record)
+    with parallel.process_pool(1):
+        pass
+    assert calls == [True]
+
+
 _BLAS = """
 import threadpoolctl
 from normfuse_ref.ops import NumpyExecutor
