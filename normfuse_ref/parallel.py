@@ -18,17 +18,17 @@ Blocks of ~256K elements (1 MB of float32) keep a multi-pass callable's temporar
 silu_gate each make 2-4 passes) near the core's 1 MB L2 cache while making few enough Python calls that the
 threads do not queue for the GIL (BLOCK_ELEMENTS).
 
-Memory: a prefill writes each primitive's result into a fresh array (SmolLM2's attention scores are 9 MB a
-layer, written four times). glibc's malloc hands arrays above its mmap threshold (128 KiB, raised only as large
-blocks are freed) to and from the kernel, so every fresh array is page-faulted in and zeroed again: ~39,000 page
-faults and 0.3-0.5 s of system time a 512-token prefill, measured. `keep_freed_memory` (applied once, when the
-first plain executor is made) has malloc keep freed memory for the next array instead: 50-60 faults a prefill. It
-also serves arrays of any size from the heap, the logits (100 MB for 512 SmolLM2 positions) and the accuracy
-study's float64 scores (200 MB a window) included, which mmap would fault in afresh on every call: on the 2-core
-AMD EPYC test machine, where a fault costs ~7-10 us, a 512-token SmolLM2 prefill 1.07 / 1.16 s -> 1.02 / 1.05 s
-(baseline / fused, best of 9 alternating; medians 1.15x / 1.13x faster) and the accuracy study's quick SmolLM2 part
-alone 93 -> 81-86 s (system time 37 -> 20-24 s; bench/README.md). It changes where memory comes from, never a value; $NORMFUSE_KEEP_MEMORY=0 leaves
-malloc as the process found it.
+Memory: a prefill writes each primitive's result into a fresh array (SmolLM2's attention scores are 9 MB a layer,
+written four times). glibc's malloc hands arrays above its mmap threshold (128 KiB, raised only as large blocks are
+freed) to and from the kernel, so every fresh array is page-faulted in and zeroed again: ~39,000 page faults and
+0.3-0.5 s of system time a 512-token prefill, measured. `keep_freed_memory` (applied once, when the first plain
+executor is made) has malloc keep freed memory for the next array instead: 50-60 faults a prefill. It also serves
+arrays of any size from the heap, the logits (100 MB for 512 SmolLM2 positions) and the accuracy study's float64
+scores (200 MB a window) included, which mmap would fault in afresh on every call: on the 2-core AMD EPYC test
+machine, where a fault costs ~7-10 us, a 512-token SmolLM2 prefill 1.07 / 1.16 s -> 1.02 / 1.05 s (baseline / fused,
+best of 9 alternating; medians 1.15x / 1.13x faster) and the accuracy study's quick SmolLM2 part alone 93 -> 81-86 s
+(system time 37 -> 20-24 s; bench/README.md). It changes where memory comes from, never a value;
+$NORMFUSE_KEEP_MEMORY=0 leaves malloc as the process found it.
 
 BLAS: on one thread for the whole process, from when the first plain executor is made (`one_blas_thread`); the
 executor's own workers run the parallel work, each block one single-threaded BLAS call. Two reasons, both measured
@@ -279,9 +279,10 @@ def block_of(x: Any, b: Block, ndim: int) -> Any:
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse (see the module docstring): True when applied, False when
     $NORMFUSE_KEEP_MEMORY is 0 or the C library is not glibc (nothing is changed then). Once a process."""
-    if os.environ.get(KEEP_MEMORY_ENV, "").strip() == "0" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if os.environ.get(KEEP_MEMORY_ENV, "").strip() == "0" or libc is None:
         return False
-    mallopt = ctypes.CDLL(None).mallopt
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, MMAP_MAX) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
@@ -292,9 +293,14 @@ def return_freed_memory() -> bool:
     and each page a worker writes there is copied from the parent's on first write rather than handed over zeroed.
     On the 2-core AMD EPYC test machine the accuracy study's quick profile spent 27-28 s of system time with the
     pages kept, 19-24 s with them returned (2 alternating pairs, 12-02; bench/README.md). Never changes a value."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    return bool(ctypes.CDLL(None).malloc_trim(0))
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc (whose malloc the two functions above tune), else None."""
+    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
 
 
 @functools.cache

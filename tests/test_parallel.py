@@ -118,7 +118,7 @@ def test_workers_are_forked_after_the_kept_memory_is_returned(monkeypatch: pytes
     """Memory the executor keeps free (above: kept resident for the next array) is given back before a pool of
     workers is forked, so that a worker writing there gets fresh pages, not copies of the parent's. The control is
     the RSS just before the call: the freed 200 MiB array is still resident then."""
-    run = subprocess.run([sys.executable, "-c", _RETURNED], capture_output=True, text=True, env=os.environ.copy())
+    run = subprocess.run([sys.executable, "-c", _RETURNED], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     kept, returned = map(int, run.stdout.split())
     assert kept - returned > 150, (kept, returned)
