@@ -68,7 +68,16 @@ from .parallel import (
     run_blocks,
     threads_setting,
 )
-from .precision import Array, accumulation_dtype, in_acc, matmul_acc, mean_acc, resolve_dtype, sum_acc
+from .precision import (
+    Array,
+    accumulation_dtype,
+    in_acc,
+    matmul_acc,
+    mean_acc,
+    resolve_dtype,
+    sum_acc,
+    to_storage,
+)
 
 __all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles"]
 
@@ -176,8 +185,8 @@ class NumpyExecutor:
         return in_acc(x, self._acc)
 
     def _out(self, y: Array, keep_acc: bool) -> Array:
-        """The rounding rule: written back in storage, or kept in acc."""
-        return y.astype(self._acc if keep_acc else self._st, copy=False)
+        """The rounding rule: written back in storage (`precision.to_storage`), or kept in acc."""
+        return y.astype(self._acc, copy=False) if keep_acc else to_storage(y, self._st)
 
     def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
         blocks = matmul_blocks(x.shape, F.shape) if F.ndim in (2, x.ndim) else None
@@ -192,7 +201,7 @@ class NumpyExecutor:
             if direct:
                 matmul_acc(x[bx], Fb, self._acc, out=out[bo])
             else:
-                out[bo] = matmul_acc(x[bx], Fb, self._acc)
+                to_storage(matmul_acc(x[bx], Fb, self._acc), out.dtype, out[bo])
 
         run_blocks(work, blocks, self._threads)
         return out
@@ -205,8 +214,8 @@ class NumpyExecutor:
             return self._out(np.asarray(fn(*xa)), keep_acc)
         out = np.empty(np.broadcast_shapes(*(x.shape for x in xa)), self._acc if keep_acc else self._st)  # (...)
 
-        def work(b: tuple[slice, ...]) -> None:  # rounded to out's dtype on assignment: the rounding rule
-            out[b] = fn(*(block_of(x, b, out.ndim) for x in xa))
+        def work(b: tuple[slice, ...]) -> None:  # rounded to out's dtype: the rounding rule
+            to_storage(np.asarray(fn(*(block_of(x, b, out.ndim) for x in xa))), out.dtype, out[b])
 
         run_blocks(work, blocks, self._threads)
         return out

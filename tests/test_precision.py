@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -16,10 +17,13 @@ from normfuse_ref.precision import (
     DTYPES,
     accumulation_dtype,
     dtype_info,
+    float16_values,
+    in_acc,
     matmul_acc,
     mean_acc,
     resolve_dtype,
     sum_acc,
+    to_storage,
     tree_sum,
 )
 
@@ -154,6 +158,60 @@ def test_a_float64_value_is_rounded_to_a_narrow_dtype_once(name: str, p: int) ->
     x = np.array([1 + 2.0**-p + 2.0**-30, -(1 + 2.0**-p + 2.0**-30)])
     got = x.astype(DTYPES[name]).astype(np.float64)
     np.testing.assert_array_equal(got, [1 + 2.0 ** (1 - p), -(1 + 2.0 ** (1 - p))])
+
+
+def _float16_boundaries() -> np.ndarray:
+    """float32 values at every rounding decision of float16: each finite float16 value and each halfway point
+    between neighbours (exact in float32: 12 significant bits), with their float32 neighbours on either side,
+    both signs; then the overflow edge, specials and 10^5 random float32 bit patterns (NaN payloads included;
+    ~44% of them below float16's smallest normal)."""
+    h = np.arange(0, 0x7C01, dtype=np.uint16).view(np.float16).astype(np.float64)  # 0 ... 65504, inf
+    points = np.concatenate([h[:-1], (h[:-2] + h[1:-1]) / 2]).astype(np.float32)  # exact
+    up, down = np.nextafter(points, np.float32(np.inf)), np.nextafter(points, np.float32(0))
+    specials = np.array([65519.99, 65520, 3.4e38, np.inf, np.nan, 2.0**-25, 2.0**-26, 1e-45], np.float32)
+    rand = np.random.default_rng(0).integers(0, 2**32, 10**5, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([points, up, down, specials, rand])
+    return np.concatenate([x, -x])
+
+
+def test_storage_rounding_gives_numpy_casts_bits_at_every_float16_boundary() -> None:
+    """`to_storage`'s fast float32 -> float16 path (its subnormal range pre-rounded in float32) against NumPy's
+    cast, bit for bit, as an array and written into one."""
+    x = _float16_boundaries()  # ~30% of them rounded into float16's subnormal range: pre-rounded
+    rare = np.concatenate([np.linspace(-3, 3, 10**5, dtype=np.float32), x[:: 10**3]])  # a few there: cast alone
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float16's (or fp8's) range: inf or NaN
+        for y in (x, rare, x.reshape(2, -1)[:, 1::3]):  # the last not contiguous
+            want = y.astype(np.float16).view(np.uint16)
+            assert (to_storage(y, np.dtype(np.float16)).view(np.uint16) == want).all()
+            out = np.empty(y.shape, np.float16)
+            assert to_storage(y, np.dtype(np.float16), out) is out and (out.view(np.uint16) == want).all()
+        for name in ("float32", "bfloat16", "float8_e4m3fn"):  # every other dtype: the cast itself
+            dt = resolve_dtype(name)
+            np.testing.assert_array_equal(to_storage(x, dt).view(np.uint8), x.astype(dt).view(np.uint8))
+
+
+def test_float16_patterns_decode_as_ieee_754_says() -> None:
+    """The table operands are read through, against the binary16 layout worked by hand: sign, 5 exponent bits
+    (bias 15; 0: subnormal m 2^-24; 31: inf or NaN), 10 fraction bits."""
+    table = float16_values()
+    assert table.shape == (65536,) and table.dtype == np.float32
+    for p in range(65536):
+        s, e, m = p >> 15, (p >> 10) & 31, p & 1023
+        got = float(table[p])
+        if e == 31 and m:
+            assert np.isnan(got) and np.signbit(table[p]) == bool(s)
+            continue
+        v = math.inf if e == 31 else m * 2.0**-24 if e == 0 else (1 + m / 1024) * 2.0 ** (e - 15)
+        assert got == (-v if s else v) and np.signbit(table[p]) == bool(s), p
+
+
+def test_a_float16_operand_reads_as_its_cast() -> None:
+    with np.errstate(over="ignore"):  # the boundaries beyond float16's range: inf
+        x = _float16_boundaries()[::7].astype(np.float16).reshape(-1, 16)[:, ::3]  # not contiguous; NaN, inf, -0
+    want = x.astype(np.float32)
+    got = in_acc(x, np.dtype(np.float32))
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert (got.view(np.uint32) == want.view(np.uint32)).all()
 
 
 def test_the_dtype_table_names_every_dtype_and_resolves_each_to_itself() -> None:
