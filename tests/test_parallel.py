@@ -134,6 +134,35 @@ def test_workers_are_forked_after_the_kept_memory_is_returned(monkeypatch: pytes
     assert calls == [True]
 
 
+# A pool whose parent handles SIGTERM in Python (as the CLI does), its worker's main thread waiting in C with the
+# signal going to another thread: leaving the pool's block (which sends SIGTERM) must end the worker all the same.
+_TERMINATED = """
+import signal, threading, time
+from normfuse_ref import parallel
+from normfuse_ref.cli.main import _terminate_like_ctrl_c
+_terminate_like_ctrl_c()
+def stuck(_):
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()  # a thread the signal can go to
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # ... and does: not to this one
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()  # the main thread waits in C, for ever
+with parallel.process_pool(1) as pool:
+    pool.apply_async(stuck, (0,))
+    time.sleep(1)
+print("ended")
+"""
+
+
+@pytest.mark.skipif(not parallel.can_fork(), reason="workers are forked")
+def test_leaving_a_pool_ends_a_worker_stuck_in_c_whatever_handler_it_inherited() -> None:
+    try:
+        run = subprocess.run([sys.executable, "-c", _TERMINATED], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the pool's worker did not die of SIGTERM: leaving the pool hung")
+    assert run.returncode == 0 and run.stdout == "ended\n", run.stderr
+
+
 _BLAS = """
 import threadpoolctl
 from normfuse_ref.ops import NumpyExecutor
