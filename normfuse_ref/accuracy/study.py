@@ -68,14 +68,16 @@ alternating); its figures and verdicts alone (17 runs, the quick profile's MiniL
 **The quick profile** (`mitigate="never"`, `--tokens 512 --mitigate never`): the figures and verdicts alone, SmolLM2
 on one 512-token window - no mitigation or ablation arm and no hazard measurement, which exist to find the cause and
 the fix of a loss the full study has found. Its verdicts on one window are noisier; it checks that the study runs.
-The full study (the default, docs/accuracy.md) keeps every figure, arm and measurement. It takes 130-140 s on the
-idle 2-core Intel Xeon test machine and 106-115 s on the AMD EPYC one (12-02), not the 90 s aimed at: SmolLM2's 16
-runs are each a window (2.5-3.7 s at one thread), the greedy figure's pass over 760 tokens (3.2-4.6 s; the output
-layer only on the 512 positions it reads, `forward(logits_to_keep=...)`) and their weights (0.4-2.1 s), ~150 s of
-one core in all; before them its oracle (~16 s in the parent on two threads: float64 weights, its window, and 64
-decode steps of 8 prompts token by token, each streaming ~1 GB of float64 weights, their 8-row products cut into two
-column halves, `parallel.FEW_ROWS_SPLIT`; 20-22 s before that, 12-02) must run, since every run is scored against
-it; MiniLM's 17 runs take 28-35 s. Every piece is a forward pass the figures need.
+The full study (the default, docs/accuracy.md) keeps every figure, arm and measurement. The quick profile takes
+83-94 s (median 89 s of five runs) on the idle 2-core AMD EPYC test machine (12-02, with scoring in blocks,
+`metrics.ROWS`, and float16 stored and read without the CPU's subnormal assists, `precision.to_storage`; 103-115 s
+before, 130-140 s on the Intel Xeon one): at the 90 s aimed at, not under it by a margin. SmolLM2's 16 runs are
+each a window (2.1-3.3 s at one thread), the greedy figure's pass over 760 tokens (2.8-4.7 s; the output layer only
+on the 512 positions it reads, `forward(logits_to_keep=...)`) and their weights (0.4-2 s), ~110 s of one core in
+all; before them its oracle (13.6-17.7 s in the parent on two threads: float64 weights, its window, and 64 decode
+steps of 8 prompts token by token, each streaming ~1 GB of float64 weights at OpenBLAS's rate for 8-row products,
+cut into two column halves, `parallel.FEW_ROWS_SPLIT`) must run, since every run is scored against it; MiniLM's 17
+runs take 17-20 s. Every piece is a forward pass the figures need.
 
 **The ablation** (`RunSpec.sites`): the fused order applied at one kind of site only - "norm_linear" (the
 normalisation -> linear folds) or "softmax_linear" (softmax -> V deferred) - the other sites in the textbook order,
