@@ -69,9 +69,9 @@ alternating); its figures and verdicts alone (17 runs, the quick profile's MiniL
 on one 512-token window - no mitigation or ablation arm and no hazard measurement, which exist to find the cause and
 the fix of a loss the full study has found. Its verdicts on one window are noisier; it checks that the study runs.
 The full study (the default, docs/accuracy.md) keeps every figure, arm and measurement. The quick profile takes
-83-94 s (median 89 s of five runs) on the idle 2-core AMD EPYC test machine (12-02, with scoring in blocks,
-`metrics.ROWS`, and float16 stored and read without the CPU's subnormal assists, `precision.to_storage`; 103-115 s
-before, 130-140 s on the Intel Xeon one): at the 90 s aimed at, not under it by a margin. SmolLM2's 16 runs are
+75-94 s (median 83 s of nine runs; within the 90 s aimed at in seven) on the idle 2-core AMD EPYC test machine
+(12-02, with scoring in blocks, `metrics.ROWS`, and float16 stored and read without the CPU's subnormal assists,
+`precision.to_storage`; 88-115 s before, 130-140 s on the Intel Xeon one). SmolLM2's 16 runs are
 each a window (2.1-3.3 s at one thread), the greedy figure's pass over 760 tokens (2.8-4.7 s; the output layer only
 on the 512 positions it reads, `forward(logits_to_keep=...)`) and their weights (0.4-2 s), ~110 s of one core in
 all; before them its oracle (13.6-17.7 s in the parent on two threads: float64 weights, its window, and 64 decode
