@@ -77,6 +77,7 @@ from .precision import (
     resolve_dtype,
     sum_acc,
     to_storage,
+    write_back,
 )
 
 __all__ = ["Executor", "NumpyExecutor", "ReduceKind", "SoftmaxTiles"]
@@ -185,8 +186,8 @@ class NumpyExecutor:
         return in_acc(x, self._acc)
 
     def _out(self, y: Array, keep_acc: bool) -> Array:
-        """The rounding rule: written back in storage (`precision.to_storage`), or kept in acc."""
-        return y.astype(self._acc, copy=False) if keep_acc else to_storage(y, self._st)
+        """The rounding rule (`precision.write_back`)."""
+        return write_back(y, self._st, self._acc, keep_acc)
 
     def matmul(self, x: Array, F: Array, *, op: str, keep_acc: bool = False) -> Array:
         blocks = matmul_blocks(x.shape, F.shape) if F.ndim in (2, x.ndim) else None

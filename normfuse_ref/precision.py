@@ -50,6 +50,7 @@ __all__ = [
     "sum_acc",
     "to_storage",
     "tree_sum",
+    "write_back",
 ]
 
 #: An array of any supported dtype: the one alias every module uses for activations, weights and results.
@@ -228,6 +229,12 @@ def to_storage(y: Array, dtype: np.dtype, out: Array | None = None) -> Array:
         return y.astype(dtype, copy=False)
     out[...] = y
     return out
+
+
+def write_back(y: Array, storage: np.dtype, acc: np.dtype, keep_acc: bool) -> Array:
+    """A primitive's result as every executor writes it back (docs/numerics.md, "Rounding rule"): rounded to
+    `storage` (`to_storage`), or kept in `acc` when the caller marks it `keep_acc`."""
+    return y.astype(acc, copy=False) if keep_acc else to_storage(y, storage)
 
 
 @functools.cache

@@ -149,7 +149,7 @@ class ScoreAccumulator:
         nll, kl, top1 = np.empty(T, np.float64), np.empty(T, np.float64), np.empty(T, np.bool_)  # (T,)
         for i in range(0, T, ROWS):  # ROWS positions at a time (module docstring)
             b = slice(i, i + ROWS)
-            z, p = zs[b].astype(np.float64), ref.p[b]  # (rows, V)
+            z, p = np.asarray(zs[b], dtype=np.float64), ref.p[b]  # (rows, V)
             m = np.max(z, axis=-1, keepdims=True)  # (rows, 1)
             with np.errstate(invalid="ignore", over="ignore"):
                 lse = (m + np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True)))[:, 0]  # (rows,)

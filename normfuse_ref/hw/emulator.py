@@ -50,7 +50,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..ops import ReduceKind, SoftmaxTiles
-from ..precision import accumulation_dtype, in_acc, resolve_dtype, to_storage
+from ..precision import accumulation_dtype, in_acc, resolve_dtype, write_back
 from . import costs, network
 from .config import HardwareConfig
 from .costs import Step
@@ -368,10 +368,6 @@ class EmulatingExecutor:
         """An operand in acc, as the plain executor reads it (`precision.in_acc`)."""
         return in_acc(x.data if type(x) is Value else np.asarray(x), self._acc)
 
-    def _round(self, y: Array, keep_acc: bool) -> Array:
-        """A result as the plain executor writes it back: in storage (`precision.to_storage`), or kept in acc."""
-        return y.astype(self._acc, copy=False) if keep_acc else to_storage(y, self._st)
-
     @staticmethod
     def _matmul_shape(xs: tuple[int, ...], Fs: tuple[int, ...]) -> tuple[int, ...]:
         if len(Fs) == 2:
@@ -394,7 +390,7 @@ class EmulatingExecutor:
         ready, src = self._ready((x, F))
         end, idx = self._run(op, plan, ready, src, stage)
         if self.numeric:
-            data = self._round(self._kernels.matmul(self._a(x), self._a(F)), keep_acc)
+            data = write_back(self._kernels.matmul(self._a(x), self._a(F)), self._st, self._acc, keep_acc)
         else:
             data = dummy(self._matmul_shape(xd.shape, Fd.shape))
         return Value(data, end, idx, out_place, self, self._epoch, None, False, on_kv)
@@ -498,7 +494,7 @@ class EmulatingExecutor:
     def elementwise(self, fn: Callable[..., Array], *xs: Any, op: str, keep_acc: bool = False) -> Value:
         mine = self._inputs(xs)
         if self.numeric:
-            data = self._round(np.asarray(fn(*map(self._a, xs))), keep_acc)
+            data = write_back(np.asarray(fn(*map(self._a, xs))), self._st, self._acc, keep_acc)
             out_shape = data.shape
         else:
             shapes = [x.data.shape if type(x) is Value else np.shape(x) for x in xs]
